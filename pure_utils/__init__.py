@@ -1,0 +1,80 @@
+"""PURE: turning polysemantic neurons into pure features by identifying relevant circuits.
+
+A small library around the method of Dreyer et al. (2024): find a neuron's most activating
+samples, attribute its activation to the channels of the layer below, cluster those attribution
+vectors into *virtual neurons*, and evaluate how pure the resulting features are.
+
+The public names are imported lazily so that ``import pure_utils`` stays cheap (no torch
+import until a name that needs it is used).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # models.py
+    "load_model": "models",
+    "layer_names": "models",
+    "get_layer": "models",
+    "randomize_batchnorm": "models",
+    "model_fingerprint": "models",
+    "DEFAULT_MODELS": "models",
+    # canonizers.py
+    "canonizers_for": "canonizers",
+    # data.py
+    "load_dataset": "data",
+    "ImageFolderDataset": "data",
+    # synthetic.py
+    "SyntheticShapes": "synthetic",
+    "SyntheticConfig": "synthetic",
+    "train_default_model": "synthetic",
+    # references.py
+    "References": "references",
+    "mine_references": "references",
+    # circuits.py
+    "circuit_attributions": "circuits",
+    "activation_features": "circuits",
+    "METHODS": "circuits",
+    # virtual.py
+    "VirtualNeurons": "virtual",
+    # visualize.py
+    "feature_heatmaps": "visualize",
+    "crop_boxes": "visualize",
+    "feature_crops": "visualize",
+    "display_crops": "visualize",
+    # embed.py
+    "Embedder": "embed",
+    "load_embedder": "embed",
+    # metrics.py
+    "distance_matrix": "metrics",
+    "intra_inter": "metrics",
+    "polysemanticity": "metrics",
+    "distance_correlation": "metrics",
+    "ground_truth_scores": "metrics",
+    "bootstrap_ci": "metrics",
+    # cache.py
+    "Cache": "cache",
+    # profiles.py
+    "load_profile": "profiles",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        if importlib.util.find_spec(f"pure_utils.{name}") is not None:
+            return importlib.import_module(f"pure_utils.{name}")
+        raise AttributeError(f"module 'pure_utils' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pure_utils.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

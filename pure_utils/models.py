@@ -1,0 +1,190 @@
+"""Models: the shipped offline default ResNets, any timm model, layer lookup.
+
+Layers are addressed by their module names (``"layer3"``, ``"layer4"``), as in timm.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+MODELS_DIR = DATA_DIR / "models"
+
+#: The models trained on the controlled benchmark and shipped with the project
+#: (name -> path of the JSON card; the weights lie beside it as ``<name>.safetensors``).
+DEFAULT_MODELS = {
+    "synthetic_resnet_basic": MODELS_DIR / "synthetic_resnet_basic.json",
+    "synthetic_resnet_bottleneck": MODELS_DIR / "synthetic_resnet_bottleneck.json",
+}
+
+
+def build_resnet(block: str = "basic", layers=(1, 1, 1, 1), channels=(16, 32, 64, 32),
+                 stem_width: int = 16, num_classes: int = 16, **kwargs) -> nn.Module:
+    """Build a timm ``ResNet`` with reduced widths.
+
+    Parameters
+    ----------
+    block : {"basic", "bottleneck"}
+        Residual block type (timm ``BasicBlock`` as in ResNet-18/34, ``Bottleneck`` as in
+        ResNet-50/101; a bottleneck stage outputs ``4 * channels[i]`` channels).
+    layers : sequence of 4 ints
+        Number of blocks per stage.
+    channels : sequence of 4 ints
+        Base width of each stage.
+    stem_width : int
+        Channels of the stem convolution.
+    num_classes : int
+        Size of the classifier.
+    **kwargs
+        Passed on to ``timm.models.resnet.ResNet``.
+    """
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
+    if block not in blocks:
+        raise ValueError(f"block {block!r} not known; blocks: {', '.join(blocks)}")
+    if len(layers) != 4 or len(channels) != 4:
+        raise ValueError(f"layers and channels need 4 entries each, got {list(layers)} and {list(channels)}")
+    model = ResNet(block=blocks[block], layers=list(layers), channels=tuple(channels),
+                   stem_width=stem_width, num_classes=num_classes, **kwargs)
+    return model
+
+
+def read_card(name: str) -> dict:
+    """The JSON card of a shipped model (architecture, training, accuracy)."""
+    path = DEFAULT_MODELS[name]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the card of the shipped model {name!r} is missing at {path}; "
+            "train it with `make models` (python -m pure_utils.synthetic train)")
+    return json.loads(path.read_text())
+
+
+def _load_state_dict(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # never unpickle arbitrary objects: tensors and plain containers only
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
+               num_classes: int | None = None) -> nn.Module:
+    """Load a model in evaluation mode.
+
+    Parameters
+    ----------
+    name : str
+        A shipped default (``"synthetic_resnet_basic"``, ``"synthetic_resnet_bottleneck"``,
+        see ``DEFAULT_MODELS``) or any timm model name with its weight tag
+        (``"resnet50.a1_in1k"``).
+    pretrained : bool
+        timm names only: load timm's pretrained weights (needs internet or a filled
+        Hugging Face cache). Shipped defaults always load their committed weights.
+    checkpoint : path, optional
+        A local state dict (safetensors preferred; ``.pt``/``.pth`` files are read with
+        ``weights_only=True``) loaded after the model is built.
+    num_classes : int, optional
+        Classifier size for timm models (default: the model's own).
+
+    Returns
+    -------
+    torch.nn.Module
+        The model with ``requires_grad`` switched off for all parameters, in ``eval()`` mode,
+        with ``model.pure_name`` set (used in cache keys).
+    """
+    if name in DEFAULT_MODELS:
+        card = read_card(name)
+        model = build_resnet(**card["architecture"])
+        weights = DEFAULT_MODELS[name].with_suffix(".safetensors")
+        model.load_state_dict(_load_state_dict(checkpoint or weights))
+        model.pure_card = card
+    else:
+        import timm
+
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        try:
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise ValueError(
+                    f"model {name!r} is neither a shipped default ({', '.join(DEFAULT_MODELS)}) "
+                    "nor a timm model name (see timm.list_models())") from err
+            raise
+        except (OSError, ConnectionError) as err:
+            raise RuntimeError(
+                f"could not load pretrained weights for {name!r}: {err}. They come from the "
+                "Hugging Face hub: run once with internet access (the weights are then cached "
+                "in ~/.cache/huggingface), or pass checkpoint=<path to a local state dict>") from err
+        if checkpoint is not None:
+            model.load_state_dict(_load_state_dict(checkpoint))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.pure_name = name if checkpoint is None else f"{name}@{Path(checkpoint).name}"
+    return model
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the model's modules (``named_modules`` order, root excluded)."""
+    return [n for n, _ in model.named_modules() if n]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name``; a ``ValueError`` lists the top-level names otherwise."""
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        top = [n for n, _ in model.named_children()]
+        raise ValueError(f"layer {name!r} not found; layers: {', '.join(top)}")
+    return modules[name]
+
+
+def layer_order(model: nn.Module, names) -> list[int]:
+    """Positions of ``names`` in the module order (used to check that a lower layer comes first)."""
+    order = {n: i for i, n in enumerate(layer_names(model))}
+    for n in names:
+        get_layer(model, n)
+    return [order[n] for n in names]
+
+
+@torch.no_grad()
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random affine parameters and running statistics (in place).
+
+    timm zero-initialises the last BatchNorm of each residual block, so a freshly built
+    random model computes nearly nothing in its residual branches; tests and benchmarks use
+    this to get a model whose every path matters.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.weight.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+            m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
+    return model
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's class, name and weights, for cache keys."""
+    h = hashlib.sha256()
+    h.update(type(model).__name__.encode())
+    h.update(str(getattr(model, "pure_name", "")).encode())
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
