@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make book` and `make test`.
+# The environment is pinned by constraints.txt; VENV may point to a shared, hash-keyed location
+# (.ci/run does this so that CI runs reuse one environment per lock file).
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= offline
+PY := $(VENV)/bin/python
+LOCK_HASH := $(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.pure-env-$(LOCK_HASH)
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: book test env bench models clean clean-cache screenshots
+
+## book: execute every notebook on $(PROFILE) (only those that changed) and build the HTML book
+book: $(STAMP)
+	$(PY) -m pure_utils.book build --profile $(PROFILE)
+
+## test: run the test suite
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## env: create the virtual environment with the pinned packages and the Jupyter kernel
+env: $(STAMP)
+
+$(STAMP): constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r constraints.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name pure-utils --display-name "Python (pure-utils)"
+	rm -f $(VENV)/.pure-env-*
+	touch $@
+
+## bench: the engine against a naive per-neuron pipeline (prints ratios)
+bench: $(STAMP)
+	$(PY) -m pure_utils.bench
+
+## models: train the two shipped models of the controlled benchmark again
+models: $(STAMP)
+	$(PY) -m pure_utils.synthetic train --model synthetic_resnet_basic
+	$(PY) -m pure_utils.synthetic train --model synthetic_resnet_bottleneck
+
+clean:
+	rm -rf _build book/executed
+
+clean-cache:
+	rm -rf .cache/pure

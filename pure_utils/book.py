@@ -1,0 +1,340 @@
+"""The book build: papermill runs of every notebook in ``_toc.yml``, then Jupyter Book.
+
+``make book`` calls ``python -m pure_utils.book build``. For each chapter of ``_toc.yml`` that
+lives under ``book/executed/``, the source notebook ``notebooks/<name>.ipynb`` is executed with
+papermill on the chosen profile (``notebooks/profiles/<profile>.yaml``) and the executed copy
+is written to ``book/executed/<name>.ipynb``. Jupyter Book then renders the book without
+executing anything again, with warnings as errors, so a failing notebook, a missing glue key or
+a broken reference fails the build.
+
+A notebook is executed again only when its build key changes: the key hashes the notebook's
+source (outputs stripped), its parameters, the library's code and the shipped data.
+
+Command line::
+
+    python -m pure_utils.book build [--profile offline] [--force] [--only NAME ...] [--no-html]
+    python -m pure_utils.book run notebooks/fig3_polysemanticity.ipynb OUT.ipynb \\
+        [-f notebooks/profiles/paper.yaml] [-p neuron 12 ...]
+    python -m pure_utils.book params [--profile offline]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNEL_NAME = "pure-utils"
+EXECUTED_DIR = "book/executed"
+NOTEBOOK_DIR = "notebooks"
+BUILD_KEY_VERSION = 1
+
+
+class BookError(RuntimeError):
+    """A build step failed; the message says which notebook or page and why."""
+
+
+@dataclass
+class Chapter:
+    """One executed notebook of the book."""
+
+    name: str
+    source: Path
+    output: Path
+
+
+def _toc_files(entries) -> list[str]:
+    files = []
+    for entry in entries or []:
+        if "file" in entry:
+            files.append(entry["file"])
+        for key in ("chapters", "sections", "parts"):
+            files.extend(_toc_files(entry.get(key)))
+    return files
+
+
+def toc_files(root: Path = ROOT) -> list[str]:
+    """Every document of ``_toc.yml`` in order, as written there (no suffix)."""
+    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    return [toc["root"]] + _toc_files(toc.get("parts")) + _toc_files(toc.get("chapters"))
+
+
+def chapters(root: Path = ROOT) -> list[Chapter]:
+    """The notebooks the book executes, in ``_toc.yml`` order."""
+    root = Path(root)
+    out = []
+    for entry in toc_files(root):
+        entry = entry.removesuffix(".ipynb")
+        if not entry.startswith(EXECUTED_DIR + "/"):
+            continue
+        name = entry[len(EXECUTED_DIR) + 1:]
+        source = root / NOTEBOOK_DIR / f"{name}.ipynb"
+        if not source.exists():
+            raise BookError(f"_toc.yml lists {entry!r}, but its source notebook {source} does not exist")
+        out.append(Chapter(name, source, root / EXECUTED_DIR / f"{name}.ipynb"))
+    return out
+
+
+def profile_path(profile: str, root: Path = ROOT) -> Path:
+    """The YAML file of a profile given by name (``offline``) or path."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    p = Path(root) / NOTEBOOK_DIR / "profiles" / f"{profile}.yaml"
+    if not p.exists():
+        known = sorted(q.stem for q in (Path(root) / NOTEBOOK_DIR / "profiles").glob("*.yaml"))
+        raise BookError(f"profile {profile!r} not found; profiles: {', '.join(known)}")
+    return p
+
+
+def read_profile(profile: str, root: Path = ROOT) -> dict:
+    data = yaml.safe_load(profile_path(profile, root).read_text()) or {}
+    if not isinstance(data, dict):
+        raise BookError(f"profile {profile!r} must be a mapping of parameter names to values")
+    return data
+
+
+def declared_parameters(notebook: Path) -> dict:
+    """Names (and inferred types/defaults) of the notebook's ``parameters`` cell."""
+    import papermill
+
+    params = papermill.inspect_notebook(str(notebook))
+    if not params:
+        raise BookError(f"{notebook}: no cell tagged 'parameters' (every notebook needs one)")
+    return params
+
+
+def resolve_parameters(chapter_list: list[Chapter], profile: dict,
+                       overrides: dict | None = None) -> dict[str, dict]:
+    """Parameters for each chapter; unknown names are rejected before anything runs.
+
+    A profile key must be declared by at least one notebook of the book (a typo is an error,
+    not a silently ignored value); each notebook receives the profile keys it declares.
+    ``overrides`` (from ``-p``) must be declared by every notebook being run.
+    """
+    declared = {c.name: declared_parameters(c.source) for c in chapter_list}
+    everything = set().union(*declared.values()) if declared else set()
+    unknown = sorted(set(profile) - everything)
+    if unknown:
+        raise BookError(
+            f"profile parameter(s) {', '.join(map(repr, unknown))} are declared by no notebook; "
+            f"known parameters: {', '.join(sorted(everything))}")
+    result = {}
+    for c in chapter_list:
+        params = {k: v for k, v in profile.items() if k in declared[c.name]}
+        for k, v in (overrides or {}).items():
+            if k not in declared[c.name]:
+                raise BookError(
+                    f"{c.source.name}: unknown parameter {k!r}; its parameters: "
+                    f"{', '.join(sorted(declared[c.name]))}")
+            params[k] = v
+        result[c.name] = params
+    return result
+
+
+def _hash_files(paths, h) -> None:
+    for p in sorted(paths):
+        h.update(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p).encode())
+        h.update(p.read_bytes())
+
+
+def library_hash(root: Path = ROOT) -> str:
+    """Hash of the library's code and the shipped data (``pure_utils/**.py``, ``data/**``)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    _hash_files([p for p in (root / "pure_utils").rglob("*.py") if "__pycache__" not in p.parts], h)
+    data = root / "data"
+    if data.exists():
+        _hash_files([p for p in data.rglob("*") if p.is_file()], h)
+    return h.hexdigest()
+
+
+def notebook_source_hash(notebook: Path) -> str:
+    """Hash of a notebook's cells without outputs or execution counts."""
+    nb = json.loads(Path(notebook).read_text())
+    cells = [{"type": c["cell_type"], "source": "".join(c["source"]) if isinstance(c["source"], list)
+              else c["source"], "tags": c.get("metadata", {}).get("tags", [])} for c in nb["cells"]]
+    return hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()
+
+
+def build_key(chapter: Chapter, params: dict, lib_hash: str) -> str:
+    payload = {"v": BUILD_KEY_VERSION, "nb": notebook_source_hash(chapter.source),
+               "params": params, "lib": lib_hash}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stored_key(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["metadata"].get("pure_build", {}).get("key")
+    except (ValueError, KeyError):
+        return None
+
+
+def _kernel_env(root: Path) -> None:
+    # the kernel inherits this process' environment: make the checkout importable and stay offline
+    paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
+
+
+def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
+            cwd: Path | None = None, kernel_name: str = KERNEL_NAME) -> float:
+    """Run one notebook with papermill; write the executed copy atomically. Returns seconds.
+
+    Raises
+    ------
+    BookError
+        naming the notebook, the failing cell's error type and message.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    _kernel_env(ROOT)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=output.parent, prefix=".tmp-")
+    os.close(fd)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source), tmp, parameters=params, kernel_name=kernel_name,
+            cwd=str(cwd or source.parent), progress_bar=False, log_output=False)
+    except PapermillExecutionError as err:
+        os.unlink(tmp)
+        raise BookError(f"notebook {source.name} failed in cell {err.exec_count}: "
+                        f"{err.ename}: {err.evalue}") from None
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    nb = json.loads(Path(tmp).read_text())
+    nb["metadata"]["pure_build"] = {"key": key, "parameters": params}
+    Path(tmp).write_text(json.dumps(nb, indent=1))
+    os.replace(tmp, output)
+    return time.perf_counter() - start
+
+
+def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
+                  overrides: dict | None = None, root: Path = ROOT, log=None) -> list[str]:
+    """Execute the book's notebooks that are out of date. Returns the names executed."""
+    log = log or (lambda msg: print(msg, flush=True))
+    chapter_list = chapters(root)
+    if only:
+        names = {c.name for c in chapter_list}
+        missing = sorted(set(only) - names)
+        if missing:
+            raise BookError(f"unknown notebook(s) {missing}; notebooks: {', '.join(sorted(names))}")
+        chapter_list = [c for c in chapter_list if c.name in only]
+    params = resolve_parameters(chapter_list, read_profile(profile, root), overrides)
+    lib = library_hash(root)
+    executed = []
+    for i, c in enumerate(chapter_list, 1):
+        key = build_key(c, {"profile": profile, **params[c.name]}, lib)
+        tag = f"[{i}/{len(chapter_list)}] {c.name}"
+        if not force and stored_key(c.output) == key:
+            log(f"{tag}: up to date")
+            continue
+        log(f"{tag}: executing ...")
+        seconds = execute(c.source, c.output, params[c.name], key=key)
+        log(f"{tag}: done in {seconds:.0f} s")
+        executed.append(c.name)
+    return executed
+
+
+def build_html(root: Path = ROOT) -> Path:
+    """Render the book with Jupyter Book (warnings are errors). Returns ``index.html``."""
+    jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
+    if jb is None:
+        raise BookError("jupyter-book is not installed in this environment (pip install 'jupyter-book>=1,<2')")
+    cmd = [jb, "build", str(root), "--builder", "html", "-W", "-n", "--keep-going"]
+    proc = subprocess.run(cmd, cwd=root)
+    if proc.returncode != 0:
+        raise BookError(f"jupyter-book build failed (exit {proc.returncode}); see the warnings above")
+    index = Path(root) / "_build" / "html" / "index.html"
+    if not index.exists():
+        raise BookError(f"jupyter-book finished but {index} is missing")
+    return index
+
+
+def check_pages(root: Path = ROOT) -> list[Path]:
+    """One HTML page per ``_toc.yml`` entry; raises if any is missing."""
+    html = Path(root) / "_build" / "html"
+    pages = [html / f"{entry.removesuffix('.ipynb').removesuffix('.md')}.html" for entry in toc_files(root)]
+    missing = [str(p) for p in pages if not p.exists()]
+    if missing:
+        raise BookError(f"pages missing after the build: {', '.join(missing)}")
+    return pages
+
+
+def _parse_overrides(pairs) -> dict:
+    out = {}
+    for key, value in pairs or []:
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pure_utils.book", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="execute the notebooks that changed, then build the HTML book")
+    b.add_argument("--profile", default=os.environ.get("PROFILE") or "offline",
+                   help="profile name or YAML path (default: $PROFILE or offline)")
+    b.add_argument("--force", action="store_true", help="execute every notebook again")
+    b.add_argument("--only", nargs="+", help="execute only these notebooks")
+    b.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    b.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="override a parameter for the notebooks run (YAML value)")
+    r = sub.add_parser("run", help="run one notebook with a profile, parameters checked")
+    r.add_argument("notebook", type=Path)
+    r.add_argument("output", type=Path)
+    r.add_argument("-f", "--profile", default="offline")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    pp = sub.add_parser("params", help="list each notebook's parameters")
+    pp.add_argument("--profile", default="offline")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            run_notebooks(args.profile, only=args.only, force=args.force,
+                          overrides=_parse_overrides(args.parameter))
+            if not args.no_html:
+                index = build_html()
+                check_pages()
+                print(f"\nThe book is ready: {index}")
+        elif args.cmd == "run":
+            src = args.notebook.resolve()
+            c = Chapter(src.stem, src, args.output.resolve())
+            profile = read_profile(str(args.profile))
+            declared = declared_parameters(src)
+            unknown = sorted(set(profile) - set(declared))
+            if unknown:
+                print(f"note: profile keys not used by {src.name}: {', '.join(unknown)}", file=sys.stderr)
+            params = resolve_parameters([c], {k: v for k, v in profile.items() if k in declared},
+                                        _parse_overrides(args.parameter))[c.name]
+            seconds = execute(src, c.output, params)
+            print(f"{src.name}: done in {seconds:.0f} s -> {c.output}")
+        elif args.cmd == "params":
+            chapter_list = chapters()
+            for c, params in resolve_parameters(chapter_list, read_profile(args.profile)).items():
+                print(f"{c}: {json.dumps(params)}")
+    except BookError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
