@@ -100,7 +100,7 @@ def test_run_skips_unchanged_and_fails_with_notebook_name(mini_book):
     ran = book.run_notebooks("p", root=mini_book, log=lambda m: None)
     assert ran == ["one", "two"]
     out = json.loads((mini_book / "book" / "executed" / "one.ipynb").read_text())
-    printed = "".join(o.get("text", "") for c in out["cells"] for o in c.get("outputs", []))
+    printed = "".join("".join(o.get("text", "")) for c in out["cells"] for o in c.get("outputs", []))
     assert "7" in printed  # a=5 from the profile, b=2 from the notebook
     assert book.run_notebooks("p", root=mini_book, log=lambda m: None) == []
     # a notebook that raises: the build stops, naming the notebook and the error
