@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= offline
 PY := $(VENV)/bin/python
-LOCK_HASH := $(shell cat constraints.txt pyproject.toml | sha256sum | cut -c1-12)
+LOCK_HASH := $(shell sha256sum constraints.txt | cut -c1-12)
 STAMP := $(VENV)/.pure-env-$(LOCK_HASH)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE ?= 1
@@ -24,7 +24,7 @@ test: $(STAMP)
 ## env: create the virtual environment with the pinned packages and the Jupyter kernel
 env: $(STAMP)
 
-$(STAMP): constraints.txt pyproject.toml
+$(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r constraints.txt

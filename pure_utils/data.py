@@ -1,0 +1,172 @@
+"""Datasets: the synthetic benchmark (default) and image folders such as ImageNet val.
+
+Every dataset returned by :func:`load_dataset` follows one protocol:
+
+- ``len(ds)``; ``ds[i] -> (Tensor[3, H, W] normalised, int label)``;
+- ``ds.image(i) -> Tensor[3, H, W]`` in [0, 1], spatially aligned with the model input (after
+  resize and crop, before normalisation), used for visualisations;
+- ``ds.fingerprint`` (a stable id for cache keys), ``ds.mean``, ``ds.std`` (3 floats each),
+  ``ds.class_names``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+#: ImageNet normalisation, as used by the timm ``*.a1_in1k`` weights and the PURE paper.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: File endings read by :class:`ImageFolderDataset` (lower case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+DATASETS = ("synthetic", "imagefolder", "imagenet")
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Images of a folder, resized and centre-cropped as for ImageNet evaluation.
+
+    Parameters
+    ----------
+    root : path
+        Either a folder of class sub-folders (``root/<class>/<image>``, the ImageNet val
+        layout; sub-folders sorted by name give labels 0, 1, ...) or a flat folder of images
+        (every label -1).
+    image_size : int
+        Side of the square centre crop (default 224).
+    resize : int
+        The shorter image side is first resized to this (default 256), as in the paper's
+        pipeline (Resize 256, CenterCrop 224).
+    mean, std : tuple of 3 floats
+        Normalisation (default ImageNet).
+    class_names : list of str, optional
+        Readable names for the class folders (default: the folder names).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``root`` is missing or holds no image; the message says how to get ImageNet val.
+    """
+
+    def __init__(self, root, image_size: int = 224, resize: int = 256, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, class_names=None):
+        if root is None:
+            raise FileNotFoundError(_missing_message(None))
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise FileNotFoundError(_missing_message(self.root))
+        if image_size < 1 or resize < image_size:
+            raise ValueError(f"image_size={image_size}, resize={resize} not accepted; use "
+                             "1 <= image_size <= resize")
+        self.image_size, self.resize = int(image_size), int(resize)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+        def images_in(folder: Path):
+            return sorted(p for p in folder.iterdir()
+                          if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.samples: list[tuple[Path, int]] = []
+        if folders:
+            for label, folder in enumerate(folders):
+                self.samples += [(p, label) for p in images_in(folder)]
+            self.folder_names = [f.name for f in folders]
+        else:
+            self.samples = [(p, -1) for p in images_in(self.root)]
+            self.folder_names = []
+        if not self.samples:
+            raise FileNotFoundError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root} or its class "
+                f"sub-folders. {_HOW_TO_GET_IMAGENET}")
+        if class_names is not None and len(class_names) != len(self.folder_names):
+            raise ValueError(f"class_names has {len(class_names)} entries but {self.root} has "
+                             f"{len(self.folder_names)} class folders")
+        self.class_names = list(class_names) if class_names is not None else list(self.folder_names)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """LongTensor[n] of labels (-1 for a flat folder)."""
+        return torch.tensor([label for _, label in self.samples])
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable id: folder, file list, sizes and normalisation."""
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            h.update(f"{path.relative_to(self.root)}:{label};".encode())
+        return (f"imagefolder-{self.root.name}-{h.hexdigest()[:12]}-n{len(self)}-"
+                f"{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}")
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` resized and centre-cropped, Tensor[3, image_size, image_size] in [0, 1]."""
+        from PIL import Image
+        from torchvision.transforms import functional as F
+
+        path, _ = self.samples[i]
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img = F.resize(img, self.resize, interpolation=F.InterpolationMode.BILINEAR)
+            img = F.center_crop(img, [self.image_size, self.image_size])
+            return F.to_tensor(img)
+
+    def __getitem__(self, i: int):
+        x = self.image(i)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std, self.samples[i][1]
+
+    def __repr__(self) -> str:
+        return (f"ImageFolderDataset(root={str(self.root)!r}, n={len(self)}, "
+                f"classes={len(self.class_names)}, image_size={self.image_size})")
+
+
+_HOW_TO_GET_IMAGENET = (
+    "For the paper's setting, download the ImageNet (ILSVRC2012) validation images from "
+    "https://image-net.org (free registration), arrange them in one sub-folder per class "
+    "(e.g. with the valprep.sh script that circulates with the PyTorch ImageNet example, "
+    "giving val/n01440764/*.JPEG, ...), and set dataset_kwargs.root in "
+    "notebooks/profiles/paper.yaml (or pass root=... to load_dataset) to that val folder. "
+    "Without ImageNet, use the default offline profile (dataset: synthetic).")
+
+
+def _missing_message(root) -> str:
+    what = "no image folder given (root=None)" if root is None else f"image folder {root} does not exist"
+    return f"{what}. {_HOW_TO_GET_IMAGENET}"
+
+
+def _digest(values) -> str:
+    return hashlib.sha256(repr(tuple(values)).encode()).hexdigest()[:6]
+
+
+def load_dataset(name: str = "synthetic", **kwargs):
+    """Create a dataset by name.
+
+    Parameters
+    ----------
+    name : {"synthetic", "imagefolder", "imagenet"}
+        ``"synthetic"``: :class:`pure_utils.synthetic.SyntheticShapes` (kwargs: ``split``,
+        ``n``, ``seed``, ``config`` - a ``SyntheticConfig`` or a dict of its fields - ...).
+        ``"imagefolder"`` / ``"imagenet"``: :class:`ImageFolderDataset` (kwargs: ``root``,
+        ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``).
+    **kwargs
+        Passed to the dataset class.
+
+    Returns
+    -------
+    Dataset following the protocol of this module.
+    """
+    key = str(name).lower()
+    if key == "synthetic":
+        from .synthetic import SyntheticConfig, SyntheticShapes
+
+        config = kwargs.pop("config", None)
+        if isinstance(config, dict):
+            config = SyntheticConfig(**config)
+        return SyntheticShapes(config=config, **kwargs)
+    if key in ("imagefolder", "imagenet"):
+        return ImageFolderDataset(**kwargs)
+    raise ValueError(f"dataset {name!r} not known; datasets: {', '.join(DATASETS)}")
