@@ -47,3 +47,7 @@ clean:
 
 clean-cache:
 	rm -rf .cache/pure
+
+## screenshots: render the index and a figure page of the built book in headless Chromium
+screenshots: $(STAMP)
+	$(PY) -m pure_utils.book screenshots

@@ -38,6 +38,10 @@ KERNEL_NAME = "pure-utils"
 EXECUTED_DIR = "book/executed"
 NOTEBOOK_DIR = "notebooks"
 BUILD_KEY_VERSION = 1
+#: pages of the built book that the rendering check screenshots, and the page with the
+#: interactive (plotly) figure
+SCREENSHOT_PAGES = ["book/intro.html", "book/executed/fig3_polysemanticity.html"]
+INTERACTIVE_PAGE = "book/executed/fig2_method.html"
 
 
 class BookError(RuntimeError):
@@ -255,8 +259,20 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
     return executed
 
 
+def _static_plotly(root: Path) -> None:
+    # interactive figures load plotly.js from the book itself, so the HTML works offline
+    import plotly
+
+    src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    dst = Path(root) / "book" / "_static" / "plotly.min.js"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists() or dst.stat().st_size != src.stat().st_size:
+        shutil.copyfile(src, dst)
+
+
 def build_html(root: Path = ROOT) -> Path:
     """Render the book with Jupyter Book (warnings are errors). Returns ``index.html``."""
+    _static_plotly(root)
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
     if jb is None:
         raise BookError("jupyter-book is not installed in this environment (pip install 'jupyter-book>=1,<2')")
@@ -278,6 +294,88 @@ def check_pages(root: Path = ROOT) -> list[Path]:
     if missing:
         raise BookError(f"pages missing after the build: {', '.join(missing)}")
     return pages
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=15000"]
+
+
+def ensure_chromium() -> str:
+    """Path of a Chromium binary; installs Debian's ``chromium`` package when missing (as root)."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        path = shutil.which("chromium")
+        if path:
+            return path
+    raise BookError("Chromium is needed for the rendered-page check: install Debian's 'chromium' "
+                    "package (apt-get install chromium) or put chromium on PATH")
+
+
+def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1600) -> Path:
+    """Render ``page`` in headless Chromium and save a PNG screenshot."""
+    chromium = ensure_chromium()
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                        f"--window-size={width},{height}", f"--screenshot={png}", page.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=180)
+    if not png.exists():
+        raise BookError(f"Chromium wrote no screenshot of {page}")
+    return png
+
+
+def rendered_dom(page: Path) -> str:
+    """The page's DOM after its scripts ran in headless Chromium."""
+    chromium = ensure_chromium()
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+                               page.resolve().as_uri()], check=True, capture_output=True, text=True,
+                              timeout=180)
+    return proc.stdout
+
+
+def blank_fraction(png: Path) -> float:
+    """Fraction of the screenshot's pixels that equal its most common colour."""
+    import numpy as np
+    from PIL import Image
+
+    px = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    _, counts = np.unique(px, axis=0, return_counts=True)
+    return float(counts.max() / len(px))
+
+
+def check_rendering(pages: dict[str, Path], out_dir: Path, *, interactive: Path | None = None,
+                    max_blank: float = 0.99) -> dict[str, float]:
+    """Screenshot each page and fail if one is blank; check the interactive figure renders.
+
+    Parameters
+    ----------
+    pages : dict
+        Label -> HTML page.
+    interactive : Path, optional
+        A page with a plotly figure: its scripts must turn the figure into an SVG plot.
+    max_blank : float
+        A page whose most common colour covers more than this fraction counts as blank.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for label, page in pages.items():
+        png = screenshot(page, out_dir / f"{label}.png")
+        result[label] = blank_fraction(png)
+        if result[label] > max_blank:
+            raise BookError(f"page {page} renders blank in Chromium ({result[label]:.1%} one colour; {png})")
+    if interactive is not None:
+        dom = rendered_dom(interactive)
+        if "main-svg" not in dom or "hovertext" not in dom and "hoverlayer" not in dom:
+            raise BookError(f"the interactive figure on {interactive} did not render in Chromium "
+                            "(no plotly SVG in the page after its scripts ran)")
+    return result
 
 
 def _parse_overrides(pairs) -> dict:
@@ -303,6 +401,11 @@ def main(argv=None) -> int:
     r.add_argument("output", type=Path)
     r.add_argument("-f", "--profile", default="offline")
     r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    sc = sub.add_parser("screenshots", help="render pages of the built book in headless Chromium")
+    sc.add_argument("--out", type=Path, default=ROOT / "_build" / "screenshots")
+    sc.add_argument("--page", action="append", help="page path under _build/html (default: index + figures)")
+    sc.add_argument("--interactive", default=INTERACTIVE_PAGE,
+                    help="page whose plotly figure must render")
     pp = sub.add_parser("params", help="list each notebook's parameters")
     pp.add_argument("--profile", default="offline")
     args = parser.parse_args(argv)
@@ -326,6 +429,15 @@ def main(argv=None) -> int:
                                         _parse_overrides(args.parameter))[c.name]
             seconds = execute(src, c.output, params)
             print(f"{src.name}: done in {seconds:.0f} s -> {c.output}")
+        elif args.cmd == "screenshots":
+            html = ROOT / "_build" / "html"
+            pages = {Path(p).stem: html / p for p in (args.page or SCREENSHOT_PAGES)}
+            inter = html / args.interactive if args.interactive else None
+            for label, frac in check_rendering(pages, args.out, interactive=inter).items():
+                print(f"{label}: rendered, {frac:.1%} of pixels in the background colour")
+            if inter is not None:
+                print(f"interactive figure rendered on {args.interactive}")
+            print(f"screenshots in {args.out}")
         elif args.cmd == "params":
             chapter_list = chapters()
             for c, params in resolve_parameters(chapter_list, read_profile(args.profile)).items():

@@ -98,10 +98,15 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
 
     module = get_layer(model, layer)
     neurons = [int(k) for k in neurons]
-    n_channels = references.indices.shape[0]
-    bad = [k for k in neurons if not 0 <= k < n_channels]
-    if bad:
-        raise ValueError(f"neurons {bad} out of range; layer {layer!r} has {n_channels} channels")
+    if hasattr(references, "rows"):
+        # References may hold a subset of channels: map channel ids to rows
+        rows = [int(r) for r in references.rows(neurons)]
+    else:
+        n_channels = references.indices.shape[0]
+        bad = [k for k in neurons if not 0 <= k < n_channels]
+        if bad:
+            raise ValueError(f"neurons {bad} out of range; layer {layer!r} has {n_channels} channels")
+        rows = neurons
     total_ref = references.indices.shape[1]
     n_ref = total_ref if n_ref is None else int(n_ref)
     if not 1 <= n_ref <= total_ref:
@@ -117,10 +122,11 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
     device = torch.device(device)
 
     # one job per (neuron, reference sample), processed in flat batches
-    jobs = [(j, r, k) for j, k in enumerate(neurons) for r in range(n_ref)]
-    first = dataset[int(references.indices[neurons[0], 0])][0] if neurons else None
-    if first is None:
+    # (output row, reference slot, references row, channel)
+    jobs = [(j, r, row, k) for j, (row, k) in enumerate(zip(rows, neurons)) for r in range(n_ref)]
+    if not jobs:
         return torch.zeros(0, n_ref, 0, 0)
+    first = dataset[int(references.indices[rows[0], 0])][0]
     H, W = first.shape[-2:]
     out = torch.zeros(len(neurons), n_ref, H, W)
 
@@ -140,7 +146,8 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
             starts = range(0, len(jobs), batch_size)
             for s in tqdm(starts, desc=f"heatmaps {layer}", disable=not progress):
                 batch = jobs[s:s + batch_size]
-                x = torch.stack([dataset[int(references.indices[k, r])][0] for _, r, k in batch])
+                x = torch.stack([dataset[int(references.indices[row, r])][0]
+                                 for _, r, row, _ in batch])
                 x = x.to(device).requires_grad_(True)
                 try:
                     modified(x)
@@ -148,13 +155,13 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
                     pass
                 act = captured.pop("out")
                 b = torch.arange(len(batch), device=device)
-                ch = torch.tensor([k for _, _, k in batch], device=device)
-                pos = torch.stack([references.positions[k, r] for _, r, k in batch]).to(device)
+                ch = torch.tensor([k for *_, k in batch], device=device)
+                pos = torch.stack([references.positions[row, r] for _, r, row, _ in batch]).to(device)
                 init = torch.zeros_like(act)
                 init[b, ch, pos[:, 0], pos[:, 1]] = act[b, ch, pos[:, 0], pos[:, 1]].detach()
                 (grad,) = torch.autograd.grad(act, x, grad_outputs=init)
                 rel = grad.sum(1).detach().cpu()
-                for i, (j, r, _) in enumerate(batch):
+                for i, (j, r, *_) in enumerate(batch):
                     out[j, r] = rel[i]
     finally:
         if handle is not None:
@@ -346,7 +353,8 @@ def display_crops(images, heatmaps: torch.Tensor, *, blur_kernel: int = 51,
 
 def reference_images(dataset, references, neuron: int, n_ref: int | None = None) -> torch.Tensor:
     """The reference samples of ``neuron`` as images in [0, 1], ``Tensor[n_ref, 3, H, W]``."""
-    idx = references.indices[int(neuron)]
+    row = int(references.rows([neuron])[0]) if hasattr(references, "rows") else int(neuron)
+    idx = references.indices[row]
     idx = idx if n_ref is None else idx[:n_ref]
     return torch.stack([dataset.image(int(i)) for i in idx])
 

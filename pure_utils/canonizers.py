@@ -1,0 +1,143 @@
+"""zennit canonizers for timm ResNets.
+
+LRP rules are defined for linear layers followed by an activation. Two things in a timm
+ResNet break that picture:
+
+- BatchNorm after a convolution: merged into the convolution (zennit's
+  ``SequentialMergeBatchNorm``), so the convolution's rule sees the whole affine map.
+- The residual addition ``x += shortcut``: autograd would hand the full relevance to both
+  summands, doubling it at every block. The canonizer replaces the blocks' ``forward`` with
+  an equivalent one whose addition goes through ``zennit.layer.Sum``, to which the composites
+  assign a rule that splits the relevance in proportion to the two summands.
+
+zennit's own ``ResNetCanonizer`` matches torchvision's blocks (``relu``, ``conv``/``bn`` only);
+timm's blocks have ``act1``/``act2``/``act3``, ``drop_block``, ``aa`` (anti-aliasing), ``se``
+(attention) and ``drop_path``, which the forward below keeps in timm's order.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
+from zennit.layer import Sum
+
+__all__ = ["canonizers_for", "TimmResNetCanonizer"]
+
+
+def _apply(module, x):
+    # timm stores absent optional parts as None in some versions and nn.Identity in others
+    return x if module is None else module(x)
+
+
+def _residual_sum(self, x, shortcut):
+    return self.canonizer_sum(torch.stack([x, shortcut], dim=-1))
+
+
+def _basic_block_forward(self, x):
+    """timm ``BasicBlock.forward`` with the residual sum through ``zennit.layer.Sum``."""
+    shortcut = x
+    x = self.conv1(x)
+    x = self.bn1(x)
+    x = _apply(getattr(self, "drop_block", None), x)
+    x = self.act1(x)
+    x = _apply(getattr(self, "aa", None), x)
+    x = self.conv2(x)
+    x = self.bn2(x)
+    x = _apply(getattr(self, "se", None), x)
+    x = _apply(getattr(self, "drop_path", None), x)
+    if getattr(self, "downsample", None) is not None:
+        shortcut = self.downsample(shortcut)
+    x = _residual_sum(self, x, shortcut)
+    return self.act2(x)
+
+
+def _bottleneck_forward(self, x):
+    """timm ``Bottleneck.forward`` with the residual sum through ``zennit.layer.Sum``."""
+    shortcut = x
+    x = self.conv1(x)
+    x = self.bn1(x)
+    x = self.act1(x)
+    x = self.conv2(x)
+    x = self.bn2(x)
+    x = _apply(getattr(self, "drop_block", None), x)
+    x = self.act2(x)
+    x = _apply(getattr(self, "aa", None), x)
+    x = self.conv3(x)
+    x = self.bn3(x)
+    x = _apply(getattr(self, "se", None), x)
+    x = _apply(getattr(self, "drop_path", None), x)
+    if getattr(self, "downsample", None) is not None:
+        shortcut = self.downsample(shortcut)
+    x = _residual_sum(self, x, shortcut)
+    return self.act3(x)
+
+
+def _timm_block_types():
+    try:
+        from timm.models.resnet import BasicBlock, Bottleneck
+    except ImportError:  # timm missing: nothing to match
+        return None, None
+    return BasicBlock, Bottleneck
+
+
+class TimmResNetCanonizer(AttributeCanonizer):
+    """Route the residual sum of timm ``BasicBlock`` / ``Bottleneck`` through ``zennit.layer.Sum``.
+
+    Applies to every module that is an instance of timm's block classes; the replaced
+    ``forward`` computes exactly what timm's does (tested), only the addition is a module.
+    """
+
+    def __init__(self):
+        super().__init__(self._attribute_map)
+
+    @staticmethod
+    def _attribute_map(name, module):
+        basic, bottleneck = _timm_block_types()
+        if basic is None:
+            return None
+        # exact types: a subclass may change forward in ways this copy does not know
+        if type(module) is basic:
+            forward = _basic_block_forward
+        elif type(module) is bottleneck:
+            forward = _bottleneck_forward
+        else:
+            return None
+        return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+
+    def copy(self):
+        return self.__class__()
+
+
+def canonizers_for(model: nn.Module) -> list:
+    """The zennit canonizers that make LRP on ``model`` correct.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A timm ResNet (``BasicBlock`` or ``Bottleneck``), a torchvision ResNet, or a plain CNN.
+
+    Returns
+    -------
+    list of zennit.canonizers.Canonizer
+        ``SequentialMergeBatchNorm`` (BatchNorm merged into the preceding convolution) and,
+        if the model has residual blocks, the matching residual canonizer
+        (:class:`TimmResNetCanonizer` for timm, zennit's ``ResNetCanonizer`` parts for
+        torchvision). Pass them as ``canonizers=`` to a zennit composite.
+    """
+    basic, bottleneck = _timm_block_types()
+    canonizers = [SequentialMergeBatchNorm()]
+    modules = list(model.modules())
+    if basic is not None and any(type(m) in (basic, bottleneck) for m in modules):
+        canonizers.append(TimmResNetCanonizer())
+    try:
+        from torchvision.models.resnet import BasicBlock as TvBasic, Bottleneck as TvBottleneck
+    except ImportError:
+        TvBasic = TvBottleneck = ()
+    if TvBasic and any(isinstance(m, (TvBasic, TvBottleneck)) for m in modules):
+        try:
+            from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+        except ImportError as err:
+            raise ValueError("torchvision ResNets need zennit.torchvision, which this zennit "
+                             "version lacks") from err
+        canonizers += [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
+    return canonizers

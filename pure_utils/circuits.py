@@ -1,0 +1,373 @@
+"""Circuit attributions: how much each channel of a lower layer contributes to a neuron.
+
+For neuron ``k`` of layer ``L`` and one of its reference samples, PURE's circuit vector has one
+entry per channel ``i`` of the lower layer ``L-1`` (Dreyer et al. 2024, Eq. 3):
+
+    R_i = sum_s A_i^{L-1}(s) * [J^T relu(A_k^L)]_i(s)
+
+the gradient of channel ``k`` of ``L`` with respect to the activation of ``L-1``, started
+with the neuron's own activation map clamped at zero (``grad_output = relu(A_k^L)``, other
+channels 0), times that activation, summed over space ``s``. With ``normalize=True`` the
+vector is divided by ``sum_i |R_i| + 1e-10`` (sign kept), as in the reference pipeline.
+``method`` may instead name a zennit composite: the LRP relevance arriving at the output of
+``L-1`` from the same initial relevance (Eq. 1-2), summed over space.
+
+How the engine saves work (no approximation involved):
+
+- one forward pass per image, shared by all neurons whose reference sets contain it;
+- the output of ``L-1`` is replaced by a detached leaf tensor, so the backward pass runs from
+  ``L`` to ``L-1`` only - never to the input - and parameters never require gradients;
+- the neurons of one image are processed as "slots": slot ``j`` back-propagates, for every
+  image of the batch at once, the ``j``-th neuron that needs the image. Images are sorted by
+  how many neurons need them so that batches are nearly full in every slot.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from .cache import resolve_cache
+from .models import get_layer, layer_order, model_fingerprint
+from .references import (References, _as_index_list, _check_dataset, _dataset_fingerprint,
+                         _eval_mode, _frozen_parameters, _load_images, _resolve_device,
+                         _StopForward, _tensor_output, forward_until)
+
+__all__ = ["METHODS", "circuit_attributions", "activation_features"]
+
+#: Accepted ``method`` names: Gradient x Activation and zennit composite names (LRP).
+METHODS = ("gxa", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat",
+           "epsilon_gamma_box")
+
+_EPS = 1e-10
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} not known; methods: {', '.join(METHODS)}")
+
+
+def _lower_layers(model: nn.Module, layer: str, lower_layer) -> list[str]:
+    """Validate ``lower_layer`` (a name or a list of names) against ``layer``."""
+    get_layer(model, layer)
+    lowers = [lower_layer] if isinstance(lower_layer, str) else list(lower_layer)
+    if not lowers:
+        raise ValueError("lower_layer is empty; give a layer name or a list of names")
+    if len(set(lowers)) != len(lowers):
+        raise ValueError(f"lower_layer {lowers} names a layer twice")
+    order = layer_order(model, lowers + [layer])  # ValueError for unknown names
+    for name, pos in zip(lowers, order[:-1]):
+        if pos >= order[-1] or layer.startswith(name + "."):
+            raise ValueError(f"lower_layer {name!r} must come before layer {layer!r} "
+                             "(an earlier module whose output feeds it)")
+    return lowers
+
+
+def _reference_rows(references, layer, neurons):
+    """``(neurons list, LongTensor[N, n_ref] of dataset indices)``."""
+    if isinstance(references, References):
+        if references.layer != layer:
+            raise ValueError(f"references were mined for layer {references.layer!r}, "
+                             f"not {layer!r}")
+        if neurons is None:
+            neurons = references.channels.tolist()
+        neurons = _as_index_list(neurons)
+        return neurons, references.indices[references.rows(neurons)]
+    # a plain index tensor: one row of dataset indices per neuron (e.g. the test phase)
+    indices = torch.as_tensor(references).long()
+    if indices.ndim == 1:
+        indices = indices[None]
+    if neurons is None:
+        raise ValueError("neurons must be given when references is an index tensor")
+    neurons = _as_index_list(neurons)
+    if indices.shape[0] == 1 and len(neurons) > 1:
+        indices = indices.expand(len(neurons), -1)
+    if indices.shape[0] != len(neurons):
+        raise ValueError(f"references has {indices.shape[0]} rows for {len(neurons)} neurons")
+    return neurons, indices
+
+
+def _check_indices(indices: torch.Tensor, n: int) -> None:
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n):
+        raise ValueError(f"reference index out of range for a dataset of {n} samples; "
+                         "were the references mined on another dataset?")
+
+
+def _check_channels(neurons, n_channels: int, layer: str) -> None:
+    bad = [k for k in neurons if not 0 <= k < n_channels]
+    if bad:
+        raise ValueError(f"neuron index {bad[0]} out of range for layer {layer!r} "
+                         f"with {n_channels} channels; accepted: 0..{n_channels - 1}")
+
+
+def _space_sum(t: torch.Tensor) -> torch.Tensor:
+    """``Tensor[B, C, ...] -> Tensor[B, C]``."""
+    return t.flatten(2).sum(2) if t.ndim > 2 else t
+
+
+def _normalize(r: torch.Tensor) -> torch.Tensor:
+    """Divide by the sum of absolute values over the last axis (+1e-10); zero stays zero."""
+    return r / (r.abs().sum(-1, keepdim=True) + _EPS)
+
+
+def _indices_digest(neurons, indices) -> str:
+    h = hashlib.sha256()
+    h.update(str(list(neurons)).encode())
+    h.update(indices.contiguous().numpy().astype("int64").tobytes())
+    return h.hexdigest()[:24]
+
+
+def _composite(method: str, model: nn.Module, dataset):
+    """A zennit composite by name, with the canonizers for ``model``."""
+    from zennit.composites import COMPOSITES
+
+    from .canonizers import canonizers_for
+
+    kwargs = {"canonizers": canonizers_for(model)}
+    if method == "epsilon_gamma_box":
+        # ZBox bounds only matter for the first convolution, which circuits never reach;
+        # still give the true input range when the dataset knows its normalisation
+        mean = torch.tensor(getattr(dataset, "mean", (0.0, 0.0, 0.0)))[None, :, None, None]
+        std = torch.tensor(getattr(dataset, "std", (1.0, 1.0, 1.0)))[None, :, None, None]
+        kwargs.update(low=(0 - mean) / std, high=(1 - mean) / std)
+    return COMPOSITES[method](**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# the engine
+# --------------------------------------------------------------------------------------------
+def _capture(model, x, layer_module, lower_modules, lowers):
+    """Forward ``x`` until ``layer``; the first lower layer to run becomes a grad-requiring leaf.
+
+    Returns ``(out, acts)``: the output of ``layer`` ``Tensor[B, C, ...]`` (in the graph) and the
+    lower layers' outputs (same order as ``lowers``) that the backward pass differentiates.
+    """
+    state = {"acts": {}, "leaf": False}
+
+    def lower_hook(name):
+        def hook(mod, inp, out):
+            out = _tensor_output(name, out)
+            if not state["leaf"]:
+                # cut the graph here: the backward pass stops at this layer
+                out = out.detach().requires_grad_(True)
+                state["leaf"] = True
+            state["acts"][name] = out
+            # a clone keeps the captured tensor safe from in-place ops further up (x += ...)
+            return out.clone()
+        return hook
+
+    def top_hook(mod, inp, out):
+        state["out"] = out
+        raise _StopForward
+
+    handles = [m.register_forward_hook(lower_hook(n)) for n, m in zip(lowers, lower_modules)]
+    handles.append(layer_module.register_forward_hook(top_hook))
+    try:
+        with torch.enable_grad():
+            model(x)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in lowers if n not in state["acts"]]
+    if missing or "out" not in state:
+        raise ValueError(f"lower_layer {missing[0] if missing else lowers[0]!r} did not run "
+                         "before the layer in the forward pass")
+    out = _tensor_output("layer", state["out"])
+    if not out.requires_grad:
+        raise ValueError(f"the layer's output does not depend on lower_layer {lowers}")
+    return out, [state["acts"][n] for n in lowers]
+
+
+def _attribute(model, dataset, layer, lowers, neurons, indices, *, method, batch_size,
+               device, progress):
+    """Unnormalised circuit vectors: list (one per lower layer) of ``Tensor[N, n_ref, C_l]``."""
+    from tqdm.auto import tqdm
+
+    layer_module = get_layer(model, layer)
+    lower_modules = [get_layer(model, n) for n in lowers]
+
+    # image -> list of (row of the result, reference position, channel)
+    jobs: dict[int, list] = {}
+    for row, (k, refs) in enumerate(zip(neurons, indices.tolist())):
+        for pos, img in enumerate(refs):
+            jobs.setdefault(int(img), []).append((row, pos, k))
+    # most-needed images first: batches of images with similar slot counts waste little work
+    images = sorted(jobs, key=lambda i: (-len(jobs[i]), i))
+
+    n_rows, n_ref = indices.shape
+    results = None
+    composite = None if method == "gxa" else _composite(method, model, dataset)
+    bar = tqdm(total=int(indices.numel()), desc=f"circuits {layer}<-{','.join(lowers)}",
+               disable=not progress, unit="vec")
+    import contextlib
+
+    context = composite.context(model) if composite is not None else contextlib.nullcontext()
+    with _eval_mode(model), _frozen_parameters(model), context:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            x = _load_images(dataset, batch).to(device)
+            out, acts = _capture(model, x, layer_module, lower_modules, lowers)
+            if results is None:
+                _check_channels(neurons, out.shape[1], layer)
+                results = [torch.zeros(n_rows, n_ref, a.shape[1]) for a in acts]
+            # the activations multiply the gradients (GxA); LRP reads the relevance itself
+            weights = [a.detach() for a in acts] if method == "gxa" else None
+            n_slots = len(jobs[batch[0]])
+            for slot in range(n_slots):
+                sel = [(b, jobs[img][slot]) for b, img in enumerate(batch) if len(jobs[img]) > slot]
+                b_idx = torch.tensor([b for b, _ in sel], device=out.device)
+                ch = torch.tensor([job[2] for _, job in sel], device=out.device)
+                grad_out = torch.zeros_like(out)
+                # initial relevance: the neuron's own activation map, clamped at zero
+                grad_out[b_idx, ch] = out.detach()[b_idx, ch].clamp(min=0)
+                grads = torch.autograd.grad(out, acts, grad_out, retain_graph=slot < n_slots - 1,
+                                            allow_unused=True)
+                rows = torch.tensor([job[0] for _, job in sel])
+                pos = torch.tensor([job[1] for _, job in sel])
+                for li, g in enumerate(grads):
+                    if g is None:  # this lower layer does not feed the layer: no circuit
+                        continue
+                    g = g[b_idx]
+                    if weights is not None:
+                        g = g * weights[li][b_idx]
+                    results[li][rows, pos] = _space_sum(g).float().cpu()
+                bar.update(len(sel))
+            del out, acts, weights
+    bar.close()
+    return results
+
+
+def circuit_attributions(model: nn.Module, dataset, references, layer: str, lower_layer, *,
+                         neurons=None, method: str = "gxa", normalize: bool = True,
+                         batch_size: int = 32, device=None, cache=None,
+                         progress: bool = True) -> torch.Tensor:
+    """PURE circuit vectors of neurons of ``layer`` on their reference samples (Eq. 3).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any CNN; used in ``eval()`` mode with parameters' ``requires_grad`` off (both restored).
+    dataset : Dataset
+        ``dataset[i] -> (Tensor[3, H, W], label)``; ``dataset.fingerprint`` for caching.
+    references : References or LongTensor[N, m]
+        Mined references of ``layer``, or dataset indices per neuron (``neurons`` required;
+        a single row is used for all neurons) - e.g. new samples in the test phase.
+    layer : str
+        Layer ``L`` of the neurons (must equal ``references.layer``).
+    lower_layer : str or list of str
+        Layer ``L-1``; a list gives the per-layer vectors, each normalised on its own,
+        concatenated in the given order (the "fuller circuit" ablation).
+    neurons : int or sequence of int, optional
+        Channels of ``layer`` (default: all channels held by ``references``).
+    method : str
+        ``"gxa"`` (Gradient x Activation, the paper's default) or a zennit composite name from
+        :data:`METHODS` (LRP with :func:`~pure_utils.canonizers.canonizers_for` canonizers).
+    normalize : bool
+        Divide each vector by the sum of its absolute values + 1e-10 (sign kept).
+    batch_size : int
+        Images per forward pass; each image's neurons share it.
+    device : str or torch.device, optional
+        Where to compute (the model is moved there); default: the model's device.
+    cache : None, True, Cache or path
+        Store / reuse results (the unnormalised vectors are stored).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Tensor[len(neurons), n_ref, C_lower]
+        ``C_lower`` is the sum of the channels of the lower layers. A neuron that does not
+        activate on a sample gives a zero vector.
+    """
+    _check_method(method)
+    lowers = _lower_layers(model, layer, lower_layer)
+    n = _check_dataset(dataset)
+    neurons, indices = _reference_rows(references, layer, neurons)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    _check_indices(indices, n)
+    if isinstance(references, References):
+        pass  # rows() already checked the neurons against the mined channels
+    device = _resolve_device(model, device)
+
+    def compute():
+        parts = _attribute(model, dataset, layer, lowers, neurons, indices, method=method,
+                           batch_size=batch_size, device=device, progress=progress)
+        return {f"lower{i}": p for i, p in enumerate(parts)}
+
+    tensors = _cached("circuits", cache, model, dataset, compute, layer=layer, lower_layer=lowers,
+                      method=method, neurons=neurons, refs=_indices_digest(neurons, indices))
+    parts = [tensors[f"lower{i}"] for i in range(len(lowers))]
+    if normalize:
+        parts = [_normalize(p) for p in parts]
+    return torch.cat(parts, dim=-1)
+
+
+def _cached(kind, cache, model, dataset, compute, **params):
+    store = resolve_cache(cache)
+    fp = _dataset_fingerprint(dataset)
+    if store is not None and fp is None:
+        import warnings
+
+        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
+        store = None
+    if store is None:
+        return compute()
+    params = {"model": model_fingerprint(model), "dataset": fp, **params}
+    return store.get_or_compute(kind, params, compute)
+
+
+def activation_features(model: nn.Module, dataset, references, layer: str, *, neurons=None,
+                        batch_size: int = 64, device=None, cache=None,
+                        progress: bool = True) -> torch.Tensor:
+    """The activation baseline: spatial mean of the clamped activations of all channels.
+
+    For each reference sample of each neuron, ``mean_s relu(A_c^L(s))`` for every channel ``c``
+    of ``layer`` (after O'Mahony et al. 2023, as in the PURE paper's comparison).
+
+    Parameters
+    ----------
+    model, dataset, references, layer, neurons, device, cache, progress
+        As in :func:`circuit_attributions`.
+    batch_size : int
+        Images per forward pass (each distinct image is computed once).
+
+    Returns
+    -------
+    Tensor[len(neurons), n_ref, C]
+    """
+    get_layer(model, layer)
+    n = _check_dataset(dataset)
+    neurons, indices = _reference_rows(references, layer, neurons)
+    _check_indices(indices, n)
+    device = _resolve_device(model, device)
+
+    def compute():
+        from tqdm.auto import tqdm
+
+        images = sorted(set(indices.flatten().tolist()))
+        feats = {}
+        bar = tqdm(total=len(images), desc=f"activations {layer}", disable=not progress,
+                   unit="img")
+        with torch.inference_mode(), _eval_mode(model):
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size]
+                act = forward_until(model, _load_images(dataset, batch).to(device), layer)
+                _check_channels(neurons, act.shape[1], layer)
+                mean = _space_sum(act.clamp(min=0)).float().cpu()
+                if act.ndim > 2:
+                    mean = mean / act[0, 0].numel()
+                feats.update(zip(batch, mean))
+                bar.update(len(batch))
+        bar.close()
+        flat = torch.stack([feats[i] for i in indices.flatten().tolist()])
+        return {"features": flat.reshape(*indices.shape, -1)}
+
+    return _cached("activation_features", cache, model, dataset, compute, layer=layer,
+                   neurons=neurons, refs=_indices_digest(neurons, indices))["features"]

@@ -1,0 +1,379 @@
+"""Embedders: turn feature visualisations into vectors whose distances measure semantic similarity.
+
+PURE is evaluated (Dreyer et al. 2024, Eq. 4-5) by embedding the cropped reference samples of
+a neuron with a foundation model and measuring distances. One interface serves all of them::
+
+    emb = load_embedder("clip")                  # transformers CLIPVisionModel, ViT-B/32
+    vectors = emb.embed(crops)                   # list of Tensor[3, h, w] in [0, 1] -> Tensor[n, 768]
+
+Embedders by name (:func:`load_embedder`):
+
+``"clip"``
+    ``openai/clip-vit-base-patch32`` vision tower (transformers), mean of the
+    ``last_hidden_state`` tokens (768-d), as in the reference pipeline.
+``"open_clip"``
+    open_clip ``ViT-B-32`` with its projected image embedding (512-d); ``pretrained_tag``
+    selects the weights (default ``"openai"``).
+``"dinov2"``
+    ``facebook/dinov2-base`` (transformers), mean of the ``last_hidden_state`` tokens (768-d).
+``"ground_truth"``
+    The controlled benchmark's concepts: one vector per concept. It embeds *concept ids*, not
+    images - see :class:`GroundTruthEmbedder`.
+
+``pretrained=False`` builds the same architectures with small random-initialised
+configurations (no download), so tests and the smoke profile run the real code path. The
+preprocessing (resize of the shortest side with bicubic interpolation, centre crop, the model's
+mean/std) is implemented here, so no image-processor files are needed.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+__all__ = ["Embedder", "ImageEmbedder", "CLIPEmbedder", "OpenCLIPEmbedder", "DINOv2Embedder",
+           "GroundTruthEmbedder", "load_embedder", "EMBEDDERS", "preprocess"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: name -> (Hugging Face repository or open_clip model, what it is)
+EMBEDDERS = {
+    "clip": "openai/clip-vit-base-patch32",
+    "open_clip": "ViT-B-32",
+    "dinov2": "facebook/dinov2-base",
+    "ground_truth": None,
+}
+
+
+def preprocess(image: torch.Tensor, *, resize: int, crop: int, mean, std) -> torch.Tensor:
+    """Resize the shortest side (bicubic, antialiased), centre-crop, normalise.
+
+    Parameters
+    ----------
+    image : Tensor[3, h, w] (or [4, h, w]: RGBA, composited on white) in [0, 1]
+    resize : int
+        Length of the shortest side after resizing.
+    crop : int
+        Side of the square centre crop.
+    mean, std : tuples of 3 floats
+
+    Returns
+    -------
+    Tensor[3, crop, crop]
+    """
+    if image.dim() != 3 or image.shape[0] not in (3, 4):
+        raise ValueError(f"an image must be Tensor[3, h, w] in [0, 1], got shape {tuple(image.shape)}")
+    img = image.float()
+    if img.shape[0] == 4:
+        img = img[:3] * img[3:] + (1 - img[3:])
+    h, w = img.shape[-2:]
+    scale = resize / min(h, w)
+    size = (max(crop, round(h * scale)), max(crop, round(w * scale)))
+    img = F.interpolate(img.unsqueeze(0), size=size, mode="bicubic", align_corners=False,
+                        antialias=True).squeeze(0).clamp(0, 1)
+    top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
+    img = img[:, top:top + crop, left:left + crop]
+    mean = torch.tensor(mean).view(3, 1, 1)
+    std = torch.tensor(std).view(3, 1, 1)
+    return (img - mean) / std
+
+
+class Embedder(abc.ABC):
+    """Common interface: ``embed(items) -> Tensor[n, dim]``.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``"clip"``, ``"dinov2"``, ...).
+    dim : int
+        Embedding size.
+    pretrained : bool
+        Whether real weights were loaded (False: random-initialised, for tests).
+    input_kind : {"images", "concepts"}
+        What :meth:`embed` takes: crops, or concept ids (the ground-truth embedder).
+    """
+
+    name: str = "embedder"
+    dim: int = 0
+    pretrained: bool = False
+    input_kind: str = "images"
+
+    @abc.abstractmethod
+    def embed(self, items, *, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+        """Embed ``items`` -> ``Tensor[n, dim]`` (float32, CPU)."""
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, pretrained={self.pretrained})"
+
+
+class ImageEmbedder(Embedder):
+    """An embedder of images: preprocessing + a batched forward of a vision model.
+
+    Subclasses set ``resize``, ``crop``, ``mean``, ``std`` and implement :meth:`forward`.
+    """
+
+    input_kind = "images"
+
+    def __init__(self, model: torch.nn.Module, *, resize: int, crop: int, mean, std,
+                 batch_size: int = 32, device=None, name: str = "image", pretrained: bool = False):
+        self.device = torch.device(device or "cpu")
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.resize, self.crop, self.mean, self.std = resize, crop, mean, std
+        self.batch_size = batch_size
+        self.name, self.pretrained = name, pretrained
+        with torch.no_grad():
+            self.dim = int(self.forward(torch.zeros(1, 3, crop, crop, device=self.device)).shape[1])
+
+    @abc.abstractmethod
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``Tensor[b, 3, crop, crop]`` (normalised) -> ``Tensor[b, dim]``."""
+
+    @torch.no_grad()
+    def embed(self, items: Sequence[torch.Tensor], *, batch_size: int | None = None,
+              progress: bool = True) -> torch.Tensor:
+        """Embed images.
+
+        Parameters
+        ----------
+        items : list of Tensor[3, h, w] (or Tensor[n, 3, h, w]) in [0, 1]
+            Images of any size (crops); RGBA display crops are composited on white.
+        batch_size : int, optional
+            Default: the embedder's ``batch_size``.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        Tensor[n, dim]
+        """
+        items = list(items)
+        bs = batch_size or self.batch_size
+        out = []
+        for s in tqdm(range(0, len(items), bs), desc=f"embed {self.name}", disable=not progress):
+            x = torch.stack([preprocess(img, resize=self.resize, crop=self.crop, mean=self.mean,
+                                        std=self.std) for img in items[s:s + bs]])
+            out.append(self.forward(x.to(self.device)).float().cpu())
+        if not out:
+            return torch.zeros(0, self.dim)
+        return torch.cat(out)
+
+
+class _TokenMeanEmbedder(ImageEmbedder):
+    """transformers vision model; the embedding is the mean of ``last_hidden_state`` tokens."""
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).last_hidden_state.mean(1)
+
+
+class CLIPEmbedder(_TokenMeanEmbedder):
+    """CLIP vision tower (transformers ``CLIPVisionModel``), token mean of the last hidden state."""
+
+
+class DINOv2Embedder(_TokenMeanEmbedder):
+    """DINOv2 (transformers ``Dinov2Model``), token mean of the last hidden state."""
+
+
+class OpenCLIPEmbedder(ImageEmbedder):
+    """open_clip model, projected image embedding (``encode_image``)."""
+
+    def forward(self, pixel_values):
+        return self.model.encode_image(pixel_values)
+
+
+class GroundTruthEmbedder(Embedder):
+    """One vector per ground-truth concept of the controlled benchmark.
+
+    Plays the role of CLIP where the concepts are known: two reference samples are at distance
+    0 when they show the same concept and at distance ``scale`` otherwise (one-hot vectors
+    scaled by ``scale / sqrt(2)``). The background (concept ``-1``, a reference whose maximum
+    lies on no object) has its own vector.
+
+    It embeds concept ids, not images: get them with
+    ``pure_utils.synthetic.reference_concepts(dataset, references)`` (``LongTensor[C, n_ref]``)
+    and pass one neuron's row (or any ids) to :meth:`embed`.
+
+    Parameters
+    ----------
+    n_concepts : int
+        Number of concepts (``dataset.n_concepts``).
+    scale : float
+        Distance between two different concepts (default 1).
+    noise : float
+        Standard deviation of Gaussian noise added per embedded item (default 0: exact);
+        a little noise breaks ties where a method needs distinct points.
+    seed : int
+        Seed of the noise.
+    """
+
+    input_kind = "concepts"
+
+    def __init__(self, n_concepts: int, *, scale: float = 1.0, noise: float = 0.0, seed: int = 0):
+        if int(n_concepts) < 1:
+            raise ValueError(f"n_concepts={n_concepts} must be >= 1")
+        self.n_concepts = int(n_concepts)
+        self.dim = self.n_concepts + 1       # the last slot is the background
+        self.scale, self.noise, self.seed = float(scale), float(noise), int(seed)
+        self.name, self.pretrained = "ground_truth", False
+
+    def embed(self, items, *, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+        """Embed concept ids.
+
+        Parameters
+        ----------
+        items : LongTensor[n] or sequence of int
+            Concept ids in ``0 .. n_concepts - 1``, or ``-1`` for background.
+
+        Returns
+        -------
+        Tensor[n, n_concepts + 1]
+        """
+        if isinstance(items, (list, tuple)) and items and isinstance(items[0], torch.Tensor) \
+                and items[0].dim() == 3:
+            raise TypeError("the ground-truth embedder embeds concept ids, not images: pass "
+                            "reference_concepts(dataset, references)[k] for neuron k")
+        ids = torch.as_tensor(items, dtype=torch.long).reshape(-1)
+        bad = ids[(ids < -1) | (ids >= self.n_concepts)]
+        if bad.numel():
+            raise ValueError(f"concept ids {sorted(set(bad.tolist()))[:5]} out of range; "
+                             f"accepted: -1 (background) .. {self.n_concepts - 1}")
+        slot = torch.where(ids < 0, self.n_concepts, ids)
+        out = F.one_hot(slot, self.dim).float() * (self.scale / 2 ** 0.5)
+        if self.noise > 0:
+            gen = torch.Generator().manual_seed(self.seed)
+            out = out + self.noise * torch.randn(out.shape, generator=gen)
+        return out
+
+    def __repr__(self):
+        return f"GroundTruthEmbedder(n_concepts={self.n_concepts}, scale={self.scale}, noise={self.noise})"
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+def _missing(name: str, what: str, err: Exception, command: str) -> RuntimeError:
+    return RuntimeError(
+        f"the weights of embedder {name!r} ({what}) are not available offline: {err}\n"
+        f"How to get them: run once on a machine with internet access ({command}); they are then "
+        "kept in the Hugging Face cache (~/.cache/huggingface, or $HF_HOME) and HF_HUB_OFFLINE=1 "
+        "works. Or choose another embedder: in the profile set `embedder:` / `visual_embedder:` "
+        "(e.g. ground_truth on the controlled benchmark), or `embedder_pretrained: false` / "
+        "`visual_embedder_pretrained: false` for a random-initialised model (tests only; its "
+        "distances mean nothing semantically).")
+
+
+def _hf_tiny(cfg_cls, image_size: int, **overrides):
+    kwargs = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=max(1, image_size // 4))
+    kwargs.update(overrides)
+    return cfg_cls(**kwargs)
+
+
+def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size: int = 32,
+                  image_size: int | None = None, n_concepts: int | None = None,
+                  pretrained_tag: str = "openai", config: dict | None = None,
+                  **kwargs) -> Embedder:
+    """Load an embedder by name.
+
+    Parameters
+    ----------
+    name : {"clip", "open_clip", "dinov2", "ground_truth"}
+    pretrained : bool
+        Load the real weights (Hugging Face cache or internet). ``False``: the same architecture
+        with a small random-initialised configuration, built without any download (for tests and
+        the smoke profile; its distances carry no semantics).
+    device : str or torch.device, optional
+        Default ``"cpu"``.
+    batch_size : int
+        Images per forward pass.
+    image_size : int, optional
+        Input side of a random-initialised model (default 32; pretrained models use 224).
+    n_concepts : int, optional
+        ``"ground_truth"`` only: number of concepts (``dataset.n_concepts``); required.
+    pretrained_tag : str
+        ``"open_clip"`` only: open_clip weight tag (default ``"openai"``).
+    config : dict, optional
+        Overrides of the random-initialised configuration (e.g. ``{"hidden_size": 64}``).
+    **kwargs
+        ``"ground_truth"``: passed to :class:`GroundTruthEmbedder` (``scale``, ``noise``, ``seed``).
+
+    Returns
+    -------
+    Embedder
+
+    Raises
+    ------
+    ValueError
+        Unknown name, or ``n_concepts`` missing for ``"ground_truth"``.
+    RuntimeError
+        ``pretrained=True`` and the weights cannot be loaded (offline, not cached); the message
+        says what is missing, how to download it and which profile key to change.
+    """
+    if name not in EMBEDDERS:
+        raise ValueError(f"embedder {name!r} not known; embedders: {', '.join(EMBEDDERS)}")
+    if name == "ground_truth":
+        if n_concepts is None:
+            raise ValueError("embedder 'ground_truth' needs n_concepts (dataset.n_concepts); it "
+                             "works only on a dataset with concept annotations (synthetic)")
+        return GroundTruthEmbedder(n_concepts, **kwargs)
+    if kwargs:
+        raise ValueError(f"unexpected arguments for embedder {name!r}: {', '.join(kwargs)}")
+    config = dict(config or {})
+    common = dict(batch_size=batch_size, device=device, name=name, pretrained=pretrained)
+
+    if name in ("clip", "dinov2"):
+        from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
+
+        is_clip = name == "clip"
+        model_cls = CLIPVisionModel if is_clip else Dinov2Model
+        cls = CLIPEmbedder if is_clip else DINOv2Embedder
+        mean, std = (CLIP_MEAN, CLIP_STD) if is_clip else (IMAGENET_MEAN, IMAGENET_STD)
+        if pretrained:
+            repo = EMBEDDERS[name]
+            try:
+                model = model_cls.from_pretrained(repo)
+            except (OSError, ValueError) as err:
+                raise _missing(name, repo, err, f"huggingface-cli download {repo}") from err
+            # CLIP: 224 shortest side then 224 crop; DINOv2's processor: 256 then 224 crop
+            resize = 224 if is_clip else 256
+            return cls(model, resize=resize, crop=224, mean=mean, std=std, **common)
+        size = image_size or 32
+        cfg = _hf_tiny(CLIPVisionConfig if is_clip else Dinov2Config, size, **config)
+        # the random weights are the same on every call; the global RNG is left untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = model_cls(cfg)
+        return cls(model, resize=size, crop=size, mean=mean, std=std, **common)
+
+    # open_clip
+    import open_clip
+
+    if pretrained:
+        try:
+            model = open_clip.create_model(EMBEDDERS[name], pretrained=pretrained_tag)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise _missing(name, f"open_clip {EMBEDDERS[name]} / {pretrained_tag}", err,
+                           "python -c \"import open_clip; open_clip.create_model('ViT-B-32', "
+                           f"pretrained='{pretrained_tag}')\"") from err
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        return OpenCLIPEmbedder(model, resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD,
+                                **common)
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    size = image_size or 32
+    vision = dict(layers=2, width=32, head_width=16, patch_size=max(1, size // 4), image_size=size)
+    vision.update(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(**vision),
+                     text_cfg=CLIPTextCfg(context_length=8, vocab_size=64, width=16, heads=2,
+                                          layers=1))
+    return OpenCLIPEmbedder(model, resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD, **common)

@@ -1,0 +1,294 @@
+"""Scores of (virtual) neurons: Eq. 4-5 distances, polysemanticity, distance correlation,
+agreement with ground truth, and summaries with error bars.
+
+Conventions: arrays may be torch tensors or NumPy arrays; results are NumPy / Python floats.
+Standard errors are ``std / sqrt(n)`` with the sample standard deviation (``ddof=1``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["distance_matrix", "intra_inter", "polysemanticity", "kmeans_labels",
+           "pairwise_distances_upper", "distance_correlation", "ground_truth_scores",
+           "purity", "bootstrap_ci", "standard_error", "summarize"]
+
+
+def _np(x, dtype=np.float64) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def distance_matrix(embeddings) -> np.ndarray:
+    """Eq. 4: Euclidean distances between all pairs of embeddings.
+
+    Parameters
+    ----------
+    embeddings : Tensor or ndarray[n, d]
+
+    Returns
+    -------
+    ndarray[n, n]
+        ``D[i, j] = ||e_i - e_j||_2`` (exactly 0 on the diagonal, symmetric).
+    """
+    E = _np(embeddings)
+    if E.ndim != 2:
+        raise ValueError(f"embeddings need shape [n, d], got {E.shape}")
+    sq = (E * E).sum(1)
+    D = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * E @ E.T, 0, None))
+    # the Gram trick loses precision for near-identical points: exact zeros where equal
+    np.fill_diagonal(D, 0.0)
+    D = (D + D.T) / 2
+    return D
+
+
+def intra_inter(D, labels) -> tuple[float, float]:
+    """Eq. 5: mean distance within clusters (pairs ``i != j``) and between clusters.
+
+    A cluster with a single member contributes no intra-cluster pair. Without any intra
+    (inter) pair the value is ``nan``.
+
+    Parameters
+    ----------
+    D : ndarray[n, n]
+        Distance matrix (Eq. 4).
+    labels : array-like[n]
+        Cluster index of each sample.
+
+    Returns
+    -------
+    (intra, inter) : tuple of float
+    """
+    D = _np(D)
+    labels = np.asarray(labels).reshape(-1)
+    if D.ndim != 2 or D.shape[0] != D.shape[1] or D.shape[0] != labels.shape[0]:
+        raise ValueError(f"D of shape {D.shape} does not match {labels.shape[0]} labels")
+    same = labels[:, None] == labels[None, :]
+    off = ~np.eye(len(labels), dtype=bool)
+    n_intra, n_inter = (same & off).sum(), (~same).sum()
+    intra = D[same & off].sum() / n_intra if n_intra else float("nan")
+    inter = D[~same].sum() / n_inter if n_inter else float("nan")
+    return float(intra), float(inter)
+
+
+def kmeans_labels(X, n_clusters: int = 2, *, random_state: int = 0, n_init: int = 10) -> np.ndarray:
+    """k-means labels of the rows of ``X`` (scikit-learn, as in the reference pipeline).
+
+    Uses :class:`pure_utils.virtual.VirtualNeurons` so that the clustering of the evaluation is
+    the one of the method.
+
+    Parameters
+    ----------
+    X : Tensor or ndarray[n, d]
+    n_clusters : int
+        ``k`` (at most ``n``).
+
+    Returns
+    -------
+    ndarray[n] of int
+    """
+    from .virtual import VirtualNeurons
+
+    X = _np(X)
+    if not 1 <= n_clusters <= X.shape[0]:
+        raise ValueError(f"n_clusters={n_clusters} not in 1..{X.shape[0]} (number of samples)")
+    vn = VirtualNeurons(n_clusters=n_clusters, random_state=random_state, n_init=n_init)
+    return np.asarray(vn.fit(X).labels_)
+
+
+def polysemanticity(embeddings, random_state: int = 0, *, n_init: int = 10) -> float:
+    """A neuron's polysemanticity: ``rho_inter - rho_intra`` of k-means (k=2) on its embeddings.
+
+    Parameters
+    ----------
+    embeddings : Tensor or ndarray[n_ref, d]
+        Embeddings (CLIP role) of the neuron's feature visualisations.
+
+    Returns
+    -------
+    float
+        Large values: two well separated groups of visualisations.
+    """
+    E = _np(embeddings)
+    labels = kmeans_labels(E, 2, random_state=random_state, n_init=n_init)
+    intra, inter = intra_inter(distance_matrix(E), labels)
+    return inter - intra
+
+
+def pairwise_distances_upper(X) -> np.ndarray:
+    """Euclidean distances of all pairs ``i < j`` of the rows of ``X``: ``ndarray[n (n - 1) / 2]``."""
+    D = distance_matrix(X)
+    return D[np.triu_indices(D.shape[0], k=1)]
+
+
+def distance_correlation(reference, compared, *, n_samples: int = 50, n_subsets: int = 30,
+                         seed: int = 0) -> dict:
+    """Correlation of pairwise distances in two spaces (Fig. 4 bottom, reference protocol).
+
+    Per neuron, the distances of all pairs ``i < j`` of its first ``n_samples`` reference
+    samples are computed in the reference space (CLIP role) and in the compared space (PURE
+    attributions, activations, DINOv2 embeddings). The neurons are split at random (seeded)
+    into ``n_subsets`` groups; per group the distances of its neurons are pooled and their
+    Pearson correlation computed. The diagonal (zero distance of a sample to itself) is left
+    out by taking only pairs ``i < j``; equal embeddings of different samples count.
+
+    Parameters
+    ----------
+    reference : sequence of Tensor/ndarray[n_ref, d], or array[n_neurons, n_ref, d]
+        Reference-space embeddings per neuron.
+    compared : same layout, ``[n_neurons, n_ref, d']``
+        Compared-space vectors of the same samples in the same order.
+    n_samples : int
+        Reference samples per neuron (the first, i.e. most activating, ones). Default 50.
+    n_subsets : int
+        Random groups of neurons (default 30); at most the number of neurons.
+    seed : int
+        Seed of the split.
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``sem`` (``std / sqrt(n_subsets)``) of the per-group correlations,
+        ``values`` (ndarray[n_subsets]; ``nan`` where a group's distances are constant),
+        ``groups`` (list of neuron-position arrays).
+    """
+    ref = [_np(r) for r in reference]
+    cmp_ = [_np(c) for c in compared]
+    n = len(ref)
+    if len(cmp_) != n:
+        raise ValueError(f"{n} neurons in reference but {len(cmp_)} in compared")
+    if not 1 <= n_subsets <= n:
+        raise ValueError(f"n_subsets={n_subsets} not in 1..{n} (number of neurons)")
+    if n_samples < 2:
+        raise ValueError(f"n_samples={n_samples} must be >= 2 (pairs are needed)")
+    for i, (r, c) in enumerate(zip(ref, cmp_)):
+        if r.shape[0] < n_samples or c.shape[0] < n_samples:
+            raise ValueError(f"neuron at position {i} has {min(r.shape[0], c.shape[0])} samples, "
+                             f"fewer than n_samples={n_samples}")
+    d_ref = [pairwise_distances_upper(r[:n_samples]) for r in ref]
+    d_cmp = [pairwise_distances_upper(c[:n_samples]) for c in cmp_]
+    groups = np.array_split(np.random.default_rng(seed).permutation(n), n_subsets)
+    values = []
+    for g in groups:
+        a = np.concatenate([d_ref[i] for i in g])
+        b = np.concatenate([d_cmp[i] for i in g])
+        if a.std() == 0 or b.std() == 0:
+            values.append(float("nan"))
+        else:
+            values.append(float(np.corrcoef(a, b)[0, 1]))
+    values = np.asarray(values)
+    return {"mean": float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+            "sem": standard_error(values), "values": values, "groups": groups}
+
+
+def ground_truth_scores(labels_pred, concepts) -> dict:
+    """Agreement of a clustering of reference samples with their ground-truth concepts.
+
+    Adjusted Rand index (0: chance, 1: identical partitions) and normalised mutual information
+    (arithmetic normalisation, scikit-learn's default). The background (concept ``-1``) is a
+    class of its own.
+
+    Parameters
+    ----------
+    labels_pred : array-like[n_ref] or [n_neurons, n_ref]
+        Cluster (virtual neuron) of each reference sample.
+    concepts : array-like of the same shape
+        Ground-truth concept of each reference sample.
+
+    Returns
+    -------
+    dict
+        ``{"ari": ..., "nmi": ...}``: floats for one neuron, ``ndarray[n_neurons]`` otherwise.
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    pred = np.asarray(_np(labels_pred, np.int64))
+    true = np.asarray(_np(concepts, np.int64))
+    if pred.shape != true.shape or pred.ndim not in (1, 2):
+        raise ValueError(f"labels_pred {pred.shape} and concepts {true.shape} need the same shape "
+                         "[n_ref] or [n_neurons, n_ref]")
+    if pred.ndim == 1:
+        return {"ari": float(adjusted_rand_score(true, pred)),
+                "nmi": float(normalized_mutual_info_score(true, pred))}
+    ari = np.array([adjusted_rand_score(t, p) for t, p in zip(true, pred)])
+    nmi = np.array([normalized_mutual_info_score(t, p) for t, p in zip(true, pred)])
+    return {"ari": ari, "nmi": nmi}
+
+
+def purity(labels_pred, concepts) -> float:
+    """Purity: fraction of samples whose concept is the most frequent one of their cluster.
+
+    Parameters
+    ----------
+    labels_pred, concepts : array-like[n]
+
+    Returns
+    -------
+    float in (0, 1]; ``nan`` for ``n = 0``.
+    """
+    pred = np.asarray(labels_pred).reshape(-1)
+    true = np.asarray(_np(concepts, np.int64)).reshape(-1)
+    if pred.shape != true.shape:
+        raise ValueError(f"{pred.shape[0]} labels but {true.shape[0]} concepts")
+    if pred.size == 0:
+        return float("nan")
+    hits = 0
+    for c in np.unique(pred):
+        _, counts = np.unique(true[pred == c], return_counts=True)
+        hits += counts.max()
+    return float(hits / pred.size)
+
+
+def standard_error(values) -> float:
+    """``std / sqrt(n)`` of the finite values (sample std, ``ddof=1``); ``nan`` for ``n < 2``."""
+    v = _np(values).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return float("nan")
+    return float(v.std(ddof=1) / np.sqrt(v.size))
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (``nan`` values dropped).
+
+    Parameters
+    ----------
+    values : array-like[n]
+    n_boot : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+    level : float
+        Coverage in (0, 1), default 0.95.
+
+    Returns
+    -------
+    (low, high) : tuple of float; ``(nan, nan)`` without finite values.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} not in (0, 1)")
+    if n_boot < 1:
+        raise ValueError(f"n_boot={n_boot} must be >= 1")
+    v = _np(values).reshape(-1)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def summarize(values, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean, standard error, bootstrap interval and count of the finite values.
+
+    Returns
+    -------
+    dict with keys ``mean``, ``sem``, ``ci_low``, ``ci_high``, ``n``.
+    """
+    v = _np(values).reshape(-1)
+    v = v[np.isfinite(v)]
+    low, high = bootstrap_ci(v, n_boot=n_boot, seed=seed, level=level)
+    return {"mean": float(v.mean()) if v.size else float("nan"), "sem": standard_error(v),
+            "ci_low": low, "ci_high": high, "n": int(v.size)}

@@ -1,0 +1,147 @@
+"""Profiles: named sets of parameters shared by all notebooks.
+
+A profile is a YAML file in ``notebooks/profiles/`` (``offline`` - the default -, ``paper``,
+``smoke``) or any YAML path. Every notebook reads its knobs from one, so switching from the
+controlled benchmark to the paper's ImageNet setting is one word::
+
+    profile = load_profile("paper", dataset_kwargs={"root": "/data/imagenet/val"})
+
+Strings may use environment variables (``${PURE_IMAGENET_VAL}``); :func:`check_profile` stops
+with an actionable message when one is unset or a required value is missing.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+__all__ = ["load_profile", "check_profile", "profile_names", "PROFILES_DIR", "resolve_device"]
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "profiles"
+
+#: Keys every profile must define (notebooks rely on them).
+REQUIRED_KEYS = (
+    "name", "model_name", "model_names", "pretrained", "dataset", "dataset_kwargs", "layer",
+    "lower_layer", "n_ref", "batch_size", "embedder", "visual_embedder", "device", "ks",
+)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def profile_names() -> list[str]:
+    """Names of the profiles shipped in ``notebooks/profiles/``."""
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def _expand(value):
+    """Replace ``${VAR}`` by the environment variable's value (left as is when unset)."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_profile(name_or_path: str | os.PathLike | None = None, **overrides) -> dict:
+    """Read a profile.
+
+    Parameters
+    ----------
+    name_or_path : str or path, optional
+        A shipped profile name (``"offline"``, ``"paper"``, ``"smoke"``) or a YAML file path.
+        Default: ``$PURE_PROFILE`` or ``"offline"``.
+    **overrides
+        Keys replacing the file's values (nested dicts such as ``dataset_kwargs`` are merged).
+
+    Returns
+    -------
+    dict
+        The profile's keys (see the YAML files for their meaning), with ``name`` set and
+        ``${VAR}`` environment references expanded.
+    """
+    if name_or_path is None:
+        name_or_path = os.environ.get("PURE_PROFILE", "offline")
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith((".yaml", ".yml")) or path.exists()):
+        path = PROFILES_DIR / f"{text}.yaml"
+        if not path.exists():
+            raise ValueError(f"profile {text!r} not found; profiles: {', '.join(profile_names())} "
+                             "(or give the path of a YAML file)")
+    elif not path.exists():
+        raise ValueError(f"profile file {path} does not exist; profiles: {', '.join(profile_names())}")
+    import yaml
+
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"profile {path} must hold a mapping of keys, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    data = _merge(data, overrides)
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"profile {path} lacks the keys {', '.join(missing)}")
+    return _expand(data)
+
+
+def check_profile(profile: dict) -> dict:
+    """Check that a profile can run here; raise an actionable error otherwise.
+
+    Checks: no unset ``${VAR}`` left, an image folder for ImageNet / image-folder datasets that
+    exists. Model and embedder weights are checked when they load (``load_model`` /
+    ``load_embedder`` say how to get them).
+
+    Returns
+    -------
+    dict
+        The profile itself.
+    """
+    def unset(value, where):
+        if isinstance(value, str):
+            for var in _VAR.findall(value):
+                raise ValueError(
+                    f"profile {profile.get('name')!r}: {where} uses the environment variable "
+                    f"${{{var}}}, which is not set. Set it (export {var}=...) or give the value "
+                    f"directly, e.g. load_profile({profile.get('name')!r}, "
+                    f"{where.split('.')[0]}=...)")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                unset(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                unset(v, f"{where}[{i}]")
+
+    for key, value in profile.items():
+        unset(value, key)
+    if str(profile["dataset"]).lower() in ("imagenet", "imagefolder"):
+        root = (profile.get("dataset_kwargs") or {}).get("root")
+        if not root or not Path(root).is_dir():
+            what = "no ImageNet folder given" if not root else f"the folder {root} does not exist"
+            raise FileNotFoundError(
+                f"profile {profile.get('name')!r}: {what}. The paper's setting needs the ImageNet "
+                "validation images (50 000 JPEGs in 1000 class folders, as made by the usual "
+                "valprep script; obtain them from https://image-net.org after registering). Set "
+                "dataset_kwargs.root in notebooks/profiles/paper.yaml, export PURE_IMAGENET_VAL, "
+                "or pass load_profile('paper', dataset_kwargs={'root': '/path/to/val'}).")
+    return profile
+
+
+def resolve_device(device=None) -> str:
+    """``None`` / ``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; other values unchanged."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
