@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -118,29 +119,41 @@ def declared_parameters(notebook: Path) -> dict:
     return params
 
 
-def resolve_parameters(chapter_list: list[Chapter], profile: dict,
-                       overrides: dict | None = None) -> dict[str, dict]:
-    """Parameters for each chapter; unknown names are rejected before anything runs.
+def schema_keys(root: Path = ROOT) -> set[str]:
+    """The parameter names a profile may set: the keys of the default profile (``offline.yaml``)."""
+    path = Path(root) / NOTEBOOK_DIR / "profiles" / "offline.yaml"
+    if not path.exists():
+        raise BookError(f"the default profile {path} is missing; it defines the profile keys")
+    return set(yaml.safe_load(path.read_text()) or {}) | {"name"}
 
-    A profile key must be declared by at least one notebook of the book (a typo is an error,
-    not a silently ignored value); each notebook receives the profile keys it declares.
-    ``overrides`` (from ``-p``) must be declared by every notebook being run.
+
+def resolve_parameters(chapter_list: list[Chapter], profile: dict, overrides: dict | None = None,
+                       *, profile_name: str = "offline", root: Path = ROOT) -> dict[str, dict]:
+    """Parameters injected into each chapter; unknown names are rejected before anything runs.
+
+    Every notebook receives ``profile`` (the profile's name or path) and all of the profile's
+    keys, as ``papermill -f PROFILE.yaml`` does; the notebook builds its settings from them
+    (``pure_utils.profiles.from_parameters``). A profile key that the default profile does not
+    define is an error, as is an override (``-p``) that is neither a profile key nor a
+    parameter of every notebook being run.
     """
-    declared = {c.name: declared_parameters(c.source) for c in chapter_list}
-    everything = set().union(*declared.values()) if declared else set()
-    unknown = sorted(set(profile) - everything)
+    schema = schema_keys(root)
+    unknown = sorted(set(profile) - schema)
     if unknown:
         raise BookError(
-            f"profile parameter(s) {', '.join(map(repr, unknown))} are declared by no notebook; "
-            f"known parameters: {', '.join(sorted(everything))}")
+            f"profile parameter(s) {', '.join(map(repr, unknown))} unknown; profile keys: "
+            f"{', '.join(sorted(schema))}")
     result = {}
     for c in chapter_list:
-        params = {k: v for k, v in profile.items() if k in declared[c.name]}
+        declared = declared_parameters(c.source)
+        if "profile" not in declared:
+            raise BookError(f"{c.source.name}: its parameters cell must declare 'profile'")
+        params = {"profile": profile_name, **profile}
         for k, v in (overrides or {}).items():
-            if k not in declared[c.name]:
+            if k not in declared and k not in schema:
                 raise BookError(
                     f"{c.source.name}: unknown parameter {k!r}; its parameters: "
-                    f"{', '.join(sorted(declared[c.name]))}")
+                    f"{', '.join(sorted(declared))}; profile keys: {', '.join(sorted(schema))}")
             params[k] = v
         result[c.name] = params
     return result
@@ -214,6 +227,8 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=output.parent, prefix=".tmp-")
     os.close(fd)
     start = time.perf_counter()
+    # every profile key is injected, also those a notebook does not declare (as `papermill -f`)
+    logging.getLogger("papermill").setLevel(logging.ERROR)
     try:
         papermill.execute_notebook(
             str(source), tmp, parameters=params, kernel_name=kernel_name,
@@ -243,11 +258,12 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
         if missing:
             raise BookError(f"unknown notebook(s) {missing}; notebooks: {', '.join(sorted(names))}")
         chapter_list = [c for c in chapter_list if c.name in only]
-    params = resolve_parameters(chapter_list, read_profile(profile, root), overrides)
+    params = resolve_parameters(chapter_list, read_profile(profile, root), overrides,
+                                profile_name=profile, root=root)
     lib = library_hash(root)
     executed = []
     for i, c in enumerate(chapter_list, 1):
-        key = build_key(c, {"profile": profile, **params[c.name]}, lib)
+        key = build_key(c, params[c.name], lib)
         tag = f"[{i}/{len(chapter_list)}] {c.name}"
         if not force and stored_key(c.output) == key:
             log(f"{tag}: up to date")
@@ -420,13 +436,9 @@ def main(argv=None) -> int:
         elif args.cmd == "run":
             src = args.notebook.resolve()
             c = Chapter(src.stem, src, args.output.resolve())
-            profile = read_profile(str(args.profile))
-            declared = declared_parameters(src)
-            unknown = sorted(set(profile) - set(declared))
-            if unknown:
-                print(f"note: profile keys not used by {src.name}: {', '.join(unknown)}", file=sys.stderr)
-            params = resolve_parameters([c], {k: v for k, v in profile.items() if k in declared},
-                                        _parse_overrides(args.parameter))[c.name]
+            params = resolve_parameters([c], read_profile(str(args.profile)),
+                                        _parse_overrides(args.parameter),
+                                        profile_name=str(args.profile))[c.name]
             seconds = execute(src, c.output, params)
             print(f"{src.name}: done in {seconds:.0f} s -> {c.output}")
         elif args.cmd == "screenshots":
@@ -439,9 +451,11 @@ def main(argv=None) -> int:
                 print(f"interactive figure rendered on {args.interactive}")
             print(f"screenshots in {args.out}")
         elif args.cmd == "params":
-            chapter_list = chapters()
-            for c, params in resolve_parameters(chapter_list, read_profile(args.profile)).items():
-                print(f"{c}: {json.dumps(params)}")
+            for c in chapters():
+                declared = declared_parameters(c.source)
+                own = {k: v.get("default") for k, v in declared.items()}
+                print(f"{c.name}: {json.dumps(own)}")
+            print(f"profile {args.profile}: {json.dumps(read_profile(args.profile))}")
     except BookError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -23,11 +23,14 @@ def mini_book(tmp_path):
     (tmp_path / "notebooks" / "profiles").mkdir(parents=True)
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "intro.md").write_text("# Intro\n")
-    _notebook(tmp_path / "notebooks" / "one.ipynb", "a = 1  # first\nb = 2  # second", "c = a + b\nprint(c)")
-    _notebook(tmp_path / "notebooks" / "two.ipynb", "a = 1  # first", "assert a != 2, 'a changed'")
+    _notebook(tmp_path / "notebooks" / "one.ipynb", "profile = 'offline'\na = 1  # first\nb = 2  # second",
+              "c = a + b\nprint(c)")
+    _notebook(tmp_path / "notebooks" / "two.ipynb", "profile = 'offline'\nd = 1  # own knob",
+              "assert a != 2, 'a changed'")
     (tmp_path / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nchapters:\n"
         "  - file: book/executed/one\n  - file: book/executed/two\n")
+    (tmp_path / "notebooks" / "profiles" / "offline.yaml").write_text("a: 1\nb: 2\n")
     (tmp_path / "notebooks" / "profiles" / "p.yaml").write_text("a: 5\n")
     return tmp_path
 
@@ -44,26 +47,36 @@ def test_missing_source_notebook_is_named(mini_book):
         book.chapters(mini_book)
 
 
-def test_profile_keys_go_only_to_notebooks_that_declare_them(mini_book):
+def test_every_notebook_gets_the_whole_profile(mini_book):
     chapters = book.chapters(mini_book)
-    params = book.resolve_parameters(chapters, {"a": 5, "b": 7})
-    assert params == {"one": {"a": 5, "b": 7}, "two": {"a": 5}}
+    params = book.resolve_parameters(chapters, {"a": 5}, profile_name="p", root=mini_book)
+    assert params == {"one": {"profile": "p", "a": 5}, "two": {"profile": "p", "a": 5}}
 
 
 def test_unknown_profile_key_is_rejected(mini_book):
     chapters = book.chapters(mini_book)
-    with pytest.raises(book.BookError, match=r"'zz' are declared by no notebook; known parameters: a, b"):
-        book.resolve_parameters(chapters, {"a": 5, "zz": 1})
+    with pytest.raises(book.BookError, match=r"'zz' unknown; profile keys: a, b, name"):
+        book.resolve_parameters(chapters, {"a": 5, "zz": 1}, root=mini_book)
 
 
-def test_unknown_override_is_rejected_for_the_notebook(mini_book):
+def test_overrides_must_be_declared_or_profile_keys(mini_book):
     chapters = book.chapters(mini_book)
-    with pytest.raises(book.BookError, match=r"two.ipynb: unknown parameter 'b'"):
-        book.resolve_parameters(chapters, {}, overrides={"b": 3})
+    params = book.resolve_parameters(chapters, {}, overrides={"b": 3}, root=mini_book)
+    assert params["two"] == {"profile": "offline", "b": 3}
+    with pytest.raises(book.BookError, match=r"two.ipynb: unknown parameter 'q'; its parameters: d, profile"):
+        book.resolve_parameters(chapters[1:], {}, overrides={"q": 3}, root=mini_book)
+    one_only = book.resolve_parameters(chapters[:1], {}, overrides={"a": 9}, root=mini_book)
+    assert one_only["one"]["a"] == 9
+
+
+def test_a_notebook_without_profile_parameter_is_rejected(mini_book):
+    _notebook(mini_book / "notebooks" / "two.ipynb", "d = 1", "pass")
+    with pytest.raises(book.BookError, match="two.ipynb: its parameters cell must declare 'profile'"):
+        book.resolve_parameters(book.chapters(mini_book), {}, root=mini_book)
 
 
 def test_unknown_profile_name_lists_profiles(mini_book):
-    with pytest.raises(book.BookError, match="profile 'nope' not found; profiles: p"):
+    with pytest.raises(book.BookError, match="profile 'nope' not found; profiles: offline, p"):
         book.read_profile("nope", mini_book)
 
 
@@ -73,7 +86,7 @@ def test_build_key_changes_with_source_and_parameters(mini_book):
     assert k1 == book.build_key(one, {"a": 1}, "lib")
     assert k1 != book.build_key(one, {"a": 2}, "lib")
     assert k1 != book.build_key(one, {"a": 1}, "lib2")
-    _notebook(one.source, "a = 1  # first\nb = 2  # second", "c = a * b")
+    _notebook(one.source, "profile = 'offline'\na = 1  # first\nb = 2  # second", "c = a * b")
     assert k1 != book.build_key(one, {"a": 1}, "lib")
 
 
