@@ -95,11 +95,14 @@ class Embedder(abc.ABC):
         Embedding size.
     pretrained : bool
         Whether real weights were loaded (False: random-initialised, for tests).
+    spec : dict
+        The arguments of :func:`load_embedder` that define it (for cache keys).
     input_kind : {"images", "concepts"}
         What :meth:`embed` takes: crops, or concept ids (the ground-truth embedder).
     """
 
     name: str = "embedder"
+    spec: dict = {}
     dim: int = 0
     pretrained: bool = False
     input_kind: str = "images"
@@ -318,6 +321,18 @@ def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size
     """
     if name not in EMBEDDERS:
         raise ValueError(f"embedder {name!r} not known; embedders: {', '.join(EMBEDDERS)}")
+    emb = _load(name, pretrained=pretrained, device=device, batch_size=batch_size,
+                image_size=image_size, n_concepts=n_concepts, pretrained_tag=pretrained_tag,
+                config=config, **kwargs)
+    # what identifies the embedding function (used in cache keys)
+    emb.spec = dict(name=name, pretrained=bool(pretrained), image_size=image_size,
+                    n_concepts=n_concepts, config=dict(config or {}), kwargs=dict(kwargs),
+                    pretrained_tag=pretrained_tag if name == "open_clip" else None)
+    return emb
+
+
+def _load(name, *, pretrained, device, batch_size, image_size, n_concepts, pretrained_tag,
+          config, **kwargs) -> Embedder:
     if name == "ground_truth":
         if n_concepts is None:
             raise ValueError("embedder 'ground_truth' needs n_concepts (dataset.n_concepts); it "

@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["load_profile", "check_profile", "profile_names", "PROFILES_DIR", "resolve_device"]
+__all__ = ["load_profile", "check_profile", "profile_names", "profile_keys", "from_parameters", "PROFILES_DIR", "resolve_device"]
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "profiles"
 
@@ -145,3 +145,38 @@ def resolve_device(device=None) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
+
+
+def profile_keys() -> set[str]:
+    """The keys a profile may set: those of the default profile, ``offline.yaml``."""
+    import yaml
+
+    return set(yaml.safe_load((PROFILES_DIR / "offline.yaml").read_text()) or {}) | {"name"}
+
+
+def from_parameters(namespace: dict) -> dict:
+    """The profile a notebook runs on, built from its parameters.
+
+    ``namespace["profile"]`` (the notebook's ``profile`` parameter) names the base profile.
+    Every profile key found in ``namespace`` replaces the base value as a whole: this is how
+    ``papermill -f notebooks/profiles/paper.yaml`` and ``-p n_ref 50`` (which inject variables)
+    and ``make book`` (which injects the whole profile) reach the notebook.
+
+    Parameters
+    ----------
+    namespace : dict
+        The notebook's ``globals()`` right after its parameters cell.
+
+    Returns
+    -------
+    dict
+        The profile, checked with :func:`check_profile`.
+    """
+    base = load_profile(namespace.get("profile") or None)
+    for key in sorted(profile_keys() & set(namespace)):
+        if key != "name":
+            base[key] = _expand(copy.deepcopy(namespace[key]))
+    missing = [k for k in REQUIRED_KEYS if k not in base]
+    if missing:
+        raise ValueError(f"profile lacks the keys {', '.join(missing)}")
+    return check_profile(base)
