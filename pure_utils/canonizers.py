@@ -21,7 +21,47 @@ from torch import nn
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
 from zennit.layer import Sum
 
-__all__ = ["canonizers_for", "TimmResNetCanonizer"]
+__all__ = ["canonizers_for", "TimmResNetCanonizer", "ExactMergeBatchNorm"]
+
+
+class ExactMergeBatchNorm(SequentialMergeBatchNorm):
+    """``SequentialMergeBatchNorm`` whose emptied BatchNorm is exactly the identity.
+
+    zennit leaves the merged BatchNorm computing ``x / sqrt(1 + eps)``, a factor
+    ``1 - eps/2`` per BatchNorm (about 2.5e-4 over ResNet-50), so the canonized model and its
+    relevance would differ from the original model. Here ``eps`` is set to 0 while merged (and
+    restored on removal), and the identity statistics are set explicitly, whatever zennit
+    version did the merge.
+    """
+
+    def register(self, linears, batch_norm):
+        self._eps = batch_norm.eps
+        # own copies: restored on removal whether or not zennit's merge works in place
+        self._saved = {k: getattr(batch_norm, k).detach().clone()
+                       for k in ("weight", "bias", "running_mean", "running_var")
+                       if getattr(batch_norm, k) is not None}
+        super().register(linears, batch_norm)
+        with torch.no_grad():
+            batch_norm.running_mean.zero_()
+            batch_norm.running_var.fill_(1.0)
+            if batch_norm.weight is not None:
+                batch_norm.weight.fill_(1.0)
+                batch_norm.bias.zero_()
+        batch_norm.eps = 0.0
+        self._bn = batch_norm
+        # the bias zennit creates for a bias-free convolution must not ask for gradients
+        for linear in linears:
+            if linear.bias is not None:
+                linear.bias.requires_grad_(linear.weight.requires_grad)
+
+    def remove(self):
+        super().remove()
+        for key, value in self._saved.items():
+            getattr(self._bn, key).data = value
+        self._bn.eps = self._eps
+
+    def copy(self):
+        return self.__class__()
 
 
 def _apply(module, x):
@@ -119,13 +159,13 @@ def canonizers_for(model: nn.Module) -> list:
     Returns
     -------
     list of zennit.canonizers.Canonizer
-        ``SequentialMergeBatchNorm`` (BatchNorm merged into the preceding convolution) and,
+        :class:`ExactMergeBatchNorm` (BatchNorm merged into the preceding convolution) and,
         if the model has residual blocks, the matching residual canonizer
         (:class:`TimmResNetCanonizer` for timm, zennit's ``ResNetCanonizer`` parts for
         torchvision). Pass them as ``canonizers=`` to a zennit composite.
     """
     basic, bottleneck = _timm_block_types()
-    canonizers = [SequentialMergeBatchNorm()]
+    canonizers = [ExactMergeBatchNorm()]
     modules = list(model.modules())
     if basic is not None and any(type(m) in (basic, bottleneck) for m in modules):
         canonizers.append(TimmResNetCanonizer())

@@ -23,16 +23,16 @@ How the engine saves work (no approximation involved):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
 from torch import nn
 
-from .cache import resolve_cache
-from .models import get_layer, layer_order, model_fingerprint
-from .references import (References, _as_index_list, _check_dataset, _dataset_fingerprint,
-                         _eval_mode, _frozen_parameters, _load_images, _resolve_device,
-                         _StopForward, _tensor_output, forward_until)
+from .models import get_layer, layer_order
+from .references import (References, _as_index_list, _cached, _check_dataset, _eval_mode,
+                         _frozen_parameters, _load_images, _resolve_device, _StopForward,
+                         _tensor_output, forward_until)
 
 __all__ = ["METHODS", "circuit_attributions", "activation_features"]
 
@@ -205,10 +205,8 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, method, batch
     composite = None if method == "gxa" else _composite(method, model, dataset)
     bar = tqdm(total=int(indices.numel()), desc=f"circuits {layer}<-{','.join(lowers)}",
                disable=not progress, unit="vec")
-    import contextlib
-
     context = composite.context(model) if composite is not None else contextlib.nullcontext()
-    with _eval_mode(model), _frozen_parameters(model), context:
+    with _eval_mode(model), context, _frozen_parameters(model):
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
             x = _load_images(dataset, batch).to(device)
@@ -292,8 +290,6 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     _check_indices(indices, n)
-    if isinstance(references, References):
-        pass  # rows() already checked the neurons against the mined channels
     device = _resolve_device(model, device)
 
     def compute():
@@ -307,20 +303,6 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
     if normalize:
         parts = [_normalize(p) for p in parts]
     return torch.cat(parts, dim=-1)
-
-
-def _cached(kind, cache, model, dataset, compute, **params):
-    store = resolve_cache(cache)
-    fp = _dataset_fingerprint(dataset)
-    if store is not None and fp is None:
-        import warnings
-
-        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
-        store = None
-    if store is None:
-        return compute()
-    params = {"model": model_fingerprint(model), "dataset": fp, **params}
-    return store.get_or_compute(kind, params, compute)
 
 
 def activation_features(model: nn.Module, dataset, references, layer: str, *, neurons=None,
@@ -366,7 +348,7 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
                 feats.update(zip(batch, mean))
                 bar.update(len(batch))
         bar.close()
-        flat = torch.stack([feats[i] for i in indices.flatten().tolist()])
+        flat = torch.stack([feats[i] for i in indices.flatten().tolist()]).clone()
         return {"features": flat.reshape(*indices.shape, -1)}
 
     return _cached("activation_features", cache, model, dataset, compute, layer=layer,

@@ -117,6 +117,21 @@ def forward_until(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor
     return _tensor_output(layer, captured["out"])
 
 
+def _cached(kind: str, cache, model: nn.Module, dataset, compute, **params) -> dict:
+    """``compute()`` through the cache (if any), keyed by model weights, dataset and ``params``."""
+    store = resolve_cache(cache)
+    fp = _dataset_fingerprint(dataset)
+    if store is not None and fp is None:
+        import warnings
+
+        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
+        store = None
+    if store is None:
+        return compute()
+    params = {"model": model_fingerprint(model), "dataset": fp, **params}
+    return store.get_or_compute(kind, params, compute)
+
+
 @contextlib.contextmanager
 def _frozen_parameters(model: nn.Module):
     """Switch off ``requires_grad`` of all parameters (restored afterwards).
@@ -350,21 +365,11 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         bar.close()
         w = map_size[-1] if len(map_size) else 1
         positions = torch.stack([best["flat"] // w, best["flat"] % w], dim=-1)
-        return {"indices": best["indices"].cpu(), "values": best["values"].cpu(),
-                "positions": positions.cpu(), "channels": torch.arange(best["values"].shape[0]),
+        # clones: ordinary tensors, not inference-mode ones, for the caller
+        return {"indices": best["indices"].cpu().clone(), "values": best["values"].cpu().clone(),
+                "positions": positions.cpu().clone(), "channels": torch.arange(best["values"].shape[0]),
                 "map_size": torch.tensor(map_size[-2:] if len(map_size) >= 2 else (1, 1)),
                 "input_size": torch.tensor(input_size[-2:])}
 
-    store = resolve_cache(cache)
-    fp = _dataset_fingerprint(dataset)
-    if store is not None and fp is None:
-        import warnings
-
-        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
-        store = None
-    if store is None:
-        tensors = compute()
-    else:
-        params = {"model": model_fingerprint(model), "dataset": fp, "layer": layer, "n_ref": n_ref}
-        tensors = store.get_or_compute("references", params, compute)
+    tensors = _cached("references", cache, model, dataset, compute, layer=layer, n_ref=n_ref)
     return References.from_tensors(tensors, layer)

@@ -1,0 +1,180 @@
+"""Tests of pure_utils.circuits against independent computations.
+
+Gradient x Activation is compared with a brute-force computation (whole model, autograd from
+the input, one sample at a time); LRP with relevance conservation on bias-free models.
+"""
+import pytest
+import torch
+
+from pure_utils.bench import GeneratedImages
+from pure_utils.cache import Cache
+from pure_utils.circuits import METHODS, activation_features, circuit_attributions
+from pure_utils.models import load_model, randomize_batchnorm
+from pure_utils.references import mine_references
+
+SIZE = 48  # layer4 maps of 2x2: spatial sums and maxima still matter
+
+
+def random_model(name):
+    return randomize_batchnorm(load_model(name), seed=0)
+
+
+@pytest.fixture(scope="module")
+def r18():
+    return random_model("resnet18")
+
+
+@pytest.fixture(scope="module")
+def r50():
+    return random_model("resnet50")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return GeneratedImages(8, size=SIZE, seed=1)
+
+
+@pytest.fixture(scope="module")
+def refs18(r18, data):
+    return mine_references(r18, data, "layer4", n_ref=3, progress=False)
+
+
+def brute_force_gxa(model, dataset, index, layer, lower, k):
+    """Eq. 3 with a full forward and autograd from the input, for one sample."""
+    x = dataset[index][0][None].clone().requires_grad_(True)
+    store = {}
+    hooks = [model.get_submodule(lower).register_forward_hook(lambda m, i, o: store.__setitem__("low", o)),
+             model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("high", o))]
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    a = store["high"][0, k]
+    (g,) = torch.autograd.grad(a, store["low"], a.clamp(min=0))
+    r = (g * store["low"]).sum((2, 3))[0].detach()
+    return r / (r.abs().sum() + 1e-10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_gxa_equals_brute_force(name, r18, r50, data):
+    model = r18 if name == "resnet18" else r50
+    refs = mine_references(model, data, "layer4", n_ref=3, batch_size=4, progress=False)
+    neurons = [0, 17]
+    # batch_size 4 < distinct images: several forward batches, shared images, several slots
+    R = circuit_attributions(model, data, refs, "layer4", "layer3", neurons=neurons,
+                             batch_size=4, progress=False)
+    assert R.shape == (2, 3, model.layer3[-1].conv1.in_channels)
+    for j, k in enumerate(neurons):
+        for r, i in enumerate(refs.indices[k].tolist()):
+            expected = brute_force_gxa(model, data, i, "layer4", "layer3", k)
+            assert (R[j, r] - expected).abs().max() <= 1e-5
+    assert torch.allclose(R.abs().sum(-1), torch.ones(2, 3), atol=1e-5)
+
+
+def test_fuller_circuit_dead_neuron_and_index_references(data):
+    model = random_model("resnet18")
+    dead = 7
+    with torch.no_grad():  # the last residual branch drives channel 7 far below zero
+        model.layer4[-1].bn2.bias[dead] = -1e4
+    refs = mine_references(model, data, "layer4", n_ref=2, progress=False)
+    assert refs.values[dead].max() == 0
+    R = circuit_attributions(model, data, refs, "layer4", ["layer2", "layer3"],
+                             neurons=[3, dead], batch_size=3, progress=False)
+    assert R.shape == (2, 2, 128 + 256)
+    assert torch.isfinite(R).all() and R[1].abs().sum() == 0
+    for r, i in enumerate(refs.indices[3].tolist()):
+        assert (R[0, r, :128] - brute_force_gxa(model, data, i, "layer4", "layer2", 3)).abs().max() <= 1e-5
+        assert (R[0, r, 128:] - brute_force_gxa(model, data, i, "layer4", "layer3", 3)).abs().max() <= 1e-5
+    # the test phase: arbitrary samples given as an index tensor, same vectors
+    new = circuit_attributions(model, data, refs.indices[3][None], "layer4", "layer3", neurons=[3],
+                               batch_size=1, progress=False)
+    assert torch.allclose(new[0], R[0, :, 128:], atol=1e-6)
+
+
+def test_activation_features_brute_force(r18, data, refs18):
+    refs = refs18
+    F = activation_features(r18, data, refs, "layer4", neurons=[2, 9], batch_size=2, progress=False)
+    assert F.shape == (2, 3, 512)
+    with torch.no_grad():
+        for j, k in enumerate([2, 9]):
+            for r, i in enumerate(refs.indices[k].tolist()):
+                a = r18.forward_features(data[i][0][None])[0]
+                assert torch.allclose(F[j, r], a.clamp(min=0).mean((1, 2)), atol=1e-5)
+
+
+def zero_biases(model):
+    """Remove every bias: BatchNorm shifts and running means, and linear/conv biases."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.bias.zero_()
+                m.running_mean.zero_()
+            elif getattr(m, "bias", None) is not None and isinstance(m.bias, torch.Tensor):
+                m.bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("name,methods", [
+    ("resnet18", ["epsilon_plus_flat", "epsilon_gamma_box"]),
+    ("resnet50", ["epsilon_plus_flat"]),
+])
+def test_lrp_conserves_relevance_without_biases(name, methods, data):
+    model = zero_biases(random_model(name))
+    refs = mine_references(model, data, "layer4", n_ref=2, progress=False)
+    neurons = [1, 4]
+    with torch.no_grad():
+        act = torch.stack([model.forward_features(data[i][0][None])[0] for i in range(len(data))])
+    total = torch.stack([act[refs.indices[k], k].clamp(min=0).sum((1, 2)) for k in neurons])
+    assert (total > 0).all()
+    for method in methods:
+        R = circuit_attributions(model, data, refs, "layer4", "layer3", neurons=neurons,
+                                 method=method, normalize=False, progress=False)
+        rel = (R.sum(-1) - total).abs() / total
+        assert rel.max() <= 1e-4, (method, rel)
+
+
+def test_lrp_batched_slots_equal_single_neuron(r18, data, refs18):
+    refs = refs18
+    both = circuit_attributions(r18, data, refs, "layer4", "layer3", neurons=[0, 5],
+                                method="epsilon_plus_flat", batch_size=3, progress=False)
+    one = circuit_attributions(r18, data, refs, "layer4", "layer3", neurons=[5],
+                               method="epsilon_plus_flat", batch_size=1, progress=False)
+    assert torch.allclose(both[1], one[0], atol=1e-6)
+    # the canonizers are removed afterwards: the model computes what it did before
+    assert "canonizer_sum" not in dict(r18.layer4[0].named_children())
+
+
+def test_bad_input(r18, data, refs18):
+    refs = refs18
+    call = lambda **kw: circuit_attributions(r18, data, refs, kw.pop("layer", "layer4"),  # noqa: E731
+                                            kw.pop("lower", "layer3"), progress=False, **kw)
+    with pytest.raises(ValueError, match="layer 'layer9' not found"):
+        call(lower="layer9")
+    with pytest.raises(ValueError, match="must come before"):
+        call(lower="layer4.0")
+    with pytest.raises(ValueError, match="neuron index 512 out of range"):
+        call(neurons=[512])
+    with pytest.raises(ValueError, match="method 'lrp' not known; methods: gxa"):
+        call(method="lrp")
+    with pytest.raises(ValueError, match="mined for layer 'layer4'"):
+        call(layer="layer3", lower="layer2")
+    assert set(METHODS) >= {"gxa", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat"}
+
+
+def test_cache_stores_unnormalised_and_reuses(r18, data, refs18, tmp_path):
+    refs = refs18.head(2)
+    cache = Cache(tmp_path)
+    a = circuit_attributions(r18, data, refs, "layer4", "layer3", neurons=[1], cache=cache, progress=False)
+    calls = []
+    h = r18.layer1.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        b = circuit_attributions(r18, data, refs, "layer4", "layer3", neurons=[1], cache=cache,
+                                 normalize=False, progress=False)
+        assert not calls
+        circuit_attributions(r18, data, refs, "layer4", "layer3", neurons=[2], cache=cache, progress=False)
+        assert calls
+    finally:
+        h.remove()
+    assert torch.allclose(a, b / (b.abs().sum(-1, keepdim=True) + 1e-10))

@@ -1,0 +1,69 @@
+"""Tests of pure_utils.models: model loading, layer lookup, BatchNorm randomisation, fingerprints."""
+import pytest
+import torch
+
+from pure_utils.models import (build_resnet, get_layer, layer_names, layer_order, load_model,
+                               model_fingerprint, randomize_batchnorm)
+
+
+def test_load_timm_model_is_frozen_eval_and_named():
+    model = load_model("resnet18", num_classes=10)
+    assert not model.training
+    assert all(not p.requires_grad for p in model.parameters())
+    assert model.pure_name == "resnet18"
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="not_a_model"):
+        load_model("not_a_model")
+
+
+def test_layer_lookup_and_error_lists_layers():
+    model = build_resnet("basic")
+    assert get_layer(model, "layer4") is model.layer4
+    assert "layer3.0.conv1" in layer_names(model)
+    with pytest.raises(ValueError, match=r"layer 'layer5' not found; layers: conv1, bn1.*layer4"):
+        get_layer(model, "layer5")
+    a, b = layer_order(model, ["layer3", "layer4"])
+    assert a < b
+
+
+def test_build_resnet_bottleneck_widths():
+    model = build_resnet("bottleneck", channels=(8, 8, 8, 8), stem_width=8, num_classes=3)
+    out = get_layer(model, "layer4")
+    assert out[-1].conv3.out_channels == 32  # expansion 4
+    with pytest.raises(ValueError, match="block"):
+        build_resnet("dense")
+
+
+def test_randomize_batchnorm_changes_zero_initialised_bn_and_is_seeded():
+    a = randomize_batchnorm(build_resnet("basic"), seed=1)
+    b = randomize_batchnorm(build_resnet("basic"), seed=1)
+    bn = a.layer1[0].bn2  # zero-initialised by timm
+    assert bn.weight.abs().min() > 0.5
+    assert torch.equal(bn.running_mean, b.layer1[0].bn2.running_mean)
+
+
+def test_fingerprint_tracks_weights(tmp_path):
+    torch.manual_seed(0)
+    model = build_resnet("basic")
+    fp = model_fingerprint(model)
+    assert fp == model_fingerprint(model)
+    with torch.no_grad():
+        model.fc.bias[0] += 1
+    assert model_fingerprint(model) != fp
+
+
+def test_checkpoint_safetensors_roundtrip(tmp_path):
+    from safetensors.torch import save_file
+
+    src = randomize_batchnorm(load_model("resnet18", num_classes=4), seed=3)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    loaded = load_model("resnet18", num_classes=4, checkpoint=path)
+    assert model_fingerprint(loaded) != model_fingerprint(load_model("resnet18", num_classes=4))
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(loaded(x), src(x))
+    with pytest.raises(FileNotFoundError):
+        load_model("resnet18", checkpoint=tmp_path / "missing.safetensors")
