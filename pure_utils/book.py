@@ -20,6 +20,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -124,7 +125,7 @@ def schema_keys(root: Path = ROOT) -> set[str]:
     path = Path(root) / NOTEBOOK_DIR / "profiles" / "offline.yaml"
     if not path.exists():
         raise BookError(f"the default profile {path} is missing; it defines the profile keys")
-    return set(yaml.safe_load(path.read_text()) or {}) | {"name"}
+    return set(yaml.safe_load(path.read_text()) or {})
 
 
 def resolve_parameters(chapter_list: list[Chapter], profile: dict, overrides: dict | None = None,
@@ -199,14 +200,22 @@ def stored_key(path: Path) -> str | None:
         return None
 
 
-def _kernel_env(root: Path) -> None:
-    # the kernel inherits this process' environment: make the checkout importable and stay offline
+@contextlib.contextmanager
+def _kernel_env(root: Path):
+    """The kernel inherits this process' environment: make the checkout importable, stay
+    offline, and draw figures inline (whatever backend the calling process uses)."""
+    saved = dict(os.environ)
     paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ.setdefault("TQDM_MININTERVAL", "30")
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
@@ -221,7 +230,6 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    _kernel_env(ROOT)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=output.parent, prefix=".tmp-")
@@ -230,9 +238,10 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
     # every profile key is injected, also those a notebook does not declare (as `papermill -f`)
     logging.getLogger("papermill").setLevel(logging.ERROR)
     try:
-        papermill.execute_notebook(
-            str(source), tmp, parameters=params, kernel_name=kernel_name,
-            cwd=str(cwd or source.parent), progress_bar=False, log_output=False)
+        with _kernel_env(ROOT):
+            papermill.execute_notebook(
+                str(source), tmp, parameters=params, kernel_name=kernel_name,
+                cwd=str(cwd or source.parent), progress_bar=False, log_output=False)
     except PapermillExecutionError as err:
         os.unlink(tmp)
         raise BookError(f"notebook {source.name} failed in cell {err.exec_count}: "
@@ -303,12 +312,27 @@ def build_html(root: Path = ROOT) -> Path:
 
 
 def check_pages(root: Path = ROOT) -> list[Path]:
-    """One HTML page per ``_toc.yml`` entry; raises if any is missing."""
+    """Check the built HTML; raises ``BookError`` naming what is wrong.
+
+    - one HTML page per ``_toc.yml`` entry;
+    - every executed chapter shows at least one figure (an ``<img>`` or a plotly plot);
+    - no glue reference is left unresolved (myst-nb leaves ``pending_glue`` / the raw role);
+    - the bibliography page lists the cited works.
+    """
     html = Path(root) / "_build" / "html"
     pages = [html / f"{entry.removesuffix('.ipynb').removesuffix('.md')}.html" for entry in toc_files(root)]
     missing = [str(p) for p in pages if not p.exists()]
     if missing:
         raise BookError(f"pages missing after the build: {', '.join(missing)}")
+    for page in pages:
+        text = page.read_text(errors="replace")
+        if "{glue:" in text or "pending_glue" in text:
+            raise BookError(f"{page}: an unresolved glue reference is left in the page")
+        if f"/{EXECUTED_DIR.split('/')[-1]}/" in page.as_posix() and "<img" not in text and "plotly" not in text:
+            raise BookError(f"{page}: an executed chapter without any figure")
+    bib = [p for p in pages if p.stem == "bibliography"]
+    if bib and "dreyer" not in bib[0].read_text(errors="replace").lower():
+        raise BookError(f"{bib[0]}: the bibliography does not list the PURE paper")
     return pages
 
 

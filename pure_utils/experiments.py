@@ -35,7 +35,7 @@ __all__ = [
     "embed_references", "reference_concepts_of", "random_labels", "ground_truth_labels",
     "cluster_all", "compare_clusterings", "summarize_frame", "correlation_table",
     "divergence_examples", "polysemanticity_table", "ground_truth_table", "heldout_purity",
-    "Evaluation", "evaluate",
+    "Evaluation", "evaluate", "cluster_composition", "clustering_table", "choose_k_table", "variant_scores",
 ]
 
 PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
@@ -747,3 +747,160 @@ def _purity_on_heldout_split(s: Setting, train_features: dict, train_concepts, k
     test_concepts = reference_concepts(ds, refs.subset(s.neurons))
     return heldout_purity(train_features, test_feats, test_concepts, train_concepts=train_concepts,
                              ks=ks, neurons=s.neurons, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# ablations and inspection (chapters beyond the paper)
+# --------------------------------------------------------------------------------------------
+def cluster_composition(labels, concepts, concept_names=None):
+    """Which concepts make up each cluster (virtual neuron).
+
+    Parameters
+    ----------
+    labels : array-like[n]
+        Cluster of each reference sample.
+    concepts : array-like[n]
+        Ground-truth concept of each sample (``-1``: background).
+    concept_names : list of str, optional
+        Names of the concept ids.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cluster, size, concept, share`` with the most frequent concept of each cluster first.
+    """
+    import pandas as pd
+
+    labels = np.asarray(labels).reshape(-1)
+    c = np.asarray(concepts.cpu() if hasattr(concepts, "cpu") else concepts).reshape(-1)
+    if len(labels) != len(c):
+        raise ValueError(f"{len(labels)} labels but {len(c)} concepts")
+    rows = []
+    for cl in sorted(set(labels.tolist())):
+        members = c[labels == cl]
+        values, counts = np.unique(members, return_counts=True)
+        for v, n in sorted(zip(values.tolist(), counts.tolist()), key=lambda t: (-t[1], t[0])):
+            name = "background" if v < 0 else (concept_names[v] if concept_names else str(v))
+            rows.append(dict(cluster=int(cl), size=int(len(members)), concept=name,
+                             share=n / len(members)))
+    return pd.DataFrame(rows, columns=["cluster", "size", "concept", "share"])
+
+
+def clustering_table(concepts, features: dict, *, algorithms=("kmeans",), k: int = 2,
+                     neurons=None, random_state: int = 0, n_init: int = 10, progress: bool = True):
+    """ARI / NMI against ground truth for several clustering algorithms (ablation).
+
+    Parameters
+    ----------
+    concepts : LongTensor[n_neurons, n_ref]
+    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
+    algorithms : sequence of str
+        :data:`pure_utils.virtual.ALGORITHMS` names.
+    k : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, method, algorithm, k, ari, nmi``.
+    """
+    import pandas as pd
+
+    from .virtual import VirtualNeurons
+
+    concepts = torch.as_tensor(concepts)
+    n = concepts.shape[0]
+    neurons = list(range(n)) if neurons is None else [int(x) for x in neurons]
+    rows = []
+    for i in tqdm(range(n), desc="algorithms", disable=not progress):
+        c = concepts[i].numpy()
+        for name, f in features.items():
+            X = _np(f[i])
+            for algorithm in algorithms:
+                vn = VirtualNeurons(n_clusters=k, random_state=random_state, n_init=n_init,
+                                    algorithm=algorithm).fit(X)
+                s = ground_truth_scores(vn.labels_, c)
+                rows.append(dict(neuron=neurons[i], method=name, algorithm=algorithm, k=int(k),
+                                 ari=s["ari"], nmi=s["nmi"]))
+    return pd.DataFrame(rows, columns=["neuron", "method", "algorithm", "k", "ari", "nmi"])
+
+
+def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float = 0.2,
+                   neurons=None, random_state: int = 0, n_init: int = 10):
+    """Pick the number of virtual neurons per neuron by the silhouette of k-means.
+
+    For each neuron, k-means runs for every ``k`` in ``ks`` on its attribution vectors and the
+    ``k`` with the largest silhouette score (Euclidean) is chosen. With ground-truth
+    ``concepts`` the true count is added: the number of concepts holding at least
+    ``min_share`` of the neuron's reference samples (at least 1).
+
+    Parameters
+    ----------
+    features : Tensor[n_neurons, n_ref, d]
+    ks : sequence of int
+    concepts : LongTensor[n_neurons, n_ref], optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, chosen_k, silhouette`` (best score) and ``true_k`` with concepts, plus one
+        ``silhouette_k{k}`` column per ``k``.
+    """
+    import pandas as pd
+    from sklearn.metrics import silhouette_score
+
+    n = len(features)
+    neurons = list(range(n)) if neurons is None else [int(x) for x in neurons]
+    rows = []
+    for i in range(n):
+        X = _np(features[i])
+        scores = {}
+        for k in ks:
+            if not 2 <= int(k) < len(X):
+                scores[int(k)] = float("nan")  # the silhouette needs 2 <= k < n_samples
+                continue
+            labels = kmeans_labels(X, int(k), random_state=random_state, n_init=n_init)
+            scores[int(k)] = (float(silhouette_score(X, labels)) if len(set(labels.tolist())) > 1
+                              else float("nan"))
+        valid = {k: v for k, v in scores.items() if np.isfinite(v)}
+        best = max(valid, key=lambda k: (valid[k], -k)) if valid else int(ks[0])
+        row = dict(neuron=neurons[i], chosen_k=best, silhouette=scores.get(best, float("nan")))
+        if concepts is not None:
+            c = np.asarray(torch.as_tensor(concepts)[i])
+            _, counts = np.unique(c, return_counts=True)
+            row["true_k"] = max(1, int((counts / len(c) >= min_share).sum()))
+        row.update({f"silhouette_k{k}": v for k, v in scores.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None, neurons=None,
+                   random_state: int = 0, n_init: int = 10):
+    """Score clusterings of several feature variants per neuron (for ablations).
+
+    With ground-truth ``concepts`` the score is the ARI of k-means labels against them; without,
+    it is the Eq. 5 gap ``inter - intra`` on ``embeddings`` (CLIP's role).
+
+    Parameters
+    ----------
+    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
+    k : int
+    concepts : LongTensor[n_neurons, n_ref], optional
+    embeddings : Tensor[n_neurons, n_ref, d], optional
+        Needed when ``concepts`` is not given.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, method, k, score`` (and ``metric``: ``"ARI"`` or ``"gap"``).
+    """
+    if concepts is not None:
+        frame = ground_truth_table(concepts, features, ks=[k], neurons=neurons,
+                                   include_random=True, include_ground_truth=False,
+                                   random_state=random_state, n_init=n_init, progress=False)
+        return frame.rename(columns={"ari": "score"}).drop(columns="nmi").assign(metric="ARI")
+    if embeddings is None:
+        raise ValueError("variant_scores needs concepts (ground truth) or embeddings (Eq. 5)")
+    frame = compare_clusterings(embeddings, features, ks=[k], neurons=neurons, random_state=random_state,
+                                n_init=n_init, progress=False)
+    return (frame.rename(columns={"gap": "score"}).drop(columns=["intra", "inter"])
+            .assign(metric="gap"))

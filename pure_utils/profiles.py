@@ -151,7 +151,7 @@ def profile_keys() -> set[str]:
     """The keys a profile may set: those of the default profile, ``offline.yaml``."""
     import yaml
 
-    return set(yaml.safe_load((PROFILES_DIR / "offline.yaml").read_text()) or {}) | {"name"}
+    return set(yaml.safe_load((PROFILES_DIR / "offline.yaml").read_text()) or {})
 
 
 def from_parameters(namespace: dict) -> dict:
@@ -174,8 +174,7 @@ def from_parameters(namespace: dict) -> dict:
     """
     base = load_profile(namespace.get("profile") or None)
     for key in sorted(profile_keys() & set(namespace)):
-        if key != "name":
-            base[key] = _expand(copy.deepcopy(namespace[key]))
+        base[key] = _expand(copy.deepcopy(namespace[key]))
     missing = [k for k in REQUIRED_KEYS if k not in base]
     if missing:
         raise ValueError(f"profile lacks the keys {', '.join(missing)}")

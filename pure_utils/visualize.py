@@ -195,6 +195,11 @@ def _normalised(heatmaps: torch.Tensor, blur_kernel: int) -> torch.Tensor:
     return torch.where(peak > 0, h / peak.clamp_min(1e-30), torch.zeros_like(h))
 
 
+def normalised_heatmaps(heatmaps: torch.Tensor, blur_kernel: int = 5) -> torch.Tensor:
+    """The maps the crop boxes are cut from: ``|blur(h)| / max |blur(h)|``, ``Tensor[N, H, W]``."""
+    return _normalised(heatmaps.reshape(-1, *heatmaps.shape[-2:]), blur_kernel)
+
+
 def _square(lo: torch.Tensor, hi: torch.Tensor, side: torch.Tensor, size: int):
     """Grow ``[lo, hi)`` symmetrically to length ``side``, shifted (then clipped) into ``[0, size)``."""
     side = side.clamp(max=size)
@@ -616,3 +621,29 @@ def interactive_umap(coords, images, labels=None, *, hover_text=None, title: str
     fig.update_layout(title=title, width=560, height=460, xaxis_title="UMAP 1",
                       yaxis_title="UMAP 2", template="simple_white")
     return HoverImageFigure(fig, include_plotlyjs=include_plotlyjs, thumbnail_size=thumbnail_size)
+
+
+def summary_lines(summary, *, x: str = "k", hue: str = "method", ax=None, ylabel: str = "mean",
+                  title: str | None = None):
+    """Means with their intervals as one line per group (e.g. per method over ``k``).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        From :func:`pure_utils.experiments.summarize_frame`: columns ``x``, ``hue``, ``mean``,
+        ``ci_low``, ``ci_high``.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2))
+    for name, d in summary.groupby(hue, sort=False):
+        d = d.sort_values(x)
+        ax.errorbar(d[x], d["mean"], yerr=[d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]],
+                    marker="o", capsize=2, label=str(name))
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax.figure

@@ -55,7 +55,7 @@ def test_every_notebook_gets_the_whole_profile(mini_book):
 
 def test_unknown_profile_key_is_rejected(mini_book):
     chapters = book.chapters(mini_book)
-    with pytest.raises(book.BookError, match=r"'zz' unknown; profile keys: a, b, name"):
+    with pytest.raises(book.BookError, match=r"'zz' unknown; profile keys: a, b"):
         book.resolve_parameters(chapters, {"a": 5, "zz": 1}, root=mini_book)
 
 
@@ -126,8 +126,14 @@ def test_check_pages_reports_missing_pages(mini_book):
     html = mini_book / "_build" / "html" / "book"
     (html / "executed").mkdir(parents=True)
     (html / "intro.html").write_text("x")
-    (html / "executed" / "one.html").write_text("x")
+    (html / "executed" / "one.html").write_text("<img src='a.png'>")
     with pytest.raises(book.BookError, match="two.html"):
         book.check_pages(mini_book)
-    (html / "executed" / "two.html").write_text("x")
+    (html / "executed" / "two.html").write_text("<p>no figure</p>")
+    with pytest.raises(book.BookError, match="two.html: an executed chapter without any figure"):
+        book.check_pages(mini_book)
+    (html / "executed" / "two.html").write_text("<img src='b.png'> {glue:text}`x`")
+    with pytest.raises(book.BookError, match="unresolved glue"):
+        book.check_pages(mini_book)
+    (html / "executed" / "two.html").write_text("<img src='b.png'>")
     assert len(book.check_pages(mini_book)) == 3

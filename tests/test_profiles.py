@@ -67,7 +67,7 @@ def test_every_shipped_profile_sets_every_key():
     import yaml
     from pure_utils.profiles import PROFILES_DIR
 
-    keys = profile_keys() - {"name"}
+    keys = profile_keys()
     for name in profile_names():
         data = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
         assert set(data) == keys, f"{name}: missing {keys - set(data)}, extra {set(data) - keys}"
@@ -78,7 +78,7 @@ def test_from_parameters_injected_keys_replace_the_base():
 
     smoke = load_profile("smoke")
     # as `papermill -f smoke.yaml -p n_ref 3` leaves the notebook's globals
-    ns = {"profile": "offline", "some_local": 1, **{k: v for k, v in smoke.items() if k != "name"}}
+    ns = {"profile": "offline", "some_local": 1, **smoke}
     ns["n_ref"] = 3
     p = from_parameters(ns)
     assert p["n_ref"] == 3
@@ -86,5 +86,6 @@ def test_from_parameters_injected_keys_replace_the_base():
     # whole values are replaced, not merged: no key of offline's dataset_kwargs survives
     assert p["dataset_kwargs"] == smoke["dataset_kwargs"]
     assert "some_local" not in p
+    assert p["name"] == "smoke"
     # only the base named
     assert from_parameters({"profile": "smoke"})["model_name"] == smoke["model_name"]
