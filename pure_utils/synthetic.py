@@ -288,8 +288,10 @@ def render_image(config: SyntheticConfig, seed: int, split: str, index: int):
         cos_a, sin_a = round(math.cos(angle), 9), round(math.sin(angle), 9)
         bright = 1 + rng.uniform(-config.colour_jitter, config.colour_jitter)
         rgb = np.clip(np.array(COLOURS[colour]) * bright + rng.uniform(-0.04, 0.04, 3), 0, 1)
-        y0, y1 = max(0, int(y - r) - 1), min(size, int(y + r) + 2)
-        x0, x1 = max(0, int(x - r) - 1), min(size, int(x + r) + 2)
+        # corners of a rotated square reach 0.8 * sqrt(2) * r = 1.13 r from the centre
+        ext = 1.2 * r
+        y0, y1 = max(0, int(y - ext) - 1), min(size, int(y + ext) + 2)
+        x0, x1 = max(0, int(x - ext) - 1), min(size, int(x + ext) + 2)
         dy = (np.arange(y0, y1) + 0.5 - y)[:, None] * np.ones((1, x1 - x0))
         dx = (np.arange(x0, x1) + 0.5 - x)[None, :] * np.ones((y1 - y0, 1))
         m = _shape_mask(shape, dy, dx, r, cos_a, sin_a)
@@ -607,9 +609,9 @@ DEFAULT_ARCHITECTURES = {
 }
 
 #: Training hyperparameters of the shipped models (``train_default_model`` defaults).
-DEFAULT_TRAINING = dict(epochs=6, n_train=16000, batch_size=64, lr=3e-3, weight_decay=5e-4,
+DEFAULT_TRAINING = dict(epochs=8, n_train=10000, batch_size=64, lr=4e-3, weight_decay=5e-4,
                         label_smoothing=0.05, seed=0, data_seed=0, n_eval=3000, n_check=1000,
-                        threads=2)
+                        n_val=500, threads=2)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -648,11 +650,11 @@ def evaluate_accuracy(model: torch.nn.Module, dataset: SyntheticShapes, n: int |
 
 def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, epochs: int | None = None,
                         n_train: int | None = None, n_eval: int | None = None,
-                        n_check: int | None = None, batch_size: int | None = None,
+                        n_check: int | None = None, n_val: int | None = None, batch_size: int | None = None,
                         lr: float | None = None, max_steps: int | None = None,
                         threads: int | None = None, seed: int | None = None,
                         architecture: dict | None = None, config: SyntheticConfig | None = None,
-                        progress: bool = True) -> dict:
+                        init=None, command: str | None = None, progress: bool = True) -> dict:
     """Train one of the shipped default models on the synthetic train split and write it.
 
     AdamW with a one-epoch linear warm-up and a cosine schedule, label smoothing, random flips.
@@ -666,15 +668,22 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         ``"synthetic_resnet_bottleneck"``).
     out_dir : path, optional
         Where ``<name>.safetensors`` and ``<name>.json`` go (default ``data/models``).
-    epochs, n_train, n_eval, n_check, batch_size, lr, seed, threads : optional
+    epochs, n_train, n_eval, n_check, n_val, batch_size, lr, seed, threads : optional
         Override ``DEFAULT_TRAINING``. ``n_eval`` test images give the card's accuracy,
-        the first ``n_check`` of them a second accuracy used by the quick test.
+        the first ``n_check`` of them a second accuracy used by the quick test; ``n_val``
+        validation images are scored after every epoch.
     max_steps : int, optional
         Stop after this many optimiser steps (for smoke runs).
     architecture : dict, optional
         ``build_resnet`` kwargs (default ``DEFAULT_ARCHITECTURES[name]``).
     config : SyntheticConfig, optional
         Generator knobs (default ``SyntheticConfig()``).
+    init : path, optional
+        Warm start: ``<name>.safetensors`` of an earlier run (its card ``<name>.json`` beside it
+        is copied into the new card under ``warm_start``, so the full training history stays
+        recorded). The new run is a further stage with its own warm-up and cosine schedule.
+    command : str, optional
+        The command line that started the run (stored in the card).
     progress : bool
         Show a progress bar.
 
@@ -694,11 +703,13 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
             raise ValueError(f"model {name!r} not known; models: {', '.join(DEFAULT_ARCHITECTURES)}")
         architecture = dict(DEFAULT_ARCHITECTURES[name])
     hp = dict(DEFAULT_TRAINING)
-    for key, value in dict(epochs=epochs, n_train=n_train, n_eval=n_eval, n_check=n_check,
+    for key, value in dict(epochs=epochs, n_train=n_train, n_eval=n_eval, n_check=n_check, n_val=n_val,
                            batch_size=batch_size, lr=lr, seed=seed, threads=threads).items():
         if value is not None:
             hp[key] = value
     hp["max_steps"] = max_steps
+    if hp["n_train"] < hp["batch_size"]:
+        raise ValueError(f"n_train={hp['n_train']} must be at least batch_size={hp['batch_size']}")
     config = config or SyntheticConfig()
     if architecture.get("num_classes") != config.n_concepts:
         architecture["num_classes"] = config.n_concepts
@@ -710,12 +721,25 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     try:
         torch.manual_seed(hp["seed"])
         model = build_resnet(**architecture)
+        warm_start = None
+        if init is not None:
+            from safetensors.torch import load_file
+
+            init = Path(init)
+            model.load_state_dict(load_file(str(init)))
+            previous = init.with_suffix(".json")
+            warm_start = dict(weights=init.name, sha256=hashlib.sha256(init.read_bytes()).hexdigest(),
+                              card=json.loads(previous.read_text()) if previous.exists() else None)
+        # channels_last is about 1.5x faster for these small convolutions on CPU
+        model = model.to(memory_format=torch.channels_last)
         train = SyntheticShapes("train", n=hp["n_train"], seed=hp["data_seed"], config=config)
         test = SyntheticShapes("test", n=max(hp["n_eval"], hp["n_check"]), seed=hp["data_seed"],
                                config=config)
+        val = SyntheticShapes("val", n=hp["n_val"], seed=hp["data_seed"], config=config)
         t0 = time.time()
         train.render_all(progress=progress)
-        steps_per_epoch = math.ceil(hp["n_train"] / hp["batch_size"])
+        # incomplete last batches are dropped (they only add noise to the BatchNorm statistics)
+        steps_per_epoch = hp["n_train"] // hp["batch_size"]
         total = steps_per_epoch * hp["epochs"]
         if max_steps is not None:
             total = min(total, int(max_steps))
@@ -734,21 +758,25 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
             order = torch.randperm(hp["n_train"], generator=gen).numpy()
             running, seen = 0.0, 0
             for x, y in _batches(train, order, hp["batch_size"]):
-                if len(y) < hp["batch_size"] // 2:
-                    continue  # a tiny last batch only adds noise to the BatchNorm statistics
-                loss = loss_fn(model(_augment(x, gen)), y)
+                if len(y) < hp["batch_size"]:
+                    continue
+                x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
+                loss = loss_fn(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                running += float(loss) * len(y)
+                running += loss.item() * len(y)
                 seen += len(y)
                 step += 1
                 bar.update(1)
                 if step >= total:
                     break
-            history.append(round(running / max(seen, 1), 4))
-            bar.set_postfix(loss=history[-1])
+            val_acc = evaluate_accuracy(model, val)
+            history.append(dict(loss=round(running / max(seen, 1), 4), val_accuracy=val_acc))
+            bar.set_postfix(loss=history[-1]["loss"], val=val_acc)
+            if progress:
+                print(f"epoch {len(history)}: {history[-1]}, {time.time() - t0:.0f} s", flush=True)
         bar.close()
         train_time = time.time() - t0
         acc = evaluate_accuracy(model, test, hp["n_eval"])
@@ -771,19 +799,27 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         seed=hp["seed"],
         hyperparameters=dict(optimizer="AdamW", schedule="linear warm-up + cosine",
                              augmentation="random horizontal and vertical flips",
-                             steps=step, warmup_steps=warmup,
+                             steps=step, warmup_steps=warmup, n_val=hp["n_val"],
                              **{k: hp[k] for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                    "label_smoothing", "max_steps")}),
         accuracy=dict(split="test", seed=hp["data_seed"], n=hp["n_eval"], value=acc),
         accuracy_check=dict(split="test", seed=hp["data_seed"], n=hp["n_check"], value=acc_check,
                             note="first n images of the same test split, used by the quick test"),
-        train_loss_per_epoch=history,
+        history=history,
+        command=command,
         training_time_s=round(train_time, 1),
+        training_time_total_s=round(train_time + _previous_time(warm_start), 1),
+        warm_start=warm_start,
         training_threads=int(hp["threads"]),
         versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
     )
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def _previous_time(warm_start) -> float:
+    card = (warm_start or {}).get("card") or {}
+    return float(card.get("training_time_total_s", card.get("training_time_s", 0.0)))
 
 
 def main(argv=None):
@@ -799,6 +835,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--init", default=None, help="warm start from this .safetensors (a further stage)")
     p.add_argument("--out", default=None, help="output folder (default data/models)")
     p.add_argument("--tiny", action="store_true",
                    help="smoke run: a few steps on 64 images, written to --out (default: a temp folder)")
@@ -807,15 +846,22 @@ def main(argv=None):
 
     names = list(DEFAULT_ARCHITECTURES) if args.model == "all" else [args.model]
     kwargs = dict(epochs=args.epochs, n_train=args.n_train, n_eval=args.n_eval,
-                  batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+                  batch_size=args.batch_size, lr=args.lr, threads=args.threads, seed=args.seed,
+                  max_steps=args.max_steps, init=args.init)
     out = args.out
     if args.tiny:
         import tempfile
 
         out = out or tempfile.mkdtemp(prefix="pure_tiny_")
-        kwargs.update(epochs=1, n_train=64, n_eval=32, n_check=16, batch_size=16, max_steps=3)
+        kwargs.update(epochs=1, n_train=64, n_eval=32, n_check=16, n_val=16, batch_size=16, max_steps=3)
     for name in names:
-        card = train_default_model(name, out_dir=out, progress=not args.no_progress, **kwargs)
+        import shlex
+        import sys
+
+        command = " ".join(["python -m pure_utils.synthetic"] + [shlex.quote(a) for a in
+                                                                   (argv if argv is not None else sys.argv[1:])])
+        card = train_default_model(name, out_dir=out, progress=not args.no_progress,
+                                   command=command, **kwargs)
         where = Path(out) if out else Path(__file__).resolve().parent.parent / "data" / "models"
         print(f"{name}: test accuracy {card['accuracy']['value']:.4f} "
               f"(n={card['accuracy']['n']}, seed={card['accuracy']['seed']}), "
