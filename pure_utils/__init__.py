@@ -32,9 +32,13 @@ _EXPORTS = {
     "SyntheticShapes": "synthetic",
     "SyntheticConfig": "synthetic",
     "train_default_model": "synthetic",
+    "reference_concepts": "synthetic",
+    "polysemantic_by_concepts": "synthetic",
+    "concept_shares": "synthetic",
     # references.py
     "References": "references",
     "mine_references": "references",
+    "forward_until": "references",
     # circuits.py
     "circuit_attributions": "circuits",
     "activation_features": "circuits",
@@ -60,6 +64,7 @@ _EXPORTS = {
     "Cache": "cache",
     # profiles.py
     "load_profile": "profiles",
+    "from_parameters": "profiles",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
