@@ -87,7 +87,7 @@ def naive_attributions(model: nn.Module, dataset, references, layer: str, lower_
     Tensor[len(neurons), n_ref, C_lower]
         Normalised vectors, as :func:`~pure_utils.circuits.circuit_attributions`.
     """
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     from .models import get_layer
 

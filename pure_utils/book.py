@@ -210,7 +210,7 @@ def _kernel_env(root: Path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    os.environ.setdefault("TQDM_MININTERVAL", "30")
+    os.environ["TQDM_DISABLE"] = "1"  # executed pages show results, not progress bars
     try:
         yield
     finally:
@@ -284,20 +284,8 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
     return executed
 
 
-def _static_plotly(root: Path) -> None:
-    # interactive figures load plotly.js from the book itself, so the HTML works offline
-    import plotly
-
-    src = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    dst = Path(root) / "book" / "_static" / "plotly.min.js"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if not dst.exists() or dst.stat().st_size != src.stat().st_size:
-        shutil.copyfile(src, dst)
-
-
 def build_html(root: Path = ROOT) -> Path:
     """Render the book with Jupyter Book (warnings are errors). Returns ``index.html``."""
-    _static_plotly(root)
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
     if jb is None:
         raise BookError("jupyter-book is not installed in this environment (pip install 'jupyter-book>=1,<2')")

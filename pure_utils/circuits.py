@@ -187,7 +187,7 @@ def _capture(model, x, layer_module, lower_modules, lowers):
 def _attribute(model, dataset, layer, lowers, neurons, indices, *, method, batch_size,
                device, progress):
     """Unnormalised circuit vectors: list (one per lower layer) of ``Tensor[N, n_ref, C_l]``."""
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     layer_module = get_layer(model, layer)
     lower_modules = [get_layer(model, n) for n in lowers]
@@ -331,7 +331,7 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
     device = _resolve_device(model, device)
 
     def compute():
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         images = sorted(set(indices.flatten().tolist()))
         feats = {}

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ._progress import tqdm
 
 __all__ = ["Embedder", "ImageEmbedder", "CLIPEmbedder", "OpenCLIPEmbedder", "DINOv2Embedder",
            "GroundTruthEmbedder", "load_embedder", "EMBEDDERS", "preprocess"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ._progress import tqdm
 
 from .metrics import _np
 from .metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,

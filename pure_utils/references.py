@@ -341,7 +341,7 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
     device = _resolve_device(model, device)
 
     def compute():
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         best = None
         map_size = input_size = None

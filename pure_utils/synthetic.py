@@ -398,7 +398,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
     def render_all(self, progress: bool = False) -> "SyntheticShapes":
         """Render (and cache) every image now instead of lazily."""
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         for i in tqdm(range(self.n), disable=not progress, desc=f"rendering {self.split}"):
             self._render(i)
@@ -694,7 +694,7 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     """
     import timm
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     from .models import MODELS_DIR, build_resnet
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ._progress import tqdm
 
 __all__ = [
     "feature_heatmaps", "crop_boxes", "feature_crops", "display_crops", "reference_images",
