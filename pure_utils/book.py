@@ -251,6 +251,10 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
         raise
     nb = json.loads(Path(tmp).read_text())
     nb["metadata"]["pure_build"] = {"key": key, "parameters": params}
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")  # the whole profile: folded on the page, one click away
     Path(tmp).write_text(json.dumps(nb, indent=1))
     os.replace(tmp, output)
     return time.perf_counter() - start

@@ -35,7 +35,7 @@ __all__ = [
     "embed_references", "reference_concepts_of", "random_labels", "ground_truth_labels",
     "cluster_all", "compare_clusterings", "summarize_frame", "correlation_table",
     "divergence_examples", "polysemanticity_table", "ground_truth_table", "heldout_purity",
-    "Evaluation", "evaluate", "cluster_composition", "clustering_table", "choose_k_table", "variant_scores",
+    "Evaluation", "evaluate", "cluster_composition", "clustering_table", "choose_k_table", "variant_scores", "rank_neurons",
 ]
 
 PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
@@ -904,3 +904,42 @@ def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None
                                 n_init=n_init, progress=False)
     return (frame.rename(columns={"gap": "score"}).drop(columns=["intra", "inter"])
             .assign(metric="gap"))
+
+
+def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
+    """Neurons ordered from most to least polysemantic, for choosing examples.
+
+    Two measures, as available:
+
+    - ``polysemanticity``: the paper's gap (k-means k=2 on ``embeddings``, inter - intra).
+      With the ground-truth embedder it saturates (every channel with two concepts scores
+      ~1 whatever their proportions), so it cannot rank channels of the controlled benchmark;
+    - ``second_share``: with ground-truth concepts, the share of the second most frequent
+      concept among the reference samples (0 for a pure channel, up to 0.5 for an even mix).
+
+    The order uses ``second_share`` when the profile has concepts, else ``polysemanticity``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron`` and the available measures, most polysemantic first.
+    """
+    import pandas as pd
+
+    from .synthetic import concept_shares
+
+    neurons = _neurons(setting, neurons)
+    frame = pd.DataFrame({"neuron": neurons})
+    key = None
+    if embeddings is not None:
+        frame["polysemanticity"] = [polysemanticity(e, random_state=int(setting.profile.get("random_state", 0)),
+                                                    n_init=int(setting.profile.get("n_init", 10)))
+                                    for e in embeddings]
+        key = "polysemanticity"
+    if bool(setting.profile.get("has_concepts")) and hasattr(setting.dataset, "concept_grid"):
+        shares = concept_shares(reference_concepts_of(setting, neurons), setting.dataset.n_concepts)
+        frame["second_share"] = shares.sort(dim=1, descending=True).values[:, 1].numpy()
+        key = "second_share"
+    if key is None:
+        raise ValueError("rank_neurons needs embeddings or a dataset with ground-truth concepts")
+    return frame.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)

@@ -32,7 +32,8 @@ def glue(key: str, value, fmt: str | None = None):
 
     Returns
     -------
-    The glued value.
+    None
+        (so that a notebook cell ending in ``glue(...)`` shows nothing)
     """
     from myst_nb import glue as _glue
 
@@ -42,7 +43,6 @@ def glue(key: str, value, fmt: str | None = None):
     elif fmt is not None and not isinstance(value, str):
         value = format(value, fmt)
     _glue(key, value, display=False)
-    return value
 
 
 def compare_word(a: float, b: float, *, higher: str = "above", lower: str = "below",

@@ -62,3 +62,11 @@ def test_chapter_runs_on_the_smoke_profile(chapter, tmp_path, smoke_cache, monke
     assert referenced <= glued, f"glue keys used in the text but never glued: {referenced - glued}"
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "every chapter shows at least one figure"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])
+def test_glue_roles_are_where_myst_resolves_them(chapter):
+    for src, _ in _cells(chapter.source, "markdown"):
+        assert "`{glue:" not in src, "a glue role inside inline code is never resolved"
+        for math in re.findall(r"\$[^$]+\$", src):
+            assert "{glue" not in math, f"a glue role inside math is never resolved: {math}"

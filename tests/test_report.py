@@ -75,3 +75,15 @@ def test_variant_scores_uses_ari_with_truth_and_gap_without():
     assert (g.to_numpy() > r.to_numpy()).all()
     with pytest.raises(ValueError, match="needs concepts"):
         ex.variant_scores({"good": X}, k=2)
+
+
+def test_rank_neurons_orders_by_the_embedding_gap_without_concepts():
+    X, _ = _blobs(n_neurons=1, k=2)
+    flat = torch.randn(1, X.shape[1], X.shape[2]) * 0.01  # one blob: little to split
+    s = ex.Setting(profile={"has_concepts": False}, model=None, dataset=None, references=None,
+                   neurons=[7, 9], device="cpu")
+    r = ex.rank_neurons(s, torch.cat([flat, X]))
+    assert r.neuron.tolist() == [9, 7]
+    assert r.polysemanticity.iloc[0] > r.polysemanticity.iloc[1]
+    with pytest.raises(ValueError, match="needs embeddings"):
+        ex.rank_neurons(s)
