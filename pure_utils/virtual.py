@@ -10,6 +10,8 @@ is credited to that virtual neuron alone.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["VirtualNeurons", "ALGORITHMS"]
@@ -134,10 +136,15 @@ class VirtualNeurons:
             else:  # spectral
                 from sklearn.cluster import SpectralClustering
 
-                labels = SpectralClustering(n_clusters=k, n_init=self.n_init, random_state=seed,
-                                            affinity="nearest_neighbors",
-                                            n_neighbors=min(10, len(X) - 1) or 1
-                                            ).fit_predict(X)
+                with warnings.catch_warnings():
+                    # a k-nearest-neighbour graph of well separated circuits is often not
+                    # connected; sklearn warns and still embeds each component, which is the
+                    # clustering we want
+                    warnings.filterwarnings("ignore", message="Graph is not fully connected")
+                    labels = SpectralClustering(n_clusters=k, n_init=self.n_init, random_state=seed,
+                                                affinity="nearest_neighbors",
+                                                n_neighbors=min(10, len(X) - 1) or 1
+                                                ).fit_predict(X)
             labels = np.asarray(labels)
             # a cluster left empty by the algorithm gets a centre no sample is close to
             centers = np.stack([X[labels == c].mean(0) if (labels == c).any()

@@ -87,3 +87,15 @@ def test_rank_neurons_orders_by_the_embedding_gap_without_concepts():
     assert r.polysemanticity.iloc[0] > r.polysemanticity.iloc[1]
     with pytest.raises(ValueError, match="needs embeddings"):
         ex.rank_neurons(s)
+
+
+def test_kmeans_on_repeated_embeddings_gives_labels_without_warnings():
+    import warnings
+
+    from pure_utils.metrics import kmeans_labels
+
+    X = np.repeat(np.eye(3)[:2], 5, axis=0)  # two distinct points, k = 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = kmeans_labels(X, 3)
+    assert len(set(labels[:5].tolist())) == 1 and labels[0] != labels[5]
