@@ -34,6 +34,7 @@ _EXPORTS = {
     "train_default_model": "synthetic",
     "reference_concepts": "synthetic",
     "polysemantic_by_concepts": "synthetic",
+    "layer_polysemanticity": "synthetic",
     "concept_shares": "synthetic",
     # references.py
     "References": "references",

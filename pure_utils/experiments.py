@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from ._progress import tqdm
 
+from .references import _cached
 from .metrics import _np
 from .metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,
                       kmeans_labels, polysemanticity, purity, summarize)
@@ -220,7 +221,6 @@ def evaluation_boxes(setting: Setting, *, neurons=None, display: bool = False,
     (and cached). ``display=True`` gives the boxes of the display variant; ``chunk_size``
     neurons share one heatmap computation.
     """
-    from .models import model_fingerprint
     from .visualize import crop_boxes, feature_heatmaps
 
     p = setting.profile
@@ -244,13 +244,9 @@ def evaluation_boxes(setting: Setting, *, neurons=None, display: bool = False,
             return {"boxes": torch.zeros(0, setting.references.n_ref, 4, dtype=torch.long)}
         return {"boxes": torch.cat(boxes)}
 
-    fp = getattr(setting.dataset, "fingerprint", None)
-    if setting.cache is None or fp is None:
-        return compute()["boxes"]
-    params = dict(model=model_fingerprint(setting.model), dataset=fp, layer=p["layer"],
-                  composite=composite, blur=kernel, threshold=thr, neurons=neurons,
-                  refs=setting.references.indices[setting.references.rows(neurons)])
-    return setting.cache.get_or_compute("crop_boxes", params, compute)["boxes"].long()
+    return _cached("crop_boxes", setting.cache, setting.model, setting.dataset, compute,
+                   layer=p["layer"], composite=composite, blur=kernel, threshold=thr, neurons=neurons,
+                   refs=setting.references.indices[setting.references.rows(neurons)])["boxes"].long()
 
 
 def crops_from_boxes(dataset, indices, boxes) -> list[torch.Tensor]:
@@ -309,13 +305,11 @@ def embed_references(setting: Setting, embedder, boxes=None, *, neurons=None,
         emb = embedder.embed(crops, progress=progress)
         return {"embeddings": emb.reshape(*indices.shape, -1)}
 
-    fp = getattr(setting.dataset, "fingerprint", None)
-    if setting.cache is None or fp is None:
-        return compute()["embeddings"]
     spec = getattr(embedder, "spec", None) or {"repr": repr(embedder)}
-    params = dict(embedder={k: str(v) for k, v in spec.items()}, dim=embedder.dim, dataset=fp,
-                  indices=indices, boxes=boxes)
-    return setting.cache.get_or_compute("embeddings", params, compute)["embeddings"]
+    # the crops (dataset, indices, boxes) and the embedder fix the result; the model does not
+    return _cached("embeddings", setting.cache, None, setting.dataset, compute,
+                   embedder={k: str(v) for k, v in spec.items()}, dim=embedder.dim,
+                   indices=indices, boxes=boxes)["embeddings"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -701,23 +695,30 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
     if has_concepts:
         poly = polysemantic_by_concepts(concepts, float(p.get("polysemantic_min_share", 0.2)))
         sel = torch.nonzero(poly).flatten().tolist()
-        gt_feats = {}
+        gt_feats, gt_methods = {}, {}
         for method in p.get("methods", [p.get("method", "gxa")]):
             f = pure if method == p.get("method", "gxa") else circuit_features(s, method, progress=progress)
             gt_feats[f"{PURE} ({method})"] = f
+            gt_methods[f"{PURE} ({method})"] = method
         gt_feats[ACTIVATIONS] = acts
+        gt_methods[ACTIVATIONS] = None
         if sel:
             gt = ground_truth_table(concepts[sel], {m: f[sel] for m, f in gt_feats.items()}, ks=ks,
                                     neurons=[s.neurons[i] for i in sel], progress=progress, **kw)
             result.ground_truth = gt
             result.ground_truth_summary = summarize_frame(gt, "ari", **boot)
         result.tensors["polysemantic"] = poly
-        result.purity = _purity_on_heldout_split(s, gt_feats, concepts, ks, kw, progress)
+        result.purity = _purity_on_heldout_split(s, gt_feats, gt_methods, concepts, ks, kw, progress)
     return result
 
 
-def _purity_on_heldout_split(s: Setting, train_features: dict, train_concepts, ks, kw, progress):
-    """Test phase on the profile's held-out split: the neurons' references mined there."""
+def _purity_on_heldout_split(s: Setting, train_features: dict, methods: dict, train_concepts, ks, kw,
+                             progress):
+    """Test phase on the profile's held-out split: the neurons' references mined there.
+
+    ``methods`` maps each key of ``train_features`` to its attribution method
+    (``circuit_attributions``), or to ``None`` for the activation baseline.
+    """
     from .circuits import activation_features, circuit_attributions
     from .data import load_dataset
     from .references import mine_references
@@ -733,12 +734,12 @@ def _purity_on_heldout_split(s: Setting, train_features: dict, train_concepts, k
                            device=s.device, cache=s.cache, progress=progress)
     test_feats = {}
     for name in train_features:
-        if name == ACTIVATIONS:
+        method = methods[name]
+        if method is None:
             test_feats[name] = activation_features(s.model, ds, refs, p["layer"], neurons=s.neurons,
                                                    batch_size=int(p["batch_size"]), device=s.device,
                                                    cache=s.cache, progress=progress)
         else:
-            method = name[len(PURE) + 2:-1]
             test_feats[name] = circuit_attributions(s.model, ds, refs, p["layer"], p["lower_layer"],
                                                     neurons=s.neurons, method=method,
                                                     batch_size=int(p["batch_size"]),

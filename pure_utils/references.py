@@ -117,8 +117,12 @@ def forward_until(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor
     return _tensor_output(layer, captured["out"])
 
 
-def _cached(kind: str, cache, model: nn.Module, dataset, compute, **params) -> dict:
-    """``compute()`` through the cache (if any), keyed by model weights, dataset and ``params``."""
+def _cached(kind: str, cache, model: nn.Module | None, dataset, compute, **params) -> dict:
+    """``compute()`` through the cache (if any), keyed by model weights, dataset and ``params``.
+
+    ``model=None`` leaves the model out of the key (for results that do not depend on it).
+    A dataset without a ``fingerprint`` is computed without caching, with a warning.
+    """
     store = resolve_cache(cache)
     fp = _dataset_fingerprint(dataset)
     if store is not None and fp is None:
@@ -128,7 +132,9 @@ def _cached(kind: str, cache, model: nn.Module, dataset, compute, **params) -> d
         store = None
     if store is None:
         return compute()
-    params = {"model": model_fingerprint(model), "dataset": fp, **params}
+    params = {"dataset": fp, **params}
+    if model is not None:
+        params["model"] = model_fingerprint(model)
     return store.get_or_compute(kind, params, compute)
 
 

@@ -595,6 +595,55 @@ def polysemantic_by_concepts(concepts: torch.Tensor, min_share: float = 0.2) -> 
 polysemanticity_by_concepts = polysemantic_by_concepts
 
 
+def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, layer: str = "layer4",
+                          n_ref: int = 100, min_share: float = 0.2, *, batch_size: int = 250,
+                          progress: bool = False) -> dict:
+    """How many channels of ``layer`` are polysemantic by ground truth.
+
+    Mines the ``n_ref`` most activating images of every channel of ``layer`` on ``dataset``
+    (:func:`pure_utils.references.mine_references`, spatial maximum), gives every reference its
+    concept (:func:`reference_concepts`) and applies :func:`polysemantic_by_concepts`.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A network trained on ``dataset``'s concepts.
+    dataset : SyntheticShapes
+        Where the references are mined (the shipped cards use the first 3000 test images).
+    layer : str
+        Module name (default ``"layer4"``).
+    n_ref : int
+        Reference samples per channel (at most ``len(dataset)``).
+    min_share : float
+        Minimal share of each of the two concepts.
+    batch_size : int
+        Images per forward pass.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``count``, ``n_neurons``, ``fraction``, ``neurons`` (ids of the polysemantic channels) and
+        the settings (``layer``, ``n_ref``, ``min_share``, ``split``, ``n``, ``seed``, ``rule``),
+        as stored in the model cards under ``layer4_polysemantic``.
+    """
+    from .references import mine_references
+
+    refs = mine_references(model, dataset, layer, n_ref=min(int(n_ref), len(dataset)),
+                           batch_size=batch_size, progress=progress)
+    poly = polysemantic_by_concepts(reference_concepts(dataset, refs), min_share)
+    return dict(count=int(poly.sum()), n_neurons=int(poly.numel()),
+                fraction=round(float(poly.float().mean()), 4),
+                neurons=[int(i) for i in torch.nonzero(poly).flatten()],
+                layer=layer, n_ref=refs.indices.shape[1], min_share=min_share,
+                split=dataset.split, n=len(dataset), seed=dataset.seed,
+                rule=(f"top-{refs.indices.shape[1]} images per {layer} channel by spatial max; concept of "
+                      "a reference = object with most visible pixels in the input box of the argmax cell "
+                      "(pure_utils.synthetic.reference_concepts); polysemantic = at least two concepts "
+                      f"with >= {min_share:.0%} of the references"))
+
+
 # ---------------------------------------------------------------------------------------------
 # the shipped default models
 
@@ -781,6 +830,8 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         train_time = time.time() - t0
         acc = evaluate_accuracy(model, test, hp["n_eval"])
         acc_check = evaluate_accuracy(model, test, hp["n_check"])
+        model.eval()
+        poly = layer_polysemanticity(model, test, "layer4", n_ref=100, progress=False)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -812,6 +863,7 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         warm_start=warm_start,
         training_threads=int(hp["threads"]),
         versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
+        layer4_polysemantic=poly,
     )
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
@@ -865,7 +917,9 @@ def main(argv=None):
         where = Path(out) if out else Path(__file__).resolve().parent.parent / "data" / "models"
         print(f"{name}: test accuracy {card['accuracy']['value']:.4f} "
               f"(n={card['accuracy']['n']}, seed={card['accuracy']['seed']}), "
-              f"training {card['training_time_s']:.0f} s -> {where / (name + '.safetensors')}")
+              f"training {card['training_time_s']:.0f} s, "
+              f"layer4 polysemantic {card['layer4_polysemantic']['count']}/"
+              f"{card['layer4_polysemantic']['n_neurons']} -> {where / (name + '.safetensors')}")
 
 
 if __name__ == "__main__":

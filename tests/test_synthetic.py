@@ -17,6 +17,7 @@ from pure_utils.synthetic import (
     _shape_mask,
     concept_shares,
     evaluate_accuracy,
+    layer_polysemanticity,
     main,
     polysemantic_by_concepts,
     reference_concepts,
@@ -232,6 +233,66 @@ def test_shipped_model_reaches_its_card_accuracy(name):
     assert model.layer4[-1].conv1.in_channels > 0  # a real timm ResNet with layer4
 
 
+def test_layer_polysemanticity_matches_brute_force():
+    # tiny random network; the brute force takes the full activation maps, sorts every channel's
+    # spatial maxima, looks up the object under each argmax cell with concept_at and counts shares
+    from pure_utils.models import build_resnet
+
+    torch.manual_seed(3)
+    model = build_resnet(block="basic", layers=[1, 1, 1, 1], channels=[8, 8, 8, 6], stem_width=8,
+                         num_classes=16).eval()
+    ds = SyntheticShapes("test", n=40, seed=2)
+    n_ref, min_share = 10, 0.2
+    got = layer_polysemanticity(model, ds, "layer4", n_ref=n_ref, min_share=min_share)
+
+    acts = {}
+    model.layer4.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    with torch.no_grad():
+        model(torch.stack([ds[i][0] for i in range(len(ds))]))
+    a = acts["a"]  # [N, C, h, w]
+    n, c, h, w = a.shape
+    flat = a.flatten(2)
+    expected = []
+    for ch in range(c):
+        maxima, where = flat[:, ch].max(dim=1)
+        order = sorted(range(n), key=lambda k: -float(maxima[k]))[:n_ref]
+        # the top-n_ref set is well defined (no tie at its border), so tie-breaking does not matter
+        assert float(maxima[order[-1]]) > float(maxima.sort(descending=True).values[n_ref])
+        counts = {}
+        for k in order:
+            r, col = divmod(int(where[k]), w)
+            box = (r * 96 / h, col * 96 / w, (r + 1) * 96 / h, (col + 1) * 96 / w)
+            concept = ds.concept_at(k, box)
+            if concept >= 0:
+                counts[concept] = counts.get(concept, 0) + 1
+        if sum(v >= min_share * n_ref for v in counts.values()) >= 2:
+            expected.append(ch)
+    assert got["neurons"] == expected
+    assert got["count"] == len(expected) and got["n_neurons"] == c
+    assert got["fraction"] == pytest.approx(len(expected) / c, abs=1e-4)
+    assert (got["n_ref"], got["split"], got["n"], got["seed"]) == (n_ref, "test", 40, 2)
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_MODELS))
+def test_shipped_model_card_states_one_run_under_30_minutes_and_polysemantic_layer4(name):
+    card = json.loads(DEFAULT_MODELS[name].read_text())
+    # one training run, from scratch, by the command the Makefile's `models` target runs
+    assert card["warm_start"] is None
+    assert card["training_time_total_s"] == card["training_time_s"] <= 30 * 60
+    makefile = (DEFAULT_MODELS[name].parents[2] / "Makefile").read_text()
+    recipe = makefile.split("\nmodels:", 1)[1].split("\n\n", 1)[0]
+    assert card["command"].replace("python -m", "$(PY) -m") in recipe
+    # at least 30 % of layer4 polysemantic by ground truth, and the card's count is reproduced
+    stated = card["layer4_polysemantic"]
+    assert stated["fraction"] >= 0.3
+    model = load_model(name)
+    ds = SyntheticShapes(stated["split"], n=stated["n"], seed=stated["seed"],
+                         config=SyntheticConfig(**card["dataset"]["config"]))
+    again = layer_polysemanticity(model, ds, stated["layer"], n_ref=stated["n_ref"],
+                                  min_share=stated["min_share"])
+    assert again["neurons"] == stated["neurons"]
+
+
 def test_tiny_training_command_runs_end_to_end(tmp_path, capsys):
     main(["train", "--tiny", "--model", "synthetic_resnet_bottleneck", "--out", str(tmp_path),
           "--no-progress"])
@@ -239,8 +300,9 @@ def test_tiny_training_command_runs_end_to_end(tmp_path, capsys):
     card = json.loads((tmp_path / "synthetic_resnet_bottleneck.json").read_text())
     assert card["hyperparameters"]["steps"] == 3 and card["dataset"]["n_train"] == 64
     assert card["generator_version"] == GENERATOR_VERSION and card["seed"] == 0
-    for key in ("architecture", "accuracy", "training_time_s", "versions"):
+    for key in ("architecture", "accuracy", "training_time_s", "versions", "layer4_polysemantic"):
         assert key in card
+    assert card["layer4_polysemantic"]["n_neurons"] == card["architecture"]["channels"][-1] * 4
     # the written card and weights rebuild the model (as load_model does for the shipped ones)
     from safetensors.torch import load_file
 
