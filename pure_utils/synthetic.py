@@ -17,7 +17,11 @@ access works and the size of a split never changes its pixels.
 
 The module also trains the two small timm ResNets shipped in ``data/models``
 (:func:`train_default_model`, ``python -m pure_utils.synthetic train``) and maps reference samples
-to ground-truth concepts (:func:`reference_concepts`, :func:`polysemantic_by_concepts`).
+to ground-truth concepts (:func:`reference_concepts`, :func:`polysemantic_by_concepts`,
+:func:`layer_polysemanticity`). A model card (``<name>.json`` beside the weights) records the
+architecture, generator version and dataset settings, seeds, hyperparameters, the training command,
+history and time, the held-out accuracy and the share of ``layer4`` channels that are polysemantic
+by ground truth (``layer4_polysemantic``).
 """
 from __future__ import annotations
 
@@ -862,11 +866,29 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         training_time_total_s=round(train_time + _previous_time(warm_start), 1),
         warm_start=warm_start,
         training_threads=int(hp["threads"]),
+        machine=_machine(),
         versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
         layer4_polysemantic=poly,
     )
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def _machine() -> dict:
+    """What the training time was measured on (CPU count and model, platform, Python)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:  # the CPU model name on Linux
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu_count=os.cpu_count(), cpu=cpu, platform=platform.platform(),
+                python=platform.python_version())
 
 
 def _previous_time(warm_start) -> float:

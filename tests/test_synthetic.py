@@ -300,6 +300,7 @@ def test_tiny_training_command_runs_end_to_end(tmp_path, capsys):
     card = json.loads((tmp_path / "synthetic_resnet_bottleneck.json").read_text())
     assert card["hyperparameters"]["steps"] == 3 and card["dataset"]["n_train"] == 64
     assert card["generator_version"] == GENERATOR_VERSION and card["seed"] == 0
+    assert card["machine"]["cpu_count"] >= 1 and card["machine"]["python"].count(".") == 2
     for key in ("architecture", "accuracy", "training_time_s", "versions", "layer4_polysemantic"):
         assert key in card
     assert card["layer4_polysemantic"]["n_neurons"] == card["architecture"]["channels"][-1] * 4
