@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from ._progress import tqdm
 
-from .references import _cached
 from .metrics import _np
 from .metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,
                       kmeans_labels, polysemanticity, purity, summarize)
+from .references import _cached
 
 __all__ = [
     "Setting", "load_setting", "select_neurons", "circuit_features", "activation_baseline",
@@ -36,7 +36,8 @@ __all__ = [
     "embed_references", "reference_concepts_of", "random_labels", "ground_truth_labels",
     "cluster_all", "compare_clusterings", "summarize_frame", "correlation_table",
     "divergence_examples", "polysemanticity_table", "ground_truth_table", "heldout_purity",
-    "Evaluation", "evaluate", "cluster_composition", "clustering_table", "choose_k_table", "variant_scores", "rank_neurons",
+    "Evaluation", "evaluate", "cluster_composition", "clustering_table", "choose_k_table",
+    "variant_scores", "rank_neurons",
 ]
 
 PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
@@ -337,7 +338,7 @@ def ground_truth_labels(concepts, k: int) -> np.ndarray:
     -------
     ndarray[n] of int
     """
-    c = np.asarray(concepts.cpu() if hasattr(concepts, "cpu") else concepts).reshape(-1)
+    c = _np(concepts, np.int64).reshape(-1)
     values, counts = np.unique(c, return_counts=True)
     order = values[np.lexsort((values, -counts))]
     keep = order if len(order) <= k else order[:k - 1]
@@ -773,7 +774,7 @@ def cluster_composition(labels, concepts, concept_names=None):
     import pandas as pd
 
     labels = np.asarray(labels).reshape(-1)
-    c = np.asarray(concepts.cpu() if hasattr(concepts, "cpu") else concepts).reshape(-1)
+    c = _np(concepts, np.int64).reshape(-1)
     if len(labels) != len(c):
         raise ValueError(f"{len(labels)} labels but {len(c)} concepts")
     rows = []

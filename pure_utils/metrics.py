@@ -11,15 +11,13 @@ import warnings
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
+from ._arrays import as_numpy as _np
+
 __all__ = ["distance_matrix", "intra_inter", "polysemanticity", "kmeans_labels",
            "pairwise_distances_upper", "distance_correlation", "ground_truth_scores",
            "purity", "bootstrap_ci", "standard_error", "summarize"]
 
 
-def _np(x, dtype=np.float64) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
 
 
 def distance_matrix(embeddings) -> np.ndarray:

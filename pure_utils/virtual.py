@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from ._arrays import as_numpy
+
 __all__ = ["VirtualNeurons", "ALGORITHMS"]
 
 #: Accepted clustering algorithms (k-means is PURE's; the others are for ablations).
@@ -21,9 +23,7 @@ ALGORITHMS = ("kmeans", "agglomerative", "gmm", "spectral")
 
 
 def _as_array(X, name="X") -> np.ndarray:
-    if hasattr(X, "detach"):  # torch tensors
-        X = X.detach().cpu().numpy()
-    X = np.asarray(X, dtype=np.float64)
+    X = as_numpy(X)
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D [n_samples, n_features], got shape {X.shape}")
     if not np.isfinite(X).all():
@@ -215,9 +215,7 @@ class VirtualNeurons:
             and 0 elsewhere.
         """
         labels = self.predict(X)
-        if hasattr(activations, "detach"):
-            activations = activations.detach().cpu().numpy()
-        activations = np.asarray(activations, dtype=np.float64).reshape(-1)
+        activations = as_numpy(activations).reshape(-1)
         if len(activations) != len(labels):
             raise ValueError(f"{len(activations)} activations for {len(labels)} samples")
         out = np.zeros((len(labels), self.n_clusters), dtype=np.float64)

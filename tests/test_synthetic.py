@@ -293,6 +293,28 @@ def test_shipped_model_card_states_one_run_under_30_minutes_and_polysemantic_lay
     assert again["neurons"] == stated["neurons"]
 
 
+def test_warm_start_loads_the_weights_and_keeps_the_history(tmp_path):
+    from safetensors.torch import load_file
+
+    from pure_utils.models import build_resnet
+
+    name = "synthetic_resnet_bottleneck"
+    main(["train", "--tiny", "--model", name, "--out", str(tmp_path / "a"), "--no-progress"])
+    first = tmp_path / "a" / f"{name}.safetensors"
+    card_a = json.loads(first.with_suffix(".json").read_text())
+    # lr 0: the second stage changes no parameter, so its weights must be the loaded ones
+    main(["train", "--tiny", "--model", name, "--init", str(first), "--lr", "0",
+          "--out", str(tmp_path / "b"), "--no-progress"])
+    card_b = json.loads((tmp_path / "b" / f"{name}.json").read_text())
+    assert card_b["warm_start"]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert card_b["warm_start"]["card"] == card_a
+    assert card_b["training_time_total_s"] == pytest.approx(
+        card_a["training_time_s"] + card_b["training_time_s"], abs=0.11)
+    a, b = load_file(str(first)), load_file(str(tmp_path / "b" / f"{name}.safetensors"))
+    params = dict(build_resnet(**card_a["architecture"]).named_parameters())
+    assert params and all(torch.equal(a[k], b[k]) for k in params)
+
+
 def test_tiny_training_command_runs_end_to_end(tmp_path, capsys):
     main(["train", "--tiny", "--model", "synthetic_resnet_bottleneck", "--out", str(tmp_path),
           "--no-progress"])
