@@ -36,6 +36,7 @@ _EXPORTS = {
     "polysemantic_by_concepts": "synthetic",
     "layer_polysemanticity": "synthetic",
     "concept_shares": "synthetic",
+    "concept_counts": "synthetic",
     # references.py
     "References": "references",
     "mine_references": "references",

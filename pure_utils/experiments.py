@@ -833,7 +833,8 @@ def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float
     For each neuron, k-means runs for every ``k`` in ``ks`` on its attribution vectors and the
     ``k`` with the largest silhouette score (Euclidean) is chosen. With ground-truth
     ``concepts`` the true count is added: the number of concepts holding at least
-    ``min_share`` of the neuron's reference samples (at least 1).
+    ``min_share`` of the neuron's reference samples (at least 1;
+    :func:`pure_utils.synthetic.concept_counts`, background is no concept).
 
     Parameters
     ----------
@@ -850,7 +851,10 @@ def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float
     import pandas as pd
     from sklearn.metrics import silhouette_score
 
+    from .synthetic import concept_counts
+
     n = len(features)
+    true_k = None if concepts is None else concept_counts(concepts, min_share).clamp(min=1)
     neurons = list(range(n)) if neurons is None else [int(x) for x in neurons]
     rows = []
     for i in range(n):
@@ -866,10 +870,8 @@ def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float
         valid = {k: v for k, v in scores.items() if np.isfinite(v)}
         best = max(valid, key=lambda k: (valid[k], -k)) if valid else int(ks[0])
         row = dict(neuron=neurons[i], chosen_k=best, silhouette=scores.get(best, float("nan")))
-        if concepts is not None:
-            c = np.asarray(torch.as_tensor(concepts)[i])
-            _, counts = np.unique(c, return_counts=True)
-            row["true_k"] = max(1, int((counts / len(c) >= min_share).sum()))
+        if true_k is not None:
+            row["true_k"] = int(true_k[i])
         row.update({f"silhouette_k{k}": v for k, v in scores.items()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -593,8 +593,29 @@ def polysemantic_by_concepts(concepts: torch.Tensor, min_share: float = 0.2) -> 
     """
     if not 0 < min_share <= 0.5:
         raise ValueError(f"min_share={min_share} not accepted; use a value in (0, 0.5]")
-    shares = concept_shares(concepts)
-    return (shares >= min_share - 1e-9).sum(dim=1) >= 2
+    return concept_counts(concepts, min_share) >= 2
+
+
+def concept_counts(concepts: torch.Tensor, min_share: float = 0.2) -> torch.Tensor:
+    """How many concepts make up at least ``min_share`` of each neuron's reference samples.
+
+    Background references (-1) count in the total, never as a concept (as in
+    :func:`concept_shares`).
+
+    Parameters
+    ----------
+    concepts : LongTensor[C, n_ref]
+        Output of :func:`reference_concepts`.
+    min_share : float
+        Minimal share, in (0, 1].
+
+    Returns
+    -------
+    LongTensor[C]
+    """
+    if not 0 < min_share <= 1:
+        raise ValueError(f"min_share={min_share} not accepted; use a value in (0, 1]")
+    return (concept_shares(concepts) >= min_share - 1e-9).sum(dim=1)
 
 
 #: Name used in the shared API description; the same function.

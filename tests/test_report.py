@@ -46,6 +46,11 @@ def test_choose_k_finds_separated_blobs_and_counts_concepts():
     t = ex.choose_k_table(X, ks=[2, 3, 4], concepts=concepts, min_share=0.2)
     assert t.chosen_k.tolist() == [3, 3, 3]
     assert t.true_k.tolist() == [3, 3, 3]
+    # background references (-1) count in the total but are no concept
+    with_background = concepts.clone()
+    with_background[0, :20] = -1
+    t = ex.choose_k_table(X, ks=[2, 3, 4], concepts=with_background, min_share=0.2)
+    assert t.true_k.tolist() == [2, 3, 3]
     assert (t.silhouette > 0.9).all()
     # k must stay below the number of samples: such k are skipped, not an error
     small = ex.choose_k_table(X[:, :4], ks=[2, 4, 6])

@@ -15,6 +15,7 @@ from pure_utils.synthetic import (
     SyntheticConfig,
     SyntheticShapes,
     _shape_mask,
+    concept_counts,
     concept_shares,
     evaluate_accuracy,
     layer_polysemanticity,
@@ -196,8 +197,14 @@ def test_reference_concepts_and_polysemanticity(hand_built):
     # hand example: 3 concepts at 50/30/20 percent, and one concept alone
     c = torch.tensor([[0] * 5 + [1] * 3 + [2] * 2, [4] * 9 + [-1]])
     assert polysemantic_by_concepts(c).tolist() == [True, False]
+    assert concept_counts(c).tolist() == [3, 1]
+    assert concept_counts(c, min_share=0.3).tolist() == [2, 1]
+    # background (40 %) is never a concept
+    assert concept_counts(torch.tensor([[-1] * 4 + [3] * 6])).tolist() == [1]
     with pytest.raises(ValueError, match="min_share"):
         polysemantic_by_concepts(c, min_share=0.7)
+    with pytest.raises(ValueError, match="min_share"):
+        concept_counts(c, min_share=0)
 
 
 def test_reference_concepts_match_concept_at_on_real_images():
