@@ -40,8 +40,8 @@ bench: $(STAMP)
 ## models: train the two shipped models of the controlled benchmark again (the commands of their cards;
 ## about 10 minutes each on 2 CPU cores)
 models: $(STAMP)
-	$(PY) -m pure_utils.synthetic train --model synthetic_resnet_bottleneck --epochs 6 --max-steps 785 --threads 1 --out data/models
-	$(PY) -m pure_utils.synthetic train --model synthetic_resnet_basic --epochs 10 --out data/models
+	$(PY) -m pure_utils.train --model synthetic_resnet_bottleneck --epochs 6 --max-steps 785 --threads 1 --out data/models
+	$(PY) -m pure_utils.train --model synthetic_resnet_basic --epochs 10 --out data/models
 
 clean:
 	rm -rf _build book/executed

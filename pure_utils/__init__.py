@@ -21,37 +21,41 @@ _EXPORTS = {
     "layer_names": "models",
     "get_layer": "models",
     "randomize_batchnorm": "models",
-    "model_fingerprint": "models",
+    "forward_until": "models",
     "DEFAULT_MODELS": "models",
     # canonizers.py
     "canonizers_for": "canonizers",
+    "composite_for": "canonizers",
     # data.py
     "load_dataset": "data",
     "ImageFolderDataset": "data",
+    "GeneratedImages": "data",
     # synthetic.py
     "SyntheticShapes": "synthetic",
     "SyntheticConfig": "synthetic",
-    "train_default_model": "synthetic",
-    "reference_concepts": "synthetic",
-    "polysemantic_by_concepts": "synthetic",
-    "layer_polysemanticity": "synthetic",
-    "concept_shares": "synthetic",
-    "concept_counts": "synthetic",
+    # ground_truth.py
+    "reference_concepts": "ground_truth",
+    "polysemantic_by_concepts": "ground_truth",
+    "layer_polysemanticity": "ground_truth",
+    "concept_shares": "ground_truth",
+    "concept_counts": "ground_truth",
+    # train.py
+    "train_default_model": "train",
     # references.py
     "References": "references",
     "mine_references": "references",
-    "forward_until": "references",
     # circuits.py
     "circuit_attributions": "circuits",
     "activation_features": "circuits",
+    "ATTRIBUTIONS": "circuits",
     "METHODS": "circuits",
     # virtual.py
     "VirtualNeurons": "virtual",
-    # visualize.py
-    "feature_heatmaps": "visualize",
-    "crop_boxes": "visualize",
-    "feature_crops": "visualize",
-    "display_crops": "visualize",
+    # crops.py
+    "feature_heatmaps": "crops",
+    "crop_boxes": "crops",
+    "feature_crops": "crops",
+    "display_crops": "crops",
     # embed.py
     "Embedder": "embed",
     "load_embedder": "embed",
@@ -64,6 +68,7 @@ _EXPORTS = {
     "bootstrap_ci": "metrics",
     # cache.py
     "Cache": "cache",
+    "model_fingerprint": "cache",
     # profiles.py
     "load_profile": "profiles",
     "from_parameters": "profiles",

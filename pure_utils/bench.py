@@ -19,60 +19,17 @@ import argparse
 import math
 import time
 
+import timm
 import torch
 from torch import nn
 
+from ._progress import tqdm
+from .circuits import circuit_attributions
+from .data import GeneratedImages
+from .models import get_layer, randomize_batchnorm
+from .references import mine_references
+
 __all__ = ["GeneratedImages", "naive_attributions", "run_benchmark", "main"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class GeneratedImages:
-    """Random smooth images, generated on the fly (deterministic per index).
-
-    Follows the dataset protocol of ``pure_utils`` (``len``, ``ds[i] -> (image, label)``,
-    ``image(i)``, ``fingerprint``, ``mean``, ``std``, ``class_names``); used by the benchmark
-    and by tests, where real data is neither needed nor available.
-
-    Parameters
-    ----------
-    n : int
-        Number of images.
-    size : int
-        Height and width in pixels.
-    seed : int
-        Seed; image ``i`` depends only on ``(seed, i, size)``.
-    """
-
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
-    class_names = ["generated"]
-
-    def __init__(self, n: int, size: int = 224, seed: int = 0):
-        self.n, self.size, self.seed = int(n), int(size), int(seed)
-        self.fingerprint = f"generated-n{self.n}-s{self.size}-seed{self.seed}"
-
-    def __len__(self) -> int:
-        return self.n
-
-    def image(self, i: int) -> torch.Tensor:
-        """``Tensor[3, size, size]`` in [0, 1]: blobs of colour plus fine texture."""
-        if not 0 <= i < self.n:
-            raise IndexError(f"index {i} out of range for {self.n} images")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        coarse = torch.rand(1, 3, 6, 6, generator=g)
-        img = torch.nn.functional.interpolate(coarse, size=(self.size, self.size), mode="bilinear",
-                                              align_corners=False)[0]
-        img = img + 0.15 * torch.randn(3, self.size, self.size, generator=g)
-        return img.clamp(0, 1)
-
-    def __getitem__(self, i: int):
-        x = self.image(i)
-        mean = torch.tensor(self.mean)[:, None, None]
-        std = torch.tensor(self.std)[:, None, None]
-        return (x - mean) / std, 0
-
 
 def naive_attributions(model: nn.Module, dataset, references, layer: str, lower_layer: str,
                        neurons, *, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
@@ -87,10 +44,6 @@ def naive_attributions(model: nn.Module, dataset, references, layer: str, lower_
     Tensor[len(neurons), n_ref, C_lower]
         Normalised vectors, as :func:`~pure_utils.circuits.circuit_attributions`.
     """
-    from ._progress import tqdm
-
-    from .models import get_layer
-
     low_mod, high_mod = get_layer(model, lower_layer), get_layer(model, layer)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     device = next(model.parameters()).device
@@ -139,12 +92,6 @@ def run_benchmark(*, images: int = 512, neurons: int = 64, naive_neurons: int = 
                   layer: str = "layer4", lower_layer: str = "layer3", batch_size: int = 32,
                   seed: int = 0, device=None, progress: bool = False, log=print) -> dict:
     """Run the benchmark and print its figures; returns them as a dict."""
-    import timm
-
-    from .circuits import circuit_attributions
-    from .models import randomize_batchnorm
-    from .references import mine_references
-
     if naive_neurons > neurons:
         raise ValueError(f"naive_neurons={naive_neurons} must be <= neurons={neurons}")
     torch.manual_seed(seed)

@@ -33,9 +33,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import papermill
 import yaml
+from papermill.exceptions import PapermillExecutionError
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from . import profiles
+from .paths import ROOT
+
 KERNEL_NAME = "pure-utils"
 EXECUTED_DIR = "book/executed"
 NOTEBOOK_DIR = "notebooks"
@@ -91,41 +97,33 @@ def chapters(root: Path = ROOT) -> list[Chapter]:
     return out
 
 
-def profile_path(profile: str, root: Path = ROOT) -> Path:
-    """The YAML file of a profile given by name (``offline``) or path."""
-    p = Path(profile)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return p
-    p = Path(root) / NOTEBOOK_DIR / "profiles" / f"{profile}.yaml"
-    if not p.exists():
-        known = sorted(q.stem for q in (Path(root) / NOTEBOOK_DIR / "profiles").glob("*.yaml"))
-        raise BookError(f"profile {profile!r} not found; profiles: {', '.join(known)}")
-    return p
+def profiles_dir(root: Path = ROOT) -> Path:
+    """The profiles of the book at ``root``."""
+    return Path(root) / NOTEBOOK_DIR / "profiles"
 
 
 def read_profile(profile: str, root: Path = ROOT) -> dict:
-    data = yaml.safe_load(profile_path(profile, root).read_text()) or {}
-    if not isinstance(data, dict):
-        raise BookError(f"profile {profile!r} must be a mapping of parameter names to values")
-    return data
-
-
-def declared_parameters(notebook: Path) -> dict:
-    """Names (and inferred types/defaults) of the notebook's ``parameters`` cell."""
-    import papermill
-
-    params = papermill.inspect_notebook(str(notebook))
-    if not params:
-        raise BookError(f"{notebook}: no cell tagged 'parameters' (every notebook needs one)")
-    return params
+    """A profile's keys as written in its YAML file (``BookError`` for a bad name or file)."""
+    try:
+        return profiles.read_profile(profile, profiles_dir(root))
+    except ValueError as err:
+        raise BookError(str(err)) from None
 
 
 def schema_keys(root: Path = ROOT) -> set[str]:
     """The parameter names a profile may set: the keys of the default profile (``offline.yaml``)."""
-    path = Path(root) / NOTEBOOK_DIR / "profiles" / "offline.yaml"
-    if not path.exists():
-        raise BookError(f"the default profile {path} is missing; it defines the profile keys")
-    return set(yaml.safe_load(path.read_text()) or {})
+    try:
+        return profiles.profile_keys(profiles_dir(root))
+    except ValueError as err:
+        raise BookError(str(err)) from None
+
+
+def declared_parameters(notebook: Path) -> dict:
+    """Names (and inferred types/defaults) of the notebook's ``parameters`` cell."""
+    params = papermill.inspect_notebook(str(notebook))
+    if not params:
+        raise BookError(f"{notebook}: no cell tagged 'parameters' (every notebook needs one)")
+    return params
 
 
 def resolve_parameters(chapter_list: list[Chapter], profile: dict, overrides: dict | None = None,
@@ -227,9 +225,6 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
     BookError
         naming the notebook, the failing cell's error type and message.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=output.parent, prefix=".tmp-")
@@ -286,6 +281,42 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
         log(f"{tag}: done in {seconds:.0f} s")
         executed.append(c.name)
     return executed
+
+
+def glue_values(executed_dir: Path = ROOT / EXECUTED_DIR) -> dict[str, dict[str, str]]:
+    """Every glued value of the executed notebooks: ``{chapter: {key: text}}``.
+
+    The text is what the page shows (the ``text/plain`` of the glued output), so two builds
+    whose pages read the same give equal dicts.
+    """
+    out = {}
+    for path in sorted(Path(executed_dir).glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        values = {}
+        for cell in nb["cells"]:
+            for o in cell.get("outputs", []):
+                record = o.get("metadata", {}).get("scrapbook", {})
+                if "name" in record:
+                    data = o.get("data", {})
+                    text = data.get(record.get("mime_prefix", "") + "text/plain",
+                                    data.get("text/plain", ""))
+                    values[record["name"]] = "".join(text) if isinstance(text, list) else text
+        out[path.stem] = values
+    return out
+
+
+def compare_glue(before: dict, after: dict) -> list[str]:
+    """Lines naming every glued value that differs between two :func:`glue_values` results."""
+    lines = []
+    for chapter in sorted(set(before) | set(after)):
+        a, b = before.get(chapter), after.get(chapter)
+        if a is None or b is None:
+            lines.append(f"{chapter}: only in {'after' if a is None else 'before'}")
+            continue
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                lines.append(f"{chapter}.{key}: {a.get(key, '<missing>')} -> {b.get(key, '<missing>')}")
+    return lines
 
 
 def build_html(root: Path = ROOT) -> Path:
@@ -374,9 +405,6 @@ def rendered_dom(page: Path) -> str:
 
 def blank_fraction(png: Path) -> float:
     """Fraction of the screenshot's pixels that equal its most common colour."""
-    import numpy as np
-    from PIL import Image
-
     px = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
     _, counts = np.unique(px, axis=0, return_counts=True)
     return float(counts.max() / len(px))
@@ -440,6 +468,10 @@ def main(argv=None) -> int:
                     help="page whose plotly figure must render")
     pp = sub.add_parser("params", help="list each notebook's parameters")
     pp.add_argument("--profile", default="offline")
+    g = sub.add_parser("glue", help="save the glued values of the executed notebooks, or compare "
+                                    "them with a saved set (exit 1 when any differs)")
+    g.add_argument("--save", type=Path, help="write the values to this JSON file")
+    g.add_argument("--compare", type=Path, help="compare with the values saved in this JSON file")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -466,6 +498,17 @@ def main(argv=None) -> int:
             if inter is not None:
                 print(f"interactive figure rendered on {args.interactive}")
             print(f"screenshots in {args.out}")
+        elif args.cmd == "glue":
+            values = glue_values()
+            if args.save:
+                args.save.write_text(json.dumps(values, indent=1, sort_keys=True))
+                print(f"{sum(map(len, values.values()))} glued values of {len(values)} chapters "
+                      f"-> {args.save}")
+            if args.compare:
+                diff = compare_glue(json.loads(args.compare.read_text()), values)
+                n = sum(map(len, values.values()))
+                print("\n".join(diff) or f"all {n} glued values equal to {args.compare}")
+                return 1 if diff else 0
         elif args.cmd == "params":
             for c in chapters():
                 declared = declared_parameters(c.source)

@@ -12,25 +12,31 @@ complete one, never half a file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file, save
 
-__all__ = ["Cache", "resolve_cache", "default_cache_dir"]
+import pure_utils  # the version is read at call time: it enters every key
+from .paths import ROOT
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["Cache", "resolve_cache", "default_cache_dir", "cached", "model_fingerprint",
+           "dataset_fingerprint"]
+
 _KIND_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def default_cache_dir() -> Path:
     """``$PURE_CACHE_DIR`` if set, else ``<repository>/.cache/pure``."""
     env = os.environ.get("PURE_CACHE_DIR")
-    return Path(env).expanduser() if env else _REPO_ROOT / ".cache" / "pure"
+    return Path(env).expanduser() if env else ROOT / ".cache" / "pure"
 
 
 def _canonical_json(obj) -> str:
@@ -111,11 +117,10 @@ class Cache:
             The kind, a dash and the SHA-256 hex digest of the canonical JSON of
             ``{"kind", "version", "params"}``; usable as a file name.
         """
-        from pure_utils import __version__
-
         if not _KIND_RE.match(kind):
             raise ValueError(f"cache kind {kind!r} is not valid; use letters, digits, '_', '.', '-'")
-        payload = _canonical_json({"kind": kind, "version": __version__, "params": params})
+        payload = _canonical_json({"kind": kind, "version": pure_utils.__version__,
+                                   "params": params})
         return f"{kind}-{_sha256(payload)}"
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -137,8 +142,6 @@ class Cache:
             The tensors (on CPU) and the metadata, or ``None`` if the entry is missing or
             unreadable.
         """
-        from safetensors.torch import load_file
-
         tensors_path, meta_path = self._paths(key)
         if not (tensors_path.exists() and meta_path.exists()):
             return None
@@ -151,8 +154,6 @@ class Cache:
 
     def save(self, key: str, tensors: dict, meta: dict | None = None) -> None:
         """Store ``tensors`` (dict of name -> Tensor) and JSON metadata under ``key``, atomically."""
-        from safetensors.torch import save
-
         tensors_path, meta_path = self._paths(key)
         clean = {}
         for name, t in tensors.items():
@@ -204,8 +205,6 @@ class Cache:
 
 
 def _sha256(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -224,3 +223,61 @@ def resolve_cache(cache) -> Cache | None:
     if isinstance(cache, (str, os.PathLike)):
         return Cache(cache)
     raise ValueError(f"cache={cache!r} not understood; use None, True, a Cache or a folder path")
+
+
+# --------------------------------------------------------------------------------------------
+# fingerprints and the one helper every stage caches through
+# --------------------------------------------------------------------------------------------
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the model's class, name and weights, for cache keys."""
+    h = hashlib.sha256()
+    h.update(type(model).__name__.encode())
+    h.update(str(getattr(model, "pure_name", "")).encode())
+    for key, tensor in model.state_dict().items():
+        h.update(key.encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset) -> str | None:
+    """The dataset's ``fingerprint`` attribute (``None`` when it has none)."""
+    return getattr(dataset, "fingerprint", None)
+
+
+def cached(kind: str, cache, dataset, compute: Callable[[], dict], *, model=None, **params) -> dict:
+    """``compute()`` through the cache (if any), keyed by the dataset, the model and ``params``.
+
+    Parameters
+    ----------
+    kind : str
+        Artefact type (``"references"``, ``"circuits"``, ...).
+    cache : None, True, Cache or path
+        As accepted by :func:`resolve_cache`; ``None`` computes without caching.
+    dataset : Dataset
+        Its ``fingerprint`` enters the key. A dataset without one is computed without caching,
+        with a warning.
+    compute : callable
+        ``compute() -> dict[str, Tensor]``, called on a miss.
+    model : nn.Module, optional
+        Its weights' fingerprint enters the key; leave it out for results that do not depend
+        on the model (crop embeddings).
+    **params
+        Everything else the result depends on.
+
+    Returns
+    -------
+    dict[str, Tensor]
+    """
+    store = resolve_cache(cache)
+    fp = dataset_fingerprint(dataset)
+    if store is not None and fp is None:
+        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
+        store = None
+    if store is None:
+        return compute()
+    params = {"dataset": fp, **params}
+    if model is not None:
+        params["model"] = model_fingerprint(model)
+    return store.get_or_compute(kind, params, compute)

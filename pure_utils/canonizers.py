@@ -1,4 +1,4 @@
-"""zennit canonizers for timm ResNets.
+"""zennit canonizers for timm ResNets, and zennit composites by name.
 
 LRP rules are defined for linear layers followed by an activation. Two things in a timm
 ResNet break that picture:
@@ -13,15 +13,27 @@ ResNet break that picture:
 zennit's own ``ResNetCanonizer`` matches torchvision's blocks (``relu``, ``conv``/``bn`` only);
 timm's blocks have ``act1``/``act2``/``act3``, ``drop_block``, ``aa`` (anti-aliasing), ``se``
 (attention) and ``drop_path``, which the forward below keeps in timm's order.
+
+:func:`composite_for` turns a composite name (as registered in ``zennit.composites.COMPOSITES``,
+e.g. ``"epsilon_plus_flat"``) into a composite with the canonizers of a model; circuit
+attributions and relevance heatmaps both get their composites there.
 """
 from __future__ import annotations
 
 import torch
+from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
+from zennit.composites import COMPOSITES, Composite
 from zennit.layer import Sum
 
-__all__ = ["canonizers_for", "TimmResNetCanonizer", "ExactMergeBatchNorm"]
+try:  # torchvision ResNets are matched by zennit's own canonizers
+    from torchvision.models.resnet import BasicBlock as TvBasicBlock, Bottleneck as TvBottleneck
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+except ImportError:  # torchvision missing: nothing to match
+    TvBasicBlock = TvBottleneck = None
+
+__all__ = ["canonizers_for", "composite_for", "TimmResNetCanonizer", "ExactMergeBatchNorm"]
 
 
 class ExactMergeBatchNorm(SequentialMergeBatchNorm):
@@ -112,14 +124,6 @@ def _bottleneck_forward(self, x):
     return self.act3(x)
 
 
-def _timm_block_types():
-    try:
-        from timm.models.resnet import BasicBlock, Bottleneck
-    except ImportError:  # timm missing: nothing to match
-        return None, None
-    return BasicBlock, Bottleneck
-
-
 class TimmResNetCanonizer(AttributeCanonizer):
     """Route the residual sum of timm ``BasicBlock`` / ``Bottleneck`` through ``zennit.layer.Sum``.
 
@@ -132,13 +136,10 @@ class TimmResNetCanonizer(AttributeCanonizer):
 
     @staticmethod
     def _attribute_map(name, module):
-        basic, bottleneck = _timm_block_types()
-        if basic is None:
-            return None
         # exact types: a subclass may change forward in ways this copy does not know
-        if type(module) is basic:
+        if type(module) is BasicBlock:
             forward = _basic_block_forward
-        elif type(module) is bottleneck:
+        elif type(module) is Bottleneck:
             forward = _bottleneck_forward
         else:
             return None
@@ -164,20 +165,43 @@ def canonizers_for(model: nn.Module) -> list:
         (:class:`TimmResNetCanonizer` for timm, zennit's ``ResNetCanonizer`` parts for
         torchvision). Pass them as ``canonizers=`` to a zennit composite.
     """
-    basic, bottleneck = _timm_block_types()
     canonizers = [ExactMergeBatchNorm()]
     modules = list(model.modules())
-    if basic is not None and any(type(m) in (basic, bottleneck) for m in modules):
+    if any(type(m) in (BasicBlock, Bottleneck) for m in modules):
         canonizers.append(TimmResNetCanonizer())
-    try:
-        from torchvision.models.resnet import BasicBlock as TvBasic, Bottleneck as TvBottleneck
-    except ImportError:
-        TvBasic = TvBottleneck = ()
-    if TvBasic and any(isinstance(m, (TvBasic, TvBottleneck)) for m in modules):
-        try:
-            from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-        except ImportError as err:
-            raise ValueError("torchvision ResNets need zennit.torchvision, which this zennit "
-                             "version lacks") from err
+    if TvBasicBlock is not None and any(isinstance(m, (TvBasicBlock, TvBottleneck)) for m in modules):
         canonizers += [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
     return canonizers
+
+
+def composite_for(composite, model: nn.Module, *, canonizers=None, dataset=None) -> Composite:
+    """A zennit composite by name, with the canonizers that make LRP on ``model`` correct.
+
+    Parameters
+    ----------
+    composite : str or zennit Composite
+        A name registered in ``zennit.composites.COMPOSITES`` (``"epsilon_plus_flat"``, ...),
+        or a ready composite, returned as it is (its canonizers are then its own).
+    model : nn.Module
+        The model the composite will be applied to.
+    canonizers : list, optional
+        zennit canonizers (default :func:`canonizers_for` of ``model``; ``[]`` for none).
+    dataset : Dataset, optional
+        With ``mean`` and ``std``, the bounds of the box rule of ``"epsilon_gamma_box"`` are the
+        normalised values of pixels 0 and 1 (default: mean 0, std 1).
+
+    Returns
+    -------
+    zennit.core.Composite
+    """
+    if isinstance(composite, Composite):
+        return composite
+    if composite not in COMPOSITES:
+        raise ValueError(f"composite {composite!r} not known; composites: {', '.join(COMPOSITES)}")
+    kwargs = {"canonizers": canonizers_for(model) if canonizers is None else canonizers}
+    if composite == "epsilon_gamma_box":
+        # the box rule needs the bounds of the normalised input: pixels 0 and 1 after mean/std
+        mean = torch.tensor(getattr(dataset, "mean", (0.0, 0.0, 0.0))).view(1, 3, 1, 1)
+        std = torch.tensor(getattr(dataset, "std", (1.0, 1.0, 1.0))).view(1, 3, 1, 1)
+        kwargs.update(low=(0 - mean) / std, high=(1 - mean) / std)
+    return COMPOSITES[composite](**kwargs)

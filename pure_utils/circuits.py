@@ -9,8 +9,8 @@ the gradient of channel ``k`` of ``L`` with respect to the activation of ``L-1``
 with the neuron's own activation map clamped at zero (``grad_output = relu(A_k^L)``, other
 channels 0), times that activation, summed over space ``s``. With ``normalize=True`` the
 vector is divided by ``sum_i |R_i| + 1e-10`` (sign kept), as in the reference pipeline.
-``method`` may instead name a zennit composite: the LRP relevance arriving at the output of
-``L-1`` from the same initial relevance (Eq. 1-2), summed over space.
+``attribution`` may instead name a zennit composite: the LRP relevance arriving at the output
+of ``L-1`` from the same initial relevance (Eq. 1-2), summed over space.
 
 How the engine saves work (no approximation involved):
 
@@ -25,20 +25,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import warnings
 
 import torch
 from torch import nn
 
-from .models import get_layer, layer_order
-from .references import (References, _as_index_list, _cached, _check_dataset, _eval_mode,
-                         _frozen_parameters, _load_images, _resolve_device, _StopForward,
-                         _tensor_output, forward_until)
+from ._progress import tqdm
+from .cache import cached
+from .canonizers import composite_for
+from .data import check_dataset, load_images
+from .models import (eval_mode, forward_until, frozen_parameters, get_layer, layer_order,
+                     layer_output, resolve_device, run_model, stop_after)
+from .references import References, neuron_ids
 
-__all__ = ["METHODS", "circuit_attributions", "activation_features"]
+__all__ = ["ATTRIBUTIONS", "METHODS", "circuit_attributions", "activation_features"]
 
-#: Accepted ``method`` names: Gradient x Activation and zennit composite names (LRP).
-METHODS = ("gxa", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat",
-           "epsilon_gamma_box")
+#: Accepted ``attribution`` names: Gradient x Activation and zennit composite names (LRP).
+ATTRIBUTIONS = ("gxa", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat",
+                "epsilon_gamma_box")
+#: The former name of :data:`ATTRIBUTIONS`.
+METHODS = ATTRIBUTIONS
 
 _EPS = 1e-10
 
@@ -46,9 +52,15 @@ _EPS = 1e-10
 # --------------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------------
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} not known; methods: {', '.join(METHODS)}")
+def _check_attribution(attribution: str, method) -> str:
+    if method is not None:  # the keyword's former name
+        warnings.warn("circuit_attributions(method=...) is now attribution=...", DeprecationWarning,
+                      stacklevel=3)
+        attribution = method
+    if attribution not in ATTRIBUTIONS:
+        raise ValueError(f"attribution {attribution!r} not known; attributions: "
+                         f"{', '.join(ATTRIBUTIONS)}")
+    return attribution
 
 
 def _lower_layers(model: nn.Module, layer: str, lower_layer) -> list[str]:
@@ -75,7 +87,7 @@ def _reference_rows(references, layer, neurons):
                              f"not {layer!r}")
         if neurons is None:
             neurons = references.channels.tolist()
-        neurons = _as_index_list(neurons)
+        neurons = neuron_ids(neurons)
         return neurons, references.indices[references.rows(neurons)]
     # a plain index tensor: one row of dataset indices per neuron (e.g. the test phase)
     indices = torch.as_tensor(references).long()
@@ -83,7 +95,7 @@ def _reference_rows(references, layer, neurons):
         indices = indices[None]
     if neurons is None:
         raise ValueError("neurons must be given when references is an index tensor")
-    neurons = _as_index_list(neurons)
+    neurons = neuron_ids(neurons)
     if indices.shape[0] == 1 and len(neurons) > 1:
         indices = indices.expand(len(neurons), -1)
     if indices.shape[0] != len(neurons):
@@ -121,22 +133,6 @@ def _indices_digest(neurons, indices) -> str:
     return h.hexdigest()[:24]
 
 
-def _composite(method: str, model: nn.Module, dataset):
-    """A zennit composite by name, with the canonizers for ``model``."""
-    from zennit.composites import COMPOSITES
-
-    from .canonizers import canonizers_for
-
-    kwargs = {"canonizers": canonizers_for(model)}
-    if method == "epsilon_gamma_box":
-        # ZBox bounds only matter for the first convolution, which circuits never reach;
-        # still give the true input range when the dataset knows its normalisation
-        mean = torch.tensor(getattr(dataset, "mean", (0.0, 0.0, 0.0)))[None, :, None, None]
-        std = torch.tensor(getattr(dataset, "std", (1.0, 1.0, 1.0)))[None, :, None, None]
-        kwargs.update(low=(0 - mean) / std, high=(1 - mean) / std)
-    return COMPOSITES[method](**kwargs)
-
-
 # --------------------------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------------------------
@@ -150,7 +146,7 @@ def _capture(model, x, layer_module, lower_modules, lowers):
 
     def lower_hook(name):
         def hook(mod, inp, out):
-            out = _tensor_output(name, out)
+            out = layer_output(name, out)
             if not state["leaf"]:
                 # cut the graph here: the backward pass stops at this layer
                 out = out.detach().requires_grad_(True)
@@ -160,35 +156,26 @@ def _capture(model, x, layer_module, lower_modules, lowers):
             return out.clone()
         return hook
 
-    def top_hook(mod, inp, out):
-        state["out"] = out
-        raise _StopForward
-
     handles = [m.register_forward_hook(lower_hook(n)) for n, m in zip(lowers, lower_modules)]
-    handles.append(layer_module.register_forward_hook(top_hook))
     try:
-        with torch.enable_grad():
-            model(x)
-    except _StopForward:
-        pass
+        with stop_after(layer_module) as top, torch.enable_grad():
+            run_model(model, x)
     finally:
         for h in handles:
             h.remove()
     missing = [n for n in lowers if n not in state["acts"]]
-    if missing or "out" not in state:
+    if missing or "out" not in top:
         raise ValueError(f"lower_layer {missing[0] if missing else lowers[0]!r} did not run "
                          "before the layer in the forward pass")
-    out = _tensor_output("layer", state["out"])
+    out = layer_output("layer", top["out"])
     if not out.requires_grad:
         raise ValueError(f"the layer's output does not depend on lower_layer {lowers}")
     return out, [state["acts"][n] for n in lowers]
 
 
-def _attribute(model, dataset, layer, lowers, neurons, indices, *, method, batch_size,
+def _attribute(model, dataset, layer, lowers, neurons, indices, *, attribution, batch_size,
                device, progress):
     """Unnormalised circuit vectors: list (one per lower layer) of ``Tensor[N, n_ref, C_l]``."""
-    from ._progress import tqdm
-
     layer_module = get_layer(model, layer)
     lower_modules = [get_layer(model, n) for n in lowers]
 
@@ -202,20 +189,20 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, method, batch
 
     n_rows, n_ref = indices.shape
     results = None
-    composite = None if method == "gxa" else _composite(method, model, dataset)
+    composite = None if attribution == "gxa" else composite_for(attribution, model, dataset=dataset)
     bar = tqdm(total=int(indices.numel()), desc=f"circuits {layer}<-{','.join(lowers)}",
                disable=not progress, unit="vec")
     context = composite.context(model) if composite is not None else contextlib.nullcontext()
-    with _eval_mode(model), context, _frozen_parameters(model):
+    with eval_mode(model), context, frozen_parameters(model):
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            x = _load_images(dataset, batch).to(device)
+            x = load_images(dataset, batch).to(device)
             out, acts = _capture(model, x, layer_module, lower_modules, lowers)
             if results is None:
                 _check_channels(neurons, out.shape[1], layer)
                 results = [torch.zeros(n_rows, n_ref, a.shape[1]) for a in acts]
             # the activations multiply the gradients (GxA); LRP reads the relevance itself
-            weights = [a.detach() for a in acts] if method == "gxa" else None
+            weights = [a.detach() for a in acts] if attribution == "gxa" else None
             n_slots = len(jobs[batch[0]])
             for slot in range(n_slots):
                 sel = [(b, jobs[img][slot]) for b, img in enumerate(batch) if len(jobs[img]) > slot]
@@ -242,9 +229,9 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, method, batch
 
 
 def circuit_attributions(model: nn.Module, dataset, references, layer: str, lower_layer, *,
-                         neurons=None, method: str = "gxa", normalize: bool = True,
+                         neurons=None, attribution: str = "gxa", normalize: bool = True,
                          batch_size: int = 32, device=None, cache=None,
-                         progress: bool = True) -> torch.Tensor:
+                         progress: bool = True, method: str | None = None) -> torch.Tensor:
     """PURE circuit vectors of neurons of ``layer`` on their reference samples (Eq. 3).
 
     Parameters
@@ -263,9 +250,9 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         concatenated in the given order (the "fuller circuit" ablation).
     neurons : int or sequence of int, optional
         Channels of ``layer`` (default: all channels held by ``references``).
-    method : str
+    attribution : str
         ``"gxa"`` (Gradient x Activation, the paper's default) or a zennit composite name from
-        :data:`METHODS` (LRP with :func:`~pure_utils.canonizers.canonizers_for` canonizers).
+        :data:`ATTRIBUTIONS` (LRP with :func:`~pure_utils.canonizers.canonizers_for` canonizers).
     normalize : bool
         Divide each vector by the sum of its absolute values + 1e-10 (sign kept).
     batch_size : int
@@ -276,6 +263,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         Store / reuse results (the unnormalised vectors are stored).
     progress : bool
         Show a progress bar.
+    method : str, optional
+        The former name of ``attribution`` (deprecated).
 
     Returns
     -------
@@ -283,22 +272,23 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         ``C_lower`` is the sum of the channels of the lower layers. A neuron that does not
         activate on a sample gives a zero vector.
     """
-    _check_method(method)
+    attribution = _check_attribution(attribution, method)
     lowers = _lower_layers(model, layer, lower_layer)
-    n = _check_dataset(dataset)
+    n = check_dataset(dataset)
     neurons, indices = _reference_rows(references, layer, neurons)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     _check_indices(indices, n)
-    device = _resolve_device(model, device)
+    device = resolve_device(model, device)
 
     def compute():
-        parts = _attribute(model, dataset, layer, lowers, neurons, indices, method=method,
+        parts = _attribute(model, dataset, layer, lowers, neurons, indices, attribution=attribution,
                            batch_size=batch_size, device=device, progress=progress)
         return {f"lower{i}": p for i, p in enumerate(parts)}
 
-    tensors = _cached("circuits", cache, model, dataset, compute, layer=layer, lower_layer=lowers,
-                      method=method, neurons=neurons, refs=_indices_digest(neurons, indices))
+    tensors = cached("circuits", cache, dataset, compute, model=model, layer=layer,
+                     lower_layer=lowers, attribution=attribution, neurons=neurons,
+                     refs=_indices_digest(neurons, indices))
     parts = [tensors[f"lower{i}"] for i in range(len(lowers))]
     if normalize:
         parts = [_normalize(p) for p in parts]
@@ -325,22 +315,20 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
     Tensor[len(neurons), n_ref, C]
     """
     get_layer(model, layer)
-    n = _check_dataset(dataset)
+    n = check_dataset(dataset)
     neurons, indices = _reference_rows(references, layer, neurons)
     _check_indices(indices, n)
-    device = _resolve_device(model, device)
+    device = resolve_device(model, device)
 
     def compute():
-        from ._progress import tqdm
-
         images = sorted(set(indices.flatten().tolist()))
         feats = {}
         bar = tqdm(total=len(images), desc=f"activations {layer}", disable=not progress,
                    unit="img")
-        with torch.inference_mode(), _eval_mode(model):
+        with torch.inference_mode(), eval_mode(model):
             for start in range(0, len(images), batch_size):
                 batch = images[start:start + batch_size]
-                act = forward_until(model, _load_images(dataset, batch).to(device), layer)
+                act = forward_until(model, load_images(dataset, batch).to(device), layer)
                 _check_channels(neurons, act.shape[1], layer)
                 mean = _space_sum(act.clamp(min=0)).float().cpu()
                 if act.ndim > 2:
@@ -351,5 +339,5 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
         flat = torch.stack([feats[i] for i in indices.flatten().tolist()]).clone()
         return {"features": flat.reshape(*indices.shape, -1)}
 
-    return _cached("activation_features", cache, model, dataset, compute, layer=layer,
-                   neurons=neurons, refs=_indices_digest(neurons, indices))["features"]
+    return cached("activation_features", cache, dataset, compute, model=model, layer=layer,
+                  neurons=neurons, refs=_indices_digest(neurons, indices))["features"]

@@ -1,4 +1,4 @@
-"""Datasets: the synthetic benchmark (default) and image folders such as ImageNet val.
+"""Datasets: the protocol every stage reads images through, and the datasets that follow it.
 
 Every dataset returned by :func:`load_dataset` follows one protocol:
 
@@ -7,6 +7,11 @@ Every dataset returned by :func:`load_dataset` follows one protocol:
   resize and crop, before normalisation), used for visualisations;
 - ``ds.fingerprint`` (a stable id for cache keys), ``ds.mean``, ``ds.std`` (3 floats each),
   ``ds.class_names``.
+
+Datasets: the controlled benchmark (:mod:`pure_utils.synthetic`), image folders such as
+ImageNet val (:class:`ImageFolderDataset`) and random smooth images for tests and benchmarks
+(:class:`GeneratedImages`). :func:`check_dataset`, :func:`load_images` and
+:func:`iter_batches` are how the engine reads any of them.
 """
 from __future__ import annotations
 
@@ -14,6 +19,13 @@ import hashlib
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torchvision.transforms import functional as F
+
+from .synthetic import SyntheticConfig, SyntheticShapes
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "ImageFolderDataset",
+           "GeneratedImages", "load_dataset", "check_dataset", "load_images", "iter_batches"]
 
 #: ImageNet normalisation, as used by the timm ``*.a1_in1k`` weights and the PURE paper.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,7 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: File endings read by :class:`ImageFolderDataset` (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
-DATASETS = ("synthetic", "imagefolder", "imagenet")
+DATASETS = ("synthetic", "imagefolder", "imagenet", "generated")
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -103,9 +115,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` resized and centre-cropped, Tensor[3, image_size, image_size] in [0, 1]."""
-        from PIL import Image
-        from torchvision.transforms import functional as F
-
         path, _ = self.samples[i]
         with Image.open(path) as img:
             img = img.convert("RGB")
@@ -147,11 +156,12 @@ def load_dataset(name: str = "synthetic", **kwargs):
 
     Parameters
     ----------
-    name : {"synthetic", "imagefolder", "imagenet"}
+    name : {"synthetic", "imagefolder", "imagenet", "generated"}
         ``"synthetic"``: :class:`pure_utils.synthetic.SyntheticShapes` (kwargs: ``split``,
         ``n``, ``seed``, ``config`` - a ``SyntheticConfig`` or a dict of its fields - ...).
         ``"imagefolder"`` / ``"imagenet"``: :class:`ImageFolderDataset` (kwargs: ``root``,
         ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``).
+        ``"generated"``: :class:`GeneratedImages` (kwargs: ``n``, ``size``, ``seed``).
     **kwargs
         Passed to the dataset class.
 
@@ -161,12 +171,92 @@ def load_dataset(name: str = "synthetic", **kwargs):
     """
     key = str(name).lower()
     if key == "synthetic":
-        from .synthetic import SyntheticConfig, SyntheticShapes
-
         config = kwargs.pop("config", None)
         if isinstance(config, dict):
             config = SyntheticConfig(**config)
         return SyntheticShapes(config=config, **kwargs)
     if key in ("imagefolder", "imagenet"):
         return ImageFolderDataset(**kwargs)
+    if key == "generated":
+        return GeneratedImages(**kwargs)
     raise ValueError(f"dataset {name!r} not known; datasets: {', '.join(DATASETS)}")
+
+
+class GeneratedImages:
+    """Random smooth images, generated on the fly (deterministic per index).
+
+    Follows the dataset protocol (``len``, ``ds[i] -> (image, label)``, ``image(i)``,
+    ``fingerprint``, ``mean``, ``std``, ``class_names``); used by the benchmark and by tests,
+    where real data is neither needed nor available.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    size : int
+        Height and width in pixels.
+    seed : int
+        Seed; image ``i`` depends only on ``(seed, i, size)``.
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    class_names = ["generated"]
+
+    def __init__(self, n: int, size: int = 224, seed: int = 0):
+        self.n, self.size, self.seed = int(n), int(size), int(seed)
+        self.fingerprint = f"generated-n{self.n}-s{self.size}-seed{self.seed}"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image(self, i: int) -> torch.Tensor:
+        """``Tensor[3, size, size]`` in [0, 1]: blobs of colour plus fine texture."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} images")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        coarse = torch.rand(1, 3, 6, 6, generator=g)
+        img = torch.nn.functional.interpolate(coarse, size=(self.size, self.size), mode="bilinear",
+                                              align_corners=False)[0]
+        img = img + 0.15 * torch.randn(3, self.size, self.size, generator=g)
+        return img.clamp(0, 1)
+
+    def __getitem__(self, i: int):
+        x = self.image(i)
+        mean = torch.tensor(self.mean)[:, None, None]
+        std = torch.tensor(self.std)[:, None, None]
+        return (x - mean) / std, 0
+
+
+# --------------------------------------------------------------------------------------------
+# reading any dataset of the protocol
+# --------------------------------------------------------------------------------------------
+def check_dataset(dataset) -> int:
+    """The number of samples; ``ValueError`` for an object without ``len`` or an empty one."""
+    try:
+        n = len(dataset)
+    except TypeError as err:
+        raise ValueError("dataset must support len() and indexing ds[i] -> (image, label)") from err
+    if n == 0:
+        raise ValueError("dataset is empty")
+    return n
+
+
+def load_images(dataset, indices) -> torch.Tensor:
+    """``Tensor[len(indices), 3, H, W]``: the model inputs ``dataset[i][0]``."""
+    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
+
+
+def iter_batches(dataset, batch_size: int, num_workers: int = 0):
+    """Yield ``(start, images)`` over the whole dataset in order."""
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                             num_workers=num_workers)
+        start = 0
+        for x, _ in loader:
+            yield start, x
+            start += len(x)
+    else:
+        n = len(dataset)
+        for start in range(0, n, batch_size):
+            yield start, load_images(dataset, range(start, min(n, start + batch_size)))

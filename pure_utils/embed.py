@@ -32,15 +32,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
 from ._progress import tqdm
+from .data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Embedder", "ImageEmbedder", "CLIPEmbedder", "OpenCLIPEmbedder", "DINOv2Embedder",
            "GroundTruthEmbedder", "load_embedder", "EMBEDDERS", "preprocess"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: name -> (Hugging Face repository or open_clip model, what it is)
 EMBEDDERS = {
@@ -200,7 +200,7 @@ class GroundTruthEmbedder(Embedder):
     lies on no object) has its own vector.
 
     It embeds concept ids, not images: get them with
-    ``pure_utils.synthetic.reference_concepts(dataset, references)`` (``LongTensor[C, n_ref]``)
+    ``pure_utils.ground_truth.reference_concepts(dataset, references)`` (``LongTensor[C, n_ref]``)
     and pass one neuron's row (or any ids) to :meth:`embed`.
 
     Parameters
@@ -344,6 +344,7 @@ def _load(name, *, pretrained, device, batch_size, image_size, n_concepts, pretr
     common = dict(batch_size=batch_size, device=device, name=name, pretrained=pretrained)
 
     if name in ("clip", "dinov2"):
+        # heavy (several seconds): loaded only when a CLIP or DINOv2 embedder is built
         from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
 
         is_clip = name == "clip"
@@ -368,7 +369,7 @@ def _load(name, *, pretrained, device, batch_size, image_size, n_concepts, pretr
         return cls(model, resize=size, crop=size, mean=mean, std=std, **common)
 
     # open_clip
-    import open_clip
+    import open_clip  # heavy and optional: loaded only for the open_clip embedder
 
     if pretrained:
         try:
@@ -381,7 +382,7 @@ def _load(name, *, pretrained, device, batch_size, image_size, n_concepts, pretr
         size = size[0] if isinstance(size, (tuple, list)) else size
         return OpenCLIPEmbedder(model, resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD,
                                 **common)
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # heavy, as above
 
     size = image_size or 32
     vision = dict(layers=2, width=32, head_width=16, patch_size=max(1, size // 4), image_size=size)

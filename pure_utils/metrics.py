@@ -10,14 +10,14 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from ._arrays import as_numpy as _np
+from ._arrays import as_numpy
+from .virtual import VirtualNeurons
 
 __all__ = ["distance_matrix", "intra_inter", "polysemanticity", "kmeans_labels",
            "pairwise_distances_upper", "distance_correlation", "ground_truth_scores",
            "purity", "bootstrap_ci", "standard_error", "summarize"]
-
-
 
 
 def distance_matrix(embeddings) -> np.ndarray:
@@ -32,7 +32,7 @@ def distance_matrix(embeddings) -> np.ndarray:
     ndarray[n, n]
         ``D[i, j] = ||e_i - e_j||_2`` (exactly 0 on the diagonal, symmetric).
     """
-    E = _np(embeddings)
+    E = as_numpy(embeddings)
     if E.ndim != 2:
         raise ValueError(f"embeddings need shape [n, d], got {E.shape}")
     sq = (E * E).sum(1)
@@ -60,7 +60,7 @@ def intra_inter(D, labels) -> tuple[float, float]:
     -------
     (intra, inter) : tuple of float
     """
-    D = _np(D)
+    D = as_numpy(D)
     labels = np.asarray(labels).reshape(-1)
     if D.ndim != 2 or D.shape[0] != D.shape[1] or D.shape[0] != labels.shape[0]:
         raise ValueError(f"D of shape {D.shape} does not match {labels.shape[0]} labels")
@@ -88,9 +88,7 @@ def kmeans_labels(X, n_clusters: int = 2, *, random_state: int = 0, n_init: int 
     -------
     ndarray[n] of int
     """
-    from .virtual import VirtualNeurons
-
-    X = _np(X)
+    X = as_numpy(X)
     if not 1 <= n_clusters <= X.shape[0]:
         raise ValueError(f"n_clusters={n_clusters} not in 1..{X.shape[0]} (number of samples)")
     vn = VirtualNeurons(n_clusters=n_clusters, random_state=random_state, n_init=n_init)
@@ -115,7 +113,7 @@ def polysemanticity(embeddings, random_state: int = 0, *, n_init: int = 10) -> f
     float
         Large values: two well separated groups of visualisations.
     """
-    E = _np(embeddings)
+    E = as_numpy(embeddings)
     labels = kmeans_labels(E, 2, random_state=random_state, n_init=n_init)
     intra, inter = intra_inter(distance_matrix(E), labels)
     return inter - intra
@@ -158,8 +156,8 @@ def distance_correlation(reference, compared, *, n_samples: int = 50, n_subsets:
         ``values`` (ndarray[n_subsets]; ``nan`` where a group's distances are constant),
         ``groups`` (list of neuron-position arrays).
     """
-    ref = [_np(r) for r in reference]
-    cmp_ = [_np(c) for c in compared]
+    ref = [as_numpy(r) for r in reference]
+    cmp_ = [as_numpy(c) for c in compared]
     n = len(ref)
     if len(cmp_) != n:
         raise ValueError(f"{n} neurons in reference but {len(cmp_)} in compared")
@@ -206,10 +204,8 @@ def ground_truth_scores(labels_pred, concepts) -> dict:
     dict
         ``{"ari": ..., "nmi": ...}``: floats for one neuron, ``ndarray[n_neurons]`` otherwise.
     """
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    pred = np.asarray(_np(labels_pred, np.int64))
-    true = np.asarray(_np(concepts, np.int64))
+    pred = np.asarray(as_numpy(labels_pred, np.int64))
+    true = np.asarray(as_numpy(concepts, np.int64))
     if pred.shape != true.shape or pred.ndim not in (1, 2):
         raise ValueError(f"labels_pred {pred.shape} and concepts {true.shape} need the same shape "
                          "[n_ref] or [n_neurons, n_ref]")
@@ -233,7 +229,7 @@ def purity(labels_pred, concepts) -> float:
     float in (0, 1]; ``nan`` for ``n = 0``.
     """
     pred = np.asarray(labels_pred).reshape(-1)
-    true = np.asarray(_np(concepts, np.int64)).reshape(-1)
+    true = np.asarray(as_numpy(concepts, np.int64)).reshape(-1)
     if pred.shape != true.shape:
         raise ValueError(f"{pred.shape[0]} labels but {true.shape[0]} concepts")
     if pred.size == 0:
@@ -247,7 +243,7 @@ def purity(labels_pred, concepts) -> float:
 
 def standard_error(values) -> float:
     """``std / sqrt(n)`` of the finite values (sample std, ``ddof=1``); ``nan`` for ``n < 2``."""
-    v = _np(values).reshape(-1)
+    v = as_numpy(values).reshape(-1)
     v = v[np.isfinite(v)]
     if v.size < 2:
         return float("nan")
@@ -275,7 +271,7 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95)
         raise ValueError(f"level={level} not in (0, 1)")
     if n_boot < 1:
         raise ValueError(f"n_boot={n_boot} must be >= 1")
-    v = _np(values).reshape(-1)
+    v = as_numpy(values).reshape(-1)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return float("nan"), float("nan")
@@ -293,7 +289,7 @@ def summarize(values, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95)
     -------
     dict with keys ``mean``, ``sem``, ``ci_low``, ``ci_high``, ``n``.
     """
-    v = _np(values).reshape(-1)
+    v = as_numpy(values).reshape(-1)
     v = v[np.isfinite(v)]
     low, high = bootstrap_ci(v, n_boot=n_boot, seed=seed, level=level)
     return {"mean": float(v.mean()) if v.size else float("nan"), "sem": standard_error(v),

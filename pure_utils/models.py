@@ -1,18 +1,31 @@
-"""Models: the shipped offline default ResNets, any timm model, layer lookup.
+"""Models: loading, layer lookup, and the truncated forward pass every stage runs on.
 
 Layers are addressed by their module names (``"layer3"``, ``"layer4"``), as in timm.
+
+Mining, circuit attributions and relevance heatmaps all run a model only as far as the layer
+they study. The second half of this module is that shared machinery: :func:`stop_after` (a hook
+that ends the forward pass once a module has run), :func:`run_model`, :func:`forward_until`,
+and the context managers :func:`eval_mode` and :func:`frozen_parameters`.
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-MODELS_DIR = DATA_DIR / "models"
+from .cache import model_fingerprint
+from .paths import DATA_DIR, MODELS_DIR
+
+__all__ = ["DEFAULT_MODELS", "build_resnet", "read_card", "load_model", "layer_names", "get_layer",
+           "layer_order", "randomize_batchnorm", "model_fingerprint", "resolve_device",
+           "eval_mode", "frozen_parameters", "StopForward", "stop_after", "run_model",
+           "layer_output", "forward_until", "DATA_DIR", "MODELS_DIR"]
 
 #: The models trained on the controlled benchmark and shipped with the project
 #: (name -> path of the JSON card; the weights lie beside it as ``<name>.safetensors``).
@@ -42,8 +55,6 @@ def build_resnet(block: str = "basic", layers=(1, 1, 1, 1), channels=(16, 32, 64
     **kwargs
         Passed on to ``timm.models.resnet.ResNet``.
     """
-    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
-
     blocks = {"basic": BasicBlock, "bottleneck": Bottleneck}
     if block not in blocks:
         raise ValueError(f"block {block!r} not known; blocks: {', '.join(blocks)}")
@@ -60,7 +71,7 @@ def read_card(name: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(
             f"the card of the shipped model {name!r} is missing at {path}; "
-            "train it with `make models` (python -m pure_utils.synthetic train)")
+            "train it with `make models` (python -m pure_utils.train)")
     return json.loads(path.read_text())
 
 
@@ -69,8 +80,6 @@ def _load_state_dict(path: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     # never unpickle arbitrary objects: tensors and plain containers only
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -111,8 +120,6 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
         model.load_state_dict(_load_state_dict(checkpoint or weights))
         model.pure_card = card
     else:
-        import timm
-
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         try:
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -177,14 +184,110 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's class, name and weights, for cache keys."""
-    h = hashlib.sha256()
-    h.update(type(model).__name__.encode())
-    h.update(str(getattr(model, "pure_name", "")).encode())
-    for key, tensor in model.state_dict().items():
-        h.update(key.encode())
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+# --------------------------------------------------------------------------------------------
+# the truncated forward pass
+# --------------------------------------------------------------------------------------------
+def resolve_device(model: nn.Module, device=None) -> torch.device:
+    """The device to compute on; moves ``model`` there when a device is given.
+
+    ``None``: the device of the model's parameters (the CPU for a model without any).
+    """
+    if device is None:
+        p = next(model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    model.to(device)
+    return device
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Evaluation mode (BatchNorm running statistics, no dropout), restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module):
+    """Switch off ``requires_grad`` of all parameters (restored afterwards).
+
+    Attribution only needs gradients with respect to activations; a parameter that requires
+    grad would make autograd record the whole forward pass and compute weight gradients.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class StopForward(Exception):
+    """Raised by the hook of :func:`stop_after` to end a forward pass early."""
+
+
+@contextlib.contextmanager
+def stop_after(module: nn.Module):
+    """Within the block, a forward pass ends right after ``module`` has run.
+
+    Yields a dict that receives the module's output under ``"out"``. Run the model with
+    :func:`run_model`, which swallows the :class:`StopForward` the hook raises. Register it
+    after other hooks on the same module (e.g. inside a zennit composite's context) so that
+    they run first.
+    """
+    captured: dict = {}
+
+    def hook(_module, _inputs, output):
+        captured["out"] = output
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def run_model(model: nn.Module, x: torch.Tensor) -> None:
+    """``model(x)``, ended early by a :func:`stop_after` hook (the output is in its dict)."""
+    try:
+        model(x)
+    except StopForward:
+        pass
+
+
+def layer_output(name: str, out) -> torch.Tensor:
+    """Check that the output of layer ``name`` is a feature tensor ``[B, C, ...]``."""
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"layer {name!r} returns a {type(out).__name__}, not a tensor; "
+                         "choose a module whose output is a feature map")
+    if out.ndim < 2:
+        raise ValueError(f"layer {name!r} output has shape {tuple(out.shape)}; need [B, C, ...]")
+    return out
+
+
+def forward_until(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Run ``model`` on ``x`` and return the output of ``layer``, skipping everything above it.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor[B, 3, H, W]
+    layer : str
+        Module name.
+
+    Returns
+    -------
+    Tensor[B, C, h, w]
+    """
+    with stop_after(get_layer(model, layer)) as captured:
+        run_model(model, x)
+    if "out" not in captured:
+        raise RuntimeError(f"layer {layer!r} was not called in the model's forward pass")
+    return layer_output(layer, captured["out"])

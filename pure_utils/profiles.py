@@ -16,22 +16,67 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["load_profile", "check_profile", "profile_names", "profile_keys", "from_parameters", "PROFILES_DIR", "resolve_device"]
+import yaml
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "profiles"
+from .paths import PROFILES_DIR
 
-#: Keys every profile must define (notebooks rely on them).
-REQUIRED_KEYS = (
-    "name", "model_name", "model_names", "pretrained", "dataset", "dataset_kwargs", "layer",
-    "lower_layer", "n_ref", "batch_size", "embedder", "visual_embedder", "device", "ks",
-)
+__all__ = ["load_profile", "read_profile", "profile_path", "check_profile", "profile_names",
+           "profile_keys", "from_parameters", "PROFILES_DIR", "REQUIRED_KEYS", "resolve_device"]
+
+#: The default profile: its keys are the keys every profile defines.
+DEFAULT_PROFILE = "offline"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def profile_names() -> list[str]:
-    """Names of the profiles shipped in ``notebooks/profiles/``."""
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+def profile_names(profiles_dir: Path = PROFILES_DIR) -> list[str]:
+    """Names of the profiles shipped in ``notebooks/profiles/`` (or ``profiles_dir``)."""
+    return sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
+
+
+def profile_path(name_or_path, profiles_dir: Path = PROFILES_DIR) -> Path:
+    """The YAML file of a profile given by name (``"offline"``) or path.
+
+    A name is looked up in ``profiles_dir`` (default: the repository's
+    ``notebooks/profiles``).
+
+    Raises
+    ------
+    ValueError
+        Naming the shipped profiles, when neither a file nor a shipped name matches.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ValueError(f"profile file {path} does not exist; profiles: "
+                             f"{', '.join(profile_names(profiles_dir))} (or give the path of a "
+                             "YAML file)")
+        return path
+    path = Path(profiles_dir) / f"{text}.yaml"
+    if not path.exists():
+        raise ValueError(f"profile {text!r} not found; profiles: "
+                         f"{', '.join(profile_names(profiles_dir))} (or give the path of a YAML file)")
+    return path
+
+
+def read_profile(name_or_path, profiles_dir: Path = PROFILES_DIR) -> dict:
+    """A profile's keys as written in its YAML file (no defaults, no ``${VAR}`` expansion)."""
+    path = profile_path(name_or_path, profiles_dir)
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"profile {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def profile_keys(profiles_dir: Path = PROFILES_DIR) -> set[str]:
+    """The keys a profile may (and must) set: those of the default profile, ``offline.yaml``."""
+    return set(read_profile(DEFAULT_PROFILE, profiles_dir))
+
+
+#: Keys every profile must define (notebooks rely on all of them; ``name`` defaults to the
+#: file's name).
+REQUIRED_KEYS = tuple(sorted(profile_keys() - {"name"}))
 
 
 def _expand(value):
@@ -73,26 +118,15 @@ def load_profile(name_or_path: str | os.PathLike | None = None, **overrides) -> 
         ``${VAR}`` environment references expanded.
     """
     if name_or_path is None:
-        name_or_path = os.environ.get("PURE_PROFILE", "offline")
-    text = str(name_or_path)
-    path = Path(text)
-    if not (text.endswith((".yaml", ".yml")) or path.exists()):
-        path = PROFILES_DIR / f"{text}.yaml"
-        if not path.exists():
-            raise ValueError(f"profile {text!r} not found; profiles: {', '.join(profile_names())} "
-                             "(or give the path of a YAML file)")
-    elif not path.exists():
-        raise ValueError(f"profile file {path} does not exist; profiles: {', '.join(profile_names())}")
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"profile {path} must hold a mapping of keys, got {type(data).__name__}")
+        name_or_path = os.environ.get("PURE_PROFILE", DEFAULT_PROFILE)
+    path = profile_path(name_or_path)
+    data = read_profile(path)
     data.setdefault("name", path.stem)
     data = _merge(data, overrides)
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise ValueError(f"profile {path} lacks the keys {', '.join(missing)}")
+        raise ValueError(f"profile {path} lacks the keys {', '.join(missing)} (every key of "
+                         f"{profile_path(DEFAULT_PROFILE)} is needed; copy that file to start)")
     return _expand(data)
 
 
@@ -141,17 +175,10 @@ def check_profile(profile: dict) -> dict:
 def resolve_device(device=None) -> str:
     """``None`` / ``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; other values unchanged."""
     if device in (None, "auto"):
-        import torch
+        import torch  # heavy: the book engine reads profiles without ever loading torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
-
-
-def profile_keys() -> set[str]:
-    """The keys a profile may set: those of the default profile, ``offline.yaml``."""
-    import yaml
-
-    return set(yaml.safe_load((PROFILES_DIR / "offline.yaml").read_text()) or {})
 
 
 def from_parameters(namespace: dict) -> dict:

@@ -12,158 +12,17 @@ by the spatial maximum of its activation map ("max-pooling", as in the reference
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-from .cache import resolve_cache
-from .models import get_layer, model_fingerprint
+from ._progress import tqdm
+from .cache import cached
+from .data import check_dataset, iter_batches
+from .models import eval_mode, forward_until, get_layer, resolve_device
 
-__all__ = ["References", "mine_references"]
-
-
-# --------------------------------------------------------------------------------------------
-# shared engine helpers (also used by circuits.py)
-# --------------------------------------------------------------------------------------------
-class _StopForward(Exception):
-    """Raised by a forward hook to end the forward pass once the needed layer has run."""
-
-
-def _resolve_device(model: nn.Module, device) -> torch.device:
-    """The device to compute on; moves ``model`` there if a device is given."""
-    if device is None:
-        p = next(model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    model.to(device)
-    return device
-
-
-def _check_dataset(dataset) -> int:
-    try:
-        n = len(dataset)
-    except TypeError as err:
-        raise ValueError("dataset must support len() and indexing ds[i] -> (image, label)") from err
-    if n == 0:
-        raise ValueError("dataset is empty")
-    return n
-
-
-def _dataset_fingerprint(dataset) -> str | None:
-    return getattr(dataset, "fingerprint", None)
-
-
-def _load_images(dataset, indices) -> torch.Tensor:
-    """``Tensor[len(indices), 3, H, W]``: the model inputs ``dataset[i][0]``."""
-    return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
-
-
-def _iter_batches(dataset, batch_size: int, num_workers: int = 0):
-    """Yield ``(start, images)`` over the whole dataset in order."""
-    if num_workers > 0:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                             num_workers=num_workers)
-        start = 0
-        for x, _ in loader:
-            yield start, x
-            start += len(x)
-    else:
-        n = len(dataset)
-        for start in range(0, n, batch_size):
-            yield start, _load_images(dataset, range(start, min(n, start + batch_size)))
-
-
-def _tensor_output(name: str, out) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"layer {name!r} returns a {type(out).__name__}, not a tensor; "
-                         "choose a module whose output is a feature map")
-    if out.ndim < 2:
-        raise ValueError(f"layer {name!r} output has shape {tuple(out.shape)}; need [B, C, ...]")
-    return out
-
-
-def forward_until(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """Run ``model`` on ``x`` and return the output of ``layer``, skipping everything above it.
-
-    Parameters
-    ----------
-    model : nn.Module
-    x : Tensor[B, 3, H, W]
-    layer : str
-        Module name.
-
-    Returns
-    -------
-    Tensor[B, C, h, w]
-    """
-    module = get_layer(model, layer)
-    captured = {}
-
-    def hook(mod, inp, out):
-        captured["out"] = out
-        raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        model(x)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if "out" not in captured:
-        raise RuntimeError(f"layer {layer!r} was not called in the model's forward pass")
-    return _tensor_output(layer, captured["out"])
-
-
-def _cached(kind: str, cache, model: nn.Module | None, dataset, compute, **params) -> dict:
-    """``compute()`` through the cache (if any), keyed by model weights, dataset and ``params``.
-
-    ``model=None`` leaves the model out of the key (for results that do not depend on it).
-    A dataset without a ``fingerprint`` is computed without caching, with a warning.
-    """
-    store = resolve_cache(cache)
-    fp = _dataset_fingerprint(dataset)
-    if store is not None and fp is None:
-        import warnings
-
-        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
-        store = None
-    if store is None:
-        return compute()
-    params = {"dataset": fp, **params}
-    if model is not None:
-        params["model"] = model_fingerprint(model)
-    return store.get_or_compute(kind, params, compute)
-
-
-@contextlib.contextmanager
-def _frozen_parameters(model: nn.Module):
-    """Switch off ``requires_grad`` of all parameters (restored afterwards).
-
-    Attribution only needs gradients with respect to activations; a parameter that requires
-    grad would make autograd record the whole forward pass and compute weight gradients.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    """Evaluation mode (BatchNorm running statistics, no dropout), restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+__all__ = ["References", "mine_references", "neuron_ids"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +92,7 @@ class References:
         """
         if neurons is None:
             return torch.arange(self.n_channels)
-        neurons = _as_index_list(neurons)
+        neurons = neuron_ids(neurons)
         lookup = {int(c): i for i, c in enumerate(self.channels.tolist())}
         bad = [k for k in neurons if k not in lookup]
         if bad:
@@ -274,7 +133,8 @@ class References:
                    input_size=tuple(tensors["input_size"].tolist()), layer=layer)
 
 
-def _as_index_list(neurons) -> list[int]:
+def neuron_ids(neurons) -> list[int]:
+    """Channel ids as a list of ``int`` (one id or a sequence; non-integers are refused)."""
     if isinstance(neurons, (int,)) or (isinstance(neurons, torch.Tensor) and neurons.ndim == 0):
         return [int(neurons)]
     out = []
@@ -339,21 +199,19 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         LongTensor[C, n_ref, 2], ``map_size``, ``input_size``, ``layer``.
     """
     get_layer(model, layer)  # ValueError listing the layers
-    n = _check_dataset(dataset)
+    n = check_dataset(dataset)
     if isinstance(n_ref, bool) or not isinstance(n_ref, int) or not 1 <= n_ref <= n:
         raise ValueError(f"n_ref={n_ref!r} must be an integer in 1..len(dataset)={n}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    device = _resolve_device(model, device)
+    device = resolve_device(model, device)
 
     def compute():
-        from ._progress import tqdm
-
         best = None
         map_size = input_size = None
         bar = tqdm(total=n, desc=f"mining {layer}", disable=not progress, unit="img")
-        with torch.inference_mode(), _eval_mode(model):
-            for start, x in _iter_batches(dataset, batch_size, num_workers):
+        with torch.inference_mode(), eval_mode(model):
+            for start, x in iter_batches(dataset, batch_size, num_workers):
                 x = x.to(device)
                 act = forward_until(model, x, layer)
                 if act.ndim == 2:  # a vector layer: a 1x1 map
@@ -377,5 +235,5 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                 "map_size": torch.tensor(map_size[-2:] if len(map_size) >= 2 else (1, 1)),
                 "input_size": torch.tensor(input_size[-2:])}
 
-    tensors = _cached("references", cache, model, dataset, compute, layer=layer, n_ref=n_ref)
+    tensors = cached("references", cache, dataset, compute, model=model, layer=layer, n_ref=n_ref)
     return References.from_tensors(tensors, layer)

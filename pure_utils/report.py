@@ -4,6 +4,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from myst_nb import glue as _glue
 
 
 def _plain(value):
@@ -35,8 +36,6 @@ def glue(key: str, value, fmt: str | None = None):
     None
         (so that a notebook cell ending in ``glue(...)`` shows nothing)
     """
-    from myst_nb import glue as _glue
-
     value = _plain(value)
     if isinstance(value, float) and not np.isfinite(value):
         value = "n/a"

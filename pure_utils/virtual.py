@@ -13,6 +13,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.cluster import AgglomerativeClustering, KMeans, SpectralClustering
+from sklearn.exceptions import NotFittedError
+from sklearn.mixture import GaussianMixture
+from sklearn.utils.validation import validate_data
 
 from ._arrays import as_numpy
 
@@ -22,17 +27,22 @@ __all__ = ["VirtualNeurons", "ALGORITHMS"]
 ALGORITHMS = ("kmeans", "agglomerative", "gmm", "spectral")
 
 
-def _as_array(X, name="X") -> np.ndarray:
-    X = as_numpy(X)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [n_samples, n_features], got shape {X.shape}")
-    if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return X
+def _validated(estimator, X, *, reset: bool) -> np.ndarray:
+    """``X`` (torch tensor, array or list) as a finite 2-D float array, checked by scikit-learn.
+
+    ``reset=True`` (fit) records ``n_features_in_``; ``reset=False`` checks ``X`` against it.
+    Sparse, complex, 1-D and non-finite input is refused with scikit-learn's messages.
+    """
+    if hasattr(X, "detach"):  # a torch tensor, possibly on a GPU
+        X = as_numpy(X)
+    return validate_data(estimator, X, reset=reset, dtype=np.float64, ensure_min_samples=1)
 
 
-class VirtualNeurons:
+class VirtualNeurons(ClusterMixin, TransformerMixin, BaseEstimator):
     """Split one neuron into virtual neurons by clustering its circuit vectors.
+
+    A scikit-learn estimator: ``get_params`` / ``set_params`` / ``clone`` work, and
+    ``fit_predict`` comes from ``ClusterMixin``.
 
     Parameters
     ----------
@@ -55,6 +65,8 @@ class VirtualNeurons:
     cluster_centers_ : ndarray[n_clusters, n_features]
         The virtual neurons' circuit vectors.
     n_features_in_ : int
+    kmeans_ : sklearn.cluster.KMeans or None
+        The fitted k-means model (``algorithm="kmeans"``), which :meth:`predict` uses.
 
     Examples
     --------
@@ -69,23 +81,6 @@ class VirtualNeurons:
         self.random_state = random_state
         self.n_init = n_init
         self.algorithm = algorithm
-
-    def __repr__(self) -> str:
-        return (f"VirtualNeurons(n_clusters={self.n_clusters}, random_state={self.random_state}, "
-                f"n_init={self.n_init}, algorithm={self.algorithm!r})")
-
-    def get_params(self, deep: bool = True) -> dict:
-        """The constructor arguments (scikit-learn convention)."""
-        return {"n_clusters": self.n_clusters, "random_state": self.random_state,
-                "n_init": self.n_init, "algorithm": self.algorithm}
-
-    def set_params(self, **params) -> "VirtualNeurons":
-        """Set constructor arguments (scikit-learn convention)."""
-        for key, value in params.items():
-            if key not in self.get_params():
-                raise ValueError(f"invalid parameter {key!r}; parameters: {', '.join(self.get_params())}")
-            setattr(self, key, value)
-        return self
 
     def _check_params(self, n_samples: int) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -113,29 +108,21 @@ class VirtualNeurons:
         -------
         self
         """
-        X = _as_array(X)
+        X = _validated(self, X, reset=True)
         self._check_params(len(X))
         k, seed = int(self.n_clusters), self.random_state
-        self._kmeans = None
+        self.kmeans_ = None
         if self.algorithm == "kmeans":
-            from sklearn.cluster import KMeans
-
-            self._kmeans = KMeans(n_clusters=k, n_init=self.n_init, random_state=seed).fit(X)
-            labels = self._kmeans.labels_
-            centers = self._kmeans.cluster_centers_
+            self.kmeans_ = KMeans(n_clusters=k, n_init=self.n_init, random_state=seed).fit(X)
+            labels = self.kmeans_.labels_
+            centers = self.kmeans_.cluster_centers_
         else:
             if self.algorithm == "agglomerative":
-                from sklearn.cluster import AgglomerativeClustering
-
                 labels = AgglomerativeClustering(n_clusters=k).fit_predict(X)
             elif self.algorithm == "gmm":
-                from sklearn.mixture import GaussianMixture
-
                 labels = GaussianMixture(n_components=k, n_init=self.n_init, random_state=seed,
                                          covariance_type="diag").fit_predict(X)
             else:  # spectral
-                from sklearn.cluster import SpectralClustering
-
                 with warnings.catch_warnings():
                     # a k-nearest-neighbour graph of well separated circuits is often not
                     # connected; sklearn warns and still embeds each component, which is the
@@ -151,16 +138,13 @@ class VirtualNeurons:
                                 else np.full(X.shape[1], np.inf) for c in range(k)])
         self.labels_ = np.asarray(labels, dtype=np.int64)
         self.cluster_centers_ = np.asarray(centers)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def _check_fitted(self, X) -> np.ndarray:
         if not hasattr(self, "cluster_centers_"):
-            raise ValueError("this VirtualNeurons is not fitted yet; call fit(X) first")
-        X = _as_array(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, the fitted vectors had {self.n_features_in_}")
-        return X
+            # NotFittedError is a ValueError (and an AttributeError), as scikit-learn expects
+            raise NotFittedError("this VirtualNeurons is not fitted yet; call fit(X) first")
+        return _validated(self, X, reset=False)
 
     def transform(self, X) -> np.ndarray:
         """Euclidean distances to the virtual neurons' centres.
@@ -190,13 +174,9 @@ class VirtualNeurons:
         ndarray[n] of int
         """
         X = self._check_fitted(X)
-        if self._kmeans is not None:
-            return np.asarray(self._kmeans.predict(X), dtype=np.int64)
+        if self.kmeans_ is not None:
+            return np.asarray(self.kmeans_.predict(X), dtype=np.int64)
         return np.argmin(self.transform(X), axis=1).astype(np.int64)
-
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        """``fit(X).labels_``."""
-        return self.fit(X).labels_
 
     def virtual_activations(self, X, activations) -> np.ndarray:
         """Route the neuron's activation to the virtual neuron of each sample.

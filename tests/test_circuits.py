@@ -6,9 +6,9 @@ the input, one sample at a time); LRP with relevance conservation on bias-free m
 import pytest
 import torch
 
-from pure_utils.bench import GeneratedImages
+from pure_utils.data import GeneratedImages
 from pure_utils.cache import Cache
-from pure_utils.circuits import METHODS, activation_features, circuit_attributions
+from pure_utils.circuits import ATTRIBUTIONS, activation_features, circuit_attributions
 from pure_utils.models import load_model, randomize_batchnorm
 from pure_utils.references import mine_references
 
@@ -134,7 +134,7 @@ def test_lrp_conserves_relevance_without_biases(name, methods, data):
     assert (total > 0).all()
     for method in methods:
         R = circuit_attributions(model, data, refs, "layer4", "layer3", neurons=neurons,
-                                 method=method, normalize=False, progress=False)
+                                 attribution=method, normalize=False, progress=False)
         rel = (R.sum(-1) - total).abs() / total
         assert rel.max() <= 1e-4, (method, rel)
 
@@ -142,9 +142,9 @@ def test_lrp_conserves_relevance_without_biases(name, methods, data):
 def test_lrp_batched_slots_equal_single_neuron(r18, data, refs18):
     refs = refs18
     both = circuit_attributions(r18, data, refs, "layer4", "layer3", neurons=[0, 5],
-                                method="epsilon_plus_flat", batch_size=3, progress=False)
+                                attribution="epsilon_plus_flat", batch_size=3, progress=False)
     one = circuit_attributions(r18, data, refs, "layer4", "layer3", neurons=[5],
-                               method="epsilon_plus_flat", batch_size=1, progress=False)
+                               attribution="epsilon_plus_flat", batch_size=1, progress=False)
     assert torch.allclose(both[1], one[0], atol=1e-6)
     # the canonizers are removed afterwards: the model computes what it did before
     assert "canonizer_sum" not in dict(r18.layer4[0].named_children())
@@ -160,11 +160,14 @@ def test_bad_input(r18, data, refs18):
         call(lower="layer4.0")
     with pytest.raises(ValueError, match="neuron index 512 out of range"):
         call(neurons=[512])
-    with pytest.raises(ValueError, match="method 'lrp' not known; methods: gxa"):
-        call(method="lrp")
+    with pytest.raises(ValueError, match="attribution 'lrp' not known; attributions: gxa"):
+        call(attribution="lrp")
+    with pytest.warns(DeprecationWarning, match="attribution="):  # the keyword's former name
+        old = call(method="epsilon_plus_flat", neurons=[1])
+    assert torch.equal(old, call(attribution="epsilon_plus_flat", neurons=[1]))
     with pytest.raises(ValueError, match="mined for layer 'layer4'"):
         call(layer="layer3", lower="layer2")
-    assert set(METHODS) >= {"gxa", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat"}
+    assert set(ATTRIBUTIONS) >= {"gxa", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat"}
 
 
 def test_cache_stores_unnormalised_and_reuses(r18, data, refs18, tmp_path):

@@ -69,10 +69,10 @@ def test_bad_input():
         VirtualNeurons(algorithm="dbscan").fit(X)
     with pytest.raises(ValueError, match="not fitted"):
         VirtualNeurons().predict(X)
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="Expected 2D array, got 1D array"):
         VirtualNeurons().fit(X[0])
     vn = VirtualNeurons().fit(X)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="X has 3 features, but VirtualNeurons is expecting 5"):
         vn.predict(X[:, :3])
     with pytest.raises(ValueError, match="activations"):
         vn.virtual_activations(X, [1.0])
@@ -84,3 +84,25 @@ def test_sklearn_params():
     vn = VirtualNeurons(n_clusters=4, random_state=3)
     assert vn.get_params() == {"n_clusters": 4, "random_state": 3, "n_init": 10, "algorithm": "kmeans"}
     assert vn.set_params(n_clusters=2).n_clusters == 2
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_scikit_learn_estimator_checks(algorithm):
+    """scikit-learn's own checks of estimators, for every algorithm.
+
+    All apply and must pass except one, which is skipped: ``check_array_api_input`` runs only
+    with ``SCIPY_ARRAY_API=1`` and array-API libraries, which PURE does not use (circuit vectors
+    arrive as torch tensors or NumPy arrays and are converted to NumPy).
+    """
+    import warnings
+
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the checks feed degenerate data on purpose
+        results = check_estimator(VirtualNeurons(algorithm=algorithm), on_fail=None, on_skip=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    skipped = {r["check_name"] for r in results if r["status"] == "skipped"}
+    assert not failed
+    assert skipped <= {"check_array_api_input"}
+    assert sum(r["status"] == "passed" for r in results) >= 40

@@ -1,0 +1,333 @@
+"""Feature visualisations of (virtual) neurons: relevance heatmaps, crop boxes and crops.
+
+A neuron is shown by its reference samples, cropped to the part that makes it fire
+(Dreyer et al. 2024, Appendix A.1): an LRP heatmap of channel ``k`` started at the spatial
+position of its maximum activation is propagated down to the input, blurred, normalised by its
+absolute maximum, and the bounding box of the pixels above a threshold, expanded to a square,
+is cut out of the image. The *evaluation* crop (what CLIP / DINOv2 embed) uses a small blur and
+no mask; the *display* crop uses a wide blur and dims the irrelevant region.
+
+Boxes are ``(y0, x0, y1, x1)`` with exclusive ends, in input pixels.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from ._progress import tqdm
+from .canonizers import composite_for
+from .data import load_images
+from .models import eval_mode, get_layer, resolve_device, run_model, stop_after
+
+__all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_crops",
+           "display_crops", "reference_images", "crops_from_boxes"]
+
+
+# --------------------------------------------------------------------------------------------
+# heatmaps
+# --------------------------------------------------------------------------------------------
+def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[int], *,
+                     composite="epsilon_plus_flat", canonizers=None, n_ref: int | None = None,
+                     batch_size: int = 32, device=None, progress: bool = True) -> torch.Tensor:
+    """LRP heatmaps of channel ``k`` at the position of its maximum, down to the input.
+
+    For every neuron ``k`` in ``neurons`` and each of its reference samples, the relevance of
+    the single unit ``A_k^L(row, col)`` at the position stored in ``references.positions`` is
+    propagated to the input pixels with a zennit composite; the initial relevance is the
+    activation value there, and the relevance is summed over the colour channels.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (evaluation mode).
+    dataset : Dataset
+        Returns ``(Tensor[3, H, W] normalised, label)`` for the indices in ``references``.
+    references : References
+        ``.indices`` LongTensor[C, n_ref] and ``.positions`` LongTensor[C, n_ref, 2] (row, col
+        in the layer's map).
+    layer : str
+        Module name of layer L (``"layer4"``).
+    neurons : sequence of int
+        Channels of ``layer`` to visualise.
+    composite : str or zennit Composite
+        A name registered in ``zennit.composites.COMPOSITES`` (default ``"epsilon_plus_flat"``,
+        as in the reference pipeline) or a ready composite (its canonizers are then its own).
+    canonizers : list, optional
+        zennit canonizers; default ``pure_utils.canonizers.canonizers_for(model)`` (timm ResNet
+        blocks). Pass ``[]`` for none.
+    n_ref : int, optional
+        Use only the first ``n_ref`` reference samples of each neuron (default: all).
+    batch_size : int
+        Samples per backward pass.
+    device : str or torch.device, optional
+        Default: the device of the model's parameters.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Tensor[len(neurons), n_ref, H, W]
+        Signed relevance per input pixel (float32, on the CPU).
+    """
+    module = get_layer(model, layer)
+    neurons = [int(k) for k in neurons]
+    if hasattr(references, "rows"):
+        # References may hold a subset of channels: map channel ids to rows
+        rows = [int(r) for r in references.rows(neurons)]
+    else:
+        n_channels = references.indices.shape[0]
+        bad = [k for k in neurons if not 0 <= k < n_channels]
+        if bad:
+            raise ValueError(f"neurons {bad} out of range; layer {layer!r} has {n_channels} channels")
+        rows = neurons
+    total_ref = references.indices.shape[1]
+    n_ref = total_ref if n_ref is None else int(n_ref)
+    if not 1 <= n_ref <= total_ref:
+        raise ValueError(f"n_ref={n_ref} not in 1..{total_ref} (the references hold {total_ref})")
+    comp = composite_for(composite, model, canonizers=canonizers, dataset=dataset)
+    device = resolve_device(model, device)
+
+    # one job per (neuron, reference sample), processed in flat batches
+    # (output row, reference slot, references row, channel)
+    jobs = [(j, r, row, k) for j, (row, k) in enumerate(zip(rows, neurons)) for r in range(n_ref)]
+    if not jobs:
+        return torch.zeros(0, n_ref, 0, 0)
+    first = dataset[int(references.indices[rows[0], 0])][0]
+    H, W = first.shape[-2:]
+    out = torch.zeros(len(neurons), n_ref, H, W)
+
+    with eval_mode(model), comp.context(model) as modified, stop_after(module) as captured:
+        # stop_after is entered inside the composite's context so that its hook runs after
+        # zennit's own hooks on the layer
+        starts = range(0, len(jobs), batch_size)
+        for s in tqdm(starts, desc=f"heatmaps {layer}", disable=not progress):
+            batch = jobs[s:s + batch_size]
+            x = load_images(dataset, [references.indices[row, r] for _, r, row, _ in batch])
+            x = x.to(device).requires_grad_(True)
+            run_model(modified, x)
+            act = captured.pop("out")
+            b = torch.arange(len(batch), device=device)
+            ch = torch.tensor([k for *_, k in batch], device=device)
+            pos = torch.stack([references.positions[row, r] for _, r, row, _ in batch]).to(device)
+            init = torch.zeros_like(act)
+            init[b, ch, pos[:, 0], pos[:, 1]] = act[b, ch, pos[:, 0], pos[:, 1]].detach()
+            (grad,) = torch.autograd.grad(act, x, grad_outputs=init)
+            rel = grad.sum(1).detach().cpu()
+            for i, (j, r, *_) in enumerate(batch):
+                out[j, r] = rel[i]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# crops
+# --------------------------------------------------------------------------------------------
+def _blur(maps: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Gaussian blur of ``Tensor[N, H, W]`` (torchvision's sigma for the kernel size)."""
+    if kernel is None or kernel <= 1:
+        return maps
+    if kernel % 2 == 0:
+        raise ValueError(f"blur_kernel={kernel} must be odd (or <= 1 for no blur)")
+    # reflect padding needs kernel // 2 < size: shrink the kernel on tiny maps
+    limit = 2 * min(maps.shape[-2:]) - 1
+    if kernel > limit:
+        kernel = limit if limit % 2 else limit - 1
+    return gaussian_blur(maps.unsqueeze(1), [kernel, kernel]).squeeze(1)
+
+
+def _normalised(heatmaps: torch.Tensor, blur_kernel: int) -> torch.Tensor:
+    """``|blur(h)| / max |blur(h)|`` per map, ``Tensor[N, H, W]`` (all-zero maps stay zero)."""
+    h = _blur(heatmaps.float(), blur_kernel).abs()
+    peak = h.flatten(1).amax(1).view(-1, 1, 1)
+    return torch.where(peak > 0, h / peak.clamp_min(1e-30), torch.zeros_like(h))
+
+
+def normalised_heatmaps(heatmaps: torch.Tensor, blur_kernel: int = 5) -> torch.Tensor:
+    """The maps the crop boxes are cut from: ``|blur(h)| / max |blur(h)|``, ``Tensor[N, H, W]``."""
+    return _normalised(heatmaps.reshape(-1, *heatmaps.shape[-2:]), blur_kernel)
+
+
+def _square(lo: torch.Tensor, hi: torch.Tensor, side: torch.Tensor, size: int):
+    """Grow ``[lo, hi)`` symmetrically to length ``side``, shifted (then clipped) into ``[0, size)``."""
+    side = side.clamp(max=size)
+    lo = lo - (side - (hi - lo)) // 2
+    lo = torch.minimum(lo.clamp(min=0), size - side)
+    return lo, lo + side
+
+
+def crop_boxes(heatmaps: torch.Tensor, *, blur_kernel: int = 5, threshold: float = 0.02,
+               square: bool = True) -> torch.Tensor:
+    """Bounding boxes of the relevant region of heatmaps (evaluation crop, Appendix A.1).
+
+    Each map is blurred (Gaussian, ``blur_kernel``), made absolute and divided by its maximum;
+    the box holds all pixels ``> threshold``. It is then expanded to a square around its centre
+    (shifted to stay inside the image; clipped only where the square is larger than the image).
+    An all-zero heatmap gives the whole image.
+
+    Parameters
+    ----------
+    heatmaps : Tensor[..., H, W]
+        Signed relevance maps.
+    blur_kernel : int
+        Odd Gaussian kernel size (``<= 1``: no blur). Default 5.
+    threshold : float
+        Relative relevance above which a pixel is relevant, in [0, 1). Default 0.02.
+    square : bool
+        Expand the box to a square (default True).
+
+    Returns
+    -------
+    LongTensor[..., 4]
+        ``(y0, x0, y1, x1)``, ends exclusive.
+    """
+    if heatmaps.dim() < 2:
+        raise ValueError(f"heatmaps need shape [..., H, W], got {tuple(heatmaps.shape)}")
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold={threshold} not in [0, 1)")
+    lead, (H, W) = heatmaps.shape[:-2], heatmaps.shape[-2:]
+    maps = heatmaps.reshape(-1, H, W)
+    if maps.shape[0] == 0:
+        return torch.zeros(*lead, 4, dtype=torch.long)
+    mask = _normalised(maps, blur_kernel) > threshold
+    rows, cols = mask.any(2), mask.any(1)                         # [N, H], [N, W]
+    empty = ~rows.any(1)
+    ar_h, ar_w = torch.arange(H), torch.arange(W)
+    y0 = torch.where(rows, ar_h, H).amin(1)
+    y1 = torch.where(rows, ar_h, -1).amax(1) + 1
+    x0 = torch.where(cols, ar_w, W).amin(1)
+    x1 = torch.where(cols, ar_w, -1).amax(1) + 1
+    y0, x0 = torch.where(empty, 0, y0), torch.where(empty, 0, x0)
+    y1, x1 = torch.where(empty, H, y1), torch.where(empty, W, x1)
+    if square:
+        side = torch.maximum(y1 - y0, x1 - x0)
+        y0, y1 = _square(y0, y1, side, H)
+        x0, x1 = _square(x0, x1, side, W)
+    return torch.stack([y0, x0, y1, x1], -1).reshape(*lead, 4).long()
+
+
+def _as_batch(images) -> list[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        return list(images)
+    return list(images)
+
+
+def _check_pairs(images, heatmaps):
+    if len(images) != heatmaps.shape[0]:
+        raise ValueError(f"{len(images)} images but {heatmaps.shape[0]} heatmaps")
+    for img in images:
+        if img.shape[-2:] != heatmaps.shape[-2:]:
+            raise ValueError(f"image size {tuple(img.shape[-2:])} differs from heatmap size "
+                             f"{tuple(heatmaps.shape[-2:])}; use dataset.image(i), which is "
+                             "aligned with the model input")
+
+
+def feature_crops(images, heatmaps: torch.Tensor, *, blur_kernel: int = 5,
+                  threshold: float = 0.02) -> list[torch.Tensor]:
+    """Evaluation crops: the square relevant region of each image, no masking.
+
+    Parameters
+    ----------
+    images : Tensor[n, 3, H, W] or list of Tensor[3, H, W]
+        Images in [0, 1] aligned with the heatmaps (``dataset.image(i)``).
+    heatmaps : Tensor[n, H, W]
+        Relevance maps from :func:`feature_heatmaps` (flatten neurons x references first).
+    blur_kernel, threshold : see :func:`crop_boxes` (defaults 5 and 0.02).
+
+    Returns
+    -------
+    list of Tensor[3, h, w]
+        One crop per image (sizes vary; ``h == w`` unless the image is not square).
+    """
+    images = _as_batch(images)
+    heatmaps = heatmaps.reshape(-1, *heatmaps.shape[-2:])
+    _check_pairs(images, heatmaps)
+    boxes = crop_boxes(heatmaps, blur_kernel=blur_kernel, threshold=threshold)
+    return [img[..., y0:y1, x0:x1] for img, (y0, x0, y1, x1) in zip(images, boxes.tolist())]
+
+
+def display_crops(images, heatmaps: torch.Tensor, *, blur_kernel: int = 51,
+                  threshold: float = 0.01, dim_threshold: float = 0.02, alpha: float = 0.4,
+                  outline: bool = True, outline_color=(0.0, 0.0, 0.0)) -> list[torch.Tensor]:
+    """Display crops: square relevant region, irrelevant parts dimmed and outlined.
+
+    The heatmap is blurred with a wide kernel; the crop box uses ``threshold``; pixels whose
+    normalised relevance is below ``dim_threshold`` get opacity ``alpha``; the border of the
+    relevant region is drawn in ``outline_color``.
+
+    Parameters
+    ----------
+    images : Tensor[n, 3, H, W] or list of Tensor[3, H, W]
+        Images in [0, 1] aligned with the heatmaps.
+    heatmaps : Tensor[n, H, W]
+        Relevance maps.
+    blur_kernel : int
+        Odd Gaussian kernel size (default 51; shrunk on images smaller than the kernel).
+    threshold : float
+        Crop threshold (default 0.01).
+    dim_threshold : float
+        Relevance below which a pixel is dimmed (default 0.02).
+    alpha : float
+        Opacity of dimmed pixels (default 0.4).
+    outline : bool
+        Draw the border of the relevant region.
+    outline_color : tuple of 3 floats
+        RGB of the border.
+
+    Returns
+    -------
+    list of Tensor[4, h, w]
+        RGBA crops in [0, 1] (show them on a white background, or with :func:`image_grid`).
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha} not in [0, 1]")
+    images = _as_batch(images)
+    heatmaps = heatmaps.reshape(-1, *heatmaps.shape[-2:])
+    _check_pairs(images, heatmaps)
+    norm = _normalised(heatmaps, blur_kernel)
+    boxes = crop_boxes(heatmaps, blur_kernel=blur_kernel, threshold=threshold)
+    keep = norm >= dim_threshold                                     # [n, H, W]
+    # the region's border: kept pixels with a dropped 4-neighbour (erosion by a 3x3 min-pool)
+    eroded = -F.max_pool2d(-keep.float().unsqueeze(1), 3, stride=1, padding=1).squeeze(1)
+    border = keep & (eroded < 0.5)
+    color = torch.tensor(outline_color, dtype=torch.float32).view(3, 1, 1)
+    crops = []
+    for img, k, b, (y0, x0, y1, x1) in zip(images, keep, border, boxes.tolist()):
+        rgb = img[:3].float().clone()
+        a = torch.where(k, 1.0, alpha).unsqueeze(0)
+        if outline:
+            rgb = torch.where(b.unsqueeze(0), color, rgb)
+            a = torch.where(b.unsqueeze(0), 1.0, a)
+        crops.append(torch.cat([rgb, a], 0)[:, y0:y1, x0:x1])
+    return crops
+
+
+def reference_images(dataset, references, neuron: int, n_ref: int | None = None) -> torch.Tensor:
+    """The reference samples of ``neuron`` as images in [0, 1], ``Tensor[n_ref, 3, H, W]``."""
+    row = int(references.rows([neuron])[0]) if hasattr(references, "rows") else int(neuron)
+    idx = references.indices[row]
+    idx = idx if n_ref is None else idx[:n_ref]
+    return torch.stack([dataset.image(int(i)) for i in idx])
+
+
+
+
+def crops_from_boxes(dataset, indices, boxes) -> list[torch.Tensor]:
+    """Cut ``dataset.image(i)`` to each box.
+
+    Parameters
+    ----------
+    indices : LongTensor[m]
+        Dataset indices.
+    boxes : LongTensor[m, 4]
+
+    Returns
+    -------
+    list of Tensor[3, h, w]
+    """
+    return [dataset.image(int(i))[:, y0:y1, x0:x1]
+            for i, (y0, x0, y1, x1) in zip(torch.as_tensor(indices).tolist(),
+                                           torch.as_tensor(boxes).tolist())]

@@ -1,0 +1,569 @@
+"""The tables the chapters show: per-neuron scores of clusterings, and their summaries.
+
+Every table is a ``pandas.DataFrame`` with one row per neuron (and method, ``k``, ...). The
+clusterings compared are called *methods* in every table: ``"PURE"`` (or ``"PURE (gxa)"``,
+``"PURE (epsilon_plus_flat)"``: PURE with an attribution), ``"activations"`` (the baseline),
+the embedders' labels, ``"random"`` (the lower bound) and ``"ground truth"`` (the upper bound).
+
+:func:`compare_clusterings` (Eq. 5), :func:`ground_truth_table` (ARI / NMI),
+:func:`clustering_table` and :func:`variant_scores` share one loop over neurons, ``k`` and
+methods (:func:`_score_rows`); the others are their own kind of table.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.metrics import silhouette_score
+
+from ._arrays import as_numpy
+from ._progress import tqdm
+from .ground_truth import concept_counts
+from .metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,
+                      kmeans_labels, pairwise_distances_upper, polysemanticity, purity, summarize)
+from .paths import DATA_DIR
+from .virtual import VirtualNeurons
+
+__all__ = [
+    "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
+    "compare_clusterings", "summarize_frame", "correlation_table", "divergence_examples",
+    "polysemanticity_table", "ground_truth_table", "heldout_purity", "cluster_composition",
+    "clustering_table", "choose_k_table", "variant_scores", "results_table", "paper_numbers",
+]
+
+PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
+
+
+# --------------------------------------------------------------------------------------------
+# the bounds: random labels and the ground truth restricted to k clusters
+# --------------------------------------------------------------------------------------------
+def random_labels(n: int, k: int, seed) -> np.ndarray:
+    """Uniformly random cluster labels (the lower bound), seeded: ``ndarray[n]``."""
+    return np.random.default_rng(seed).integers(0, k, size=n)
+
+
+def ground_truth_labels(concepts, k: int) -> np.ndarray:
+    """The ground-truth concepts restricted to ``k`` clusters (the upper bound).
+
+    The ``k - 1`` most frequent concepts keep their own cluster; all others share the last
+    one (ties by lower concept id). With at most ``k`` distinct concepts the concepts are
+    returned as they are (relabelled ``0..``).
+
+    Parameters
+    ----------
+    concepts : array-like[n]
+        Concept ids (``-1``: background, a concept of its own).
+    k : int
+
+    Returns
+    -------
+    ndarray[n] of int
+    """
+    c = as_numpy(concepts, np.int64).reshape(-1)
+    values, counts = np.unique(c, return_counts=True)
+    order = values[np.lexsort((values, -counts))]
+    keep = order if len(order) <= k else order[:k - 1]
+    lookup = {v: i for i, v in enumerate(keep)}
+    return np.array([lookup.get(v, len(keep)) for v in c], dtype=int)
+
+
+# --------------------------------------------------------------------------------------------
+# the shared per-neuron loop
+# --------------------------------------------------------------------------------------------
+def _neuron_ids(neurons, n: int) -> list[int]:
+    """Channel ids of the ``n`` rows of a table (default ``0..n-1``)."""
+    ids = list(range(n)) if neurons is None else [int(k) for k in neurons]
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} neuron ids for {n} neurons")
+    return ids
+
+
+def _score_rows(shape, neurons, features: dict, score, *, ks=(2,), algorithms=("kmeans",),
+                include_random: bool = True, truth=None, random_state: int = 0, n_init: int = 10,
+                desc: str = "", progress: bool = False) -> list[dict]:
+    """One row per neuron, ``k``, clustering algorithm and method, scored by ``score(i, labels)``.
+
+    ``shape`` is ``(n_neurons, n_ref)``. For neuron ``i`` every entry of ``features`` is clustered (``VirtualNeurons`` with
+    ``algorithm``); ``"random"`` labels and, with ``truth`` (``[n_neurons, n_ref]`` concepts),
+    the ground truth restricted to ``k`` clusters are added. ``score`` returns a dict of
+    columns.
+    """
+    n, n_ref = shape[:2]
+    rows = []
+    for i in tqdm(range(n), desc=desc, disable=not progress):
+        for k in ks:
+            for algorithm in algorithms:
+                labelings = {name: _cluster(f[i], k, algorithm, random_state, n_init)
+                             for name, f in features.items()}
+                if include_random:
+                    labelings[RANDOM] = random_labels(n_ref, k, [random_state, neurons[i], k])
+                if truth is not None:
+                    labelings[GROUND_TRUTH] = ground_truth_labels(truth[i], k)
+                for name, labels in labelings.items():
+                    rows.append(dict(neuron=neurons[i], method=name, k=int(k), algorithm=algorithm,
+                                     **score(i, labels)))
+    return rows
+
+
+def _cluster(X, k: int, algorithm: str, random_state: int, n_init: int) -> np.ndarray:
+    if algorithm == "kmeans":
+        return kmeans_labels(X, k, random_state=random_state, n_init=n_init)
+    return VirtualNeurons(n_clusters=k, random_state=random_state, n_init=n_init,
+                          algorithm=algorithm).fit(as_numpy(X)).labels_
+
+
+def _check_rows(features: dict, shape, what: str) -> None:
+    for name, f in features.items():
+        if tuple(f.shape[:2]) != tuple(shape[:2]):
+            raise ValueError(f"features {name!r} of shape {tuple(f.shape)} do not match {what} "
+                             f"{tuple(shape)} (same neurons and reference samples)")
+
+
+# --------------------------------------------------------------------------------------------
+# Eq. 5 comparison (Fig. 4 top) and its summary
+# --------------------------------------------------------------------------------------------
+def compare_clusterings(embeddings, features: dict, *, ks=(2, 3, 4, 5), neurons=None,
+                        concepts=None, include_random: bool = True, random_state: int = 0,
+                        n_init: int = 10, progress: bool = True) -> pd.DataFrame:
+    """Eq. 5 on the main embedder's embeddings for several clusterings (Fig. 4 top).
+
+    Each entry of ``features`` is clustered per neuron with k-means (``k`` in ``ks``); random
+    labels (lower bound) and, with ``concepts``, the ground truth restricted to ``k`` clusters
+    (:func:`ground_truth_labels`, upper bound) are added. Every clustering is scored by
+    ``rho_intra`` and ``rho_inter`` of the distances between ``embeddings``.
+
+    Parameters
+    ----------
+    embeddings : Tensor[n_neurons, n_ref, d]
+        Embeddings in CLIP's role (the ground-truth embedder offline).
+    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
+        What each method clusters, e.g. ``{"PURE": circuits, "activations": acts,
+        "CLIP": embeddings, "DINOv2": dino}`` (same samples, same order).
+    ks : sequence of int
+        Numbers of clusters.
+    neurons : sequence of int, optional
+        Channel ids for the ``neuron`` column (default ``0..n_neurons-1``).
+    concepts : LongTensor[n_neurons, n_ref], optional
+        Ground-truth concepts (adds the ``"ground truth"`` method).
+    include_random : bool
+        Add ``"random"`` labels (seeded by ``random_state``, neuron and k).
+    random_state, n_init : int
+        k-means settings.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per neuron, method and k: ``neuron, method, k, intra, inter, gap``
+        (``gap = inter - intra``, large is better).
+    """
+    n = len(embeddings)
+    neurons = _neuron_ids(neurons, n)
+    _check_rows(features, embeddings.shape, "embeddings")
+    distances = {}
+
+    def score(i, labels):
+        if i not in distances:  # one distance matrix per neuron, shared by every clustering
+            distances.clear()
+            distances[i] = distance_matrix(embeddings[i])
+        intra, inter = intra_inter(distances[i], labels)
+        return dict(intra=intra, inter=inter, gap=inter - intra)
+
+    rows = _score_rows(embeddings.shape, neurons, features, score, ks=ks,
+                       include_random=include_random,
+                       truth=concepts, random_state=random_state, n_init=n_init, desc="Eq. 5",
+                       progress=progress)
+    return pd.DataFrame(rows, columns=["neuron", "method", "k", "intra", "inter", "gap"])
+
+
+def summarize_frame(frame: pd.DataFrame, value: str = "gap", by=("method", "k"), *,
+                    n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Mean, standard error (std / sqrt(n)) and bootstrap interval of ``value`` per group.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``*by, mean, sem, ci_low, ci_high, n`` (groups in order of appearance).
+    """
+    if value not in frame.columns:
+        raise ValueError(f"column {value!r} not in the frame; columns: {', '.join(frame.columns)}")
+    rows = []
+    for key, group in frame.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)),
+                     **summarize(group[value].to_numpy(), n_boot=n_boot, seed=seed, level=level)})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# distance correlation and divergence (Fig. 4 bottom, right)
+# --------------------------------------------------------------------------------------------
+def correlation_table(reference, spaces: dict, *, n_samples: int = 50, n_subsets: int = 30,
+                      seed: int = 0) -> pd.DataFrame:
+    """Correlation of each space's distances with the reference space's (Fig. 4 bottom).
+
+    Parameters
+    ----------
+    reference : Tensor[n_neurons, n_ref, d]
+        Embeddings in CLIP's role.
+    spaces : dict of str -> Tensor[n_neurons, n_ref, d_m]
+        E.g. ``{"PURE": circuits, "activations": acts, "DINOv2": dino}``.
+    n_samples, n_subsets, seed
+        See :func:`~pure_utils.metrics.distance_correlation`; ``n_subsets`` is lowered to the
+        number of neurons when there are fewer.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``method, mean, sem, n_subsets``.
+    """
+    n_subsets = min(n_subsets, len(reference))
+    rows = []
+    for name, space in spaces.items():
+        r = distance_correlation(reference, space, n_samples=n_samples, n_subsets=n_subsets,
+                                 seed=seed)
+        rows.append(dict(method=name, mean=r["mean"], sem=r["sem"], n_subsets=n_subsets))
+    return pd.DataFrame(rows)
+
+
+def divergence_examples(reference, pure, activations, *, neurons=None,
+                        n_samples: int = 50) -> pd.DataFrame:
+    """Per neuron: how well PURE and activation distances follow the reference distances.
+
+    For each neuron, the Pearson correlation of its pairwise distances (pairs ``i < j`` of the
+    first ``n_samples`` reference samples) in the reference space with those of the PURE
+    vectors and of the activations. Sorted by ``difference = r_pure - r_activations``,
+    descending: the first rows are where activations diverge from the reference while PURE
+    follows it (Fig. 4 right), the last rows the opposite.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, r_pure, r_activations, difference``.
+    """
+    n = len(reference)
+    neurons = _neuron_ids(neurons, n)
+    rows = []
+    for i in range(n):
+        rp, ra = (distance_correlation([reference[i]], [space[i]], n_samples=n_samples,
+                                       n_subsets=1)["mean"] for space in (pure, activations))
+        rows.append(dict(neuron=neurons[i], r_pure=rp, r_activations=ra, difference=rp - ra))
+    frame = pd.DataFrame(rows, columns=["neuron", "r_pure", "r_activations", "difference"])
+    return frame.sort_values("difference", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def polysemanticity_table(embeddings, *, neurons=None, random_state: int = 0,
+                          n_init: int = 10) -> pd.DataFrame:
+    """Each neuron's polysemanticity (``inter - intra`` of k-means k=2 on its embeddings).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, polysemanticity``, most polysemantic first.
+    """
+    neurons = _neuron_ids(neurons, len(embeddings))
+    vals = [polysemanticity(e, random_state=random_state, n_init=n_init) for e in embeddings]
+    frame = pd.DataFrame({"neuron": neurons, "polysemanticity": vals})
+    return frame.sort_values("polysemanticity", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# scores against ground truth (controlled benchmark)
+# --------------------------------------------------------------------------------------------
+def _ground_truth_score(concepts):
+    def score(i, labels):
+        s = ground_truth_scores(labels, concepts[i])
+        return dict(ari=s["ari"], nmi=s["nmi"])
+    return score
+
+
+def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=None,
+                       include_random: bool = True, include_ground_truth: bool = True,
+                       random_state: int = 0, n_init: int = 10,
+                       progress: bool = True) -> pd.DataFrame:
+    """ARI and NMI between each method's clusters and the ground-truth concepts, per neuron.
+
+    Parameters
+    ----------
+    concepts : LongTensor[n_neurons, n_ref]
+        Concept of each reference sample (:func:`pure_utils.ground_truth.reference_concepts`).
+    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
+        What each method clusters (e.g. ``{"PURE (gxa)": ..., "PURE (epsilon_plus_flat)": ...,
+        "activations": ...}``).
+    ks : sequence of int
+    neurons : sequence of int, optional
+        Channel ids for the ``neuron`` column (select polysemantic neurons before calling, e.g.
+        with ``ground_truth.polysemantic_by_concepts``).
+    include_random, include_ground_truth : bool
+        Add the lower bound (random labels) and the upper bound (the concepts restricted to
+        ``k`` clusters, :func:`ground_truth_labels`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, method, k, ari, nmi``.
+    """
+    concepts = as_numpy(concepts, np.int64)
+    n = concepts.shape[0]
+    neurons = _neuron_ids(neurons, n)
+    _check_rows(features, concepts.shape, "concepts")
+    rows = _score_rows(concepts.shape, neurons, features, _ground_truth_score(concepts), ks=ks,
+                       include_random=include_random,
+                       truth=concepts if include_ground_truth else None,
+                       random_state=random_state, n_init=n_init, desc="ground truth",
+                       progress=progress)
+    return pd.DataFrame(rows, columns=["neuron", "method", "k", "ari", "nmi"])
+
+
+def clustering_table(concepts, features: dict, *, algorithms=("kmeans",), k: int = 2,
+                     neurons=None, random_state: int = 0, n_init: int = 10,
+                     progress: bool = True) -> pd.DataFrame:
+    """ARI / NMI against ground truth for several clustering algorithms (ablation).
+
+    Parameters
+    ----------
+    concepts : LongTensor[n_neurons, n_ref]
+    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
+    algorithms : sequence of str
+        :data:`pure_utils.virtual.ALGORITHMS` names.
+    k : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, method, algorithm, k, ari, nmi``.
+    """
+    concepts = as_numpy(concepts, np.int64)
+    n = concepts.shape[0]
+    neurons = _neuron_ids(neurons, n)
+    _check_rows(features, concepts.shape, "concepts")
+    rows = _score_rows(concepts.shape, neurons, features, _ground_truth_score(concepts), ks=[k],
+                       algorithms=algorithms, include_random=False, random_state=random_state,
+                       n_init=n_init, desc="algorithms", progress=progress)
+    return pd.DataFrame(rows, columns=["neuron", "method", "algorithm", "k", "ari", "nmi"])
+
+
+def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None, neurons=None,
+                   random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
+    """Score clusterings of several feature variants per neuron (for ablations).
+
+    With ground-truth ``concepts`` the score is the ARI of k-means labels against them; without,
+    it is the Eq. 5 gap ``inter - intra`` on ``embeddings`` (CLIP's role).
+
+    Parameters
+    ----------
+    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
+    k : int
+    concepts : LongTensor[n_neurons, n_ref], optional
+    embeddings : Tensor[n_neurons, n_ref, d], optional
+        Needed when ``concepts`` is not given.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, method, k, score`` (and ``metric``: ``"ARI"`` or ``"gap"``).
+    """
+    if concepts is not None:
+        frame = ground_truth_table(concepts, features, ks=[k], neurons=neurons,
+                                   include_random=True, include_ground_truth=False,
+                                   random_state=random_state, n_init=n_init, progress=False)
+        return frame.rename(columns={"ari": "score"}).drop(columns="nmi").assign(metric="ARI")
+    if embeddings is None:
+        raise ValueError("variant_scores needs concepts (ground truth) or embeddings (Eq. 5)")
+    frame = compare_clusterings(embeddings, features, ks=[k], neurons=neurons,
+                                random_state=random_state, n_init=n_init, progress=False)
+    return (frame.rename(columns={"gap": "score"}).drop(columns=["intra", "inter"])
+            .assign(metric="gap"))
+
+
+def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
+                   train_concepts=None, ks=(2,), neurons=None, random_state: int = 0,
+                   n_init: int = 10) -> pd.DataFrame:
+    """Purity of held-out samples assigned to virtual neurons (the test phase, Fig. 2).
+
+    Per neuron and method, virtual neurons are fitted on the reference samples
+    (``train_features``) and held-out samples (e.g. the neuron's most activating images of
+    another split) are assigned to the closest centroid. Purity (:func:`metrics.purity`) of
+    those assignments against the held-out concepts is compared with the purity of the neuron
+    itself (all held-out samples in one group).
+
+    Parameters
+    ----------
+    train_features, test_features : dict of str -> Tensor[n_neurons, n_*, d_m]
+        The same methods in both.
+    test_concepts : LongTensor[n_neurons, n_test]
+    train_concepts : LongTensor[n_neurons, n_ref], optional
+        Adds ``purity_train`` (purity of the fitted clusters on the reference samples).
+    ks : sequence of int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, method, k, purity_neuron, purity_virtual`` (and ``purity_train``).
+    """
+    test_concepts = as_numpy(test_concepts, np.int64)
+    n = test_concepts.shape[0]
+    neurons = _neuron_ids(neurons, n)
+    if set(train_features) != set(test_features):
+        raise ValueError(f"methods differ: train {sorted(train_features)}, test {sorted(test_features)}")
+    rows = []
+    for i in range(n):
+        c = test_concepts[i]
+        base = purity(np.zeros(len(c), dtype=int), c)
+        for k in ks:
+            for name in train_features:
+                Xtr, Xte = as_numpy(train_features[name][i]), as_numpy(test_features[name][i])
+                vn = VirtualNeurons(n_clusters=k, random_state=random_state, n_init=n_init).fit(Xtr)
+                row = dict(neuron=neurons[i], method=name, k=int(k), purity_neuron=base,
+                           purity_virtual=purity(vn.predict(Xte), c))
+                if train_concepts is not None:
+                    row["purity_train"] = purity(vn.labels_, as_numpy(train_concepts[i], np.int64))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# inspection and ablations (chapters beyond the paper)
+# --------------------------------------------------------------------------------------------
+def cluster_composition(labels, concepts, concept_names=None) -> pd.DataFrame:
+    """Which concepts make up each cluster (virtual neuron).
+
+    Parameters
+    ----------
+    labels : array-like[n]
+        Cluster of each reference sample.
+    concepts : array-like[n]
+        Ground-truth concept of each sample (``-1``: background).
+    concept_names : list of str, optional
+        Names of the concept ids.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cluster, size, concept, share`` with the most frequent concept of each cluster first.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    c = as_numpy(concepts, np.int64).reshape(-1)
+    if len(labels) != len(c):
+        raise ValueError(f"{len(labels)} labels but {len(c)} concepts")
+    rows = []
+    for cl in sorted(set(labels.tolist())):
+        members = c[labels == cl]
+        values, counts = np.unique(members, return_counts=True)
+        for v, n in sorted(zip(values.tolist(), counts.tolist()), key=lambda t: (-t[1], t[0])):
+            name = "background" if v < 0 else (concept_names[v] if concept_names else str(v))
+            rows.append(dict(cluster=int(cl), size=int(len(members)), concept=name,
+                             share=n / len(members)))
+    return pd.DataFrame(rows, columns=["cluster", "size", "concept", "share"])
+
+
+def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float = 0.2,
+                   neurons=None, random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
+    """Pick the number of virtual neurons per neuron by the silhouette of k-means.
+
+    For each neuron, k-means runs for every ``k`` in ``ks`` on its attribution vectors and the
+    ``k`` with the largest silhouette score (Euclidean) is chosen. With ground-truth
+    ``concepts`` the true count is added: the number of concepts holding at least
+    ``min_share`` of the neuron's reference samples (at least 1;
+    :func:`pure_utils.ground_truth.concept_counts`, background is no concept).
+
+    Parameters
+    ----------
+    features : Tensor[n_neurons, n_ref, d]
+    ks : sequence of int
+    concepts : LongTensor[n_neurons, n_ref], optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``neuron, chosen_k, silhouette`` (best score) and ``true_k`` with concepts, plus one
+        ``silhouette_k{k}`` column per ``k``.
+    """
+    n = len(features)
+    true_k = None if concepts is None else concept_counts(concepts, min_share).clamp(min=1)
+    neurons = _neuron_ids(neurons, n)
+    rows = []
+    for i in range(n):
+        X = as_numpy(features[i])
+        scores = {}
+        for k in ks:
+            if not 2 <= int(k) < len(X):
+                scores[int(k)] = float("nan")  # the silhouette needs 2 <= k < n_samples
+                continue
+            labels = kmeans_labels(X, int(k), random_state=random_state, n_init=n_init)
+            scores[int(k)] = (float(silhouette_score(X, labels)) if len(set(labels.tolist())) > 1
+                              else float("nan"))
+        valid = {k: v for k, v in scores.items() if np.isfinite(v)}
+        best = max(valid, key=lambda k: (valid[k], -k)) if valid else int(ks[0])
+        row = dict(neuron=neurons[i], chosen_k=best, silhouette=scores.get(best, float("nan")))
+        if true_k is not None:
+            row["true_k"] = int(true_k[i])
+        row.update({f"silhouette_k{k}": v for k, v in scores.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# the paper's numbers beside a build's
+# --------------------------------------------------------------------------------------------
+def results_table(paper: dict, comparison: pd.DataFrame, correlation: pd.DataFrame,
+                  polysemanticity: pd.DataFrame, embeddings, *, names: dict, k: int = 2,
+                  strong_threshold: float | None = None, label: str = "this build") -> dict:
+    """The paper's reported numbers beside the same quantities of one evaluation.
+
+    Parameters
+    ----------
+    paper : dict
+        ``data/paper_numbers.yaml``: ``eq5_k2`` (intra / inter per method, all pairs),
+        ``strongly_polysemantic_gap`` and ``distance_correlation`` per method.
+    comparison, correlation, polysemanticity : DataFrame
+        An evaluation's tables (:func:`compare_clusterings`, :func:`correlation_table`,
+        :func:`polysemanticity_table`).
+    embeddings : Tensor[n_neurons, n_ref, d]
+        The embeddings in CLIP's role (for the mean distance over all pairs).
+    names : dict
+        The paper's method name -> this evaluation's method name.
+    k : int
+        Number of clusters compared (the paper: 2).
+    strong_threshold : float, optional
+        Polysemanticity above which a neuron counts as strongly polysemantic (default: the
+        upper quartile).
+    label : str
+        Header of this evaluation's column.
+
+    Returns
+    -------
+    dict
+        ``table`` (DataFrame ``quantity, method, paper, <label>``), ``means`` (mean intra,
+        inter and gap per method at ``k``), ``threshold``, ``n_strong`` and ``correlation``
+        (mean per method).
+    """
+    comp = comparison[comparison.k == k]
+    means = comp.groupby("method")[["intra", "inter", "gap"]].mean()
+    all_pairs = float(np.mean([pairwise_distances_upper(e).mean() for e in embeddings]))
+    poly = polysemanticity.set_index("neuron").polysemanticity
+    threshold = strong_threshold if strong_threshold is not None else float(poly.quantile(0.75))
+    strong = poly[poly > threshold].index
+    strong_gap = comp[comp.neuron.isin(strong)].groupby("method").gap.mean()
+    corr = correlation.set_index("method")["mean"]
+    rows = []
+    for paper_name, ours in names.items():
+        p = paper["eq5_k2"]["methods"][paper_name]
+        rows.append(["Eq. 5 intra / inter, k = 2", paper_name, f"{p['intra']:.2f} / {p['inter']:.2f}",
+                     f"{means.loc[ours, 'intra']:.3f} / {means.loc[ours, 'inter']:.3f}"])
+    rows.append(["Eq. 5, all pairs", "-", f"{paper['eq5_k2']['all_pairs']:.2f}", f"{all_pairs:.3f}"])
+    for paper_name, ours in names.items():
+        rows.append(["mean gap, strongly polysemantic neurons", paper_name,
+                     f"{paper['strongly_polysemantic_gap']['methods'][paper_name]:.3f}",
+                     f"{strong_gap.get(ours, float('nan')):.3f} (n = {len(strong)})"])
+    for paper_name, ours in names.items():
+        rows.append(["correlation with CLIP-role distances", paper_name,
+                     f"{paper['distance_correlation']['methods'][paper_name]:.2f}",
+                     f"{corr.get(ours, float('nan')):.2f}"])
+    table = pd.DataFrame(rows, columns=["quantity", "method", "paper", label])
+    return dict(table=table, means=means, threshold=threshold, n_strong=len(strong),
+                correlation=corr)
+
+
+def paper_numbers() -> dict:
+    """The numbers the paper reports (``data/paper_numbers.yaml``), with the setting of each."""
+    return yaml.safe_load((DATA_DIR / "paper_numbers.yaml").read_text())

@@ -1,0 +1,320 @@
+"""Training the shipped models of the controlled benchmark (``python -m pure_utils.train``).
+
+Two small timm ResNets are trained on the synthetic train split (:mod:`pure_utils.synthetic`)
+and written to ``data/models`` with a model card (``<name>.json`` beside the weights). The card
+records the architecture, generator version and dataset settings, seeds, hyperparameters, the
+training command, history and time, the machine, the held-out accuracy and the share of
+``layer4`` channels that are polysemantic by ground truth (``layer4_polysemantic``). Training is
+reproducible bit for bit with the pinned packages on the same kind of CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._progress import tqdm
+from .ground_truth import layer_polysemanticity
+from .models import build_resnet
+from .paths import MODELS_DIR
+from .synthetic import GENERATOR_VERSION, SyntheticConfig, SyntheticShapes
+
+__all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_TRAINING", "evaluate_accuracy", "train_default_model",
+           "main"]
+
+
+#: build_resnet kwargs of the shipped models. layer4 is kept narrow (fewer channels than there are
+#: concepts, or barely more) so that its neurons must share concepts: the benchmark needs
+#: polysemantic neurons with known ground truth.
+DEFAULT_ARCHITECTURES = {
+    "synthetic_resnet_basic": dict(block="basic", layers=[1, 1, 1, 1], channels=[16, 32, 64, 24],
+                                   stem_width=16, num_classes=16),
+    "synthetic_resnet_bottleneck": dict(block="bottleneck", layers=[1, 1, 1, 1],
+                                        channels=[16, 32, 48, 8], stem_width=16, num_classes=16),
+}
+
+#: Training hyperparameters of the shipped models (``train_default_model`` defaults).
+DEFAULT_TRAINING = dict(epochs=8, n_train=10000, batch_size=64, lr=4e-3, weight_decay=5e-4,
+                        label_smoothing=0.05, seed=0, data_seed=0, n_eval=3000, n_check=1000,
+                        n_val=500, threads=2)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flips of a batch (label-preserving: every shape is mirror-symmetric up to rotation)."""
+    flip_h = torch.rand(x.shape[0], generator=gen) < 0.5
+    flip_v = torch.rand(x.shape[0], generator=gen) < 0.5
+    x = torch.where(flip_h.view(-1, 1, 1, 1), x.flip(3), x)
+    return torch.where(flip_v.view(-1, 1, 1, 1), x.flip(2), x)
+
+
+def _batches(dataset: SyntheticShapes, indices, batch_size: int):
+    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
+    for start in range(0, len(indices), batch_size):
+        pixels, y = dataset.arrays(indices[start:start + batch_size])
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+        yield (x - mean) / std, y
+
+
+@torch.no_grad()
+def _correct(model: torch.nn.Module, dataset: SyntheticShapes, n: int | None = None,
+             batch_size: int = 250) -> torch.Tensor:
+    """Whether ``model`` classifies each of the first ``n`` images right: ``BoolTensor[n]``."""
+    was_training = model.training
+    model.eval()
+    n = len(dataset) if n is None else min(int(n), len(dataset))
+    hits = [model(x).argmax(1) == y for x, y in _batches(dataset, np.arange(n), batch_size)]
+    model.train(was_training)
+    return torch.cat(hits)
+
+
+def evaluate_accuracy(model: torch.nn.Module, dataset: SyntheticShapes, n: int | None = None,
+                      batch_size: int = 250) -> float:
+    """Top-1 accuracy of ``model`` on the first ``n`` images of ``dataset`` (default: all)."""
+    hits = _correct(model, dataset, n, batch_size)
+    return int(hits.sum()) / len(hits)
+
+
+def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, epochs: int | None = None,
+                        n_train: int | None = None, n_eval: int | None = None,
+                        n_check: int | None = None, n_val: int | None = None, batch_size: int | None = None,
+                        lr: float | None = None, max_steps: int | None = None,
+                        threads: int | None = None, seed: int | None = None,
+                        architecture: dict | None = None, config: SyntheticConfig | None = None,
+                        init=None, command: str | None = None, progress: bool = True) -> dict:
+    """Train one of the shipped default models on the synthetic train split and write it.
+
+    AdamW with a one-epoch linear warm-up and a cosine schedule, label smoothing, random flips.
+    Training uses the ``train`` split (its own random streams), accuracy is measured on the
+    ``test`` split with the same dataset seed.
+
+    Parameters
+    ----------
+    name : str
+        A key of ``DEFAULT_ARCHITECTURES`` (``"synthetic_resnet_basic"``,
+        ``"synthetic_resnet_bottleneck"``).
+    out_dir : path, optional
+        Where ``<name>.safetensors`` and ``<name>.json`` go (default ``data/models``).
+    epochs, n_train, n_eval, n_check, n_val, batch_size, lr, seed, threads : optional
+        Override ``DEFAULT_TRAINING``. ``n_eval`` test images give the card's accuracy,
+        the first ``n_check`` of them a second accuracy used by the quick test; ``n_val``
+        validation images are scored after every epoch.
+    max_steps : int, optional
+        Stop after this many optimiser steps (for smoke runs).
+    architecture : dict, optional
+        ``build_resnet`` kwargs (default ``DEFAULT_ARCHITECTURES[name]``).
+    config : SyntheticConfig, optional
+        Generator knobs (default ``SyntheticConfig()``).
+    init : path, optional
+        Warm start: ``<name>.safetensors`` of an earlier run (its card ``<name>.json`` beside it
+        is copied into the new card under ``warm_start``, so the full training history stays
+        recorded). The new run is a further stage with its own warm-up and cosine schedule.
+    command : str, optional
+        The command line that started the run (stored in the card).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        The model card that was written.
+    """
+    if architecture is None:
+        if name not in DEFAULT_ARCHITECTURES:
+            raise ValueError(f"model {name!r} not known; models: {', '.join(DEFAULT_ARCHITECTURES)}")
+        architecture = dict(DEFAULT_ARCHITECTURES[name])
+    hp = dict(DEFAULT_TRAINING)
+    for key, value in dict(epochs=epochs, n_train=n_train, n_eval=n_eval, n_check=n_check, n_val=n_val,
+                           batch_size=batch_size, lr=lr, seed=seed, threads=threads).items():
+        if value is not None:
+            hp[key] = value
+    hp["max_steps"] = max_steps
+    if hp["n_train"] < hp["batch_size"]:
+        raise ValueError(f"n_train={hp['n_train']} must be at least batch_size={hp['batch_size']}")
+    config = config or SyntheticConfig()
+    if architecture.get("num_classes") != config.n_concepts:
+        architecture["num_classes"] = config.n_concepts
+    out_dir = Path(out_dir) if out_dir is not None else MODELS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(hp["threads"]))
+    try:
+        torch.manual_seed(hp["seed"])
+        model = build_resnet(**architecture)
+        warm_start = None
+        if init is not None:
+            init = Path(init)
+            model.load_state_dict(load_file(str(init)))
+            previous = init.with_suffix(".json")
+            warm_start = dict(weights=init.name, sha256=hashlib.sha256(init.read_bytes()).hexdigest(),
+                              card=json.loads(previous.read_text()) if previous.exists() else None)
+        # channels_last is about 1.5x faster for these small convolutions on CPU
+        model = model.to(memory_format=torch.channels_last)
+        train = SyntheticShapes("train", n=hp["n_train"], seed=hp["data_seed"], config=config)
+        test = SyntheticShapes("test", n=max(hp["n_eval"], hp["n_check"]), seed=hp["data_seed"],
+                               config=config)
+        val = SyntheticShapes("val", n=hp["n_val"], seed=hp["data_seed"], config=config)
+        t0 = time.time()
+        train.render_all(progress=progress)
+        # incomplete last batches are dropped (they only add noise to the BatchNorm statistics)
+        steps_per_epoch = hp["n_train"] // hp["batch_size"]
+        total = steps_per_epoch * hp["epochs"]
+        if max_steps is not None:
+            total = min(total, int(max_steps))
+        warmup = min(steps_per_epoch, max(total // 10, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warmup if s < warmup else
+            0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=hp["label_smoothing"])
+        gen = torch.Generator().manual_seed(hp["seed"])
+        step = 0
+        bar = tqdm(total=total, disable=not progress, desc=f"training {name}")
+        model.train()
+        history = []
+        while step < total:
+            order = torch.randperm(hp["n_train"], generator=gen).numpy()
+            running, seen = 0.0, 0
+            for x, y in _batches(train, order, hp["batch_size"]):
+                if len(y) < hp["batch_size"]:
+                    continue
+                x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                running += loss.item() * len(y)
+                seen += len(y)
+                step += 1
+                bar.update(1)
+                if step >= total:
+                    break
+            val_acc = evaluate_accuracy(model, val)
+            history.append(dict(loss=round(running / max(seen, 1), 4), val_accuracy=val_acc))
+            bar.set_postfix(loss=history[-1]["loss"], val=val_acc)
+            if progress:
+                print(f"epoch {len(history)}: {history[-1]}, {time.time() - t0:.0f} s", flush=True)
+        bar.close()
+        train_time = time.time() - t0
+        # one pass over the test images gives both accuracies (n_check is a prefix of the split)
+        hits = _correct(model, test)
+        acc = int(hits[:hp["n_eval"]].sum()) / min(hp["n_eval"], len(hits))
+        acc_check = int(hits[:hp["n_check"]].sum()) / min(hp["n_check"], len(hits))
+        model.eval()
+        poly = layer_polysemanticity(model, test, "layer4", n_ref=100, progress=False)
+    finally:
+        torch.set_num_threads(old_threads)
+
+    weights = out_dir / f"{name}.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    card = dict(
+        name=name,
+        description=("Small timm ResNet trained on the synthetic shapes benchmark of pure_utils "
+                     "(pure_utils.synthetic); layer4 is narrow so that its neurons are polysemantic."),
+        architecture=architecture,
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        generator_version=GENERATOR_VERSION,
+        dataset=dict(name="synthetic", config=config.to_dict(), seed=hp["data_seed"],
+                     train_split="train", n_train=hp["n_train"], concept_names=config.concept_names),
+        seed=hp["seed"],
+        hyperparameters=dict(optimizer="AdamW", schedule="linear warm-up + cosine",
+                             augmentation="random horizontal and vertical flips",
+                             steps=step, warmup_steps=warmup, n_val=hp["n_val"],
+                             **{k: hp[k] for k in ("epochs", "batch_size", "lr", "weight_decay",
+                                                   "label_smoothing", "max_steps")}),
+        accuracy=dict(split="test", seed=hp["data_seed"], n=hp["n_eval"], value=acc),
+        accuracy_check=dict(split="test", seed=hp["data_seed"], n=hp["n_check"], value=acc_check,
+                            note="first n images of the same test split, used by the quick test"),
+        history=history,
+        command=command,
+        training_time_s=round(train_time, 1),
+        training_time_total_s=round(train_time + _previous_time(warm_start), 1),
+        warm_start=warm_start,
+        training_threads=int(hp["threads"]),
+        machine=_machine(),
+        versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
+        layer4_polysemantic=poly,
+    )
+    (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def _machine() -> dict:
+    """What the training time was measured on (CPU count and model, platform, Python)."""
+    cpu = platform.processor() or platform.machine()
+    try:  # the CPU model name on Linux
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu_count=os.cpu_count(), cpu=cpu, platform=platform.platform(),
+                python=platform.python_version())
+
+
+def _previous_time(warm_start) -> float:
+    card = (warm_start or {}).get("card") or {}
+    return float(card.get("training_time_total_s", card.get("training_time_s", 0.0)))
+
+
+def main(argv=None):
+    """Command line: ``python -m pure_utils.train --model NAME [...]``."""
+    parser = argparse.ArgumentParser(prog="python -m pure_utils.train",
+                                     description="Train a shipped model of the controlled benchmark and write "
+                                                 "<out>/<name>.safetensors and its card <out>/<name>.json.")
+    p = parser
+    p.add_argument("--model", default="synthetic_resnet_basic", choices=list(DEFAULT_ARCHITECTURES) + ["all"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-eval", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--init", default=None, help="warm start from this .safetensors (a further stage)")
+    p.add_argument("--out", default=None, help="output folder (default data/models)")
+    p.add_argument("--tiny", action="store_true",
+                   help="smoke run: a few steps on 64 images, written to --out (default: a temp folder)")
+    p.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    names = list(DEFAULT_ARCHITECTURES) if args.model == "all" else [args.model]
+    kwargs = dict(epochs=args.epochs, n_train=args.n_train, n_eval=args.n_eval,
+                  batch_size=args.batch_size, lr=args.lr, threads=args.threads, seed=args.seed,
+                  max_steps=args.max_steps, init=args.init)
+    out = args.out
+    if args.tiny:
+        out = out or tempfile.mkdtemp(prefix="pure_tiny_")
+        kwargs.update(epochs=1, n_train=64, n_eval=32, n_check=16, n_val=16, batch_size=16, max_steps=3)
+    command = " ".join(["python -m pure_utils.train"] + [shlex.quote(a) for a in
+                                                               (argv if argv is not None else sys.argv[1:])])
+    for name in names:
+        card = train_default_model(name, out_dir=out, progress=not args.no_progress,
+                                   command=command, **kwargs)
+        where = Path(out) if out else MODELS_DIR
+        print(f"{name}: test accuracy {card['accuracy']['value']:.4f} "
+              f"(n={card['accuracy']['n']}, seed={card['accuracy']['seed']}), "
+              f"training {card['training_time_s']:.0f} s, "
+              f"layer4 polysemantic {card['layer4_polysemantic']['count']}/"
+              f"{card['layer4_polysemantic']['n_neurons']} -> {where / (name + '.safetensors')}")
+
+
+if __name__ == "__main__":
+    main()

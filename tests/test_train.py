@@ -1,0 +1,95 @@
+"""Training the shipped models (pure_utils.train) and their cards."""
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pure_utils import load_model
+from pure_utils.ground_truth import layer_polysemanticity
+from pure_utils.models import DEFAULT_MODELS, build_resnet
+from pure_utils.synthetic import GENERATOR_VERSION, SyntheticConfig, SyntheticShapes
+from pure_utils.train import evaluate_accuracy, main, train_default_model
+
+# ---------------------------------------------------------------------------------------------
+# shipped models and training
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_MODELS))
+def test_shipped_model_reaches_its_card_accuracy(name):
+    path = DEFAULT_MODELS[name]
+    card = json.loads(path.read_text())
+    assert path.with_suffix(".safetensors").stat().st_size <= 10 * 2**20
+    assert card["generator_version"] == GENERATOR_VERSION
+    assert card["accuracy"]["value"] >= 0.9
+    model = load_model(name)
+    check = card["accuracy_check"]
+    cfg = SyntheticConfig(**card["dataset"]["config"])
+    ds = SyntheticShapes(check["split"], n=check["n"], seed=check["seed"], config=cfg)
+    acc = evaluate_accuracy(model, ds)
+    assert abs(acc - check["value"]) <= 0.01, (acc, check)
+    assert model.layer4[-1].conv1.in_channels > 0  # a real timm ResNet with layer4
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_MODELS))
+def test_shipped_model_card_states_one_run_under_30_minutes_and_polysemantic_layer4(name):
+    card = json.loads(DEFAULT_MODELS[name].read_text())
+    # one training run, from scratch, by the command the Makefile's `models` target runs
+    assert card["warm_start"] is None
+    assert card["training_time_total_s"] == card["training_time_s"] <= 30 * 60
+    makefile = (DEFAULT_MODELS[name].parents[2] / "Makefile").read_text()
+    recipe = makefile.split("\nmodels:", 1)[1].split("\n\n", 1)[0]
+    assert card["command"].replace("python -m", "$(PY) -m") in recipe
+    # at least 30 % of layer4 polysemantic by ground truth, and the card's count is reproduced
+    stated = card["layer4_polysemantic"]
+    assert stated["fraction"] >= 0.3
+    model = load_model(name)
+    ds = SyntheticShapes(stated["split"], n=stated["n"], seed=stated["seed"],
+                         config=SyntheticConfig(**card["dataset"]["config"]))
+    again = layer_polysemanticity(model, ds, stated["layer"], n_ref=stated["n_ref"],
+                                  min_share=stated["min_share"])
+    assert again["neurons"] == stated["neurons"]
+
+
+def test_warm_start_loads_the_weights_and_keeps_the_history(tmp_path):
+    name = "synthetic_resnet_bottleneck"
+    main(["--tiny", "--model", name, "--out", str(tmp_path / "a"), "--no-progress"])
+    first = tmp_path / "a" / f"{name}.safetensors"
+    card_a = json.loads(first.with_suffix(".json").read_text())
+    # lr 0: the second stage changes no parameter, so its weights must be the loaded ones
+    main(["--tiny", "--model", name, "--init", str(first), "--lr", "0",
+          "--out", str(tmp_path / "b"), "--no-progress"])
+    card_b = json.loads((tmp_path / "b" / f"{name}.json").read_text())
+    assert card_b["warm_start"]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert card_b["warm_start"]["card"] == card_a
+    assert card_b["training_time_total_s"] == pytest.approx(
+        card_a["training_time_s"] + card_b["training_time_s"], abs=0.11)
+    a, b = load_file(str(first)), load_file(str(tmp_path / "b" / f"{name}.safetensors"))
+    params = dict(build_resnet(**card_a["architecture"]).named_parameters())
+    assert params and all(torch.equal(a[k], b[k]) for k in params)
+
+
+def test_tiny_training_command_runs_end_to_end(tmp_path, capsys):
+    main(["--tiny", "--model", "synthetic_resnet_bottleneck", "--out", str(tmp_path),
+          "--no-progress"])
+    assert "test accuracy" in capsys.readouterr().out
+    card = json.loads((tmp_path / "synthetic_resnet_bottleneck.json").read_text())
+    assert card["hyperparameters"]["steps"] == 3 and card["dataset"]["n_train"] == 64
+    assert card["generator_version"] == GENERATOR_VERSION and card["seed"] == 0
+    assert card["machine"]["cpu_count"] >= 1 and card["machine"]["python"].count(".") == 2
+    for key in ("architecture", "accuracy", "training_time_s", "versions", "layer4_polysemantic"):
+        assert key in card
+    assert card["layer4_polysemantic"]["n_neurons"] == card["architecture"]["channels"][-1] * 4
+    # the written card and weights rebuild the model (as load_model does for the shipped ones)
+    model = build_resnet(**card["architecture"]).eval()
+    model.load_state_dict(load_file(str(tmp_path / "synthetic_resnet_bottleneck.safetensors")))
+    x = SyntheticShapes("test", n=2)[0][0][None]
+    assert model(x).shape == (1, 16)
+
+
+def test_bad_training_arguments_raise():
+    with pytest.raises(ValueError, match="n_train"):
+        train_default_model("synthetic_resnet_basic", n_train=8, batch_size=16, progress=False)
+    with pytest.raises(ValueError, match="synthetic_resnet_basic, synthetic_resnet_bottleneck"):
+        train_default_model("resnet_huge", progress=False)
