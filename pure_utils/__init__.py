@@ -34,6 +34,8 @@ _EXPORTS = {
     "SyntheticShapes": "synthetic",
     "SyntheticConfig": "synthetic",
     # ground_truth.py
+    "reference_features": "ground_truth",
+    "ReferenceFeatures": "ground_truth",
     "reference_concepts": "ground_truth",
     "polysemantic_by_concepts": "ground_truth",
     "layer_polysemanticity": "ground_truth",
@@ -66,6 +68,7 @@ _EXPORTS = {
     "distance_correlation": "metrics",
     "ground_truth_scores": "metrics",
     "bootstrap_ci": "metrics",
+    "paired_difference": "metrics",
     # cache.py
     "Cache": "cache",
     "model_fingerprint": "cache",

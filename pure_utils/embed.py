@@ -16,9 +16,9 @@ Embedders by name (:func:`load_embedder`):
     selects the weights (default ``"openai"``).
 ``"dinov2"``
     ``facebook/dinov2-base`` (transformers), mean of the ``last_hidden_state`` tokens (768-d).
-``"ground_truth"``
-    The controlled benchmark's concepts: one vector per concept. It embeds *concept ids*, not
-    images - see :class:`GroundTruthEmbedder`.
+``"attributes"``
+    On the controlled benchmark: the colours and shapes visible in a crop, weighted by their
+    area - a perfect attribute reader in CLIP's role, see :class:`AttributeEmbedder`.
 
 ``pretrained=False`` builds the same architectures with small random-initialised
 configurations (no download), so tests and the smoke profile run the real code path. The
@@ -30,6 +30,7 @@ from __future__ import annotations
 import abc
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,7 +38,7 @@ from ._progress import tqdm
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Embedder", "ImageEmbedder", "CLIPEmbedder", "OpenCLIPEmbedder", "DINOv2Embedder",
-           "GroundTruthEmbedder", "load_embedder", "EMBEDDERS", "preprocess"]
+           "AttributeEmbedder", "load_embedder", "EMBEDDERS", "preprocess"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,7 +48,7 @@ EMBEDDERS = {
     "clip": "openai/clip-vit-base-patch32",
     "open_clip": "ViT-B-32",
     "dinov2": "facebook/dinov2-base",
-    "ground_truth": None,
+    "attributes": None,
 }
 
 
@@ -97,8 +98,9 @@ class Embedder(abc.ABC):
         Whether real weights were loaded (False: random-initialised, for tests).
     spec : dict
         The arguments of :func:`load_embedder` that define it (for cache keys).
-    input_kind : {"images", "concepts"}
-        What :meth:`embed` takes: crops, or concept ids (the ground-truth embedder).
+    input_kind : {"images", "boxes"}
+        What :meth:`embed` takes: crops as images, or ``(dataset, index, box)`` triples of the
+        controlled benchmark (the attribute embedder, which reads the annotations).
     """
 
     name: str = "embedder"
@@ -191,71 +193,63 @@ class OpenCLIPEmbedder(ImageEmbedder):
         return self.model.encode_image(pixel_values)
 
 
-class GroundTruthEmbedder(Embedder):
-    """One vector per ground-truth concept of the controlled benchmark.
+class AttributeEmbedder(Embedder):
+    """A perfect reader of object attributes, in CLIP's role on the controlled benchmark.
 
-    Plays the role of CLIP where the concepts are known: two reference samples are at distance
-    0 when they show the same concept and at distance ``scale`` otherwise (one-hot vectors
-    scaled by ``scale / sqrt(2)``). The background (concept ``-1``, a reference whose maximum
-    lies on no object) has its own vector.
-
-    It embeds concept ids, not images: get them with
-    ``pure_utils.ground_truth.reference_concepts(dataset, references)`` (``LongTensor[C, n_ref]``)
-    and pass one neuron's row (or any ids) to :meth:`embed`.
+    It embeds a crop (a box of a dataset image, as cut by the A.1 pipeline) by what the crop
+    shows: for each colour and each shape of the dataset, the share of the box's pixels covered
+    by visible objects of that colour (shape), and the share of background pixels. Distances
+    are graded: two crops of red objects of different shapes are nearer than a red circle and a
+    green square, and a crop that shows two objects lies between them. It is *not* CLIP: it
+    sees nothing but the annotated colours and shapes (no texture, no context, no semantics).
 
     Parameters
     ----------
-    n_concepts : int
-        Number of concepts (``dataset.n_concepts``).
-    scale : float
-        Distance between two different concepts (default 1).
-    noise : float
-        Standard deviation of Gaussian noise added per embedded item (default 0: exact);
-        a little noise breaks ties where a method needs distinct points.
-    seed : int
-        Seed of the noise.
+    colours, shapes : sequence of str
+        The dataset's colours and shapes (``dataset.config.colours``, ``dataset.config.shapes``).
     """
 
-    input_kind = "concepts"
+    input_kind = "boxes"
 
-    def __init__(self, n_concepts: int, *, scale: float = 1.0, noise: float = 0.0, seed: int = 0):
-        if int(n_concepts) < 1:
-            raise ValueError(f"n_concepts={n_concepts} must be >= 1")
-        self.n_concepts = int(n_concepts)
-        self.dim = self.n_concepts + 1       # the last slot is the background
-        self.scale, self.noise, self.seed = float(scale), float(noise), int(seed)
-        self.name, self.pretrained = "ground_truth", False
+    def __init__(self, colours, shapes):
+        self.colours, self.shapes = list(colours), list(shapes)
+        if not self.colours or not self.shapes:
+            raise ValueError("the attribute embedder needs the dataset's colours and shapes")
+        self.dim = len(self.colours) + len(self.shapes) + 1   # the last slot: background
+        self.name, self.pretrained = "attributes", False
 
     def embed(self, items, *, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-        """Embed concept ids.
+        """Embed crops given as ``(dataset, index, box)`` triples.
 
         Parameters
         ----------
-        items : LongTensor[n] or sequence of int
-            Concept ids in ``0 .. n_concepts - 1``, or ``-1`` for background.
+        items : sequence of (SyntheticShapes, int, (y0, x0, y1, x1))
+            The box (ends exclusive, input pixels) of a dataset image.
 
         Returns
         -------
-        Tensor[n, n_concepts + 1]
+        Tensor[n, len(colours) + len(shapes) + 1]
         """
-        if isinstance(items, (list, tuple)) and items and isinstance(items[0], torch.Tensor) \
-                and items[0].dim() == 3:
-            raise TypeError("the ground-truth embedder embeds concept ids, not images: pass "
-                            "reference_concepts(dataset, references)[k] for neuron k")
-        ids = torch.as_tensor(items, dtype=torch.long).reshape(-1)
-        bad = ids[(ids < -1) | (ids >= self.n_concepts)]
-        if bad.numel():
-            raise ValueError(f"concept ids {sorted(set(bad.tolist()))[:5]} out of range; "
-                             f"accepted: -1 (background) .. {self.n_concepts - 1}")
-        slot = torch.where(ids < 0, self.n_concepts, ids)
-        out = F.one_hot(slot, self.dim).float() * (self.scale / 2 ** 0.5)
-        if self.noise > 0:
-            gen = torch.Generator().manual_seed(self.seed)
-            out = out + self.noise * torch.randn(out.shape, generator=gen)
+        out = torch.zeros(len(items), self.dim)
+        n_col = len(self.colours)
+        for row, (dataset, index, box) in enumerate(items):
+            if not hasattr(dataset, "object_map"):
+                raise TypeError("the attribute embedder reads crops of the controlled benchmark: "
+                                "items are (SyntheticShapes, index, box) triples")
+            y0, x0, y1, x1 = (int(v) for v in box)
+            patch = np.asarray(dataset.object_map(int(index)))[y0:y1, x0:x1]
+            objects = dataset.annotations(int(index))["objects"]
+            total = max(patch.size, 1)
+            counts = np.bincount(patch[patch >= 0].astype(np.int64), minlength=len(objects))
+            for k, obj in enumerate(objects):
+                if counts[k]:
+                    out[row, self.colours.index(obj["colour"])] += counts[k] / total
+                    out[row, n_col + self.shapes.index(obj["shape"])] += counts[k] / total
+            out[row, -1] = float((patch < 0).sum()) / total
         return out
 
     def __repr__(self):
-        return f"GroundTruthEmbedder(n_concepts={self.n_concepts}, scale={self.scale}, noise={self.noise})"
+        return f"AttributeEmbedder(colours={self.colours}, shapes={self.shapes})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +261,7 @@ def _missing(name: str, what: str, err: Exception, command: str) -> RuntimeError
         f"How to get them: run once on a machine with internet access ({command}); they are then "
         "kept in the Hugging Face cache (~/.cache/huggingface, or $HF_HOME) and HF_HUB_OFFLINE=1 "
         "works. Or choose another embedder: in the profile set `embedder:` / `visual_embedder:` "
-        "(e.g. ground_truth on the controlled benchmark), or `embedder_pretrained: false` / "
+        "(e.g. attributes on the controlled benchmark), or `embedder_pretrained: false` / "
         "`visual_embedder_pretrained: false` for a random-initialised model (tests only; its "
         "distances mean nothing semantically).")
 
@@ -280,14 +274,13 @@ def _hf_tiny(cfg_cls, image_size: int, **overrides):
 
 
 def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size: int = 32,
-                  image_size: int | None = None, n_concepts: int | None = None,
-                  pretrained_tag: str = "openai", config: dict | None = None,
-                  **kwargs) -> Embedder:
+                  image_size: int | None = None, pretrained_tag: str = "openai",
+                  config: dict | None = None, **kwargs) -> Embedder:
     """Load an embedder by name.
 
     Parameters
     ----------
-    name : {"clip", "open_clip", "dinov2", "ground_truth"}
+    name : {"clip", "open_clip", "dinov2", "attributes"}
     pretrained : bool
         Load the real weights (Hugging Face cache or internet). ``False``: the same architecture
         with a small random-initialised configuration, built without any download (for tests and
@@ -298,14 +291,13 @@ def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size
         Images per forward pass.
     image_size : int, optional
         Input side of a random-initialised model (default 32; pretrained models use 224).
-    n_concepts : int, optional
-        ``"ground_truth"`` only: number of concepts (``dataset.n_concepts``); required.
     pretrained_tag : str
         ``"open_clip"`` only: open_clip weight tag (default ``"openai"``).
     config : dict, optional
         Overrides of the random-initialised configuration (e.g. ``{"hidden_size": 64}``).
     **kwargs
-        ``"ground_truth"``: passed to :class:`GroundTruthEmbedder` (``scale``, ``noise``, ``seed``).
+        ``"attributes"``: ``colours`` and ``shapes`` of the dataset (required; see
+        :class:`AttributeEmbedder`).
 
     Returns
     -------
@@ -314,7 +306,7 @@ def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size
     Raises
     ------
     ValueError
-        Unknown name, or ``n_concepts`` missing for ``"ground_truth"``.
+        Unknown name, or ``colours`` / ``shapes`` missing for ``"attributes"``.
     RuntimeError
         ``pretrained=True`` and the weights cannot be loaded (offline, not cached); the message
         says what is missing, how to download it and which profile key to change.
@@ -322,22 +314,22 @@ def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size
     if name not in EMBEDDERS:
         raise ValueError(f"embedder {name!r} not known; embedders: {', '.join(EMBEDDERS)}")
     emb = _load(name, pretrained=pretrained, device=device, batch_size=batch_size,
-                image_size=image_size, n_concepts=n_concepts, pretrained_tag=pretrained_tag,
-                config=config, **kwargs)
+                image_size=image_size, pretrained_tag=pretrained_tag, config=config, **kwargs)
     # what identifies the embedding function (used in cache keys)
     emb.spec = dict(name=name, pretrained=bool(pretrained), image_size=image_size,
-                    n_concepts=n_concepts, config=dict(config or {}), kwargs=dict(kwargs),
+                    config=dict(config or {}), kwargs=dict(kwargs),
                     pretrained_tag=pretrained_tag if name == "open_clip" else None)
     return emb
 
 
-def _load(name, *, pretrained, device, batch_size, image_size, n_concepts, pretrained_tag,
-          config, **kwargs) -> Embedder:
-    if name == "ground_truth":
-        if n_concepts is None:
-            raise ValueError("embedder 'ground_truth' needs n_concepts (dataset.n_concepts); it "
-                             "works only on a dataset with concept annotations (synthetic)")
-        return GroundTruthEmbedder(n_concepts, **kwargs)
+def _load(name, *, pretrained, device, batch_size, image_size, pretrained_tag, config,
+          **kwargs) -> Embedder:
+    if name == "attributes":
+        if set(kwargs) != {"colours", "shapes"}:
+            raise ValueError("embedder 'attributes' needs colours= and shapes= (the dataset's "
+                             "config.colours and config.shapes); it reads the annotations of the "
+                             f"controlled benchmark; got {', '.join(kwargs) or 'neither'}")
+        return AttributeEmbedder(**kwargs)
     if kwargs:
         raise ValueError(f"unexpected arguments for embedder {name!r}: {', '.join(kwargs)}")
     config = dict(config or {})

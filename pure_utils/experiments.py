@@ -28,18 +28,19 @@ from .circuits import activation_features, circuit_attributions
 from .crops import crop_boxes, crops_from_boxes, feature_heatmaps
 from .data import load_dataset
 from .embed import load_embedder
-from .ground_truth import concept_shares, polysemantic_by_concepts, reference_concepts
+from .ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from .models import load_model, randomize_batchnorm
 from .profiles import check_profile, resolve_device
 from .references import References, mine_references
 from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
-                     divergence_examples, ground_truth_table, heldout_purity,
+                     divergence_examples, ground_truth_table, heldout_purity, paired_table,
                      polysemanticity_table, summarize_frame)
 
 __all__ = [
     "Setting", "load_setting", "select_neurons", "load_embedders", "evaluation_boxes",
-    "embed_references", "reference_concepts_of", "reference_crops", "heldout_references",
-    "rank_neurons", "Evaluation", "evaluate", "circuit_features", "activation_baseline",
+    "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
+    "heldout_references", "strongly_polysemantic",
+    "rank_neurons", "Evaluation", "evaluate", "purity_pairs", "circuit_features", "activation_baseline",
 ]
 
 
@@ -238,11 +239,12 @@ def load_embedders(setting_or_profile, dataset=None):
             out.append(None)
             continue
         kwargs = dict(profile[f"{role}_kwargs"] or {})
-        if name == "ground_truth":
-            if dataset is None or not hasattr(dataset, "n_concepts"):
-                raise ValueError(f"{role}: 'ground_truth' needs a dataset with concepts (synthetic); "
-                                 f"dataset {profile['dataset']!r} has none - use clip / dinov2")
-            kwargs["n_concepts"] = dataset.n_concepts
+        if name == "attributes":
+            if dataset is None or not hasattr(dataset, "object_map"):
+                raise ValueError(f"{role}: 'attributes' reads the annotations of the controlled "
+                                 f"benchmark; dataset {profile['dataset']!r} has none - use clip / "
+                                 "dinov2")
+            kwargs.update(colours=dataset.config.colours, shapes=dataset.config.shapes)
         else:
             kwargs.setdefault("device", resolve_device(profile["device"]))
         out.append(load_embedder(name, pretrained=bool(profile[f"{role}_pretrained"]), **kwargs))
@@ -291,9 +293,46 @@ def reference_crops(setting: Setting, neuron: int, boxes_of_neuron) -> list[torc
 
 
 def reference_concepts_of(setting: Setting, neurons=None) -> torch.Tensor:
-    """Ground-truth concept of each reference sample: ``LongTensor[n_neurons, n_ref]``."""
+    """The pixel rule's concept of each reference sample: ``LongTensor[n_neurons, n_ref]``.
+
+    Kept to compare with the ground truth by intervention (:func:`reference_features_of`).
+    """
     refs = setting.references.subset(setting.neuron_list(neurons))
     return reference_concepts(setting.dataset, refs)
+
+
+def reference_features_of(setting: Setting, neurons=None, *, dataset=None, references=None,
+                          progress: bool = True) -> ReferenceFeatures:
+    """What drives each reference sample, by intervention (the benchmark's ground truth).
+
+    :func:`pure_utils.ground_truth.reference_features` of the evaluated neurons (or
+    ``neurons``), on the reference set or on ``dataset`` / ``references`` (the held-out split);
+    cached with the setting's cache.
+    """
+    refs = (setting.references if references is None else references)
+    return reference_features(setting.model, setting.dataset if dataset is None else dataset,
+                              refs.subset(setting.neuron_list(neurons)),
+                              batch_size=4 * int(setting.profile["batch_size"]),
+                              device=setting.device, cache=setting.cache, progress=progress)
+
+
+def strongly_polysemantic(setting: Setting, polysemanticity=None) -> list[int]:
+    """The strongly polysemantic neurons, by a rule with a reason.
+
+    With ground truth (the controlled benchmark): two or more true features
+    (:meth:`ReferenceFeatures.polysemantic` with ``polysemantic_min_share``). Without: the
+    paper's rule, a polysemanticity (Eq. 5 gap of the CLIP-role embeddings, ``polysemanticity``:
+    a :func:`tables.polysemanticity_table`) above ``strong_polysemanticity`` (the paper: 1.5).
+    """
+    p = setting.profile
+    if _has_concepts(setting):
+        flags = reference_features_of(setting).polysemantic(float(p["polysemantic_min_share"]))
+        return [n for n, f in zip(setting.neurons, flags.tolist()) if f]
+    if polysemanticity is None:
+        raise ValueError("without ground truth the strongly polysemantic neurons come from the "
+                         "polysemanticity table: pass polysemanticity=")
+    gap = polysemanticity.set_index("neuron").polysemanticity
+    return [int(n) for n in gap[gap > float(p["strong_polysemanticity"])].index]
 
 
 def embed_references(setting: Setting, embedder=None, boxes=None, *, neurons=None,
@@ -306,18 +345,14 @@ def embed_references(setting: Setting, embedder=None, boxes=None, *, neurons=Non
     embedder : Embedder, optional
         Default: the profile's embedder in CLIP's role (:func:`load_embedders`).
     boxes : LongTensor[n_neurons, n_ref, 4], optional
-        Crop boxes of image embedders (default: :func:`evaluation_boxes`, computed only when
-        the embedder embeds images). The ground-truth embedder embeds the reference samples'
-        concepts and needs no crops.
+        Crop boxes (default: :func:`evaluation_boxes`). Image embedders embed the crops; the
+        attribute embedder reads what the annotations show inside each box.
     neurons : sequence of int, optional
         Default: the evaluated neurons.
     """
     neurons = setting.neuron_list(neurons)
     if embedder is None:
         embedder = load_embedders(setting)[0]
-    if embedder.input_kind == "concepts":
-        concepts = reference_concepts_of(setting, neurons)
-        return embedder.embed(concepts.reshape(-1)).reshape(*concepts.shape, -1)
     if boxes is None:
         boxes = evaluation_boxes(setting, neurons=neurons, progress=progress)
     rows = setting.references.rows(neurons)
@@ -327,8 +362,12 @@ def embed_references(setting: Setting, embedder=None, boxes=None, *, neurons=Non
                          f"{tuple(indices.shape)} of the {len(neurons)} neurons")
 
     def compute():
-        crops = crops_from_boxes(setting.dataset, indices.reshape(-1), boxes.reshape(-1, 4))
-        emb = embedder.embed(crops, progress=progress)
+        flat_indices, flat_boxes = indices.reshape(-1), boxes.reshape(-1, 4)
+        if embedder.input_kind == "boxes":
+            items = [(setting.dataset, int(i), b) for i, b in zip(flat_indices, flat_boxes.tolist())]
+        else:
+            items = crops_from_boxes(setting.dataset, flat_indices, flat_boxes)
+        emb = embedder.embed(items, progress=progress)
         return {"embeddings": emb.reshape(*indices.shape, -1)}
 
     spec = getattr(embedder, "spec", None) or {"repr": repr(embedder)}
@@ -350,10 +389,11 @@ def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
     - ``polysemanticity``: the paper's gap (k-means k=2 on ``embeddings``, inter - intra).
       With the ground-truth embedder it saturates (every channel with two concepts scores
       ~1 whatever their proportions), so it cannot rank channels of the controlled benchmark;
-    - ``second_share``: with ground-truth concepts, the share of the second most frequent
-      concept among the reference samples (0 for a pure channel, up to 0.5 for an even mix).
+    - ``second_share``: with ground truth, the share of the second most frequent true feature
+      (by intervention, :func:`reference_features_of`) among the reference samples (0 for a
+      pure channel, up to 0.5 for an even mix).
 
-    The order uses ``second_share`` when the profile has concepts, else ``polysemanticity``.
+    The order uses ``second_share`` when the profile has ground truth, else ``polysemanticity``.
 
     Returns
     -------
@@ -366,7 +406,7 @@ def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
                                   n_init=int(p["n_init"])) if embeddings is not None else None
     key = "polysemanticity"
     if _has_concepts(setting):
-        shares = concept_shares(reference_concepts_of(setting, neurons), setting.dataset.n_concepts)
+        shares = reference_features_of(setting, neurons, progress=False).shares()
         second = dict(zip(neurons, shares.sort(dim=1, descending=True).values[:, 1].tolist()))
         if frame is None:
             frame = pd.DataFrame({"neuron": neurons})
@@ -386,13 +426,17 @@ class Evaluation:
 
     setting: Setting
     comparison: object            # DataFrame: neuron, method, k, intra, inter, gap
-    comparison_summary: object    # DataFrame: method, k, mean, sem, ci_low, ci_high, n
+    comparison_summary: object    # DataFrame: method, k, mean, sem, ci_low, ci_high, n, n_excluded
+    comparison_pairs: object      # DataFrame: a, b, k, mean, ci_low, ci_high, p_value, n, word (gap)
     correlation: object           # DataFrame: method, mean, sem, n_subsets
     divergence: object            # DataFrame: neuron, r_pure, r_activations, difference
     polysemanticity: object       # DataFrame: neuron, polysemanticity
+    features: object = None       # ReferenceFeatures of the evaluated neurons (ground truth)
     ground_truth: object = None   # DataFrame: neuron, method, k, ari, nmi (polysemantic neurons)
     ground_truth_summary: object = None
-    purity: object = None         # DataFrame: neuron, method, k, purity_neuron, purity_virtual
+    ground_truth_pairs: object = None   # DataFrame: PURE (attribution) - activations, ARI, per k
+    purity: object = None         # DataFrame: neuron, method, k, purity_neuron, purity_random, purity_virtual
+    purity_pairs: object = None   # DataFrame: PURE against chance, activations, the unit alone
     tensors: dict = field(default_factory=dict)
 
 
@@ -401,9 +445,11 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
 
     Steps: references; PURE circuits and the activation baseline; evaluation crops; embeddings
     in CLIP's and DINOv2's roles; Eq. 5 comparison for ``profile["ks"]``; distance correlation;
-    divergence; polysemanticity; and, on data with ground truth, ARI / NMI on the polysemantic
-    neurons for every attribution of ``profile["attributions"]`` and the test-phase purity on
-    held-out images.
+    divergence; polysemanticity; and, on data with ground truth (features by intervention,
+    :func:`reference_features_of`), ARI / NMI on the polysemantic neurons for every attribution
+    of ``profile["attributions"]`` and the test-phase purity on held-out images. Every
+    comparison of PURE with another method is paired over the same neurons
+    (:func:`pure_utils.tables.paired_table`).
 
     Returns
     -------
@@ -428,35 +474,39 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
     if visual is not None:
         e_visual = embed_references(s, visual, boxes, progress=progress)
         features[label_visual] = spaces[label_visual] = e_visual
-    concepts = reference_concepts_of(s) if _has_concepts(s) else None
+    truth = reference_features_of(s, progress=progress) if _has_concepts(s) else None
+    labels = None if truth is None else truth.labels
 
     comparison = compare_clusterings(e_main, features, ks=ks, neurons=s.neurons,
-                                     concepts=concepts, progress=progress, **kw)
+                                     concepts=labels, progress=progress, **kw)
     n_samples = min(int(p["correlation_n_samples"]), s.references.n_ref)
     result = Evaluation(
-        setting=s, comparison=comparison,
+        setting=s, comparison=comparison, features=truth,
         comparison_summary=summarize_frame(comparison, **boot),
+        comparison_pairs=paired_table(comparison, "gap", [(PURE, ACTIVATIONS)], **boot),
         correlation=correlation_table(e_main, spaces, n_samples=n_samples,
                                       n_subsets=int(p["correlation_n_subsets"]),
                                       seed=int(p["correlation_seed"])),
         divergence=divergence_examples(e_main, pure, acts, neurons=s.neurons, n_samples=n_samples),
         polysemanticity=polysemanticity_table(e_main, neurons=s.neurons, **kw),
         tensors=dict(pure=pure, activations=acts, embeddings=e_main, visual_embeddings=e_visual,
-                     boxes=boxes, concepts=concepts))
-    if concepts is None:
+                     boxes=boxes, labels=labels))
+    if truth is None:
         return result
 
-    poly = polysemantic_by_concepts(concepts, float(p["polysemantic_min_share"]))
+    poly = truth.polysemantic(float(p["polysemantic_min_share"]))
     sel = torch.nonzero(poly).flatten().tolist()
     attributions = {f"{PURE} ({a})": a for a in p["attributions"]}
+    pairs = [(name, ACTIVATIONS) for name in attributions]
     gt_feats = {name: pure if a == p["attribution"] else s.circuit_attributions(a, progress=progress)
                 for name, a in attributions.items()}
     gt_feats[ACTIVATIONS] = acts
     if sel:
-        gt = ground_truth_table(concepts[sel], {m: f[sel] for m, f in gt_feats.items()}, ks=ks,
+        gt = ground_truth_table(labels[sel], {m: f[sel] for m, f in gt_feats.items()}, ks=ks,
                                 neurons=[s.neurons[i] for i in sel], progress=progress, **kw)
         result.ground_truth = gt
         result.ground_truth_summary = summarize_frame(gt, "ari", **boot)
+        result.ground_truth_pairs = paired_table(gt, "ari", pairs, **boot)
     result.tensors["polysemantic"] = poly
     if p["heldout_dataset_kwargs"]:
         ds, refs = heldout_references(s, progress=progress)
@@ -464,17 +514,43 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
                       for name, a in attributions.items()}
         test_feats[ACTIVATIONS] = s.activation_features(dataset=ds, references=refs,
                                                         progress=progress)
-        test_concepts = reference_concepts(ds, refs.subset(s.neurons))
-        result.purity = heldout_purity(gt_feats, test_feats, test_concepts,
-                                       train_concepts=concepts, ks=ks, neurons=s.neurons, **kw)
+        test_truth = reference_features_of(s, dataset=ds, references=refs, progress=progress)
+        result.purity = heldout_purity(gt_feats, test_feats, test_truth.labels,
+                                       train_concepts=labels, ks=ks, neurons=s.neurons, **kw)
+        result.purity_pairs = purity_pairs(result.purity, p["attribution"], **boot)
     return result
+
+
+def purity_pairs(purity, attribution: str, **boot):
+    """The test phase of PURE against chance, the activation baseline and the unit alone.
+
+    Paired over the neurons, per ``k``: PURE's purity (``purity_virtual`` of
+    ``"PURE (<attribution>)"``) minus (a) a random assignment with the same cluster sizes,
+    (b) the activation baseline's own test phase, (c) the unsplit unit.
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`pure_utils.tables.paired_table` rows with ``b`` in ``"random assignment"``,
+        ``"activations"``, ``"unit alone"``.
+    """
+    name = f"{PURE} ({attribution})"
+    own = purity[purity.method == name]
+    long = pd.concat([
+        own.assign(method=name, value=own.purity_virtual),
+        own.assign(method="random assignment", value=own.purity_random),
+        own.assign(method="unit alone", value=own.purity_neuron),
+        purity[purity.method == ACTIVATIONS].assign(value=lambda d: d.purity_virtual)])
+    return paired_table(long, "value", [(name, "random assignment"), (name, ACTIVATIONS),
+                                        (name, "unit alone")], **boot)
 
 
 # names that lived here before the tables got their own module
 __getattr__ = moved_names(__name__, {
     **dict.fromkeys(["compare_clusterings", "summarize_frame", "correlation_table",
                      "divergence_examples", "polysemanticity_table", "ground_truth_table",
-                     "heldout_purity", "cluster_composition", "clustering_table", "choose_k_table",
-                     "variant_scores", "random_labels", "ground_truth_labels"], "tables"),
+                     "heldout_purity", "cluster_composition", "random_labels",
+                     "ground_truth_labels"], "tables"),
+    **dict.fromkeys(["clustering_table", "choose_k_table", "variant_scores"], "ablations"),
     "crops_from_boxes": "crops",
 })

@@ -1,21 +1,35 @@
-"""Ground truth on the controlled benchmark: what each reference sample of a unit shows.
+"""Ground truth on the controlled benchmark: what drives each reference sample of a unit.
 
-The generator (:mod:`pure_utils.synthetic`) knows every object of every image. This module maps a
-unit's reference samples to concepts (:func:`reference_concepts`), counts how many concepts make
-up a unit's references (:func:`concept_shares`, :func:`concept_counts`), and decides which units
-are polysemantic (:func:`polysemantic_by_concepts`, :func:`layer_polysemanticity`).
+The generator (:mod:`pure_utils.synthetic`) knows every object of every image and can redraw any
+image with an object removed or changed. :func:`reference_features` asks the network instead of
+the pixels: which object's removal silences the unit, and does the unit care about that
+object's colour, its shape, or both. A unit's true features are the labels that hold a share of
+its references (:class:`ReferenceFeatures`); :func:`layer_polysemanticity` counts the
+polysemantic units of a layer.
+
+The older pixel rule (:func:`reference_concepts`: the object under the unit's strongest cell)
+is kept only to compare the two.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ._progress import tqdm
+from .cache import cached
+from .models import eval_mode, forward_until, resolve_device
 from .references import mine_references
-from .synthetic import SyntheticShapes
+from .synthetic import SyntheticShapes, counterfactual
 
-__all__ = ["concept_at", "reference_concepts", "concept_shares", "concept_counts", "polysemantic_by_concepts",
+__all__ = ["RULE", "ReferenceFeatures", "reference_features", "feature_names", "intervention_panels",
+           "concept_at",
+           "reference_concepts", "concept_shares", "concept_counts", "polysemantic_by_concepts",
            "layer_polysemanticity"]
 
 
@@ -160,14 +174,323 @@ def concept_counts(concepts: torch.Tensor, min_share: float = 0.2) -> torch.Tens
     return (concept_shares(concepts) >= min_share - 1e-9).sum(dim=1)
 
 
+# --------------------------------------------------------------------------------------------
+# ground truth by intervention
+# --------------------------------------------------------------------------------------------
+#: Thresholds of the intervention rule (:func:`reference_features`), fixed before any result was
+#: looked at. ``necessary``: an object is necessary when removing it lowers the unit's activation
+#: by at least this share; ``background``: a reference is "background" when the unit keeps at
+#: least this share of its activation with every object removed; ``attribute``: an attribute
+#: matters when changing it keeps less than this share of the driver's contribution.
+RULE = dict(necessary=0.5, background=0.5, attribute=0.5)
+#: Version of the rule; it enters cache keys.
+RULE_VERSION = "intervention-1"
+#: Images whose scenes are held at once (each scene holds two float images).
+_CHUNK = 64
+#: Labels that are not an attribute of an object.
+OBJECT, MIXED, BACKGROUND = "object", "mixed", "background"
+
+
+def feature_names(config) -> list[str]:
+    """The vocabulary of reference features for a generator configuration.
+
+    Colours, shapes, then ``"<colour> <shape>"`` conjunctions (the dataset's concepts), then
+    ``"object"``, ``"mixed"``, ``"background"``. The ids of :class:`ReferenceFeatures` index
+    this list.
+    """
+    return [name for name, _ in _vocabulary(config)]
+
+
+def _vocabulary(config) -> list[tuple[str, str]]:
+    """``(name, kind)`` of every feature; kinds: colour, shape, conjunction, object, mixed,
+    background."""
+    return ([(c, "colour") for c in config.colours] + [(s, "shape") for s in config.shapes]
+            + [(f"{c} {s}", "conjunction") for c in config.colours for s in config.shapes]
+            + [(OBJECT, OBJECT), (MIXED, MIXED), (BACKGROUND, BACKGROUND)])
+
+
+@dataclass
+class ReferenceFeatures:
+    """What drives each reference sample of each unit, found by editing the image.
+
+    Attributes
+    ----------
+    labels : LongTensor[C, n_ref]
+        The feature of each reference sample, an index into ``names``.
+    names : list of str
+        The feature names (:func:`feature_names`): ``"red"``, ``"circle"``, ``"red circle"``,
+        ``"object"``, ``"mixed"``, ``"background"``, ...
+    kinds : list of str
+        The kind of each name: ``"colour"``, ``"shape"``, ``"conjunction"``, ``"object"``,
+        ``"mixed"`` or ``"background"``.
+    responsibility : Tensor[C, n_ref]
+        The largest drop of the unit's activation when one object is removed, as a share of the
+        activation (0 for an inactive unit).
+    driver : LongTensor[C, n_ref]
+        Index of the driving object in the image's annotations (``dataset.annotations(i)``);
+        -1 for "mixed" and "background".
+    colour_retention, shape_retention : Tensor[C, n_ref]
+        Share of the driver's contribution kept when its colour (shape) is changed, averaged
+        over the other colours (shapes) of the dataset; NaN without a driver.
+    activation : Tensor[C, n_ref]
+        The unit's activation (spatial maximum) on the reference sample as rendered here.
+    channels : LongTensor[C]
+        The unit of each row.
+    """
+
+    labels: torch.Tensor
+    names: list
+    kinds: list
+    responsibility: torch.Tensor
+    driver: torch.Tensor
+    colour_retention: torch.Tensor
+    shape_retention: torch.Tensor
+    activation: torch.Tensor
+    channels: torch.Tensor
+
+    def rows(self, neurons) -> torch.Tensor:
+        """Row positions of the units ``neurons``."""
+        lookup = {int(c): i for i, c in enumerate(self.channels.tolist())}
+        missing = [int(k) for k in neurons if int(k) not in lookup]
+        if missing:
+            raise ValueError(f"unit {missing[0]} has no reference features here; units: "
+                             f"{', '.join(map(str, list(lookup)[:20]))}")
+        return torch.tensor([lookup[int(k)] for k in neurons], dtype=torch.long)
+
+    def subset(self, neurons) -> "ReferenceFeatures":
+        """The rows of the units ``neurons``, in that order."""
+        r = self.rows(neurons)
+        return ReferenceFeatures(**{f.name: (getattr(self, f.name) if f.name in ("names", "kinds")
+                                             else getattr(self, f.name)[r])
+                                    for f in dataclasses.fields(self)})
+
+    def shares(self) -> torch.Tensor:
+        """Share of each feature among each unit's references: ``Tensor[C, len(names)]``."""
+        return concept_shares(self.labels, len(self.names))
+
+    def features(self, min_share: float = 0.2) -> list[list[str]]:
+        """Each unit's true features: the labels holding at least ``min_share`` of its references,
+        most frequent first."""
+        shares = self.shares()
+        out = []
+        for row in shares:
+            order = [int(j) for j in row.argsort(descending=True, stable=True)
+                     if row[j] >= min_share - 1e-9]
+            out.append([self.names[j] for j in order])
+        return out
+
+    def counts(self, min_share: float = 0.2) -> torch.Tensor:
+        """Number of true features of each unit: ``LongTensor[C]``."""
+        return concept_counts(self.labels, min_share)
+
+    def polysemantic(self, min_share: float = 0.2) -> torch.Tensor:
+        """Units with two or more true features: ``BoolTensor[C]``."""
+        return polysemantic_by_concepts(self.labels, min_share)
+
+    def kind_shares(self) -> dict:
+        """Share of all references of each kind of feature (colour, shape, conjunction, ...)."""
+        kinds = [self.kinds[i] for i in self.labels.flatten().tolist()]
+        return {k: kinds.count(k) / max(len(kinds), 1) for k in dict.fromkeys(self.kinds)}
+
+    def table(self, min_share: float = 0.2):
+        """One row per unit: ``neuron``, ``features`` (its true features), ``n_features`` and the
+        mean ``responsibility`` of its drivers."""
+        feats = self.features(min_share)
+        return pd.DataFrame({"neuron": self.channels.tolist(),
+                             "features": [", ".join(f) for f in feats],
+                             "n_features": [len(f) for f in feats],
+                             "responsibility": self.responsibility.mean(1).numpy()})
+
+
+def _activations(model, dataset, jobs, layer: str, device, batch_size: int) -> torch.Tensor:
+    """Spatial maximum of every channel of ``layer`` for rendered scenes: ``Tensor[n_jobs, C]``.
+
+    ``jobs`` are ``(scene, objects)`` pairs (see :meth:`SyntheticShapes.render`); they are
+    rendered batch by batch, so memory does not grow with their number.
+    """
+    out = []
+    with torch.inference_mode(), eval_mode(model):
+        for s in range(0, len(jobs), batch_size):
+            x = torch.stack([dataset.render(scene, objs) for scene, objs in jobs[s:s + batch_size]])
+            act = forward_until(model, x.to(device), layer)
+            out.append(act.flatten(2).amax(2).float().cpu() if act.ndim > 2 else act.float().cpu())
+    return torch.cat(out)
+
+
+def _retention(edited: torch.Tensor, full: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """Share of the driver's contribution ``full - removed`` kept under each edit (mean)."""
+    contribution = (full - removed).clamp_min(1e-12)
+    return ((edited - removed) / contribution).mean(0)
+
+
+def reference_features(model: torch.nn.Module, dataset, references, *, batch_size: int = 128,
+                       device=None, cache=None, progress: bool = False) -> ReferenceFeatures:
+    """What drives each reference sample of each unit, by re-rendering the image (ground truth).
+
+    For a reference sample (image ``i``) of unit ``k`` with activation ``a`` (the spatial
+    maximum of ``k`` at ``references.layer``, as in mining) the rule is:
+
+    1. **Background.** With every object removed (background and noise unchanged) the unit
+       keeps ``a_empty``. If ``a_empty >= 0.5 a`` the label is ``"background"``. An inactive
+       unit (``a <= 0``) is labelled ``"background"`` too.
+    2. **Driver.** Each object ``j`` is removed in turn, giving ``a_j``; its drop is
+       ``(a - a_j) / a``. An object is *necessary* when its drop is at least 0.5. Exactly one
+       necessary object is the *driver*; its drop is the reference's *responsibility*. None
+       (no single object explains the activation, e.g. two redundant ones) or two or more
+       (objects that act only together) give ``"mixed"``.
+    3. **Attribute.** The driver is redrawn with each other colour of the dataset (same shape,
+       place, size, brightness) and with each other shape (same colour, place, rotation and
+       *area*: see :func:`pure_utils.synthetic.counterfactual`). The retention of an edit is
+       ``(a_edit - a_j) / (a - a_j)``, the share of the driver's contribution that survives it,
+       averaged over the alternatives. Colour matters when its retention is below 0.5, and so
+       does shape. Colour only: the colour (``"red"``); shape only: the shape (``"circle"``);
+       both: the conjunction (``"red circle"``); neither: ``"object"`` (any object there).
+
+    Keeping the area when the shape changes is what lets a unit that counts red pixels come out
+    as ``"red"``: with the radius kept instead, a triangle has 41% of a circle's area and the
+    unit's response would shrink with it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network the references were mined on.
+    dataset : SyntheticShapes
+        The dataset the references were mined on (it must render edited scenes).
+    references : References
+        ``indices`` ``[C, n_ref]``, ``layer``, ``channels``.
+    batch_size : int
+        Rendered images per forward pass.
+    device : str or torch.device, optional
+        Default: the model's device.
+    cache : None, True, Cache or path
+        Store / reuse the result.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    ReferenceFeatures
+    """
+    if not hasattr(dataset, "scene"):
+        raise ValueError(f"dataset {dataset!r} cannot re-render its images; the intervention "
+                         "ground truth needs the controlled benchmark (SyntheticShapes)")
+    device = resolve_device(model, device)
+    layer = references.layer
+    indices = torch.as_tensor(references.indices).long()
+    channels = torch.as_tensor(references.channels).long()
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(dataset)):
+        raise ValueError(f"reference indices out of range for a dataset of {len(dataset)} images; "
+                         "were the references mined on another dataset?")
+    vocabulary = _vocabulary(dataset.config)
+    names = [name for name, _ in vocabulary]
+    colours, shapes = list(dataset.config.colours), list(dataset.config.shapes)
+
+    def compute():
+        n_rows, n_ref = indices.shape
+        images = sorted(set(indices.flatten().tolist()))
+        # pass 1, a chunk of images at a time (a scene holds float images): every image whole,
+        # without each object in turn, and without any object; all units at once
+        whole, removed, empty = {}, {}, {}
+        bar = tqdm(total=len(images), desc="interventions", disable=not progress, unit="img")
+        for chunk in _chunks(images, _CHUNK):
+            jobs, n_objects = [], []
+            for i in chunk:
+                scene = dataset.scene(i)
+                objs = list(scene.objects)
+                n_objects.append(len(objs))
+                jobs += [(scene, None)]
+                jobs += [(scene, objs[:j] + [None] + objs[j + 1:]) for j in range(len(objs))]
+                jobs += [(scene, [None] * len(objs))]
+            acts = _activations(model, dataset, jobs, layer, device, batch_size)
+            pos = 0
+            for i, n in zip(chunk, n_objects):
+                whole[i], removed[i], empty[i] = acts[pos], acts[pos + 1:pos + 1 + n], acts[pos + 1 + n]
+                pos += n + 2
+            bar.update(len(chunk))
+        bar.close()
+
+        labels = torch.full((n_rows, n_ref), names.index(BACKGROUND), dtype=torch.long)
+        resp = torch.zeros(n_rows, n_ref)
+        driver = torch.full((n_rows, n_ref), -1, dtype=torch.long)
+        activation = torch.zeros(n_rows, n_ref)
+        drivers = {}  # (row, slot) -> (image, driving object): their attribute is decided below
+        for row, ch in enumerate(channels.tolist()):
+            for slot, i in enumerate(indices[row].tolist()):
+                a = float(whole[i][ch])
+                activation[row, slot] = a
+                if a <= 0 or float(empty[i][ch]) >= RULE["background"] * a:
+                    continue  # "background"
+                drops = (a - removed[i][:, ch]) / a
+                resp[row, slot] = float(drops.max())
+                necessary = torch.nonzero(drops >= RULE["necessary"]).flatten().tolist()
+                if len(necessary) == 1:
+                    driver[row, slot] = necessary[0]
+                    drivers[(row, slot)] = (i, necessary[0])
+                else:
+                    labels[row, slot] = names.index(MIXED)
+
+        # pass 2: each driver with its colour changed, and with its shape changed
+        pairs = sorted(set(drivers.values()))
+        edits, attributes = {}, {}
+        bar = tqdm(total=len(pairs), desc="counterfactuals", disable=not progress, unit="obj")
+        for chunk in _chunks(pairs, _CHUNK):
+            jobs, kinds = [], []
+            for i, j in chunk:
+                scene = dataset.scene(i)
+                objs = list(scene.objects)
+                alternatives = ([counterfactual(objs[j], colour=c) for c in colours if c != objs[j]["colour"]]
+                                + [counterfactual(objs[j], shape=s) for s in shapes if s != objs[j]["shape"]])
+                jobs += [(scene, objs[:j] + [alt] + objs[j + 1:]) for alt in alternatives]
+                kinds.append(len(alternatives))
+                attributes[(i, j)] = (objs[j]["colour"], objs[j]["shape"])
+            acts = _activations(model, dataset, jobs, layer, device, batch_size)
+            pos = 0
+            for pair, n in zip(chunk, kinds):
+                edits[pair] = acts[pos:pos + n]
+                pos += n
+            bar.update(len(chunk))
+        bar.close()
+
+        n_col = len(colours) - 1
+        col_ret = torch.full((n_rows, n_ref), float("nan"))
+        shp_ret = torch.full((n_rows, n_ref), float("nan"))
+        for (row, slot), (i, j) in drivers.items():
+            ch = int(channels[row])
+            a, a_j = activation[row, slot], removed[i][j, ch]
+            e = edits[(i, j)][:, ch]
+            col_ret[row, slot] = _retention(e[:n_col], a, a_j)
+            shp_ret[row, slot] = _retention(e[n_col:], a, a_j)
+            colour, shape = attributes[(i, j)]
+            by_colour = bool(col_ret[row, slot] < RULE["attribute"])
+            by_shape = bool(shp_ret[row, slot] < RULE["attribute"])
+            name = (f"{colour} {shape}" if by_colour and by_shape else colour if by_colour
+                    else shape if by_shape else OBJECT)
+            labels[row, slot] = names.index(name)
+        return dict(labels=labels, responsibility=resp, driver=driver, colour_retention=col_ret,
+                    shape_retention=shp_ret, activation=activation)
+
+    digest = hashlib.sha256(indices.contiguous().numpy().astype("int64").tobytes()
+                            + channels.numpy().astype("int64").tobytes()).hexdigest()[:24]
+    tensors = cached("reference_features", cache, dataset, compute, model=model, layer=layer,
+                     refs=digest, rule=RULE, rule_version=RULE_VERSION)
+    return ReferenceFeatures(names=names, kinds=[kind for _, kind in vocabulary], channels=channels,
+                             **tensors)
+
+
+def _chunks(items: list, size: int):
+    for s in range(0, len(items), size):
+        yield items[s:s + size]
+
+
 def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, layer: str = "layer4",
                           n_ref: int = 100, min_share: float = 0.2, *, batch_size: int = 250,
                           progress: bool = False) -> dict:
-    """How many channels of ``layer`` are polysemantic by ground truth.
+    """How many channels of ``layer`` are polysemantic by ground truth (by intervention).
 
     Mines the ``n_ref`` most activating images of every channel of ``layer`` on ``dataset``
-    (:func:`pure_utils.references.mine_references`, spatial maximum), gives every reference its
-    concept (:func:`reference_concepts`) and applies :func:`polysemantic_by_concepts`.
+    (:func:`pure_utils.references.mine_references`, spatial maximum), finds what drives each
+    reference (:func:`reference_features`) and counts the channels with two or more true
+    features (:meth:`ReferenceFeatures.polysemantic`).
 
     Parameters
     ----------
@@ -180,7 +503,7 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
     n_ref : int
         Reference samples per channel (at most ``len(dataset)``).
     min_share : float
-        Minimal share of each of the two concepts.
+        Minimal share of each true feature.
     batch_size : int
         Images per forward pass.
     progress : bool
@@ -189,19 +512,66 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
     Returns
     -------
     dict
-        ``count``, ``n_neurons``, ``fraction``, ``neurons`` (ids of the polysemantic channels) and
-        the settings (``layer``, ``n_ref``, ``min_share``, ``split``, ``n``, ``seed``, ``rule``),
-        as stored in the model cards under ``layer4_polysemantic``.
+        ``count``, ``n_neurons``, ``fraction``, ``neurons`` (ids of the polysemantic channels),
+        ``features`` (each channel's true features) and the settings (``layer``, ``n_ref``,
+        ``min_share``, ``split``, ``n``, ``seed``, ``rule``), as stored in the model cards under
+        ``layer4_polysemantic``.
     """
     refs = mine_references(model, dataset, layer, n_ref=min(int(n_ref), len(dataset)),
                            batch_size=batch_size, progress=progress)
-    poly = polysemantic_by_concepts(reference_concepts(dataset, refs), min_share)
+    feats = reference_features(model, dataset, refs, batch_size=batch_size, progress=progress)
+    poly = feats.polysemantic(min_share)
     return dict(count=int(poly.sum()), n_neurons=int(poly.numel()),
                 fraction=round(float(poly.float().mean()), 4),
                 neurons=[int(i) for i in torch.nonzero(poly).flatten()],
+                features=feats.features(min_share),
                 layer=layer, n_ref=refs.indices.shape[1], min_share=min_share,
                 split=dataset.split, n=len(dataset), seed=dataset.seed,
-                rule=(f"top-{refs.indices.shape[1]} images per {layer} channel by spatial max; concept of "
-                      "a reference = object with most visible pixels in the input box of the argmax cell "
-                      "(pure_utils.ground_truth.reference_concepts); polysemantic = at least two concepts "
-                      f"with >= {min_share:.0%} of the references"))
+                rule=(f"top-{refs.indices.shape[1]} images per {layer} channel by spatial max; the "
+                      "feature of a reference is found by editing its image (remove each object, "
+                      "change the driver's colour and shape; pure_utils.ground_truth."
+                      f"reference_features, rule {RULE_VERSION}); polysemantic = at least two "
+                      f"features with >= {min_share:.0%} of the references"))
+
+
+def intervention_panels(model: torch.nn.Module, dataset, references, neuron: int, slot: int, *,
+                        obj: int = 0, device=None) -> list[dict]:
+    """The edits behind one reference sample's ground truth, for a figure.
+
+    Parameters
+    ----------
+    model, dataset, references
+        As in :func:`reference_features`.
+    neuron : int
+        The unit.
+    slot : int
+        Which of its reference samples (0: the most activating).
+    obj : int
+        The object recoloured and reshaped (e.g. the driver, ``ReferenceFeatures.driver``).
+
+    Returns
+    -------
+    list of dict
+        One per rendered variant, in this order: the image as it is, without each object, without
+        any object, then object ``obj`` with each other colour and with each other shape (area
+        kept). Keys: ``title`` (what was done), ``image`` (Tensor[3, H, W] in [0, 1]),
+        ``activation`` (the unit's spatial maximum on it).
+    """
+    row = int(references.rows([neuron])[0]) if hasattr(references, "rows") else int(neuron)
+    i = int(references.indices[row, slot])
+    scene = dataset.scene(i)
+    objs = list(scene.objects)
+    variants = [("as it is", None)]
+    variants += [(f"without the {o['colour']} {o['shape']}", objs[:j] + [None] + objs[j + 1:])
+                 for j, o in enumerate(objs)]
+    variants.append(("no objects", [None] * len(objs)))
+    o = objs[obj]
+    edit = lambda new: objs[:obj] + [new] + objs[obj + 1:]  # noqa: E731
+    variants += [(f"{o['shape']} made {c}", edit(counterfactual(o, colour=c)))
+                 for c in dataset.config.colours if c != o["colour"]]
+    variants += [(f"{o['colour']} {s}", edit(counterfactual(o, shape=s)))
+                 for s in dataset.config.shapes if s != o["shape"]]
+    acts = _activations(model, dataset, [(scene, o) for _, o in variants], references.layer,
+                        resolve_device(model, device), 64)
+    return [dict(title=t, image=dataset.render(scene, o, normalize=False),
+                 activation=float(acts[k, neuron])) for k, (t, o) in enumerate(variants)]

@@ -1,5 +1,5 @@
 """Scores of (virtual) neurons: Eq. 4-5 distances, polysemanticity, distance correlation,
-agreement with ground truth, and summaries with error bars.
+agreement with ground truth, summaries with error bars, and paired comparisons of two methods.
 
 Conventions: arrays may be torch tensors or NumPy arrays; results are NumPy / Python floats.
 Standard errors are ``std / sqrt(n)`` with the sample standard deviation (``ddof=1``).
@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from scipy.stats import wilcoxon
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from ._arrays import as_numpy
@@ -17,7 +18,8 @@ from .virtual import VirtualNeurons
 
 __all__ = ["distance_matrix", "intra_inter", "polysemanticity", "kmeans_labels",
            "pairwise_distances_upper", "distance_correlation", "ground_truth_scores",
-           "purity", "bootstrap_ci", "standard_error", "summarize"]
+           "purity", "bootstrap_ci", "standard_error", "summarize", "paired_difference",
+           "random_assignment_purity"]
 
 
 def distance_matrix(embeddings) -> np.ndarray:
@@ -294,3 +296,53 @@ def summarize(values, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95)
     low, high = bootstrap_ci(v, n_boot=n_boot, seed=seed, level=level)
     return {"mean": float(v.mean()) if v.size else float("nan"), "sem": standard_error(v),
             "ci_low": low, "ci_high": high, "n": int(v.size)}
+
+
+def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """A paired comparison of two methods over the same neurons: ``a - b`` per neuron.
+
+    Only neurons where both values are finite are compared; how many were left out is
+    reported, never hidden.
+
+    Parameters
+    ----------
+    a, b : array-like[n]
+        One value per neuron for each method, the same neurons in the same order.
+    n_boot, seed, level
+        Percentile bootstrap of the mean difference (see :func:`bootstrap_ci`).
+
+    Returns
+    -------
+    dict
+        ``mean`` (mean difference), ``ci_low``, ``ci_high`` (bootstrap interval of the mean),
+        ``p_value`` (two-sided Wilcoxon signed-rank test; 1 when every difference is 0, NaN
+        below 2 neurons), ``n`` (neurons compared), ``n_excluded`` (neurons with a NaN in either
+        method) and ``word``: ``"higher"`` when the interval lies above 0, ``"lower"`` when it lies
+        below, else ``"no detectable difference"``.
+    """
+    a, b = as_numpy(a).reshape(-1), as_numpy(b).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} values against {b.size}: a paired comparison needs the same neurons")
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = a[keep] - b[keep]
+    low, high = bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level)
+    if d.size < 2:
+        p = float("nan")
+    elif not np.any(d != 0):
+        p = 1.0
+    else:
+        p = float(wilcoxon(d).pvalue)
+    word = ("higher" if low > 0 else "lower" if high < 0 else "no detectable difference")
+    return {"mean": float(d.mean()) if d.size else float("nan"), "ci_low": low, "ci_high": high,
+            "p_value": p, "n": int(d.size), "n_excluded": int((~keep).sum()), "word": word}
+
+
+def random_assignment_purity(labels_pred, concepts, *, n_draws: int = 200, seed: int = 0) -> float:
+    """Expected purity of a random assignment with the same cluster sizes as ``labels_pred``.
+
+    The chance level of a test phase: the assigned cluster labels are shuffled over the
+    samples ``n_draws`` times (seeded) and the purity (:func:`purity`) averaged.
+    """
+    pred = np.asarray(labels_pred).reshape(-1)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([purity(rng.permutation(pred), concepts) for _ in range(n_draws)]))

@@ -1,10 +1,10 @@
-"""Small helpers for the book's notebooks: glue numbers so that the prose never types them."""
+"""Small helpers for the book's notebooks: glue numbers so that the prose never types them, and
+write intervals and paired comparisons in words chosen by the numbers."""
 from __future__ import annotations
 
 import numbers
 
 import numpy as np
-from myst_nb import glue as _glue
 
 
 def _plain(value):
@@ -36,6 +36,8 @@ def glue(key: str, value, fmt: str | None = None):
     None
         (so that a notebook cell ending in ``glue(...)`` shows nothing)
     """
+    from myst_nb import glue as _glue  # heavy (sphinx): only the book's notebooks glue
+
     value = _plain(value)
     if isinstance(value, float) and not np.isfinite(value):
         value = "n/a"
@@ -44,12 +46,38 @@ def glue(key: str, value, fmt: str | None = None):
     _glue(key, value, display=False)
 
 
-def compare_word(a: float, b: float, *, higher: str = "above", lower: str = "below",
-                 tie: str = "equal to", tol: float = 1e-9) -> str:
-    """``"above"`` / ``"below"`` / ``"equal to"``: how ``a`` compares with ``b``, for prose."""
-    a, b = _plain(a), _plain(b)
-    if not (np.isfinite(a) and np.isfinite(b)):
-        return "not comparable with"
-    if abs(a - b) <= tol:
-        return tie
-    return higher if a > b else lower
+def interval(mean: float, low: float, high: float, fmt: str = ".2f") -> str:
+    """``"0.63 [0.53, 0.72]"``: a value with its interval, for prose and tables."""
+    values = [_plain(v) for v in (mean, low, high)]
+    if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in values):
+        return "n/a"
+    m, lo, hi = (format(v, fmt) for v in values)
+    return f"{m} [{lo}, {hi}]"
+
+
+def difference_sentence(row, what: str, *, fmt: str = ".2f") -> str:
+    """A paired comparison in words, the word chosen by its interval.
+
+    Parameters
+    ----------
+    row : mapping
+        A row of :func:`pure_utils.tables.paired_table` (``a``, ``b``, ``mean``, ``ci_low``,
+        ``ci_high``, ``n``, ``n_excluded``, ``p_value``, ``word``).
+    what : str
+        The score compared, e.g. ``"ARI"``.
+
+    Returns
+    -------
+    str
+        E.g. ``"PURE (gxa) minus activations, ARI: 0.05 [-0.02, 0.11] over 15 neurons (Wilcoxon
+        p = 0.21): no detectable difference"``.
+    """
+    n_out = int(row["n_excluded"])
+    left = f", {n_out} left out for a missing value" if n_out else ""
+    p = _plain(row["p_value"])
+    p_text = f"Wilcoxon p = {p:.2g}" if isinstance(p, float) and np.isfinite(p) else "no test"
+    word = {"higher": f"{row['a']} is higher", "lower": f"{row['a']} is lower"}.get(
+        row["word"], "no detectable difference")
+    return (f"{row['a']} minus {row['b']}, {what}: "
+            f"{interval(row['mean'], row['ci_low'], row['ci_high'], fmt)} over {int(row['n'])} "
+            f"neurons{left} ({p_text}): {word}")

@@ -5,30 +5,29 @@ clusterings compared are called *methods* in every table: ``"PURE"`` (or ``"PURE
 ``"PURE (epsilon_plus_flat)"``: PURE with an attribution), ``"activations"`` (the baseline),
 the embedders' labels, ``"random"`` (the lower bound) and ``"ground truth"`` (the upper bound).
 
-:func:`compare_clusterings` (Eq. 5), :func:`ground_truth_table` (ARI / NMI),
-:func:`clustering_table` and :func:`variant_scores` share one loop over neurons, ``k`` and
-methods (:func:`_score_rows`); the others are their own kind of table.
+:func:`compare_clusterings` (Eq. 5) and :func:`ground_truth_table` (ARI / NMI), and the
+ablation tables of :mod:`pure_utils.ablations`, share one loop over neurons, ``k`` and methods
+(:func:`score_rows`); the others are their own kind of table.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.metrics import silhouette_score
 
 from ._arrays import as_numpy
 from ._progress import tqdm
-from .ground_truth import concept_counts
 from .metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,
-                      kmeans_labels, pairwise_distances_upper, polysemanticity, purity, summarize)
+                      kmeans_labels, paired_difference, pairwise_distances_upper, polysemanticity,
+                      purity, random_assignment_purity, summarize)
 from .paths import DATA_DIR
 from .virtual import VirtualNeurons
 
 __all__ = [
     "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
-    "compare_clusterings", "summarize_frame", "correlation_table", "divergence_examples",
+    "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "divergence_examples",
     "polysemanticity_table", "ground_truth_table", "heldout_purity", "cluster_composition",
-    "clustering_table", "choose_k_table", "variant_scores", "results_table", "paper_numbers",
+    "results_table", "paper_numbers",
 ]
 
 PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
@@ -70,7 +69,7 @@ def ground_truth_labels(concepts, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # the shared per-neuron loop
 # --------------------------------------------------------------------------------------------
-def _neuron_ids(neurons, n: int) -> list[int]:
+def neuron_ids(neurons, n: int) -> list[int]:
     """Channel ids of the ``n`` rows of a table (default ``0..n-1``)."""
     ids = list(range(n)) if neurons is None else [int(k) for k in neurons]
     if len(ids) != n:
@@ -78,7 +77,7 @@ def _neuron_ids(neurons, n: int) -> list[int]:
     return ids
 
 
-def _score_rows(shape, neurons, features: dict, score, *, ks=(2,), algorithms=("kmeans",),
+def score_rows(shape, neurons, features: dict, score, *, ks=(2,), algorithms=("kmeans",),
                 include_random: bool = True, truth=None, random_state: int = 0, n_init: int = 10,
                 desc: str = "", progress: bool = False) -> list[dict]:
     """One row per neuron, ``k``, clustering algorithm and method, scored by ``score(i, labels)``.
@@ -112,7 +111,7 @@ def _cluster(X, k: int, algorithm: str, random_state: int, n_init: int) -> np.nd
                           algorithm=algorithm).fit(as_numpy(X)).labels_
 
 
-def _check_rows(features: dict, shape, what: str) -> None:
+def check_rows(features: dict, shape, what: str) -> None:
     for name, f in features.items():
         if tuple(f.shape[:2]) != tuple(shape[:2]):
             raise ValueError(f"features {name!r} of shape {tuple(f.shape)} do not match {what} "
@@ -157,8 +156,8 @@ def compare_clusterings(embeddings, features: dict, *, ks=(2, 3, 4, 5), neurons=
         (``gap = inter - intra``, large is better).
     """
     n = len(embeddings)
-    neurons = _neuron_ids(neurons, n)
-    _check_rows(features, embeddings.shape, "embeddings")
+    neurons = neuron_ids(neurons, n)
+    check_rows(features, embeddings.shape, "embeddings")
     distances = {}
 
     def score(i, labels):
@@ -168,7 +167,7 @@ def compare_clusterings(embeddings, features: dict, *, ks=(2, 3, 4, 5), neurons=
         intra, inter = intra_inter(distances[i], labels)
         return dict(intra=intra, inter=inter, gap=inter - intra)
 
-    rows = _score_rows(embeddings.shape, neurons, features, score, ks=ks,
+    rows = score_rows(embeddings.shape, neurons, features, score, ks=ks,
                        include_random=include_random,
                        truth=concepts, random_state=random_state, n_init=n_init, desc="Eq. 5",
                        progress=progress)
@@ -176,21 +175,77 @@ def compare_clusterings(embeddings, features: dict, *, ks=(2, 3, 4, 5), neurons=
 
 
 def summarize_frame(frame: pd.DataFrame, value: str = "gap", by=("method", "k"), *,
-                    n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+                    common: bool = True, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95) -> pd.DataFrame:
     """Mean, standard error (std / sqrt(n)) and bootstrap interval of ``value`` per group.
+
+    With ``common`` (the default) and ``"method"`` among ``by``, every method of a group (the
+    same ``k``, say) is summarised over the same neurons: those on which *all* its methods have
+    a finite value. ``n_excluded`` counts the neurons left out; nothing is dropped silently.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``*by, mean, sem, ci_low, ci_high, n`` (groups in order of appearance).
+        Columns ``*by, mean, sem, ci_low, ci_high, n, n_excluded`` (groups in order of
+        appearance).
     """
     if value not in frame.columns:
         raise ValueError(f"column {value!r} not in the frame; columns: {', '.join(frame.columns)}")
+    frame = frame.assign(_keep=True)
+    if common and "method" in by and "neuron" in frame.columns:
+        others = [c for c in by if c != "method"]
+        finite = np.isfinite(frame[value].to_numpy(dtype=float))
+        bad = frame.loc[~finite, others + ["neuron"]].drop_duplicates()
+        if len(bad):
+            merged = frame.merge(bad.assign(_bad=True), on=others + ["neuron"], how="left")
+            frame = frame.assign(_keep=merged["_bad"].isna().to_numpy())
     rows = []
     for key, group in frame.groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
+        kept = group[group._keep]
         rows.append({**dict(zip(by, key)),
-                     **summarize(group[value].to_numpy(), n_boot=n_boot, seed=seed, level=level)})
+                     **summarize(kept[value].to_numpy(), n_boot=n_boot, seed=seed, level=level),
+                     "n_excluded": int(group.neuron.nunique() - kept.neuron.nunique())
+                     if "neuron" in group else 0})
+    return pd.DataFrame(rows)
+
+
+def paired_table(frame: pd.DataFrame, value: str, pairs, *, by=("k",), n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Paired comparisons of methods over the same neurons (:func:`metrics.paired_difference`).
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Per-neuron scores with columns ``neuron``, ``method``, ``value`` and ``by``.
+    value : str
+        The score compared (``"ari"``, ``"gap"``, ...).
+    pairs : sequence of (str, str)
+        ``(a, b)`` method pairs; each row reports ``a - b``.
+    by : sequence of str
+        Columns that split the comparison (each ``k`` on its own).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``a, b, *by, mean, ci_low, ci_high, p_value, n, n_excluded, word``: the mean of the
+        per-neuron differences ``a - b``, its bootstrap interval, the Wilcoxon signed-rank
+        p-value, the neurons compared and left out, and ``"higher"`` / ``"lower"`` / ``"no
+        detectable difference"`` as the interval says.
+    """
+    rows = []
+    groups = frame.groupby(list(by), sort=False) if by else [((), frame)]
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        wide = group.pivot_table(index="neuron", columns="method", values=value, aggfunc="first",
+                                 dropna=False)
+        for a, b in pairs:
+            missing = [m for m in (a, b) if m not in wide.columns]
+            if missing:
+                raise ValueError(f"method {missing[0]!r} not in the frame; methods: "
+                                 f"{', '.join(map(str, wide.columns))}")
+            stats = paired_difference(wide[a], wide[b], n_boot=n_boot, seed=seed, level=level)
+            rows.append({"a": a, "b": b, **dict(zip(by, key)), **stats})
     return pd.DataFrame(rows)
 
 
@@ -214,14 +269,16 @@ def correlation_table(reference, spaces: dict, *, n_samples: int = 50, n_subsets
     Returns
     -------
     pandas.DataFrame
-        ``method, mean, sem, n_subsets``.
+        ``method, mean, sem, n_subsets, values`` (``values``: the correlation of each group;
+        every method uses the same groups, so two methods can be compared group by group).
     """
     n_subsets = min(n_subsets, len(reference))
     rows = []
     for name, space in spaces.items():
         r = distance_correlation(reference, space, n_samples=n_samples, n_subsets=n_subsets,
                                  seed=seed)
-        rows.append(dict(method=name, mean=r["mean"], sem=r["sem"], n_subsets=n_subsets))
+        rows.append(dict(method=name, mean=r["mean"], sem=r["sem"], n_subsets=n_subsets,
+                         values=r["values"]))
     return pd.DataFrame(rows)
 
 
@@ -241,7 +298,7 @@ def divergence_examples(reference, pure, activations, *, neurons=None,
         ``neuron, r_pure, r_activations, difference``.
     """
     n = len(reference)
-    neurons = _neuron_ids(neurons, n)
+    neurons = neuron_ids(neurons, n)
     rows = []
     for i in range(n):
         rp, ra = (distance_correlation([reference[i]], [space[i]], n_samples=n_samples,
@@ -260,7 +317,7 @@ def polysemanticity_table(embeddings, *, neurons=None, random_state: int = 0,
     pandas.DataFrame
         ``neuron, polysemanticity``, most polysemantic first.
     """
-    neurons = _neuron_ids(neurons, len(embeddings))
+    neurons = neuron_ids(neurons, len(embeddings))
     vals = [polysemanticity(e, random_state=random_state, n_init=n_init) for e in embeddings]
     frame = pd.DataFrame({"neuron": neurons, "polysemanticity": vals})
     return frame.sort_values("polysemanticity", ascending=False, kind="stable").reset_index(drop=True)
@@ -269,7 +326,7 @@ def polysemanticity_table(embeddings, *, neurons=None, random_state: int = 0,
 # --------------------------------------------------------------------------------------------
 # scores against ground truth (controlled benchmark)
 # --------------------------------------------------------------------------------------------
-def _ground_truth_score(concepts):
+def ground_truth_score(concepts):
     def score(i, labels):
         s = ground_truth_scores(labels, concepts[i])
         return dict(ari=s["ari"], nmi=s["nmi"])
@@ -304,75 +361,14 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
     """
     concepts = as_numpy(concepts, np.int64)
     n = concepts.shape[0]
-    neurons = _neuron_ids(neurons, n)
-    _check_rows(features, concepts.shape, "concepts")
-    rows = _score_rows(concepts.shape, neurons, features, _ground_truth_score(concepts), ks=ks,
+    neurons = neuron_ids(neurons, n)
+    check_rows(features, concepts.shape, "concepts")
+    rows = score_rows(concepts.shape, neurons, features, ground_truth_score(concepts), ks=ks,
                        include_random=include_random,
                        truth=concepts if include_ground_truth else None,
                        random_state=random_state, n_init=n_init, desc="ground truth",
                        progress=progress)
     return pd.DataFrame(rows, columns=["neuron", "method", "k", "ari", "nmi"])
-
-
-def clustering_table(concepts, features: dict, *, algorithms=("kmeans",), k: int = 2,
-                     neurons=None, random_state: int = 0, n_init: int = 10,
-                     progress: bool = True) -> pd.DataFrame:
-    """ARI / NMI against ground truth for several clustering algorithms (ablation).
-
-    Parameters
-    ----------
-    concepts : LongTensor[n_neurons, n_ref]
-    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
-    algorithms : sequence of str
-        :data:`pure_utils.virtual.ALGORITHMS` names.
-    k : int
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``neuron, method, algorithm, k, ari, nmi``.
-    """
-    concepts = as_numpy(concepts, np.int64)
-    n = concepts.shape[0]
-    neurons = _neuron_ids(neurons, n)
-    _check_rows(features, concepts.shape, "concepts")
-    rows = _score_rows(concepts.shape, neurons, features, _ground_truth_score(concepts), ks=[k],
-                       algorithms=algorithms, include_random=False, random_state=random_state,
-                       n_init=n_init, desc="algorithms", progress=progress)
-    return pd.DataFrame(rows, columns=["neuron", "method", "algorithm", "k", "ari", "nmi"])
-
-
-def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None, neurons=None,
-                   random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
-    """Score clusterings of several feature variants per neuron (for ablations).
-
-    With ground-truth ``concepts`` the score is the ARI of k-means labels against them; without,
-    it is the Eq. 5 gap ``inter - intra`` on ``embeddings`` (CLIP's role).
-
-    Parameters
-    ----------
-    features : dict of str -> Tensor[n_neurons, n_ref, d_m]
-    k : int
-    concepts : LongTensor[n_neurons, n_ref], optional
-    embeddings : Tensor[n_neurons, n_ref, d], optional
-        Needed when ``concepts`` is not given.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``neuron, method, k, score`` (and ``metric``: ``"ARI"`` or ``"gap"``).
-    """
-    if concepts is not None:
-        frame = ground_truth_table(concepts, features, ks=[k], neurons=neurons,
-                                   include_random=True, include_ground_truth=False,
-                                   random_state=random_state, n_init=n_init, progress=False)
-        return frame.rename(columns={"ari": "score"}).drop(columns="nmi").assign(metric="ARI")
-    if embeddings is None:
-        raise ValueError("variant_scores needs concepts (ground truth) or embeddings (Eq. 5)")
-    frame = compare_clusterings(embeddings, features, ks=[k], neurons=neurons,
-                                random_state=random_state, n_init=n_init, progress=False)
-    return (frame.rename(columns={"gap": "score"}).drop(columns=["intra", "inter"])
-            .assign(metric="gap"))
 
 
 def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
@@ -383,8 +379,11 @@ def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
     Per neuron and method, virtual neurons are fitted on the reference samples
     (``train_features``) and held-out samples (e.g. the neuron's most activating images of
     another split) are assigned to the closest centroid. Purity (:func:`metrics.purity`) of
-    those assignments against the held-out concepts is compared with the purity of the neuron
-    itself (all held-out samples in one group).
+    those assignments against the held-out labels is compared with the purity of the neuron
+    itself (all held-out samples in one group, ``purity_neuron``) and with chance: the same
+    assignment shuffled over the samples (``purity_random``, the cluster sizes kept; see
+    :func:`metrics.random_assignment_purity`). Assigning by any method's own centroids
+    (activations included) is that method's test phase.
 
     Parameters
     ----------
@@ -398,11 +397,12 @@ def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
     Returns
     -------
     pandas.DataFrame
-        ``neuron, method, k, purity_neuron, purity_virtual`` (and ``purity_train``).
+        ``neuron, method, k, purity_neuron, purity_random, purity_virtual`` (and
+        ``purity_train``).
     """
     test_concepts = as_numpy(test_concepts, np.int64)
     n = test_concepts.shape[0]
-    neurons = _neuron_ids(neurons, n)
+    neurons = neuron_ids(neurons, n)
     if set(train_features) != set(test_features):
         raise ValueError(f"methods differ: train {sorted(train_features)}, test {sorted(test_features)}")
     rows = []
@@ -413,8 +413,11 @@ def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
             for name in train_features:
                 Xtr, Xte = as_numpy(train_features[name][i]), as_numpy(test_features[name][i])
                 vn = VirtualNeurons(n_clusters=k, random_state=random_state, n_init=n_init).fit(Xtr)
+                assigned = vn.predict(Xte)
                 row = dict(neuron=neurons[i], method=name, k=int(k), purity_neuron=base,
-                           purity_virtual=purity(vn.predict(Xte), c))
+                           purity_random=random_assignment_purity(
+                               assigned, c, seed=[random_state, neurons[i], int(k)]),
+                           purity_virtual=purity(assigned, c))
                 if train_concepts is not None:
                     row["purity_train"] = purity(vn.labels_, as_numpy(train_concepts[i], np.int64))
                 rows.append(row)
@@ -456,93 +459,42 @@ def cluster_composition(labels, concepts, concept_names=None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["cluster", "size", "concept", "share"])
 
 
-def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float = 0.2,
-                   neurons=None, random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
-    """Pick the number of virtual neurons per neuron by the silhouette of k-means.
-
-    For each neuron, k-means runs for every ``k`` in ``ks`` on its attribution vectors and the
-    ``k`` with the largest silhouette score (Euclidean) is chosen. With ground-truth
-    ``concepts`` the true count is added: the number of concepts holding at least
-    ``min_share`` of the neuron's reference samples (at least 1;
-    :func:`pure_utils.ground_truth.concept_counts`, background is no concept).
-
-    Parameters
-    ----------
-    features : Tensor[n_neurons, n_ref, d]
-    ks : sequence of int
-    concepts : LongTensor[n_neurons, n_ref], optional
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``neuron, chosen_k, silhouette`` (best score) and ``true_k`` with concepts, plus one
-        ``silhouette_k{k}`` column per ``k``.
-    """
-    n = len(features)
-    true_k = None if concepts is None else concept_counts(concepts, min_share).clamp(min=1)
-    neurons = _neuron_ids(neurons, n)
-    rows = []
-    for i in range(n):
-        X = as_numpy(features[i])
-        scores = {}
-        for k in ks:
-            if not 2 <= int(k) < len(X):
-                scores[int(k)] = float("nan")  # the silhouette needs 2 <= k < n_samples
-                continue
-            labels = kmeans_labels(X, int(k), random_state=random_state, n_init=n_init)
-            scores[int(k)] = (float(silhouette_score(X, labels)) if len(set(labels.tolist())) > 1
-                              else float("nan"))
-        valid = {k: v for k, v in scores.items() if np.isfinite(v)}
-        best = max(valid, key=lambda k: (valid[k], -k)) if valid else int(ks[0])
-        row = dict(neuron=neurons[i], chosen_k=best, silhouette=scores.get(best, float("nan")))
-        if true_k is not None:
-            row["true_k"] = int(true_k[i])
-        row.update({f"silhouette_k{k}": v for k, v in scores.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 # --------------------------------------------------------------------------------------------
 # the paper's numbers beside a build's
 # --------------------------------------------------------------------------------------------
-def results_table(paper: dict, comparison: pd.DataFrame, correlation: pd.DataFrame,
-                  polysemanticity: pd.DataFrame, embeddings, *, names: dict, k: int = 2,
-                  strong_threshold: float | None = None, label: str = "this build") -> dict:
+def results_table(paper: dict, comparison: pd.DataFrame, correlation: pd.DataFrame, embeddings,
+                  *, names: dict, strong, k: int = 2, label: str = "this build") -> dict:
     """The paper's reported numbers beside the same quantities of one evaluation.
 
     Parameters
     ----------
     paper : dict
-        ``data/paper_numbers.yaml``: ``eq5_k2`` (intra / inter per method, all pairs),
+        :func:`paper_numbers`: ``eq5_k2`` (intra / inter per method, all pairs),
         ``strongly_polysemantic_gap`` and ``distance_correlation`` per method.
-    comparison, correlation, polysemanticity : DataFrame
-        An evaluation's tables (:func:`compare_clusterings`, :func:`correlation_table`,
-        :func:`polysemanticity_table`).
+    comparison, correlation : DataFrame
+        An evaluation's tables (:func:`compare_clusterings`, :func:`correlation_table`).
     embeddings : Tensor[n_neurons, n_ref, d]
         The embeddings in CLIP's role (for the mean distance over all pairs).
     names : dict
         The paper's method name -> this evaluation's method name.
+    strong : sequence of int
+        The strongly polysemantic neurons, chosen by the caller's rule (the paper: CLIP gap
+        above 1.5; the controlled benchmark: two or more true features).
     k : int
         Number of clusters compared (the paper: 2).
-    strong_threshold : float, optional
-        Polysemanticity above which a neuron counts as strongly polysemantic (default: the
-        upper quartile).
     label : str
         Header of this evaluation's column.
 
     Returns
     -------
     dict
-        ``table`` (DataFrame ``quantity, method, paper, <label>``), ``means`` (mean intra,
-        inter and gap per method at ``k``), ``threshold``, ``n_strong`` and ``correlation``
-        (mean per method).
+        ``table`` (DataFrame ``quantity, method, paper, <label>``), ``means`` (mean intra, inter
+        and gap per method at ``k``), ``n_strong`` and ``correlation`` (mean per method).
     """
     comp = comparison[comparison.k == k]
     means = comp.groupby("method")[["intra", "inter", "gap"]].mean()
     all_pairs = float(np.mean([pairwise_distances_upper(e).mean() for e in embeddings]))
-    poly = polysemanticity.set_index("neuron").polysemanticity
-    threshold = strong_threshold if strong_threshold is not None else float(poly.quantile(0.75))
-    strong = poly[poly > threshold].index
+    strong = [int(n) for n in strong]
     strong_gap = comp[comp.neuron.isin(strong)].groupby("method").gap.mean()
     corr = correlation.set_index("method")["mean"]
     rows = []
@@ -560,8 +512,7 @@ def results_table(paper: dict, comparison: pd.DataFrame, correlation: pd.DataFra
                      f"{paper['distance_correlation']['methods'][paper_name]:.2f}",
                      f"{corr.get(ours, float('nan')):.2f}"])
     table = pd.DataFrame(rows, columns=["quantity", "method", "paper", label])
-    return dict(table=table, means=means, threshold=threshold, n_strong=len(strong),
-                correlation=corr)
+    return dict(table=table, means=means, n_strong=len(strong), correlation=corr)
 
 
 def paper_numbers() -> dict:

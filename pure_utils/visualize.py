@@ -20,7 +20,7 @@ from PIL import Image
 from .crops import (crop_boxes, crops_from_boxes, display_crops, feature_crops,  # noqa: F401
                     feature_heatmaps, normalised_heatmaps, reference_images)
 
-__all__ = ["image_grid", "virtual_neuron_grid", "umap_embedding", "umap_figure", "interactive_umap",
+__all__ = ["image_grid", "panel_figure", "virtual_neuron_grid", "umap_embedding", "umap_figure", "interactive_umap",
            "HoverImageFigure", "to_pil", "summary_lines"]
 
 
@@ -90,6 +90,36 @@ def image_grid(images, *, ncols: int = 8, size: int = 64, titles=None, row_label
         ax.set_yticks([])
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
+    return fig
+
+
+def panel_figure(panels, *, ncols: int = 6, size: float = 1.6, suptitle: str | None = None):
+    """Images with a caption each, in a grid (e.g. the edits of :func:`intervention_panels`).
+
+    Parameters
+    ----------
+    panels : list of dict
+        ``image`` (Tensor[3|4, h, w] in [0, 1]) and ``title``; an ``activation`` is added to the
+        caption.
+    ncols : int
+        Panels per row.
+    size : float
+        Inches per panel.
+    """
+    nrows = max(1, -(-len(panels) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.35)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, panel in zip(axes.flat, panels):
+        ax.imshow(_to_display(panel["image"], None))
+        caption = panel["title"]
+        if "activation" in panel:
+            caption += f"\nactivation {panel['activation']:.2f}"
+        ax.set_title(caption, fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    fig.tight_layout()
     return fig
 
 

@@ -1,11 +1,13 @@
-"""Embedders: preprocessing, the tiny random architectures, the ground-truth embedder, errors."""
+"""Embedders: preprocessing, the tiny random architectures, the attribute reader, errors."""
 import inspect
 
 import pytest
 import torch
 
-from pure_utils.embed import (CLIP_MEAN, CLIP_STD, GroundTruthEmbedder, load_embedder,
-                              preprocess)
+import numpy as np
+
+from pure_utils.embed import CLIP_MEAN, CLIP_STD, load_embedder, preprocess
+from pure_utils.synthetic import SyntheticShapes
 
 
 def test_preprocess_resizes_shortest_side_and_centre_crops():
@@ -64,25 +66,38 @@ def test_missing_weights_give_an_actionable_error(name, repo, monkeypatch):
         assert emb.pretrained and emb.dim == 768
 
 
-def test_ground_truth_embedder():
-    emb = load_embedder("ground_truth", n_concepts=4)
-    assert isinstance(emb, GroundTruthEmbedder) and emb.input_kind == "concepts"
-    e = emb.embed(torch.tensor([0, 0, 3, -1]))
-    assert e.shape == (4, 5)
-    d = torch.cdist(e, e)
-    torch.testing.assert_close(d, torch.tensor([[0., 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 1],
-                                                [1, 1, 1, 0]]))
-    with pytest.raises(ValueError, match="concept ids \\[4\\]"):
-        emb.embed([4])
-    with pytest.raises(TypeError, match="concept ids, not images"):
-        emb.embed([torch.rand(3, 8, 8)])
-    noisy = GroundTruthEmbedder(4, noise=0.01).embed([1, 1])
-    assert 0 < torch.dist(noisy[0], noisy[1]) < 0.1
+def test_attribute_embedder_reads_areas_of_colours_and_shapes_inside_the_box():
+    ds = SyntheticShapes("test", n=1)
+    ds.image(0)  # render, then give image 0 a hand-made ground truth
+    omap = np.full((96, 96), -1, np.int8)
+    omap[0:10, 0:10] = 0                         # a red circle: 100 px
+    omap[0:10, 10:15] = 1                        # a red square: 50 px
+    omap[50:60, 50:60] = 2                       # a green square, elsewhere
+    ds._maps[0] = omap
+    ds._objects[0] = [dict(concept=0, shape="circle", colour="red"),
+                      dict(concept=1, shape="square", colour="red"),
+                      dict(concept=2, shape="square", colour="green")]
+    emb = load_embedder("attributes", colours=ds.config.colours, shapes=ds.config.shapes)
+    assert emb.input_kind == "boxes" and emb.dim == 4 + 4 + 1
+    e = emb.embed([(ds, 0, (0, 0, 20, 20)), (ds, 0, (50, 50, 60, 60)), (ds, 0, (0, 0, 10, 10))])
+    cols, shapes = ds.config.colours, ds.config.shapes
+    # box 0: 400 px holding 150 red (100 circle, 50 square) and 250 background pixels
+    assert e[0, cols.index("red")] == pytest.approx(150 / 400)
+    assert e[0, 4 + shapes.index("circle")] == pytest.approx(100 / 400)
+    assert e[0, 4 + shapes.index("square")] == pytest.approx(50 / 400)
+    assert e[0, -1] == pytest.approx(250 / 400)
+    # graded distances: red circle - green square is farther than red circle - red square
+    assert e[1, cols.index("green")] == 1 and e[1, 4 + shapes.index("square")] == 1
+    red_circle, green_square = e[2], e[1]
+    red_square = emb.embed([(ds, 0, (0, 10, 10, 15))])[0]
+    assert torch.dist(red_circle, red_square) < torch.dist(red_circle, green_square)
+    with pytest.raises(TypeError, match="controlled benchmark"):
+        emb.embed([(object(), 0, (0, 0, 1, 1))])
 
 
 def test_load_embedder_errors():
     with pytest.raises(ValueError, match="embedder 'siglip' not known; embedders: clip"):
         load_embedder("siglip")
-    with pytest.raises(ValueError, match="n_concepts"):
-        load_embedder("ground_truth")
+    with pytest.raises(ValueError, match="colours= and shapes="):
+        load_embedder("attributes")
     assert "pretrained" in inspect.signature(load_embedder).parameters

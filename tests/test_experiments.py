@@ -77,11 +77,9 @@ def test_smoke_profile_runs_the_whole_evaluation(smoke):
         assert r.ground_truth.ari.between(-1, 1).all()
 
 
-def test_ground_truth_embedder_embeds_reference_concepts():
+def test_embed_references_reads_the_boxes_of_each_reference():
     from pure_utils.embed import load_embedder
-    from pure_utils.experiments import Setting, embed_references
     from pure_utils.references import References
-    from pure_utils.ground_truth import reference_concepts
     from pure_utils.synthetic import SyntheticShapes
 
     ds = SyntheticShapes("test", n=6)
@@ -89,11 +87,16 @@ def test_ground_truth_embedder_embeds_reference_concepts():
     refs = References(indices=torch.stack([torch.randperm(6, generator=g) for _ in range(3)]),
                       values=torch.ones(3, 6), positions=torch.randint(0, 3, (3, 6, 2), generator=g),
                       map_size=(3, 3), input_size=(96, 96), layer="layer4")
-    setting = Setting(profile={}, model=None, dataset=ds, references=refs, neurons=[0, 2],
-                      device="cpu")
-    emb = embed_references(setting, load_embedder("ground_truth", n_concepts=ds.n_concepts))
-    concepts = reference_concepts(ds, refs)[[0, 2]]
-    assert emb.shape == (2, 6, ds.n_concepts + 1)
-    for i in range(2):
-        same = (concepts[i][:, None] == concepts[i][None, :]).double()
-        np.testing.assert_allclose(distance_matrix(emb[i]), 1 - same, atol=1e-6)
+    setting = ex.Setting(profile={}, model=None, dataset=ds, references=refs, neurons=[0, 2],
+                         device="cpu")
+    boxes = torch.tensor([0, 0, 48, 48]).expand(2, 6, 4)
+    emb = load_embedder("attributes", colours=ds.config.colours, shapes=ds.config.shapes)
+    e = ex.embed_references(setting, emb, boxes)
+    assert e.shape == (2, 6, emb.dim)
+    direct = emb.embed([(ds, int(refs.indices[2, j]), (0, 0, 48, 48)) for j in range(6)])
+    assert torch.equal(e[1], direct)
+    # shares of one box: colours sum to the object share, as do shapes; with background, 1
+    np.testing.assert_allclose(e[..., :4].sum(-1) + e[..., -1], 1, atol=1e-6)
+    np.testing.assert_allclose(e[..., 4:8].sum(-1) + e[..., -1], 1, atol=1e-6)
+    with pytest.raises(ValueError, match="do not match the references"):
+        ex.embed_references(setting, emb, boxes[:, :3])

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from pure_utils.cache import Cache
+from pure_utils.data import GeneratedImages
 from pure_utils.ground_truth import (concept_at, concept_counts, concept_shares, layer_polysemanticity,
-                                     polysemantic_by_concepts, reference_concepts)
+                                     polysemantic_by_concepts, reference_concepts,
+                                     reference_features)
 from pure_utils.models import build_resnet
-from pure_utils.synthetic import SyntheticShapes
+from pure_utils.references import mine_references
+from pure_utils.synthetic import SyntheticShapes, counterfactual, draw_scene
 
 # ---------------------------------------------------------------------------------------------
 # ground-truth concepts of reference samples
@@ -89,9 +93,9 @@ def test_reference_concepts_match_concept_at_on_real_images():
             assert concepts[n, j] == concept_at(ds, int(idx[n, j]), (r * 24, c * 24, r * 24 + 24, c * 24 + 24))
 
 
-def test_layer_polysemanticity_matches_brute_force():
-    # tiny random network; the brute force takes the full activation maps, sorts every channel's
-    # spatial maxima, looks up the object under each argmax cell with concept_at and counts shares
+def test_layer_polysemanticity_counts_units_with_two_intervention_features():
+    # tiny random network; the brute force takes the full activation maps and sorts every
+    # channel's spatial maxima for the references; the features come from reference_features
     torch.manual_seed(3)
     model = build_resnet(block="basic", layers=[1, 1, 1, 1], channels=[8, 8, 8, 6], stem_width=8,
                          num_classes=16).eval()
@@ -100,28 +104,142 @@ def test_layer_polysemanticity_matches_brute_force():
     got = layer_polysemanticity(model, ds, "layer4", n_ref=n_ref, min_share=min_share)
 
     acts = {}
-    model.layer4.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    hook = model.layer4.register_forward_hook(lambda m, i, o: acts.update(a=o))
     with torch.no_grad():
         model(torch.stack([ds[i][0] for i in range(len(ds))]))
-    a = acts["a"]  # [N, C, h, w]
-    n, c, h, w = a.shape
-    flat = a.flatten(2)
-    expected = []
+    hook.remove()
+    maxima = acts["a"].flatten(2).amax(2)  # [N, C]
+    n, c = maxima.shape
+    top = []
     for ch in range(c):
-        maxima, where = flat[:, ch].max(dim=1)
-        order = sorted(range(n), key=lambda k: -float(maxima[k]))[:n_ref]
+        order = sorted(range(n), key=lambda k: -float(maxima[k, ch]))[:n_ref]
         # the top-n_ref set is well defined (no tie at its border), so tie-breaking does not matter
-        assert float(maxima[order[-1]]) > float(maxima.sort(descending=True).values[n_ref])
-        counts = {}
-        for k in order:
-            r, col = divmod(int(where[k]), w)
-            box = (r * 96 / h, col * 96 / w, (r + 1) * 96 / h, (col + 1) * 96 / w)
-            concept = concept_at(ds, k, box)
-            if concept >= 0:
-                counts[concept] = counts.get(concept, 0) + 1
-        if sum(v >= min_share * n_ref for v in counts.values()) >= 2:
-            expected.append(ch)
-    assert got["neurons"] == expected
+        assert float(maxima[order[-1], ch]) > float(maxima[:, ch].sort(descending=True).values[n_ref])
+        top.append(order)
+    refs = types.SimpleNamespace(indices=torch.tensor(top), channels=torch.arange(c), layer="layer4")
+    feats = reference_features(model, ds, refs)
+    expected = [ch for ch in range(c) if len(feats.features(min_share)[ch]) >= 2]
+    assert got["neurons"] == expected and got["features"] == feats.features(min_share)
     assert got["count"] == len(expected) and got["n_neurons"] == c
     assert got["fraction"] == pytest.approx(len(expected) / c, abs=1e-4)
     assert (got["n_ref"], got["split"], got["n"], got["seed"]) == (n_ref, "test", 40, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# ground truth by intervention, on hand-built units with known answers
+class ColourUnits(torch.nn.Module):
+    """Units that read colours off the input; no training, every answer known by construction.
+
+    Channel 0: red pixels (a red-only detector: its response grows with the red area, whatever
+    the shape). Channel 1: red OR blue pixels. Channel 2: fires only when a red object AND a blue
+    object are both in the image. The ``layer4`` output is a 3 x 3 map (96 px input).
+    """
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.layer4 = torch.nn.Identity()
+
+    def forward(self, x):
+        img = x * self.std + self.mean                     # back to pixels in [0, 1]
+        r, g, b = img[:, 0], img[:, 1], img[:, 2]
+        red = (r - g - 0.4).clamp(min=0)                    # red ~0.35, nothing else > 0
+        blue = (b - r - 0.4).clamp(min=0)                   # blue ~0.40
+        pool = torch.nn.functional.avg_pool2d
+        red_map = pool(red[:, None], 32)[:, 0]              # share of red in each 32 x 32 cell
+        blue_map = pool(blue[:, None], 32)[:, 0]
+        # a saturating "is there a red (blue) object" gate: 1 as soon as one pixel is clearly red
+        present = lambda c: (10 * c.flatten(1).amax(1)).clamp(max=1)  # noqa: E731
+        both = (present(red) + present(blue) - 1.5).clamp(min=0)
+        both_map = both[:, None, None].expand_as(red_map)
+        return self.layer4(torch.stack([red_map, red_map + blue_map, both_map], 1))
+
+
+@pytest.fixture(scope="module")
+def colour_units():
+    ds = SyntheticShapes("test", n=300, seed=4)
+    model = ColourUnits(ds.mean, ds.std).eval()
+    refs = mine_references(model, ds, "layer4", n_ref=20, progress=False)
+    return model, ds, refs, reference_features(model, ds, refs)
+
+
+def test_intervention_ground_truth_of_hand_built_units(colour_units):
+    model, ds, refs, feats = colour_units
+    assert feats.labels.shape == (3, 20) and feats.channels.tolist() == [0, 1, 2]
+    # the red detector: one feature, "red", whatever the shape of the red object
+    assert feats.features(0.2)[0] == ["red"]
+    assert (feats.labels[0] == feats.names.index("red")).all()
+    assert not feats.polysemantic(0.2)[0]
+    # the red-or-blue unit: two colour features
+    assert set(feats.features(0.2)[1]) == {"red", "blue"} and feats.polysemantic(0.2)[1]
+    # the unit that needs a red and a blue object together: with one of each, both are
+    # necessary ("mixed"); with two red objects only the blue one is (removing one red keeps
+    # the other), so the blue object drives it
+    kinds = set()
+    for slot in range(20):
+        colours = [o["colour"] for o in ds.annotations(int(refs.indices[2, slot]))["objects"]]
+        n_red, n_blue = colours.count("red"), colours.count("blue")
+        name = feats.names[int(feats.labels[2, slot])]
+        if n_red == 1 and n_blue == 1:
+            assert name == "mixed" and feats.driver[2, slot] == -1
+        elif n_red >= 2 and n_blue == 1:
+            assert name == "blue"
+        kinds.add((min(n_red, 2), min(n_blue, 2)))
+    assert (1, 1) in kinds and feats.features(0.2)[2][0] == "mixed"
+    # drivers: the red (blue) object, whose removal silences the unit
+    for slot in range(20):
+        i, j = int(refs.indices[0, slot]), int(feats.driver[0, slot])
+        objects = ds.annotations(i)["objects"]
+        assert objects[j]["colour"] == "red" and feats.responsibility[0, slot] >= 0.5
+        if [o["colour"] for o in objects].count("red") == 1:  # the only red object: all of it
+            assert feats.responsibility[0, slot] > 0.99
+    # area-matched shape swaps keep a pixel-counting unit's response; colour swaps remove it
+    assert (feats.colour_retention[0] < 0.05).all() and (feats.shape_retention[0] > 0.5).all()
+
+
+def test_the_pixel_heuristic_disagrees_with_the_intervention(colour_units):
+    model, ds, refs, feats = colour_units
+    # the old rule names the object under the argmax cell: a red detector on red circles,
+    # red squares, ... counts as polysemantic (several shape x colour concepts)
+    concepts = reference_concepts(ds, refs)
+    assert polysemantic_by_concepts(concepts, 0.2)[0]
+    assert not feats.polysemantic(0.2)[0]
+
+
+def test_reference_features_are_cached_and_checked(colour_units, tmp_path):
+    model, ds, refs, feats = colour_units
+    cache = Cache(tmp_path)
+    sub = refs.subset([0]).head(3)
+    first = reference_features(model, ds, sub, cache=cache)
+    calls = []
+    h = model.layer4.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        again = reference_features(model, ds, sub, cache=cache)
+    finally:
+        h.remove()
+    assert not calls and torch.equal(first.labels, again.labels)
+    assert torch.equal(first.labels[0], feats.labels[0, :3])
+    with pytest.raises(ValueError, match="cannot re-render"):
+        reference_features(model, GeneratedImages(4, size=96), sub)
+
+
+def test_counterfactual_keeps_area_and_appearance():
+    ds = SyntheticShapes("test", n=1)
+    scene = ds.scene(0)
+    obj = scene.objects[0]
+    for shape in ("square", "triangle", "cross", "circle"):
+        new = counterfactual(obj, shape=shape)
+        img, omap = draw_scene(scene, [new] + list(scene.objects[1:]))
+        area_new = (omap == 0).sum()
+        img0, omap0 = draw_scene(scene, [obj, None, None, None][:len(scene.objects)])
+        img1, omap1 = draw_scene(scene, [new, None, None, None][:len(scene.objects)])
+        assert abs((omap1 == 0).sum() - (omap0 == 0).sum()) <= 0.08 * (omap0 == 0).sum() + 4
+        assert new["rgb"] == obj["rgb"] and new["center"] == obj["center"]
+        assert area_new > 0
+    blue = counterfactual(obj, colour="blue")
+    assert blue["shape"] == obj["shape"] and blue["radius"] == obj["radius"]
+    assert blue["rgb"] != obj["rgb"]
+    # removing an object shows the background (and what the object hid) underneath
+    img, omap = draw_scene(scene, [None] + list(scene.objects[1:]))
+    assert not (omap == 0).any()

@@ -136,3 +136,39 @@ def test_bootstrap_ci():
         bootstrap_ci(v, level=1.5)
     s = summarize(v)
     assert s["n"] == 400 and s["ci_low"] < s["mean"] < s["ci_high"]
+
+
+def test_paired_difference_can_fail_and_keeps_count_of_nan():
+    from pure_utils.metrics import paired_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=40)
+    clear = paired_difference(base + 0.5 + 0.05 * rng.normal(size=40), base, n_boot=500)
+    assert clear["word"] == "higher" and clear["ci_low"] > 0 and clear["p_value"] < 1e-6
+    assert clear["mean"] == pytest.approx(0.5, abs=0.05) and clear["n"] == 40
+    lower = paired_difference(base - 0.5, base, n_boot=500)
+    assert lower["word"] == "lower" and lower["ci_high"] < 0
+    # noise around zero: the interval covers 0, and the word says so
+    noise = paired_difference(base + rng.normal(size=40), base, n_boot=500)
+    assert noise["ci_low"] < 0 < noise["ci_high"] and noise["word"] == "no detectable difference"
+    # a NaN in either method removes that neuron from both, and is counted
+    a, b = base.copy(), base + 1.0
+    a[3] = np.nan
+    b[7] = np.nan
+    d = paired_difference(a, b, n_boot=200)
+    assert d["n"] == 38 and d["n_excluded"] == 2 and d["mean"] == pytest.approx(-1.0)
+    assert paired_difference([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same neurons"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_random_assignment_purity_is_chance_level():
+    from pure_utils.metrics import purity, random_assignment_purity
+
+    concepts = np.repeat([0, 1], 50)
+    perfect = concepts.copy()
+    assert purity(perfect, concepts) == 1.0
+    chance = random_assignment_purity(perfect, concepts, n_draws=300)
+    # two equal clusters shuffled over two equal concepts: expected purity a little above 1/2
+    assert 0.5 <= chance < 0.6
+    assert random_assignment_purity(np.zeros(100, int), concepts) == 0.5  # one cluster: no chance

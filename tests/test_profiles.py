@@ -12,7 +12,7 @@ def test_shipped_profiles():
     assert {"offline", "paper", "smoke"} <= set(profile_names())
     off = load_profile()
     assert off["name"] == "offline" and off["model_name"] == "synthetic_resnet_bottleneck"
-    assert off["embedder"] == "ground_truth" and off["dataset"] == "synthetic"
+    assert off["embedder"] == "attributes" and off["dataset"] == "synthetic"
     paper = load_profile("paper")
     assert paper["model_names"] == ["resnet34.a1_in1k", "resnet50.a1_in1k", "resnet101.a1_in1k"]
     assert paper["embedder"] == "clip" and paper["visual_embedder"] == "dinov2"
@@ -27,7 +27,7 @@ def test_shipped_profiles():
         params = inspect.signature(load_embedder).parameters
         for role in ("embedder", "visual_embedder"):
             extra = set(p.get(f"{role}_kwargs") or {}) - set(params)
-            assert not extra or p[role] == "ground_truth", (p["name"], role, extra)
+            assert not extra, (p["name"], role, extra)
 
 
 def test_overrides_env_and_paths(tmp_path, monkeypatch):

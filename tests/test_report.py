@@ -1,9 +1,7 @@
 """Glue helpers of the book's notebooks."""
 import numpy as np
-import pytest
-import torch
 
-from pure_utils.report import _plain, compare_word
+from pure_utils.report import _plain, difference_sentence, interval
 
 
 def test_numpy_scalars_become_python_numbers():
@@ -12,8 +10,14 @@ def test_numpy_scalars_become_python_numbers():
     assert _plain("x") == "x"
 
 
-def test_compare_word():
-    assert compare_word(2, 1) == "above"
-    assert compare_word(1, 2) == "below"
-    assert compare_word(1, 1) == "equal to"
-    assert compare_word(float("nan"), 1) == "not comparable with"
+def test_interval_and_difference_sentence():
+    assert interval(0.634, 0.53, 0.7249) == "0.63 [0.53, 0.72]"
+    assert interval(float("nan"), 0, 1) == "n/a"
+    row = dict(a="PURE (gxa)", b="activations", mean=0.05, ci_low=-0.02, ci_high=0.11, n=15,
+               n_excluded=0, p_value=0.2134, word="no detectable difference")
+    text = difference_sentence(row, "ARI")
+    assert text == ("PURE (gxa) minus activations, ARI: 0.05 [-0.02, 0.11] over 15 neurons "
+                    "(Wilcoxon p = 0.21): no detectable difference")
+    row.update(ci_low=0.01, word="higher", n_excluded=2)
+    assert difference_sentence(row, "ARI").endswith("2 left out for a missing value (Wilcoxon "
+                                                    "p = 0.21): PURE (gxa) is higher")

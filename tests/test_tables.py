@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pure_utils import tables
+from pure_utils import ablations, tables
 from pure_utils.metrics import distance_correlation, distance_matrix, intra_inter, kmeans_labels
 from pure_utils.tables import (compare_clusterings, correlation_table, divergence_examples,
                                ground_truth_labels, ground_truth_table, heldout_purity,
@@ -129,24 +129,24 @@ def test_cluster_composition_hand_worked():
 
 def test_choose_k_finds_separated_blobs_and_counts_concepts():
     X, concepts = _clusters(k=3)
-    t = tables.choose_k_table(X, ks=[2, 3, 4], concepts=concepts, min_share=0.2)
+    t = ablations.choose_k_table(X, ks=[2, 3, 4], concepts=concepts, min_share=0.2)
     assert t.chosen_k.tolist() == [3, 3, 3]
     assert t.true_k.tolist() == [3, 3, 3]
     # background references (-1) count in the total but are no concept
     with_background = concepts.clone()
     with_background[0, :20] = -1
-    t = tables.choose_k_table(X, ks=[2, 3, 4], concepts=with_background, min_share=0.2)
+    t = ablations.choose_k_table(X, ks=[2, 3, 4], concepts=with_background, min_share=0.2)
     assert t.true_k.tolist() == [2, 3, 3]
     assert (t.silhouette > 0.9).all()
     # k must stay below the number of samples: such k are skipped, not an error
-    small = tables.choose_k_table(X[:, :4], ks=[2, 4, 6])
+    small = ablations.choose_k_table(X[:, :4], ks=[2, 4, 6])
     assert small.silhouette_k4.isna().all() and small.silhouette_k6.isna().all()
     assert (small.chosen_k == 2).all()
 
 
 def test_clustering_table_scores_every_algorithm_against_truth():
     X, concepts = _clusters(n_neurons=2, k=2)
-    t = tables.clustering_table(concepts, {"blobs": X}, algorithms=["kmeans", "agglomerative", "gmm"],
+    t = ablations.clustering_table(concepts, {"blobs": X}, algorithms=["kmeans", "agglomerative", "gmm"],
                             k=2, progress=False)
     assert len(t) == 2 * 3
     assert t.ari.tolist() == pytest.approx([1.0] * 6)
@@ -155,17 +155,17 @@ def test_clustering_table_scores_every_algorithm_against_truth():
 def test_variant_scores_uses_ari_with_truth_and_gap_without():
     X, concepts = _clusters(n_neurons=2, k=2)
     noise = torch.randn_like(X)
-    with_truth = tables.variant_scores({"good": X, "noise": noise}, k=2, concepts=concepts)
+    with_truth = ablations.variant_scores({"good": X, "noise": noise}, k=2, concepts=concepts)
     good = with_truth[with_truth.method == "good"].score
     assert good.tolist() == pytest.approx([1.0, 1.0])
     assert (with_truth.metric == "ARI").all()
     # without truth: Eq. 5 gap on embeddings that are the blobs themselves
-    without = tables.variant_scores({"good": X}, k=2, embeddings=X)
+    without = ablations.variant_scores({"good": X}, k=2, embeddings=X)
     g = without[without.method == "good"].score
     r = without[without.method == "random"].score
     assert (g.to_numpy() > r.to_numpy()).all()
     with pytest.raises(ValueError, match="needs concepts"):
-        tables.variant_scores({"good": X}, k=2)
+        ablations.variant_scores({"good": X}, k=2)
 
 
 def test_kmeans_on_repeated_embeddings_gives_labels_without_warnings():
@@ -178,3 +178,40 @@ def test_kmeans_on_repeated_embeddings_gives_labels_without_warnings():
         warnings.simplefilter("error")
         labels = kmeans_labels(X, 3)
     assert len(set(labels[:5].tolist())) == 1 and labels[0] != labels[5]
+
+
+def test_summaries_use_the_same_neurons_for_every_method_and_count_the_rest():
+    frame = pd.DataFrame({"neuron": [1, 2, 3] * 2, "method": ["a"] * 3 + ["b"] * 3, "k": 2,
+                          "ari": [1.0, 2.0, 3.0, 10.0, np.nan, 30.0]})
+    s = summarize_frame(frame, "ari", n_boot=100).set_index("method")
+    # neuron 2 is NaN for b, so a is summarised over neurons 1 and 3 only
+    assert s.loc["a", "mean"] == pytest.approx(2.0) and s.loc["a", "n"] == 2
+    assert s.loc["b", "mean"] == pytest.approx(20.0) and s.loc["a", "n_excluded"] == 1
+    loose = summarize_frame(frame, "ari", common=False, n_boot=100).set_index("method")
+    assert loose.loc["a", "n"] == 3
+
+
+def test_paired_table_reports_each_pair_per_k():
+    rng = np.random.default_rng(1)
+    rows = []
+    for n in range(30):
+        base = rng.normal()
+        for k in (2, 3):
+            rows += [dict(neuron=n, k=k, method="PURE", ari=base + (0.4 if k == 2 else 0)),
+                     dict(neuron=n, k=k, method="activations", ari=base + 0.01 * rng.normal())]
+    t = tables.paired_table(pd.DataFrame(rows), "ari", [("PURE", "activations")], n_boot=300)
+    by_k = t.set_index("k")
+    assert by_k.loc[2, "word"] == "higher" and by_k.loc[2, "mean"] == pytest.approx(0.4, abs=0.01)
+    assert by_k.loc[3, "word"] == "no detectable difference"
+    assert (t.n == 30).all() and set(t.a) == {"PURE"} and set(t.b) == {"activations"}
+    with pytest.raises(ValueError, match="method 'CLIP' not in the frame"):
+        tables.paired_table(pd.DataFrame(rows), "ari", [("PURE", "CLIP")])
+
+
+def test_heldout_purity_has_a_chance_baseline():
+    emb, truth = _blobs(n_neurons=2, n_ref=20)
+    test_emb, _ = _blobs(n_neurons=2, n_ref=20, seed=1)
+    concepts = torch.tensor(np.tile(truth, (2, 1)))
+    out = heldout_purity({"PURE": emb}, {"PURE": test_emb}, concepts, ks=(2,), neurons=[0, 5])
+    assert (out.purity_virtual == 1.0).all()
+    assert ((out.purity_random > 0.5) & (out.purity_random < 0.65)).all()
