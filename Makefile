@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: book test env bench models clean clean-cache screenshots
+.PHONY: book test env bench models family clean clean-cache screenshots
 
 ## book: execute every notebook on $(PROFILE) (only those that changed) and build the HTML book
 book: $(STAMP)
@@ -42,6 +42,11 @@ bench: $(STAMP)
 models: $(STAMP)
 	$(PY) -m pure_utils.train --model synthetic_resnet_bottleneck --epochs 6 --max-steps 785 --threads 1 --out data/models
 	$(PY) -m pure_utils.train --model synthetic_resnet_basic --epochs 10 --out data/models
+
+## family: train the model family of the chapter "When do circuits beat activations?" (9 models,
+## about 8 minutes each on one CPU core)
+family: $(STAMP)
+	$(PY) -m pure_utils.train --model family --out data/models
 
 clean:
 	rm -rf _build book/executed

@@ -30,8 +30,8 @@ _EXPORTS = {
     "load_dataset": "data",
     "ImageFolderDataset": "data",
     "GeneratedImages": "data",
+    "SyntheticShapes": "data",
     # synthetic.py
-    "SyntheticShapes": "synthetic",
     "SyntheticConfig": "synthetic",
     # ground_truth.py
     "reference_features": "ground_truth",

@@ -25,7 +25,8 @@ from ._progress import tqdm
 from .cache import cached
 from .models import eval_mode, forward_until, resolve_device
 from .references import mine_references
-from .synthetic import SyntheticShapes, counterfactual
+from .data import SyntheticShapes
+from .synthetic import counterfactual
 
 __all__ = ["RULE", "ReferenceFeatures", "reference_features", "feature_names", "intervention_panels",
            "concept_at",

@@ -22,7 +22,7 @@ from torch import nn
 from .cache import model_fingerprint
 from .paths import DATA_DIR, MODELS_DIR
 
-__all__ = ["DEFAULT_MODELS", "build_resnet", "read_card", "load_model", "layer_names", "get_layer",
+__all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "read_card", "load_model", "layer_names", "get_layer",
            "layer_order", "randomize_batchnorm", "model_fingerprint", "resolve_device",
            "eval_mode", "frozen_parameters", "StopForward", "stop_after", "run_model",
            "layer_output", "forward_until", "DATA_DIR", "MODELS_DIR"]
@@ -65,9 +65,15 @@ def build_resnet(block: str = "basic", layers=(1, 1, 1, 1), channels=(16, 32, 64
     return model
 
 
+def shipped_models() -> dict:
+    """Every model shipped in ``data/models`` (the two defaults and the model family):
+    name -> path of its JSON card."""
+    return {**DEFAULT_MODELS, **{p.stem: p for p in sorted(MODELS_DIR.glob("*.json"))}}
+
+
 def read_card(name: str) -> dict:
     """The JSON card of a shipped model (architecture, training, accuracy)."""
-    path = DEFAULT_MODELS[name]
+    path = shipped_models()[name]
     if not path.exists():
         raise FileNotFoundError(
             f"the card of the shipped model {name!r} is missing at {path}; "
@@ -95,8 +101,9 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
     Parameters
     ----------
     name : str
-        A shipped default (``"synthetic_resnet_basic"``, ``"synthetic_resnet_bottleneck"``,
-        see ``DEFAULT_MODELS``) or any timm model name with its weight tag
+        A shipped model (``"synthetic_resnet_basic"``, ``"synthetic_resnet_bottleneck"``, the
+        model family ``"family_*"``; see :func:`shipped_models`) or any timm model name with its
+        weight tag
         (``"resnet50.a1_in1k"``).
     pretrained : bool
         timm names only: load timm's pretrained weights (needs internet or a filled
@@ -113,10 +120,11 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
         The model with ``requires_grad`` switched off for all parameters, in ``eval()`` mode,
         with ``model.pure_name`` set (used in cache keys).
     """
-    if name in DEFAULT_MODELS:
+    shipped = shipped_models()
+    if name in shipped:
         card = read_card(name)
         model = build_resnet(**card["architecture"])
-        weights = DEFAULT_MODELS[name].with_suffix(".safetensors")
+        weights = shipped[name].with_suffix(".safetensors")
         model.load_state_dict(_load_state_dict(checkpoint or weights))
         model.pure_card = card
     else:
@@ -126,7 +134,7 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 raise ValueError(
-                    f"model {name!r} is neither a shipped default ({', '.join(DEFAULT_MODELS)}) "
+                    f"model {name!r} is neither a shipped model ({', '.join(shipped)}) "
                     "nor a timm model name (see timm.list_models())") from err
             raise
         except (OSError, ConnectionError) as err:

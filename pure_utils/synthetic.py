@@ -15,9 +15,9 @@ Images are deterministic per ``(seed, split, index)``: every image has its own r
 seeded from these numbers (NumPy ``SeedSequence`` + PCG64, identical on every platform), so random
 access works and the size of a split never changes its pixels.
 
-This module is the generator only. What drives a trained network's units on these images is
-worked out in :mod:`pure_utils.ground_truth`; the shipped models are trained by
-:mod:`pure_utils.train`.
+This module is the generator only; :class:`pure_utils.data.SyntheticShapes` is the dataset over
+it. What drives a trained network's units on these images is worked out in
+:mod:`pure_utils.ground_truth`; the shipped models are trained by :mod:`pure_utils.train`.
 """
 from __future__ import annotations
 
@@ -28,14 +28,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ._compat import moved_names
-from ._progress import tqdm
 
 __all__ = ["GENERATOR_VERSION", "SHAPES", "COLOURS", "SPLITS", "DEFAULT_SPLIT_SIZES", "SHAPE_AREAS",
            "SyntheticConfig", "Scene", "sample_scene", "draw_scene", "counterfactual",
-           "render_image", "SyntheticShapes"]
+           "render_image"]
 
 #: Version of the image generator. It enters dataset fingerprints and model cards; bump it
 #: whenever a change alters any pixel, so caches and shipped models are not silently mixed.
@@ -95,11 +93,15 @@ class SyntheticConfig:
         Range of the labelled object's radius as a fraction of ``image_size`` (default 0.17-0.27,
         i.e. 16-26 px at 96 px).
     distractor_scale : (float, float)
-        Range of each distractor's radius as a fraction of ``image_size`` (default 0.07-0.11); keep
-        it below ``object_scale`` so that the label stays the largest object.
+        Range of each distractor's radius as a fraction of ``image_size`` (default 0.07-0.11); at
+        most the smallest labelled object (``object_scale[0]``), so that the label stays the
+        largest object.
     distractors_min, distractors_max : int
         Number of distractor objects per image, drawn uniformly from this range (default 1-3).
         Distractors have concepts different from the label and from each other.
+    background_contrast : float
+        Scale of the background's variation (gradient, stripes, blotches) around its grey level
+        (default 1; 0: a flat background).
     noise_std : float
         Standard deviation of Gaussian pixel noise added to the whole image (default 0.02).
     colour_jitter : float
@@ -114,6 +116,7 @@ class SyntheticConfig:
     distractors_max: int = 3
     noise_std: float = 0.02
     colour_jitter: float = 0.15
+    background_contrast: float = 1.0
 
     def __post_init__(self):
         # tuples (not lists) keep the dataclass hashable and its json canonical
@@ -127,10 +130,10 @@ class SyntheticConfig:
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 0.5:
                 raise ValueError(f"{name}={lo_hi} not accepted; use (low, high) with 0 < low <= high <= 0.5")
-        if self.distractor_scale[1] >= self.object_scale[0]:
+        if self.distractor_scale[1] > self.object_scale[0]:
             raise ValueError(
-                f"distractor_scale={self.distractor_scale} must stay below object_scale="
-                f"{self.object_scale} (the labelled object is the largest one)")
+                f"distractor_scale={self.distractor_scale} must not exceed the smallest labelled "
+                f"object, object_scale[0]={self.object_scale[0]} (the label is the largest object)")
         if not 0 <= self.distractors_min <= self.distractors_max:
             raise ValueError(
                 f"distractors_min={self.distractors_min}, distractors_max={self.distractors_max} not "
@@ -139,12 +142,19 @@ class SyntheticConfig:
             raise ValueError(
                 f"distractors_max={self.distractors_max} needs at least {self.distractors_max + 1} "
                 f"concepts (distractors differ from the label and each other); n_concepts={self.n_concepts}")
+        if self.background_contrast < 0:
+            raise ValueError(f"background_contrast={self.background_contrast} must be >= 0")
         if self.noise_std < 0 or not 0 <= self.colour_jitter < 1:
             raise ValueError(f"noise_std={self.noise_std} must be >= 0 and colour_jitter="
                              f"{self.colour_jitter} in [0, 1)")
 
     def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        """The knobs as plain JSON values; a knob at its default before it existed is left out,
+        so configurations (and their digests, caches and cards) of earlier versions stay valid."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        if out["background_contrast"] == 1.0:
+            del out["background_contrast"]
+        return out
 
     @property
     def concepts(self) -> list[tuple[str, str]]:
@@ -208,8 +218,11 @@ def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float, cos_a
     raise ValueError(f"shape {shape!r} not known; shapes: {', '.join(SHAPES)}")
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    """A low-saturation background, Array[size, size, 3] float in [0, 1], and its kind."""
+def _background(rng: np.random.Generator, size: int, contrast: float = 1.0) -> tuple[np.ndarray, str]:
+    """A low-saturation background, Array[size, size, 3] float in [0, 1], and its kind.
+
+    ``contrast`` scales the variation around the grey level (1: the benchmark's default).
+    """
     kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     grey = rng.uniform(0.25, 0.75)
     tint = rng.uniform(-0.06, 0.06, size=3)
@@ -218,16 +231,16 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
     angle = round(rng.uniform(0, 2 * math.pi), 6)
     along = round(math.cos(angle), 9) * xx + round(math.sin(angle), 9) * yy
     if kind == "gradient":
-        amp = rng.uniform(0.1, 0.3)
+        amp = rng.uniform(0.1, 0.3) * contrast
         img = base[None, None, :] + amp * (along - along.mean())[..., None]
     elif kind == "stripes":
-        amp = rng.uniform(0.04, 0.12)
+        amp = rng.uniform(0.04, 0.12) * contrast
         period = rng.uniform(6, 16) / size
         # square wave from the fractional part: arithmetic only, so identical on every platform
         phase = np.floor(along / period * 2) % 2
         img = base[None, None, :] + amp * (2 * phase - 1)[..., None]
     else:
-        amp = rng.uniform(0.08, 0.2)
+        amp = rng.uniform(0.08, 0.2) * contrast
         coarse = rng.uniform(-1, 1, size=(6, 6))
         # bilinear upsampling of a coarse random grid: smooth blotches
         pos = (np.arange(size) + 0.5) / size * 5
@@ -292,7 +305,7 @@ def sample_scene(config: SyntheticConfig, seed: int, split: str, index: int) -> 
         [_SALT, int(seed), SPLITS[split], int(index)])))
     size = config.image_size
     concepts = config.concepts
-    background, _ = _background(rng, size)
+    background, _ = _background(rng, size, config.background_contrast)
 
     label = int(rng.integers(config.n_concepts))
     n_dis = int(rng.integers(config.distractors_min, config.distractors_max + 1))
@@ -407,191 +420,9 @@ def render_image(config: SyntheticConfig, seed: int, split: str, index: int):
     return image, object_map, [dict(o) for o in scene.objects]
 
 
-# ---------------------------------------------------------------------------------------------
-# dataset
-
-class SyntheticShapes(torch.utils.data.Dataset):
-    """The controlled benchmark: shape images with known concepts and masks.
-
-    Parameters
-    ----------
-    split : {"train", "val", "test"}
-        Each split has its own random streams; the default models are trained on ``"train"``
-        and evaluated on ``"test"``.
-    n : int, optional
-        Number of images (default per split: train 20000, val 2000, test 3000). Image ``i`` is
-        the same whatever ``n`` is.
-    seed : int
-        Dataset seed (default 0).
-    config : SyntheticConfig, optional
-        Generator knobs (default ``SyntheticConfig()``).
-    mean, std : tuple of 3 floats
-        Normalisation applied in ``__getitem__`` (default 0.5 and 0.25 per channel).
-
-    Notes
-    -----
-    Rendered images are cached in memory on first access (about 28 KB per 96 px image).
-    ``ds[i]`` returns ``(Tensor[3, H, W] normalised, label)``; ``ds.image(i)`` the same image in
-    [0, 1]; ``ds.annotations(i)`` the ground truth.
-    """
-
-    def __init__(self, split: str = "test", n: int | None = None, seed: int = 0,
-                 config: SyntheticConfig | None = None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
-        if split not in SPLITS:
-            raise ValueError(f"split {split!r} not known; splits: {', '.join(SPLITS)}")
-        n = DEFAULT_SPLIT_SIZES[split] if n is None else int(n)
-        if n < 1:
-            raise ValueError(f"n={n} must be >= 1")
-        self.split, self.n, self.seed = split, n, int(seed)
-        self.config = config or SyntheticConfig()
-        if not isinstance(self.config, SyntheticConfig):
-            raise ValueError(f"config must be a SyntheticConfig, got {type(self.config).__name__}")
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        size = self.config.image_size
-        self._pixels = np.zeros((n, size, size, 3), np.uint8)
-        self._maps = np.zeros((n, size, size), np.int8)
-        self._objects: list = [None] * n
-
-    # -- protocol --------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def fingerprint(self) -> str:
-        """Stable id of the images: generator version, knobs, seed, split and size."""
-        return (f"synthetic-{GENERATOR_VERSION}-{self.config.digest()}-seed{self.seed}-"
-                f"{self.split}-n{self.n}")
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names (= concept names: the label is the labelled object's concept)."""
-        return self.config.concept_names
-
-    @property
-    def concept_names(self) -> list[str]:
-        """``"<colour> <shape>"`` per concept id."""
-        return self.config.concept_names
-
-    @property
-    def n_concepts(self) -> int:
-        return self.config.n_concepts
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
-
-    def _check(self, i: int) -> int:
-        i = int(i)
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(f"index {i} out of range for {self.n} images")
-        return i
-
-    def _render(self, i: int) -> int:
-        i = self._check(i)
-        if self._objects[i] is None:
-            image, omap, objects = render_image(self.config, self.seed, self.split, i)
-            self._pixels[i], self._maps[i] = image, omap
-            self._objects[i] = objects
-        return i
-
-    def render_all(self, progress: bool = False) -> "SyntheticShapes":
-        """Render (and cache) every image now instead of lazily."""
-        for i in tqdm(range(self.n), disable=not progress, desc=f"rendering {self.split}"):
-            self._render(i)
-        return self
-
-    def pixels(self, i: int) -> np.ndarray:
-        """Raw image ``i``, ndarray[H, W, 3] uint8."""
-        return self._pixels[self._render(i)]
-
-    def scene(self, i: int) -> Scene:
-        """The random content of image ``i`` (objects, background, noise) before painting."""
-        return sample_scene(self.config, self.seed, self.split, self._check(i))
-
-    def render(self, scene: Scene, objects=None, *, normalize: bool = True) -> torch.Tensor:
-        """Paint a (possibly edited) scene as a model input.
-
-        Parameters
-        ----------
-        scene : Scene
-            From :meth:`scene`.
-        objects : sequence of (dict or None), optional
-            See :func:`draw_scene`: ``None`` removes an object, a dict (e.g. from
-            :func:`counterfactual`) replaces it.
-        normalize : bool
-            ``True``: normalised as ``ds[i][0]``; ``False``: in [0, 1] as ``ds.image(i)``.
-
-        Returns
-        -------
-        Tensor[3, H, W]
-        """
-        return self._tensor(draw_scene(scene, objects)[0], normalize)
-
-    def _tensor(self, pixels: np.ndarray, normalize: bool) -> torch.Tensor:
-        x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
-        if not normalize:
-            return x
-        return (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
-
-    def arrays(self, indices) -> tuple[np.ndarray, torch.Tensor]:
-        """Raw images and labels of many indices at once (for training loops).
-
-        Returns
-        -------
-        (ndarray[n, H, W, 3] uint8, LongTensor[n])
-        """
-        indices = [self._render(i) for i in indices]
-        labels = torch.tensor([self._objects[i][0]["concept"] for i in indices])
-        return self._pixels[indices], labels
-
-    def image(self, i: int) -> torch.Tensor:
-        """Image ``i`` as Tensor[3, H, W] float in [0, 1] (what the model sees, before normalisation)."""
-        return self._tensor(self.pixels(i), normalize=False)
-
-    def label(self, i: int) -> int:
-        """Class label of image ``i`` (the labelled object's concept)."""
-        return self._objects[self._render(i)][0]["concept"]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """LongTensor[n] of all labels (renders every image)."""
-        return torch.tensor([self.label(i) for i in range(self.n)])
-
-    def __getitem__(self, i: int):
-        return self._tensor(self.pixels(i), normalize=True), self.label(i)
-
-    # -- ground truth ----------------------------------------------------------------------
-    def object_map(self, i: int) -> np.ndarray:
-        """ndarray[H, W] int8: index of the visible object at each pixel (-1 background)."""
-        return self._maps[self._render(i)]
-
-    def annotations(self, i: int) -> dict:
-        """Ground truth of image ``i``.
-
-        Returns
-        -------
-        dict
-            ``label`` (int) and ``objects``: a list, in drawing order with the labelled object
-            first, of dicts with ``concept`` (int), ``name`` (str), ``mask`` (ndarray[H, W] bool:
-            the object's *visible* pixels; objects drawn later cut the masks of earlier ones),
-            ``shape``, ``colour``, ``rgb``, ``center`` (y, x), ``radius``, ``angle``, ``role``.
-        """
-        i = self._render(i)
-        omap = self._maps[i]
-        objects = []
-        for k, obj in enumerate(self._objects[i]):
-            objects.append(dict(obj, name=self.concept_names[obj["concept"]], mask=omap == k))
-        return dict(label=objects[0]["concept"], objects=objects)
-
-    def __repr__(self) -> str:
-        return (f"SyntheticShapes(split={self.split!r}, n={self.n}, seed={self.seed}, "
-                f"n_concepts={self.n_concepts}, image_size={self.config.image_size})")
-
-
-# names that lived here before the ground truth and the training got their own modules
+# names that lived here before the ground truth, the training and the dataset got their own homes
 __getattr__ = moved_names(__name__, {
+    "SyntheticShapes": "data",
     **dict.fromkeys(["reference_concepts", "concept_shares", "concept_counts",
                      "polysemantic_by_concepts", "layer_polysemanticity"], "ground_truth"),
     **dict.fromkeys(["train_default_model", "evaluate_accuracy", "DEFAULT_ARCHITECTURES",

@@ -78,19 +78,23 @@ def neuron_ids(neurons, n: int) -> list[int]:
 
 
 def score_rows(shape, neurons, features: dict, score, *, ks=(2,), algorithms=("kmeans",),
-                include_random: bool = True, truth=None, random_state: int = 0, n_init: int = 10,
-                desc: str = "", progress: bool = False) -> list[dict]:
+                include_random: bool = True, truth=None, true_k=None, random_state: int = 0,
+                n_init: int = 10, desc: str = "", progress: bool = False) -> list[dict]:
     """One row per neuron, ``k``, clustering algorithm and method, scored by ``score(i, labels)``.
 
-    ``shape`` is ``(n_neurons, n_ref)``. For neuron ``i`` every entry of ``features`` is clustered (``VirtualNeurons`` with
-    ``algorithm``); ``"random"`` labels and, with ``truth`` (``[n_neurons, n_ref]`` concepts),
-    the ground truth restricted to ``k`` clusters are added. ``score`` returns a dict of
-    columns.
+    ``shape`` is ``(n_neurons, n_ref)``. For neuron ``i`` every entry of ``features`` is
+    clustered (``VirtualNeurons`` with ``algorithm``); ``"random"`` labels and, with ``truth``
+    (``[n_neurons, n_ref]`` labels), the ground truth restricted to ``k`` clusters are added.
+    ``ks`` may hold ``"true"``: each neuron's own number of true features, ``true_k[i]`` (the
+    ``k`` column then reads ``"true"``). ``score`` returns a dict of columns.
     """
     n, n_ref = shape[:2]
+    if "true" in ks and true_k is None:
+        raise ValueError('k = "true" needs true_k, the number of true features of each neuron')
     rows = []
     for i in tqdm(range(n), desc=desc, disable=not progress):
-        for k in ks:
+        for k_name in ks:
+            k = int(true_k[i]) if k_name == "true" else int(k_name)
             for algorithm in algorithms:
                 labelings = {name: _cluster(f[i], k, algorithm, random_state, n_init)
                              for name, f in features.items()}
@@ -99,8 +103,8 @@ def score_rows(shape, neurons, features: dict, score, *, ks=(2,), algorithms=("k
                 if truth is not None:
                     labelings[GROUND_TRUTH] = ground_truth_labels(truth[i], k)
                 for name, labels in labelings.items():
-                    rows.append(dict(neuron=neurons[i], method=name, k=int(k), algorithm=algorithm,
-                                     **score(i, labels)))
+                    rows.append(dict(neuron=neurons[i], method=name, k=k_name if k_name == "true"
+                                     else k, algorithm=algorithm, **score(i, labels)))
     return rows
 
 
@@ -335,7 +339,7 @@ def ground_truth_score(concepts):
 
 def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=None,
                        include_random: bool = True, include_ground_truth: bool = True,
-                       random_state: int = 0, n_init: int = 10,
+                       true_k=None, random_state: int = 0, n_init: int = 10,
                        progress: bool = True) -> pd.DataFrame:
     """ARI and NMI between each method's clusters and the ground-truth concepts, per neuron.
 
@@ -346,10 +350,13 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
     features : dict of str -> Tensor[n_neurons, n_ref, d_m]
         What each method clusters (e.g. ``{"PURE (gxa)": ..., "PURE (epsilon_plus_flat)": ...,
         "activations": ...}``).
-    ks : sequence of int
+    ks : sequence of int or "true"
+        ``"true"``: each neuron's number of true features (``true_k``).
     neurons : sequence of int, optional
         Channel ids for the ``neuron`` column (select polysemantic neurons before calling, e.g.
-        with ``ground_truth.polysemantic_by_concepts``).
+        with ``ReferenceFeatures.polysemantic``).
+    true_k : sequence of int, optional
+        Each neuron's number of true features (``ReferenceFeatures.counts``).
     include_random, include_ground_truth : bool
         Add the lower bound (random labels) and the upper bound (the concepts restricted to
         ``k`` clusters, :func:`ground_truth_labels`).
@@ -365,7 +372,7 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
     check_rows(features, concepts.shape, "concepts")
     rows = score_rows(concepts.shape, neurons, features, ground_truth_score(concepts), ks=ks,
                        include_random=include_random,
-                       truth=concepts if include_ground_truth else None,
+                       truth=concepts if include_ground_truth else None, true_k=true_k,
                        random_state=random_state, n_init=n_init, desc="ground truth",
                        progress=progress)
     return pd.DataFrame(rows, columns=["neuron", "method", "k", "ari", "nmi"])

@@ -27,13 +27,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ._progress import tqdm
+from .data import SyntheticShapes
 from .ground_truth import layer_polysemanticity
-from .models import build_resnet
+from .models import build_resnet, eval_mode, forward_until
 from .paths import MODELS_DIR
-from .synthetic import GENERATOR_VERSION, SyntheticConfig, SyntheticShapes
+from .synthetic import GENERATOR_VERSION, SyntheticConfig
 
-__all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_TRAINING", "evaluate_accuracy", "train_default_model",
-           "main"]
+__all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_TRAINING", "FAMILY", "evaluate_accuracy",
+           "train_default_model", "planted_response", "main"]
 
 
 #: build_resnet kwargs of the shipped models. layer4 is kept narrow (fewer channels than there are
@@ -44,6 +45,38 @@ DEFAULT_ARCHITECTURES = {
                                    stem_width=16, num_classes=16),
     "synthetic_resnet_bottleneck": dict(block="bottleneck", layers=[1, 1, 1, 1],
                                         channels=[16, 32, 48, 8], stem_width=16, num_classes=16),
+}
+
+#: The model family of the chapter "When do circuits beat activations?": one architecture (the
+#: shipped bottleneck ResNet) and one recipe, trained on settings along the knobs that change how
+#: much *unrelated* content varies around the feature a unit responds to. Fixed before any of
+#: them was trained or evaluated. Each entry: the generator's knobs (``config``), the width of
+#: layer4 (``channels[3]``; the bottleneck outputs 4 times as many channels), an optional planted
+#: objective (``planted``) and what the setting is for (``knob``, ``level``).
+FAMILY_RECIPE = dict(epochs=10, threads=1)
+_SMALL, _LARGE = (0.07, 0.11), (0.13, 0.17)
+FAMILY = {
+    "family_distractors_0": dict(knob="distractors", level="0",
+                                 config=dict(distractors_min=0, distractors_max=0)),
+    "family_distractors_1-3": dict(knob="distractors", level="1-3 (default)", config={}),
+    "family_distractors_4-6": dict(knob="distractors", level="4-6",
+                                   config=dict(distractors_min=4, distractors_max=6)),
+    "family_large_1-3": dict(knob="distractor size", level="large, 1-3",
+                             config=dict(distractor_scale=_LARGE)),
+    "family_large_4-6": dict(knob="distractor size", level="large, 4-6",
+                             config=dict(distractor_scale=_LARGE, distractors_min=4,
+                                         distractors_max=6)),
+    "family_width_16": dict(knob="layer4 width", level="16 channels", config={}, width=4),
+    "family_width_64": dict(knob="layer4 width", level="64 channels", config={}, width=16),
+    "family_background": dict(knob="background", level="3x contrast",
+                              config=dict(background_contrast=3.0)),
+    # the controls: units 0 and 1 are trained to respond to two concepts that share no attribute,
+    # units 2 and 3 to one concept, each to nothing else (an auxiliary loss on their spatial max)
+    "family_planted": dict(knob="planted units", level="control", config={},
+                           planted=dict(units={0: ["red circle", "blue cross"],
+                                               1: ["green triangle", "yellow square"],
+                                               2: ["yellow circle"], 3: ["green cross"]},
+                                        target=3.0, weight=1.0)),
 }
 
 #: Training hyperparameters of the shipped models (``train_default_model`` defaults).
@@ -64,9 +97,43 @@ def _batches(dataset: SyntheticShapes, indices, batch_size: int):
     mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
     std = torch.tensor(dataset.std).view(1, 3, 1, 1)
     for start in range(0, len(indices), batch_size):
-        pixels, y = dataset.arrays(indices[start:start + batch_size])
+        idx = indices[start:start + batch_size]
+        pixels, y = dataset.arrays(idx)
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
-        yield (x - mean) / std, y
+        yield (x - mean) / std, y, idx
+
+
+def _planted_targets(dataset: SyntheticShapes, indices, planted: dict) -> torch.Tensor:
+    """``Tensor[len(indices), n_planted]``: ``target`` where a unit's concepts are in the image."""
+    names = dataset.concept_names
+    out = torch.zeros(len(indices), len(planted["units"]))
+    for row, i in enumerate(indices):
+        present = {names[o["concept"]] for o in dataset.annotations(int(i))["objects"]}
+        for col, concepts in enumerate(planted["units"].values()):
+            if present & set(concepts):
+                out[row, col] = float(planted["target"])
+    return out
+
+
+def planted_response(model: torch.nn.Module, dataset: SyntheticShapes, planted: dict,
+                     layer: str = "layer4", batch_size: int = 250) -> dict:
+    """How the planted units respond: mean spatial maximum on images with and without their
+    concepts (the check stored in a planted model's card)."""
+    units = [int(u) for u in planted["units"]]
+    acts = []
+    with torch.inference_mode(), eval_mode(model):
+        for s in range(0, len(dataset), batch_size):
+            x = torch.stack([dataset[i][0] for i in range(s, min(len(dataset), s + batch_size))])
+            acts.append(forward_until(model, x, layer).flatten(2).amax(2)[:, units])
+    acts = torch.cat(acts)
+    has = _planted_targets(dataset, range(len(dataset)), planted) > 0
+    out = {}
+    for col, (unit, concepts) in enumerate(planted["units"].items()):
+        out[str(unit)] = dict(concepts=list(concepts),
+                              with_concepts=round(float(acts[has[:, col], col].mean()), 4),
+                              without=round(float(acts[~has[:, col], col].mean()), 4),
+                              n_with=int(has[:, col].sum()))
+    return out
 
 
 @torch.no_grad()
@@ -76,7 +143,7 @@ def _correct(model: torch.nn.Module, dataset: SyntheticShapes, n: int | None = N
     was_training = model.training
     model.eval()
     n = len(dataset) if n is None else min(int(n), len(dataset))
-    hits = [model(x).argmax(1) == y for x, y in _batches(dataset, np.arange(n), batch_size)]
+    hits = [model(x).argmax(1) == y for x, y, _ in _batches(dataset, np.arange(n), batch_size)]
     model.train(was_training)
     return torch.cat(hits)
 
@@ -94,7 +161,8 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
                         lr: float | None = None, max_steps: int | None = None,
                         threads: int | None = None, seed: int | None = None,
                         architecture: dict | None = None, config: SyntheticConfig | None = None,
-                        init=None, command: str | None = None, progress: bool = True) -> dict:
+                        planted: dict | None = None, init=None, command: str | None = None,
+                        progress: bool = True) -> dict:
     """Train one of the shipped default models on the synthetic train split and write it.
 
     AdamW with a one-epoch linear warm-up and a cosine schedule, label smoothing, random flips.
@@ -118,6 +186,11 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         ``build_resnet`` kwargs (default ``DEFAULT_ARCHITECTURES[name]``).
     config : SyntheticConfig, optional
         Generator knobs (default ``SyntheticConfig()``).
+    planted : dict, optional
+        Planted units (the family's controls): ``units`` (layer4 channel -> list of concept
+        names), ``target`` and ``weight``. The loss adds ``weight`` times the mean squared
+        difference between each planted unit's spatial maximum and ``target`` where one of its
+        concepts is in the image, 0 elsewhere.
     init : path, optional
         Warm start: ``<name>.safetensors`` of an earlier run (its card ``<name>.json`` beside it
         is copied into the new card under ``warm_start``, so the full training history stays
@@ -134,7 +207,8 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     """
     if architecture is None:
         if name not in DEFAULT_ARCHITECTURES:
-            raise ValueError(f"model {name!r} not known; models: {', '.join(DEFAULT_ARCHITECTURES)}")
+            raise ValueError(f"model {name!r} not known; models: {', '.join(DEFAULT_ARCHITECTURES)}, "
+                             f"{', '.join(FAMILY)}")
         architecture = dict(DEFAULT_ARCHITECTURES[name])
     hp = dict(DEFAULT_TRAINING)
     for key, value in dict(epochs=epochs, n_train=n_train, n_eval=n_eval, n_check=n_check, n_val=n_val,
@@ -186,14 +260,22 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         bar = tqdm(total=total, disable=not progress, desc=f"training {name}")
         model.train()
         history = []
+        captured, hook = {}, None
+        if planted:
+            units = [int(u) for u in planted["units"]]
+            hook = model.layer4.register_forward_hook(lambda m, i, o: captured.update(act=o))
         while step < total:
             order = torch.randperm(hp["n_train"], generator=gen).numpy()
             running, seen = 0.0, 0
-            for x, y in _batches(train, order, hp["batch_size"]):
+            for x, y, idx in _batches(train, order, hp["batch_size"]):
                 if len(y) < hp["batch_size"]:
                     continue
                 x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
                 loss = loss_fn(model(x), y)
+                if planted:
+                    response = captured["act"].flatten(2).amax(2)[:, units]
+                    loss = loss + planted["weight"] * (
+                        response - _planted_targets(train, idx, planted)).pow(2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -216,7 +298,10 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         acc = int(hits[:hp["n_eval"]].sum()) / min(hp["n_eval"], len(hits))
         acc_check = int(hits[:hp["n_check"]].sum()) / min(hp["n_check"], len(hits))
         model.eval()
+        if hook is not None:
+            hook.remove()
         poly = layer_polysemanticity(model, test, "layer4", n_ref=100, progress=False)
+        response = planted_response(model, test, planted) if planted else None
     finally:
         torch.set_num_threads(old_threads)
 
@@ -250,6 +335,9 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
         layer4_polysemantic=poly,
     )
+    if planted:
+        card.update(planted={**planted, "units": {str(k): v for k, v in planted["units"].items()}},
+                    planted_response=response)
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
@@ -273,13 +361,25 @@ def _previous_time(warm_start) -> float:
     return float(card.get("training_time_total_s", card.get("training_time_s", 0.0)))
 
 
+def family_kwargs(name: str) -> dict:
+    """The :func:`train_default_model` arguments of a member of :data:`FAMILY`."""
+    spec = FAMILY[name]
+    architecture = dict(DEFAULT_ARCHITECTURES["synthetic_resnet_bottleneck"])
+    architecture["channels"] = list(architecture["channels"][:3]) + [spec.get("width", 8)]
+    return dict(architecture=architecture, config=SyntheticConfig(**spec["config"]),
+                planted=spec.get("planted"), **FAMILY_RECIPE)
+
+
 def main(argv=None):
     """Command line: ``python -m pure_utils.train --model NAME [...]``."""
     parser = argparse.ArgumentParser(prog="python -m pure_utils.train",
                                      description="Train a shipped model of the controlled benchmark and write "
                                                  "<out>/<name>.safetensors and its card <out>/<name>.json.")
     p = parser
-    p.add_argument("--model", default="synthetic_resnet_basic", choices=list(DEFAULT_ARCHITECTURES) + ["all"])
+    p.add_argument("--model", default="synthetic_resnet_basic",
+                   choices=list(DEFAULT_ARCHITECTURES) + list(FAMILY) + ["all", "family"],
+                   help="a shipped model, a member of the model family, all (the two shipped "
+                        "models) or family (every member)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-eval", type=int)
@@ -295,7 +395,7 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    names = list(DEFAULT_ARCHITECTURES) if args.model == "all" else [args.model]
+    names = {"all": list(DEFAULT_ARCHITECTURES), "family": list(FAMILY)}.get(args.model, [args.model])
     kwargs = dict(epochs=args.epochs, n_train=args.n_train, n_eval=args.n_eval,
                   batch_size=args.batch_size, lr=args.lr, threads=args.threads, seed=args.seed,
                   max_steps=args.max_steps, init=args.init)
@@ -306,8 +406,10 @@ def main(argv=None):
     command = " ".join(["python -m pure_utils.train"] + [shlex.quote(a) for a in
                                                                (argv if argv is not None else sys.argv[1:])])
     for name in names:
+        member = family_kwargs(name) if name in FAMILY else {}
         card = train_default_model(name, out_dir=out, progress=not args.no_progress,
-                                   command=command, **kwargs)
+                                   command=command, **{**member, **{k: v for k, v in kwargs.items()
+                                                                    if v is not None or k not in member}})
         where = Path(out) if out else MODELS_DIR
         print(f"{name}: test accuracy {card['accuracy']['value']:.4f} "
               f"(n={card['accuracy']['n']}, seed={card['accuracy']['seed']}), "

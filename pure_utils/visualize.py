@@ -20,7 +20,7 @@ from PIL import Image
 from .crops import (crop_boxes, crops_from_boxes, display_crops, feature_crops,  # noqa: F401
                     feature_heatmaps, normalised_heatmaps, reference_images)
 
-__all__ = ["image_grid", "panel_figure", "virtual_neuron_grid", "umap_embedding", "umap_figure", "interactive_umap",
+__all__ = ["image_grid", "panel_figure", "paired_differences_figure", "virtual_neuron_grid", "umap_embedding", "umap_figure", "interactive_umap",
            "HoverImageFigure", "to_pil", "summary_lines"]
 
 
@@ -324,4 +324,40 @@ def summary_lines(summary, *, x: str = "k", hue: str = "method", ax=None, ylabel
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
+    return ax.figure
+
+
+def paired_differences_figure(pairs, *, label: str = "model", group: str = "knob",
+                              marked=(), ax=None, ylabel: str = "difference"):
+    """Paired differences with their intervals, one point per row, grouped along the x axis.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        Rows of :func:`pure_utils.tables.paired_table` with a ``label`` column (e.g. the model)
+        and a ``group`` column (e.g. the knob); ``a`` names the compared method.
+    marked : sequence of str
+        Labels drawn with an open marker (e.g. the controls).
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5.0, 0.8 * pairs[label].nunique() + 2), 3.4))
+    order = list(dict.fromkeys(pairs.sort_values(group, kind="stable")[label]))
+    x = {name: i for i, name in enumerate(order)}
+    methods = list(dict.fromkeys(pairs.a))
+    width = 0.6 / max(len(methods), 1)
+    for j, (method, d) in enumerate(pairs.groupby("a", sort=False)):
+        xs = np.array([x[n] for n in d[label]]) - 0.3 + (j + 0.5) * width
+        err = [d["mean"] - d.ci_low, d.ci_high - d["mean"]]
+        ax.errorbar(xs, d["mean"], yerr=err, fmt="o", capsize=3, label=str(method),
+                    color=f"C{j}")
+        for xi, (_, r) in zip(xs, d.iterrows()):
+            if r[label] in marked:
+                ax.plot(xi, r["mean"], "o", mfc="white", mec=f"C{j}", ms=9)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([str(n).replace("family_", "") for n in order], rotation=30, ha="right",
+                       fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.figure.tight_layout()
     return ax.figure

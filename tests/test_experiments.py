@@ -80,7 +80,7 @@ def test_smoke_profile_runs_the_whole_evaluation(smoke):
 def test_embed_references_reads_the_boxes_of_each_reference():
     from pure_utils.embed import load_embedder
     from pure_utils.references import References
-    from pure_utils.synthetic import SyntheticShapes
+    from pure_utils.data import SyntheticShapes
 
     ds = SyntheticShapes("test", n=6)
     g = torch.Generator().manual_seed(0)

@@ -12,7 +12,8 @@ from pure_utils.ground_truth import (concept_at, concept_counts, concept_shares,
                                      reference_features)
 from pure_utils.models import build_resnet
 from pure_utils.references import mine_references
-from pure_utils.synthetic import SyntheticShapes, counterfactual, draw_scene
+from pure_utils.data import SyntheticShapes
+from pure_utils.synthetic import counterfactual, draw_scene
 
 # ---------------------------------------------------------------------------------------------
 # ground-truth concepts of reference samples

@@ -36,7 +36,7 @@ PACKAGE = Path(pure_utils.__file__).parent
 #: (synthetic, data) sits right above the private helpers.
 LAYERS = ["paths", "_arrays", "_progress", "_compat", "report", "synthetic", "data", "cache", "models",
           "canonizers", "references", "circuits", "virtual", "crops", "embed", "ground_truth",
-          "metrics", "train", "tables", "ablations", "profiles", "experiments", "visualize", "book",
+          "metrics", "train", "tables", "ablations", "profiles", "experiments", "family", "visualize", "book",
           "bench"]
 #: Packages heavy enough to be imported inside the one function that needs them.
 HEAVY = {"transformers", "open_clip", "umap", "plotly", "torch", "myst_nb"}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pure_utils.synthetic import GENERATOR_VERSION, SyntheticConfig, SyntheticShapes, _shape_mask
+from pure_utils.data import SyntheticShapes
+from pure_utils.synthetic import GENERATOR_VERSION, SHAPE_AREAS, SyntheticConfig, _shape_mask
 
 # ---------------------------------------------------------------------------------------------
 # generator
@@ -119,3 +120,40 @@ def test_bad_knobs_raise():
         SyntheticShapes("holdout")
     with pytest.raises(IndexError):
         SyntheticShapes("test", n=3).image(3)
+
+
+@pytest.mark.parametrize("knobs, n_range, scale", [
+    (dict(distractors_min=0, distractors_max=0), (0, 0), (0.07, 0.11)),
+    (dict(distractors_min=4, distractors_max=6), (4, 6), (0.07, 0.11)),
+    (dict(distractor_scale=(0.13, 0.17)), (1, 3), (0.13, 0.17)),
+])
+def test_distractor_knobs_change_what_the_masks_show(knobs, n_range, scale):
+    ds = SyntheticShapes("train", n=40, seed=3, config=SyntheticConfig(**knobs))
+    counts, radii = [], []
+    for i in range(len(ds)):
+        distractors = [o for o in ds.annotations(i)["objects"] if o["role"] == "distractor"]
+        counts.append(len(distractors))
+        # the radius read back from the rendered mask through the shape's area, as a fraction
+        # of the image; occlusion and the border can only shrink it
+        radii += [(o["mask"].sum() / SHAPE_AREAS[o["shape"]]) ** 0.5 / 96 for o in distractors]
+    assert min(counts) == n_range[0] and max(counts) == n_range[1]
+    if n_range[1]:
+        radii = np.array(radii)
+        assert radii.max() <= scale[1] + 1.5 / 96             # never above the drawn scale
+        assert radii.max() >= scale[1] - 0.02                  # the largest reach it
+        assert np.median(radii) >= scale[0] - 0.02             # most are not cut much
+
+
+def test_background_contrast_scales_the_background_only():
+    flat = SyntheticShapes("test", n=3, config=SyntheticConfig(background_contrast=0.0, noise_std=0))
+    base = SyntheticShapes("test", n=3, config=SyntheticConfig(noise_std=0))
+    strong = SyntheticShapes("test", n=3, config=SyntheticConfig(background_contrast=3.0, noise_std=0))
+    for i in range(3):
+        bg = base.object_map(i) < 0
+        spread = [ds.pixels(i)[bg].astype(float).std(0).mean() for ds in (flat, base, strong)]
+        assert spread[0] < 1.0 < spread[1] < spread[2]
+        # objects are painted identically whatever the background
+        fg = ~bg
+        assert (flat.pixels(i)[fg] == base.pixels(i)[fg]).all()
+    assert SyntheticConfig().digest() == SyntheticConfig(background_contrast=1.0).digest()
+    assert SyntheticConfig().digest() != strong.config.digest()

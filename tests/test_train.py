@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from pure_utils import load_model
 from pure_utils.ground_truth import layer_polysemanticity
 from pure_utils.models import DEFAULT_MODELS, build_resnet
-from pure_utils.synthetic import GENERATOR_VERSION, SyntheticConfig, SyntheticShapes
+from pure_utils.data import SyntheticShapes
+from pure_utils.synthetic import GENERATOR_VERSION, SyntheticConfig
 from pure_utils.train import evaluate_accuracy, main, train_default_model
 
 # ---------------------------------------------------------------------------------------------

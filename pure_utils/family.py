@@ -1,0 +1,192 @@
+"""The model family: when do circuits beat activations?
+
+The family (:data:`pure_utils.train.FAMILY`) is one architecture trained with one recipe on
+settings of the generator that change how much *unrelated* content varies around the feature a
+unit responds to (number and size of distractors, width of ``layer4``, background), plus a
+control with planted units. For every model this module scores PURE (each attribution of the
+profile) and the activation baseline against the true features by intervention, paired over the
+same polysemantic units, and computes per-unit quantities that may predict where PURE gains.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+from sklearn.metrics import silhouette_score
+
+from ._arrays import as_numpy
+from .experiments import embed_references, load_setting, reference_features_of
+from .tables import (ACTIVATIONS, PURE, RANDOM, compare_clusterings, ground_truth_table,
+                     paired_table)
+from .train import FAMILY
+
+__all__ = ["compare_model", "family_comparison", "unit_predictors", "predictor_correlations",
+           "planted_check", "PREDICTORS"]
+
+#: The per-unit predictors (:func:`unit_predictors`), fixed before any result was looked at.
+PREDICTORS = {
+    "off_feature_variance": "share of the variance of the unit's activation vectors (the whole "
+                            "layer, the baseline's features) left within its true features",
+    "circuit_separability": "silhouette of the unit's true features among its PURE vectors",
+}
+
+
+def unit_predictors(activations, circuits, labels) -> dict:
+    """Quantities of one unit that may predict whether PURE beats the activation baseline.
+
+    Parameters
+    ----------
+    activations : Tensor[n_ref, C]
+        The baseline's vectors of the unit's references.
+    circuits : Tensor[n_ref, C_lower]
+        PURE's vectors of the same references.
+    labels : LongTensor[n_ref]
+        Their true features.
+
+    Returns
+    -------
+    dict
+        ``off_feature_variance``: within-feature sum of squares of the activation vectors over
+        their total sum of squares (1: the true features explain none of their variation,
+        i.e. the activations vary for reasons other than the unit's feature);
+        ``circuit_separability``: silhouette of the true features among the PURE vectors
+        (1: the features' circuits are far apart; NaN with a single feature).
+    """
+    A, R = as_numpy(activations), as_numpy(circuits)
+    y = as_numpy(labels, np.int64).reshape(-1)
+    total = ((A - A.mean(0)) ** 2).sum()
+    within = sum(((A[y == g] - A[y == g].mean(0)) ** 2).sum() for g in np.unique(y))
+    several = 1 < len(np.unique(y)) < len(y)
+    return {"off_feature_variance": float(within / total) if total > 0 else float("nan"),
+            "circuit_separability": float(silhouette_score(R, y)) if several else float("nan")}
+
+
+def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> dict:
+    """One model against its true features: ARI tables, paired differences, unit predictors.
+
+    Scores the units with two or more true features (``polysemantic_min_share``) at ``k = 2``
+    and at ``k`` = each unit's number of true features (``"true"``), for every attribution of
+    ``profile["attributions"]`` and the activation baseline.
+
+    Returns
+    -------
+    dict
+        ``setting``, ``features`` (:class:`~pure_utils.ground_truth.ReferenceFeatures` of all
+        evaluated units), ``ground_truth`` (per-unit ARI / NMI), ``pairs`` (PURE minus
+        activations, paired per ``k``), ``units`` (per unit: predictors and the ARI difference
+        of each attribution at ``k = 2``).
+    """
+    p = profile
+    s = load_setting(p, model_name=model_name, progress=progress)
+    truth = reference_features_of(s, progress=progress)
+    min_share = float(p["polysemantic_min_share"])
+    sel = torch.nonzero(truth.polysemantic(min_share)).flatten().tolist()
+    names = {f"{PURE} ({a})": a for a in p["attributions"]}
+    feats = {m: s.circuit_attributions(a, progress=progress) for m, a in names.items()}
+    feats[ACTIVATIONS] = s.activation_features(progress=progress)
+    out = dict(setting=s, features=truth, ground_truth=None, pairs=None, units=None)
+    if not sel:
+        return out
+    neurons = [s.neurons[i] for i in sel]
+    kw = dict(random_state=int(p["random_state"]), n_init=int(p["n_init"]))
+    gt = ground_truth_table(truth.labels[sel], {m: f[sel] for m, f in feats.items()},
+                            ks=[2, "true"], true_k=truth.counts(min_share)[sel], neurons=neurons,
+                            progress=progress, **kw)
+    out["ground_truth"] = gt
+    out["pairs"] = paired_table(gt, "ari", [(m, ACTIVATIONS) for m in names],
+                                n_boot=int(p["n_boot"]), level=float(p["ci_level"]))
+    k2 = gt[gt.k == 2].pivot(index="neuron", columns="method", values="ari")
+    pure = feats[f"{PURE} ({p['attribution']})"]
+    rows = []
+    for j, (i, n) in enumerate(zip(sel, neurons)):
+        rows.append({"neuron": n, "n_features": int(truth.counts(min_share)[i]),
+                     **unit_predictors(feats[ACTIVATIONS][i], pure[i], truth.labels[i]),
+                     **{f"difference {m}": k2.loc[n, m] - k2.loc[n, ACTIVATIONS] for m in names}})
+    out["units"] = pd.DataFrame(rows)
+    return out
+
+
+def family_comparison(profile: dict, names=None, *, progress: bool = False) -> dict:
+    """:func:`compare_model` for every model of the family (or ``names``).
+
+    Returns
+    -------
+    dict
+        ``pairs`` (one row per model, attribution and ``k``, with the model's ``knob`` and
+        ``level``), ``units`` (one row per unit and model), ``runs`` (the per-model results).
+    """
+    names = list(FAMILY) if names is None else list(names)
+    runs = {m: compare_model(profile, m, progress=progress) for m in names}
+    meta = lambda m: dict(model=m, knob=FAMILY.get(m, {}).get("knob", ""),  # noqa: E731
+                          level=FAMILY.get(m, {}).get("level", ""),
+                          n_units=len(runs[m]["setting"].neurons))
+    pairs = pd.concat([r["pairs"].assign(**meta(m)) for m, r in runs.items() if r["pairs"] is not None],
+                      ignore_index=True)
+    units = pd.concat([r["units"].assign(**meta(m)) for m, r in runs.items() if r["units"] is not None],
+                      ignore_index=True)
+    return dict(pairs=pairs, units=units, runs=runs)
+
+
+def predictor_correlations(units: pd.DataFrame, target: str, *, n_boot: int = 1000, seed: int = 0,
+                           level: float = 0.95) -> pd.DataFrame:
+    """Spearman correlation of each predictor with a per-unit difference, across all units.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``predictor, rho, ci_low, ci_high`` (bootstrap over units), ``p_value``, ``n``.
+    """
+    rows = []
+    rng = np.random.default_rng(seed)
+    for name in PREDICTORS:
+        d = units[[name, target]].dropna()
+        x, y = d[name].to_numpy(), d[target].to_numpy()
+        if len(d) < 3:
+            rows.append(dict(predictor=name, rho=float("nan"), ci_low=float("nan"),
+                             ci_high=float("nan"), p_value=float("nan"), n=len(d)))
+            continue
+        rho, p_value = spearmanr(x, y)
+        draws = rng.integers(0, len(d), size=(n_boot, len(d)))
+        boot = np.array([spearmanr(x[b], y[b])[0] for b in draws])
+        low, high = np.nanquantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
+        rows.append(dict(predictor=name, rho=float(rho), ci_low=float(low), ci_high=float(high),
+                         p_value=float(p_value), n=len(d)))
+    return pd.DataFrame(rows)
+
+
+def planted_check(run: dict, planted: dict, profile: dict) -> pd.DataFrame:
+    """The controls: what the intervention finds on the planted units, and how the splits look.
+
+    Parameters
+    ----------
+    run : dict
+        :func:`compare_model` of the planted model.
+    planted : dict
+        Its ``planted`` spec (``units``: unit -> planted concepts).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per planted unit: the planted concepts, the true features found, whether they
+        match, and the Eq. 5 gap (attribute-reader embeddings of the crops) of PURE's split, the
+        activations' split and a random split at ``k = 2``.
+    """
+    s, truth = run["setting"], run["features"]
+    units = [int(u) for u in planted["units"]]
+    found = truth.subset(units).features(float(profile["polysemantic_min_share"]))
+    emb = embed_references(s, neurons=units, progress=False)
+    pure = s.circuit_attributions(neurons=units, progress=False)
+    acts = s.activation_features(neurons=units, progress=False)
+    gaps = compare_clusterings(emb, {PURE: pure, ACTIVATIONS: acts}, ks=[2], neurons=units,
+                               random_state=int(profile["random_state"]),
+                               n_init=int(profile["n_init"]), progress=False)
+    gap = gaps.pivot(index="neuron", columns="method", values="gap")
+    rows = []
+    for u, f in zip(units, found):
+        concepts = planted["units"].get(u, planted["units"].get(str(u)))
+        rows.append({"unit": u, "planted": ", ".join(concepts), "found by intervention": ", ".join(f),
+                     "recovered": sorted(f) == sorted(concepts),
+                     "gap PURE": gap.loc[u, PURE], "gap activations": gap.loc[u, ACTIVATIONS],
+                     "gap random split": gap.loc[u, RANDOM]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,86 @@
+"""The model family and its comparison (pure_utils.family, pure_utils.train.FAMILY)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+import pure_utils as pu
+from pure_utils import family
+from pure_utils.data import SyntheticShapes
+from pure_utils.models import shipped_models
+from pure_utils.profiles import load_profile
+from pure_utils.synthetic import SyntheticConfig
+from pure_utils.train import FAMILY, planted_response
+
+
+def test_unit_predictors_on_constructed_vectors():
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    # activations that only encode the feature: nothing varies within a feature
+    acts = torch.stack([torch.tensor([1.0, 0.0])] * 10 + [torch.tensor([0.0, 1.0])] * 10)
+    noise = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    circuits = acts * 10 + 0.01 * noise
+    p = family.unit_predictors(acts, circuits, labels)
+    assert p["off_feature_variance"] == pytest.approx(0.0)
+    assert p["circuit_separability"] > 0.99
+    # activations that vary for other reasons only: all variance is left within the features
+    p = family.unit_predictors(noise, noise, labels)
+    assert p["off_feature_variance"] > 0.8 and p["circuit_separability"] < 0.2
+
+
+def test_compare_model_agrees_with_a_recomputation_from_the_public_api():
+    profile = load_profile("offline", dataset_kwargs={"n": 400}, n_ref=20, attributions=["gxa"],
+                           n_boot=200, cache=False)
+    run = family.compare_model(profile, "synthetic_resnet_bottleneck")
+    s = run["setting"]
+    sel = [n for n, f in zip(s.neurons, run["features"].polysemantic(0.2).tolist()) if f]
+    assert sel and set(run["units"].neuron) == set(sel)
+    model = pu.load_model("synthetic_resnet_bottleneck")
+    data = pu.load_dataset("synthetic", split="test", n=400, seed=0)
+    refs = pu.mine_references(model, data, "layer4", 20, progress=False).subset(sel)
+    labels = pu.reference_features(model, data, refs).labels
+    R = pu.circuit_attributions(model, data, refs, "layer4", "layer3", progress=False)
+    A = pu.activation_features(model, data, refs, "layer4", progress=False)
+    diffs = []
+    for i in range(len(sel)):
+        ari = [adjusted_rand_score(labels[i], pu.VirtualNeurons(n_clusters=2).fit(X[i]).labels_)
+               for X in (R, A)]
+        diffs.append(ari[0] - ari[1])
+    row = run["pairs"][run["pairs"].k == 2].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(diffs), abs=1e-9) and row["n"] == len(sel)
+    assert run["units"]["difference PURE (gxa)"].to_numpy() == pytest.approx(diffs)
+
+
+def test_family_is_shipped_with_cards_written_by_the_family_command():
+    makefile = (pu.paths.ROOT / "Makefile").read_text()
+    recipe = makefile.split("\nfamily:", 1)[1].split("\n\n", 1)[0]
+    for name, spec in FAMILY.items():
+        card_path = shipped_models()[name]
+        card = json.loads(card_path.read_text())
+        assert card_path.with_suffix(".safetensors").stat().st_size <= 10 * 2**20
+        assert card["command"].replace("python -m", "$(PY) -m") in recipe
+        assert card["dataset"]["config"] == SyntheticConfig(**spec["config"]).to_dict()
+        assert card["architecture"]["channels"][-1] == spec.get("width", 8)
+        assert card["layer4_polysemantic"]["n_neurons"] == 4 * spec.get("width", 8)
+        assert card["machine"]["cpu_count"] >= 1 and card["accuracy"]["n"] == 3000
+
+
+def test_family_models_reach_90_percent():
+    low = {name: pu.models.read_card(name)["accuracy"]["value"] for name in FAMILY
+           if pu.models.read_card(name)["accuracy"]["value"] < 0.9}
+    assert not low, f"family models below 90% test accuracy: {low}"
+
+
+def test_planted_units_respond_as_planted():
+    # decided before training: with its concepts a planted unit gives at least half its target,
+    # and without them at most half of what it gives with them
+    card = pu.models.read_card("family_planted")
+    planted = card["planted"]
+    model = pu.load_model("family_planted")
+    data = SyntheticShapes("test", n=600, seed=0)
+    response = planted_response(model, data, planted)
+    for unit, r in response.items():
+        assert r["n_with"] > 10, unit
+        assert r["with_concepts"] >= planted["target"] / 2, (unit, r)
+        assert r["without"] <= r["with_concepts"] / 2, (unit, r)
