@@ -28,7 +28,7 @@ from .synthetic import (DEFAULT_SPLIT_SIZES, GENERATOR_VERSION, SPLITS, Scene, S
                         draw_scene, render_image, sample_scene)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "ImageFolderDataset",
-           "SyntheticShapes", "GeneratedImages", "load_dataset", "check_dataset", "load_images", "iter_batches"]
+           "SyntheticShapes", "GeneratedImages", "DatasetPart", "shared_images", "load_dataset", "check_dataset", "load_images", "iter_batches"]
 
 #: ImageNet normalisation, as used by the timm ``*.a1_in1k`` weights and the PURE paper.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -154,7 +154,8 @@ def _digest(values) -> str:
     return hashlib.sha256(repr(tuple(values)).encode()).hexdigest()[:6]
 
 
-def load_dataset(name: str = "synthetic", **kwargs):
+def load_dataset(name: str = "synthetic", *, part: str | None = None, test_share: float = 0.1,
+                 part_seed: int = 0, subset: int | None = None, **kwargs):
     """Create a dataset by name.
 
     Parameters
@@ -165,6 +166,11 @@ def load_dataset(name: str = "synthetic", **kwargs):
         ``"imagefolder"`` / ``"imagenet"``: :class:`ImageFolderDataset` (kwargs: ``root``,
         ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``).
         ``"generated"``: :class:`GeneratedImages` (kwargs: ``n``, ``size``, ``seed``).
+    part, test_share, part_seed, subset
+        A seeded part of the dataset (:class:`DatasetPart`): ``part="mining"`` and
+        ``part="test"`` with the same ``test_share`` and ``part_seed`` never share an image
+        (e.g. references mined on one part of ImageNet val, the test phase on the other);
+        ``subset=n`` keeps ``n`` images of it (e.g. of ImageNet train).
     **kwargs
         Passed to the dataset class.
 
@@ -172,6 +178,13 @@ def load_dataset(name: str = "synthetic", **kwargs):
     -------
     Dataset following the protocol of this module.
     """
+    dataset = _load_dataset(name, **kwargs)
+    if part is None and subset is None:
+        return dataset
+    return DatasetPart(dataset, part=part, test_share=test_share, seed=part_seed, n=subset)
+
+
+def _load_dataset(name: str, **kwargs):
     key = str(name).lower()
     if key == "synthetic":
         config = kwargs.pop("config", None)
@@ -447,3 +460,104 @@ def iter_batches(dataset, batch_size: int, num_workers: int = 0):
         n = len(dataset)
         for start in range(0, n, batch_size):
             yield start, load_images(dataset, range(start, min(n, start + batch_size)))
+
+
+# --------------------------------------------------------------------------------------------
+# seeded parts of a dataset: a mining part and a disjoint test part, or a subset
+# --------------------------------------------------------------------------------------------
+class DatasetPart:
+    """A seeded part of a dataset (any dataset of the protocol).
+
+    The images are permuted with ``seed``; the first ``round(test_share * len)`` of the
+    permutation form the ``"test"`` part and the rest the ``"mining"`` part, so the two parts of
+    one dataset never share an image. ``n`` keeps only the first ``n`` of the part (a subset,
+    e.g. of ImageNet train for a held-out split). Indices inside the part are in ascending order
+    of the dataset's own indices.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    part : {"mining", "test", None}
+        ``None``: the whole dataset (then only ``n`` applies).
+    test_share : float
+        Share of the images in the test part, in (0, 1).
+    seed : int
+    n : int, optional
+        At most this many images of the part.
+    """
+
+    def __init__(self, dataset, *, part: str | None = None, test_share: float = 0.1, seed: int = 0,
+                 n: int | None = None):
+        if part not in (None, "mining", "test"):
+            raise ValueError(f"part={part!r} not known; parts: mining, test (or None for all)")
+        if not 0 < test_share < 1:
+            raise ValueError(f"test_share={test_share} must lie in (0, 1)")
+        total = check_dataset(dataset)
+        order = np.random.default_rng(seed).permutation(total)
+        n_test = int(round(test_share * total))
+        chosen = {None: order, "test": order[:n_test], "mining": order[n_test:]}[part]
+        if n is not None:
+            if n < 1:
+                raise ValueError(f"n={n} must be >= 1")
+            chosen = chosen[:n]
+        if len(chosen) == 0:
+            raise ValueError(f"the {part} part of a dataset of {total} images with test_share="
+                             f"{test_share} is empty")
+        self.dataset, self.part, self.test_share, self.seed, self.n = dataset, part, test_share, seed, n
+        self.indices = sorted(int(i) for i in chosen)
+        self.mean, self.std = dataset.mean, dataset.std
+        self.class_names = getattr(dataset, "class_names", [])
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The dataset's fingerprint with the part's definition (None if the dataset has none)."""
+        base = getattr(self.dataset, "fingerprint", None)
+        if base is None:
+            return None
+        return f"{base}-part-{self.part}-{self.test_share}-{self.seed}-{self.n}"
+
+    def source_index(self, i: int) -> int:
+        """The index of item ``i`` in the underlying dataset."""
+        return self.indices[i]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.dataset.image(self.indices[i])
+
+    #: methods of the underlying dataset whose first argument is an image index
+    _INDEXED = ("scene", "annotations", "object_map", "pixels", "label")
+
+    def __getattr__(self, name):
+        # the rest of the underlying dataset's API (the benchmark's annotations, scenes, config);
+        # methods that take an image index get it translated
+        if name.startswith("__") or name in ("dataset", "indices"):
+            raise AttributeError(name)
+        value = getattr(self.dataset, name)
+        if name in self._INDEXED:
+            return lambda i, *args, **kwargs: value(self.indices[int(i)], *args, **kwargs)
+        return value
+
+    def __repr__(self) -> str:
+        return (f"DatasetPart({self.dataset!r}, part={self.part!r}, test_share={self.test_share}, "
+                f"seed={self.seed}, n={self.n}, images={len(self)})")
+
+
+def shared_images(a, b) -> int | None:
+    """How many images two datasets share, where that can be known.
+
+    Parts of the same dataset (:class:`DatasetPart`) are compared by their source indices; two
+    datasets with equal fingerprints share all their images; otherwise ``None`` (different
+    sources, or no fingerprint to tell).
+    """
+    base = lambda d: d.dataset if isinstance(d, DatasetPart) else d  # noqa: E731
+    fa, fb = getattr(base(a), "fingerprint", None), getattr(base(b), "fingerprint", None)
+    if fa is None or fb is None or fa != fb:
+        return None
+    ia = set(a.indices) if isinstance(a, DatasetPart) else set(range(len(a)))
+    ib = set(b.indices) if isinstance(b, DatasetPart) else set(range(len(b)))
+    return len(ia & ib)

@@ -14,6 +14,7 @@ into a model, data, references and features.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from ._progress import tqdm
 from .cache import cached, resolve_cache
 from .circuits import activation_features, circuit_attributions
 from .crops import crop_boxes, crops_from_boxes, feature_heatmaps
-from .data import load_dataset
+from .data import load_dataset, shared_images
 from .embed import load_embedder
 from .ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from .models import load_model, randomize_batchnorm
@@ -196,6 +197,12 @@ def heldout_references(setting: Setting, *, progress: bool = True) -> tuple[obje
         raise ValueError(f"profile {p['name']!r} names no held-out split "
                          "(heldout_dataset_kwargs: null); the test phase needs new samples")
     ds = load_dataset(p["dataset"], **dict(p["heldout_dataset_kwargs"]))
+    shared = shared_images(ds, setting.dataset)
+    if shared:
+        raise ValueError(f"profile {p['name']!r}: the held-out split ({ds!r}) shares {shared} "
+                         f"images with the reference set ({setting.dataset!r}); the test phase "
+                         "needs samples that played no part in the preparation (use part: mining / "
+                         "part: test of one dataset, or another split)")
     refs = mine_references(setting.model, ds, p["layer"], min(int(p["n_ref"]), len(ds)),
                            batch_size=int(p["batch_size"]), device=setting.device,
                            cache=setting.cache, progress=progress)
@@ -438,6 +445,7 @@ class Evaluation:
     purity: object = None         # DataFrame: neuron, method, k, purity_neuron, purity_random, purity_virtual
     purity_pairs: object = None   # DataFrame: PURE against chance, activations, the unit alone
     tensors: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)   # stage -> seconds of this run (cache hits: load time)
 
 
 def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = True) -> Evaluation:
@@ -456,17 +464,28 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
     Evaluation
     """
     p = profile
+    clock, timings = time.perf_counter(), {}
+
+    def lap(stage):
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - clock
+        clock = now
+
     s = load_setting(p, model_name=model_name, progress=progress)
+    lap("model, data and references (mining)")
     ks = [int(k) for k in p["ks"]]
     label_main, label_visual = p["embedder_label"], p["visual_embedder_label"]
     kw = dict(random_state=int(p["random_state"]), n_init=int(p["n_init"]))
     boot = dict(n_boot=int(p["n_boot"]), level=float(p["ci_level"]))
 
     pure = s.circuit_attributions(progress=progress)
+    lap("circuit attributions (PURE)")
     acts = s.activation_features(progress=progress)
+    lap("activation features (baseline)")
     main, visual = load_embedders(s)
-    needs_crops = any(e is not None and e.input_kind == "images" for e in (main, visual))
-    boxes = evaluation_boxes(s, progress=progress) if needs_crops else None
+    boxes = evaluation_boxes(s, progress=progress)
+    lap("relevance heatmaps and crop boxes (A.1)")
     e_main = embed_references(s, main, boxes, progress=progress)
     features = {PURE: pure, ACTIVATIONS: acts, label_main: e_main}
     spaces = {PURE: pure, ACTIVATIONS: acts}
@@ -474,8 +493,10 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
     if visual is not None:
         e_visual = embed_references(s, visual, boxes, progress=progress)
         features[label_visual] = spaces[label_visual] = e_visual
+    lap("embeddings")
     truth = reference_features_of(s, progress=progress) if _has_concepts(s) else None
     labels = None if truth is None else truth.labels
+    lap("ground truth by intervention")
 
     comparison = compare_clusterings(e_main, features, ks=ks, neurons=s.neurons,
                                      concepts=labels, progress=progress, **kw)
@@ -490,7 +511,8 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
         divergence=divergence_examples(e_main, pure, acts, neurons=s.neurons, n_samples=n_samples),
         polysemanticity=polysemanticity_table(e_main, neurons=s.neurons, **kw),
         tensors=dict(pure=pure, activations=acts, embeddings=e_main, visual_embeddings=e_visual,
-                     boxes=boxes, labels=labels))
+                     boxes=boxes, labels=labels), timings=timings)
+    lap("clusterings, Eq. 5, correlations")
     if truth is None:
         return result
 
@@ -508,6 +530,7 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
         result.ground_truth_summary = summarize_frame(gt, "ari", **boot)
         result.ground_truth_pairs = paired_table(gt, "ari", pairs, **boot)
     result.tensors["polysemantic"] = poly
+    lap("scores against ground truth")
     if p["heldout_dataset_kwargs"]:
         ds, refs = heldout_references(s, progress=progress)
         test_feats = {name: s.circuit_attributions(a, dataset=ds, references=refs, progress=progress)
@@ -518,6 +541,7 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
         result.purity = heldout_purity(gt_feats, test_feats, test_truth.labels,
                                        train_concepts=labels, ks=ks, neurons=s.neurons, **kw)
         result.purity_pairs = purity_pairs(result.purity, p["attribution"], **boot)
+        lap("test phase on the held-out split")
     return result
 
 

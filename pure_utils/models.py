@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
 from pathlib import Path
 
 import timm
@@ -25,7 +27,7 @@ from .paths import DATA_DIR, MODELS_DIR
 __all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "read_card", "load_model", "layer_names", "get_layer",
            "layer_order", "randomize_batchnorm", "model_fingerprint", "resolve_device",
            "eval_mode", "frozen_parameters", "StopForward", "stop_after", "run_model",
-           "layer_output", "forward_until", "DATA_DIR", "MODELS_DIR"]
+           "layer_output", "forward_until", "machine_info", "DATA_DIR", "MODELS_DIR"]
 
 #: The models trained on the controlled benchmark and shipped with the project
 #: (name -> path of the JSON card; the weights lie beside it as ``<name>.safetensors``).
@@ -190,6 +192,24 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
             m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
     return model
+
+
+def machine_info(device=None) -> dict:
+    """What a computation ran on: CPU count and model, platform, Python, and the GPU when
+    ``device`` is a CUDA device (recorded in model cards and shown in the book)."""
+    cpu = platform.processor() or platform.machine()
+    try:  # the CPU model name on Linux
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = dict(cpu_count=os.cpu_count(), cpu=cpu, platform=platform.platform(),
+                python=platform.python_version())
+    if device is not None and torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 # --------------------------------------------------------------------------------------------

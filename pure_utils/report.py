@@ -3,6 +3,7 @@ write intervals and paired comparisons in words chosen by the numbers."""
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
@@ -81,3 +82,42 @@ def difference_sentence(row, what: str, *, fmt: str = ".2f") -> str:
     return (f"{row['a']} minus {row['b']}, {what}: "
             f"{interval(row['mean'], row['ci_low'], row['ci_high'], fmt)} over {int(row['n'])} "
             f"neurons{left} ({p_text}): {word}")
+
+
+def table(frame, *, digits: int = 3, rename: dict | None = None):
+    """A table for people: no index column, words in the headers, ``digits`` significant digits.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    digits : int
+        Significant digits of every float (at most 4 in the book).
+    rename : dict, optional
+        Header replacements; other headers have their underscores turned into spaces.
+
+    Returns
+    -------
+    pandas.io.formats.style.Styler
+        Shown as an HTML table in notebooks and in the book.
+    """
+    frame = frame.reset_index(drop=True)
+    headers = {c: (rename or {}).get(c, str(c).replace("_", " ")) for c in frame.columns}
+    frame = frame.rename(columns=headers)
+    floats = [c for c in frame.columns if str(frame[c].dtype).startswith("float")]
+    return (frame.style.hide(axis="index")
+            .format({c: (lambda v: "n/a" if v != v else f"{v:.{digits}g}") for c in floats}))
+
+
+def figure(name: str, fig) -> None:
+    """Keep a figure for a numbered, captioned figure of the book.
+
+    The notebook's markdown shows it with a ``{glue:figure}`` directive named ``name``, whose
+    body is the caption (glued numbers allowed); the prose refers to it with
+    ``{numref}`name```. A matplotlib figure is closed here so that it is not shown twice.
+    """
+    from myst_nb import glue as _glue  # heavy (sphinx): only the book's notebooks glue
+
+    _glue(name, fig, display=False)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and hasattr(fig, "savefig"):
+        pyplot.close(fig)

@@ -25,7 +25,7 @@ from .virtual import VirtualNeurons
 
 __all__ = [
     "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
-    "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "divergence_examples",
+    "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "comparability", "divergence_examples",
     "polysemanticity_table", "ground_truth_table", "heldout_purity", "cluster_composition",
     "results_table", "paper_numbers",
 ]
@@ -469,57 +469,87 @@ def cluster_composition(labels, concepts, concept_names=None) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # the paper's numbers beside a build's
 # --------------------------------------------------------------------------------------------
-def results_table(paper: dict, comparison: pd.DataFrame, correlation: pd.DataFrame, embeddings,
-                  *, names: dict, strong, k: int = 2, label: str = "this build") -> dict:
-    """The paper's reported numbers beside the same quantities of one evaluation.
+def comparability(profile: dict, paper_model: str, build_model: str) -> str:
+    """``"yes"`` when a build number is defined as the paper's, else the reason it is not.
+
+    The paper's numbers come from timm's pretrained ImageNet weights, ImageNet val and CLIP
+    ViT-B/32 (pretrained) on the crops; a build number is comparable only with the same model,
+    data and judge.
+    """
+    reasons = []
+    if build_model != paper_model:
+        reasons.append(f"another model ({build_model}; the paper: {paper_model})")
+    if str(profile["dataset"]).lower() not in ("imagenet", "imagefolder") or not profile["pretrained"]:
+        reasons.append("other data or weights (the controlled benchmark, or random weights)")
+    if profile["embedder"] != "clip" or not profile["embedder_pretrained"]:
+        reasons.append(f"another judge ({profile['embedder_label']} instead of CLIP)")
+    return "yes" if not reasons else "not comparable: " + "; ".join(reasons)
+
+
+def results_table(paper: dict, profile: dict, comparisons: dict, correlations: dict,
+                  embeddings: dict, strong: dict, *, names: dict, k: int = 2) -> dict:
+    """The paper's reported numbers beside the same quantities of this build, like with like.
+
+    Each paper number belongs to a model (``paper[...]["model"]``); it is set beside the build's
+    number of that model when the build evaluated it, else of the build's first model, and the
+    ``comparable`` column says whether the two are defined the same way (:func:`comparability`).
 
     Parameters
     ----------
     paper : dict
-        :func:`paper_numbers`: ``eq5_k2`` (intra / inter per method, all pairs),
-        ``strongly_polysemantic_gap`` and ``distance_correlation`` per method.
-    comparison, correlation : DataFrame
-        An evaluation's tables (:func:`compare_clusterings`, :func:`correlation_table`).
-    embeddings : Tensor[n_neurons, n_ref, d]
-        The embeddings in CLIP's role (for the mean distance over all pairs).
+        :func:`paper_numbers`.
+    profile : dict
+        The build's profile (data, weights, judge).
+    comparisons, correlations, embeddings, strong : dict
+        Per evaluated model: its :func:`compare_clusterings` and :func:`correlation_table`
+        frames, its embeddings in CLIP's role (``Tensor[n_neurons, n_ref, d]``) and its strongly
+        polysemantic neurons.
     names : dict
-        The paper's method name -> this evaluation's method name.
-    strong : sequence of int
-        The strongly polysemantic neurons, chosen by the caller's rule (the paper: CLIP gap
-        above 1.5; the controlled benchmark: two or more true features).
+        The paper's method name -> this build's method name.
     k : int
         Number of clusters compared (the paper: 2).
-    label : str
-        Header of this evaluation's column.
 
     Returns
     -------
     dict
-        ``table`` (DataFrame ``quantity, method, paper, <label>``), ``means`` (mean intra, inter
-        and gap per method at ``k``), ``n_strong`` and ``correlation`` (mean per method).
+        ``table`` (DataFrame ``quantity, method, paper, paper model, this build, build model,
+        comparable``), ``means`` (mean intra, inter and gap per method at ``k``, per model) and
+        ``n_strong`` (per model).
     """
-    comp = comparison[comparison.k == k]
-    means = comp.groupby("method")[["intra", "inter", "gap"]].mean()
-    all_pairs = float(np.mean([pairwise_distances_upper(e).mean() for e in embeddings]))
-    strong = [int(n) for n in strong]
-    strong_gap = comp[comp.neuron.isin(strong)].groupby("method").gap.mean()
-    corr = correlation.set_index("method")["mean"]
+    models = list(comparisons)
+    pick = lambda m: m if m in comparisons else models[0]  # noqa: E731
+    means = {m: c[c.k == k].groupby("method")[["intra", "inter", "gap"]].mean()
+             for m, c in comparisons.items()}
     rows = []
+
+    def add(quantity, method, paper_value, entry, value_of):
+        model = pick(entry["model"])
+        rows.append([quantity, method, paper_value, entry["model"], value_of(model), model,
+                     comparability(profile, entry["model"], model)])
+
+    eq5 = paper["eq5_k2"]
     for paper_name, ours in names.items():
-        p = paper["eq5_k2"]["methods"][paper_name]
-        rows.append(["Eq. 5 intra / inter, k = 2", paper_name, f"{p['intra']:.2f} / {p['inter']:.2f}",
-                     f"{means.loc[ours, 'intra']:.3f} / {means.loc[ours, 'inter']:.3f}"])
-    rows.append(["Eq. 5, all pairs", "-", f"{paper['eq5_k2']['all_pairs']:.2f}", f"{all_pairs:.3f}"])
+        p = eq5["methods"][paper_name]
+        add("Eq. 5 intra / inter, k = 2", paper_name, f"{p['intra']:.2f} / {p['inter']:.2f}", eq5,
+            lambda m: f"{means[m].loc[ours, 'intra']:.3f} / {means[m].loc[ours, 'inter']:.3f}")
+    add("Eq. 5, all pairs", "-", f"{eq5['all_pairs']:.2f}", eq5,
+        lambda m: f"{np.mean([pairwise_distances_upper(e).mean() for e in embeddings[m]]):.3f}")
+    sp = paper["strongly_polysemantic_gap"]
+    add("strongly polysemantic neurons", "-", str(sp["n"]), sp, lambda m: str(len(strong[m])))
     for paper_name, ours in names.items():
-        rows.append(["mean gap, strongly polysemantic neurons", paper_name,
-                     f"{paper['strongly_polysemantic_gap']['methods'][paper_name]:.3f}",
-                     f"{strong_gap.get(ours, float('nan')):.3f} (n = {len(strong)})"])
+        def strong_gap(m, ours=ours):
+            c = comparisons[m]
+            g = c[(c.k == k) & c.neuron.isin(strong[m]) & (c.method == ours)].gap.mean()
+            return f"{g:.3f} (n = {len(strong[m])})"
+        add("mean gap, strongly polysemantic neurons", paper_name,
+            f"{sp['methods'][paper_name]:.3f}", sp, strong_gap)
+    dc = paper["distance_correlation"]
     for paper_name, ours in names.items():
-        rows.append(["correlation with CLIP-role distances", paper_name,
-                     f"{paper['distance_correlation']['methods'][paper_name]:.2f}",
-                     f"{corr.get(ours, float('nan')):.2f}"])
-    table = pd.DataFrame(rows, columns=["quantity", "method", "paper", label])
-    return dict(table=table, means=means, n_strong=len(strong), correlation=corr)
+        add("correlation with CLIP-role distances", paper_name, f"{dc['methods'][paper_name]:.2f}",
+            dc, lambda m, ours=ours: f"{correlations[m].set_index('method')['mean'].get(ours, float('nan')):.2f}")
+    table = pd.DataFrame(rows, columns=["quantity", "method", "paper", "paper model", "this build",
+                                        "build model", "comparable"])
+    return dict(table=table, means=means, n_strong={m: len(v) for m, v in strong.items()})
 
 
 def paper_numbers() -> dict:

@@ -13,8 +13,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -29,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from ._progress import tqdm
 from .data import SyntheticShapes
 from .ground_truth import layer_polysemanticity
-from .models import build_resnet, eval_mode, forward_until
+from .models import build_resnet, eval_mode, forward_until, machine_info
 from .paths import MODELS_DIR
 from .synthetic import GENERATOR_VERSION, SyntheticConfig
 
@@ -331,7 +329,7 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         training_time_total_s=round(train_time + _previous_time(warm_start), 1),
         warm_start=warm_start,
         training_threads=int(hp["threads"]),
-        machine=_machine(),
+        machine=machine_info(),
         versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
         layer4_polysemantic=poly,
     )
@@ -340,20 +338,6 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
                     planted_response=response)
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
-
-
-def _machine() -> dict:
-    """What the training time was measured on (CPU count and model, platform, Python)."""
-    cpu = platform.processor() or platform.machine()
-    try:  # the CPU model name on Linux
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(cpu_count=os.cpu_count(), cpu=cpu, platform=platform.platform(),
-                python=platform.python_version())
 
 
 def _previous_time(warm_start) -> float:

@@ -19,14 +19,57 @@ from PIL import Image
 # the crop functions were once defined here; names kept importable from their old home
 from .crops import (crop_boxes, crops_from_boxes, display_crops, feature_crops,  # noqa: F401
                     feature_heatmaps, normalised_heatmaps, reference_images)
+from .metrics import distance_matrix
 
-__all__ = ["image_grid", "panel_figure", "paired_differences_figure", "virtual_neuron_grid", "umap_embedding", "umap_figure", "interactive_umap",
+__all__ = ["METHOD_ORDER", "method_order", "method_palette", "intra_inter_figure",
+           "correlation_figure", "distance_scatter", "crop_steps_figure", "circuit_heatmap", "virtual_activations_figure",
+           "image_grid", "panel_figure", "paired_differences_figure", "virtual_neuron_grid", "umap_embedding", "umap_figure", "interactive_umap",
            "HoverImageFigure", "to_pil", "summary_lines"]
 
 
 # --------------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------------
+#: The order in which methods appear in every figure and table: PURE's variants, the activation
+#: baseline, the visual embedder's role (DINOv2), the semantic embedder's role (CLIP, the attribute
+#: reader), the ground truth, random labels. Each kind has one colour in every figure.
+METHOD_ORDER = ("PURE", "activations", "visual", "semantic", "ground truth", "random")
+_KIND_COLOURS = {"PURE": "#1f77b4", "activations": "#ff7f0e", "visual": "#2ca02c",
+                 "semantic": "#9467bd", "ground truth": "#555555", "random": "#bbbbbb"}
+_PURE_SHADES = ("#1f77b4", "#6baed6", "#08519c", "#9ecae1")
+
+
+def _kind(name: str) -> str:
+    name = str(name)
+    if name.startswith("PURE"):
+        return "PURE"
+    if name in ("activations", "ground truth", "random"):
+        return name
+    if "DINO" in name.upper():
+        return "visual"
+    return "semantic"   # CLIP and its stand-ins (the attribute reader, a random CLIP)
+
+
+def method_order(names) -> list:
+    """``names`` in the book's order of methods (:data:`METHOD_ORDER`); among PURE's variants
+    the paper's Gradient x Activation comes first."""
+    names = list(dict.fromkeys(names))
+    return sorted(names, key=lambda n: (METHOD_ORDER.index(_kind(n)),
+                                        0 if str(n) in ("PURE", "PURE (gxa)") else 1, str(n)))
+
+
+def method_palette(names) -> dict:
+    """One colour per method, the same in every figure: name -> colour."""
+    out, shade = {}, 0
+    for name in method_order(names):
+        if _kind(name) == "PURE":
+            out[name] = _PURE_SHADES[shade % len(_PURE_SHADES)]
+            shade += 1
+        else:
+            out[name] = _KIND_COLOURS[_kind(name)]
+    return out
+
+
 def _to_display(img: torch.Tensor, size: int | None, background: float = 1.0) -> np.ndarray:
     """``Tensor[3|4, h, w]`` -> ``ndarray[size, size, 3]`` (RGBA composited on white)."""
     img = img.detach().float().cpu()
@@ -98,25 +141,28 @@ def panel_figure(panels, *, ncols: int = 6, size: float = 1.6, suptitle: str | N
 
     Parameters
     ----------
-    panels : list of dict
+    panels : list of dict, or list of lists of dict
         ``image`` (Tensor[3|4, h, w] in [0, 1]) and ``title``; an ``activation`` is added to the
-        caption.
+        caption. A list of lists gives one row per inner list.
     ncols : int
-        Panels per row.
+        Panels per row for a flat list.
     size : float
         Inches per panel.
     """
-    nrows = max(1, -(-len(panels) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * (size + 0.35)),
+    rows = panels if panels and isinstance(panels[0], list) else [
+        panels[i:i + ncols] for i in range(0, len(panels), ncols)]
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * size, len(rows) * (size + 0.35)),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, panel in zip(axes.flat, panels):
-        ax.imshow(_to_display(panel["image"], None))
-        caption = panel["title"]
-        if "activation" in panel:
-            caption += f"\nactivation {panel['activation']:.2f}"
-        ax.set_title(caption, fontsize=7)
+    for r, row in enumerate(rows):
+        for ax, panel in zip(axes[r], row):
+            ax.imshow(_to_display(panel["image"], None))
+            caption = panel["title"]
+            if "activation" in panel:
+                caption += f"\nactivation {panel['activation']:.2f}"
+            ax.set_title(caption, fontsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
@@ -315,10 +361,12 @@ def summary_lines(summary, *, x: str = "k", hue: str = "method", ax=None, ylabel
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3.2))
-    for name, d in summary.groupby(hue, sort=False):
-        d = d.sort_values(x)
+    colours = method_palette(summary[hue]) if hue == "method" else {}
+    groups = dict(list(summary.groupby(hue, sort=False)))
+    for name in (method_order(groups) if hue == "method" else groups):
+        d = groups[name].sort_values(x)
         ax.errorbar(d[x], d["mean"], yerr=[d["mean"] - d["ci_low"], d["ci_high"] - d["mean"]],
-                    marker="o", capsize=2, label=str(name))
+                    marker="o", capsize=2, label=str(name), color=colours.get(name))
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
     if title:
@@ -361,3 +409,117 @@ def paired_differences_figure(pairs, *, label: str = "model", group: str = "knob
     ax.legend(fontsize=8)
     ax.figure.tight_layout()
     return ax.figure
+
+
+def circuit_heatmap(R, labels, *, n_channels: int = 40, lower_layer: str = "layer3"):
+    """A unit's circuit vectors as a heatmap, rows grouped by virtual neuron (Fig. 2, step 2).
+
+    Parameters
+    ----------
+    R : Tensor[n_ref, C_lower]
+        The unit's circuit vectors.
+    labels : array-like[n_ref]
+        Virtual neuron of each reference sample.
+    n_channels : int
+        Columns shown: the lower channels with the largest mean absolute attribution.
+    """
+    R = torch.as_tensor(R)
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    top = R.abs().mean(0).argsort(descending=True)[:n_channels]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.heatmap(R[order][:, top].numpy(), cmap="RdBu_r", center=0, ax=ax,
+                xticklabels=[int(c) for c in top], yticklabels=False,
+                cbar_kws={"label": "normalised attribution"})
+    for b in np.cumsum(np.bincount(labels, minlength=int(labels.max()) + 1))[:-1]:
+        ax.axhline(b, color="k", lw=1)
+    ax.set_xlabel(f"channel of {lower_layer}")
+    ax.set_ylabel("reference sample (grouped by virtual neuron)")
+    fig.tight_layout()
+    return fig
+
+
+def virtual_activations_figure(virtual):
+    """The unit's activation on new samples, credited to their virtual neuron (Fig. 2, step 4).
+
+    Parameters
+    ----------
+    virtual : ndarray[n, k]
+        :meth:`VirtualNeurons.virtual_activations` (samples by the unit's activation).
+    """
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    for c in range(virtual.shape[1]):
+        ax.plot(virtual[:, c], ".", label=f"virtual neuron {c}")
+    ax.set_xlabel("held-out sample (by activation of the unit)")
+    ax.set_ylabel("virtual activation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def intra_inter_figure(comparison, k: int = 2, *, judge: str = "embedding"):
+    """Mean intra- and inter-cluster distances per method at ``k`` (Fig. 4, top left).
+
+    Bars: means over neurons, error bars: standard errors; methods in the book's order.
+    """
+    d = comparison[comparison.k == k]
+    order = method_order(d.method)
+    long = d.melt(id_vars=["neuron", "method"], value_vars=["intra", "inter"], var_name="distance",
+                  value_name="value")
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    sns.barplot(long, x="method", y="value", hue="distance", order=order, errorbar="se", ax=ax,
+                palette=["#9ecae1", "#08519c"])
+    ax.set_ylabel(f"mean distance ({judge})")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def correlation_figure(correlation, *, judge: str = "embedding"):
+    """Correlation of each method's distances with the judge's, with standard errors (Fig. 4,
+    bottom left); methods in the book's order and colours."""
+    c = correlation.set_index("method").loc[method_order(correlation.method)]
+    colours = method_palette(c.index)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(c.index, c["mean"], yerr=c["sem"], color=[colours[m] for m in c.index], capsize=3)
+    ax.set_ylabel(f"Pearson r with {judge} distances")
+    ax.tick_params(axis="x", labelrotation=15)
+    fig.tight_layout()
+    return fig
+
+
+def distance_scatter(reference, spaces: dict, *, judge: str = "embedding"):
+    """Pairwise distances of one unit's references: the judge's against each space's."""
+    D = distance_matrix(reference)
+    iu = np.triu_indices_from(D, 1)
+    colours = method_palette(spaces)
+    fig, axes = plt.subplots(1, len(spaces), figsize=(4 * len(spaces), 3), squeeze=False)
+    for ax, name in zip(axes[0], method_order(spaces)):
+        ax.scatter(D[iu], distance_matrix(spaces[name])[iu], s=4, alpha=0.4, color=colours[name])
+        ax.set_xlabel(f"{judge} distance")
+        ax.set_ylabel(f"{name} distance")
+    fig.tight_layout()
+    return fig
+
+
+def crop_steps_figure(images, heatmaps, normalised, boxes, crops, display, titles):
+    """Appendix A.1 step by step, one row per sample: image, heatmap, blurred map with the box,
+    evaluation crop, display crop."""
+    fig, axes = plt.subplots(len(images), 5, figsize=(11, 2.3 * len(images)), squeeze=False)
+    for r in range(len(images)):
+        y0, x0, y1, x1 = boxes[r].tolist()
+        lim = float(heatmaps[r].abs().max()) or 1.0
+        panels = [(images[r].permute(1, 2, 0), {}, titles[r]),
+                  (heatmaps[r], dict(cmap="bwr", vmin=-lim, vmax=lim), "LRP heatmap"),
+                  (normalised[r], dict(cmap="magma", vmin=0, vmax=1), "blurred, normalised"),
+                  (crops[r].permute(1, 2, 0), {}, f"crop {y1 - y0}x{x1 - x0}"),
+                  (to_pil(display[r]), {}, "display")]
+        for ax, (img, kw, title) in zip(axes[r], panels):
+            ax.imshow(img, **kw)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        axes[r][2].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                           edgecolor="cyan", lw=1.5))
+    fig.tight_layout()
+    return fig

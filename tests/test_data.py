@@ -105,3 +105,32 @@ def test_load_synthetic_with_config_dict():
     assert "val" in ds.fingerprint and "seed3" in ds.fingerprint
     x, y = ds[0]
     assert x.shape == (3, 64, 64) and 0 <= y < 9
+
+
+def test_mining_and_test_parts_of_an_image_folder_are_disjoint(tmp_path):
+    from PIL import Image
+
+    from pure_utils.data import DatasetPart, shared_images
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / f"class{c}").mkdir()
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                tmp_path / f"class{c}" / f"{i}.png")
+    kw = dict(root=tmp_path, image_size=16, resize=16, test_share=0.2, part_seed=1)
+    mining = load_dataset("imagefolder", part="mining", **kw)
+    test = load_dataset("imagefolder", part="test", **kw)
+    assert isinstance(mining, DatasetPart) and (len(mining), len(test)) == (24, 6)
+    assert not set(mining.indices) & set(test.indices)
+    assert sorted(mining.indices + test.indices) == list(range(30))
+    assert shared_images(mining, test) == 0 and shared_images(mining, mining) == 24
+    whole = load_dataset("imagefolder", **{k: v for k, v in kw.items() if k not in ("test_share", "part_seed")})
+    assert shared_images(test, whole) == 6
+    # a part reads the images of its source indices, and its fingerprint says which part it is
+    assert torch.equal(test[2][0], whole[test.indices[2]][0])
+    assert mining.fingerprint != test.fingerprint != whole.fingerprint
+    other_seed = load_dataset("imagefolder", part="test", **{**kw, "part_seed": 2})
+    assert other_seed.indices != test.indices and other_seed.fingerprint != test.fingerprint
+    with pytest.raises(ValueError, match="part='train' not known"):
+        load_dataset("imagefolder", part="train", **kw)

@@ -100,3 +100,18 @@ def test_embed_references_reads_the_boxes_of_each_reference():
     np.testing.assert_allclose(e[..., 4:8].sum(-1) + e[..., -1], 1, atol=1e-6)
     with pytest.raises(ValueError, match="do not match the references"):
         ex.embed_references(setting, emb, boxes[:, :3])
+
+
+def test_the_test_phase_refuses_the_reference_set_itself():
+    from pure_utils.profiles import load_profile
+
+    data = {"split": "test", "n": 12, "config": {"image_size": 64}, "part": None}
+    same = load_profile("smoke", dataset_kwargs=data, heldout_dataset_kwargs=data, n_ref=4,
+                        n_neurons=1)
+    setting = ex.load_setting(same, progress=False)
+    with pytest.raises(ValueError, match="shares 12 images with the reference set"):
+        ex.heldout_references(setting, progress=False)
+    parts = load_profile("smoke", n_ref=4, n_neurons=1)  # mining and test parts of one split
+    setting = ex.load_setting(parts, progress=False)
+    ds, refs = ex.heldout_references(setting, progress=False)
+    assert ds.part == "test" and not set(ds.indices) & set(setting.dataset.indices)

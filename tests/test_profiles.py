@@ -89,3 +89,23 @@ def test_from_parameters_injected_keys_replace_the_base():
     assert p["name"] == "smoke"
     # only the base named
     assert from_parameters({"profile": "smoke"})["model_name"] == smoke["model_name"]
+
+
+def test_the_paper_profile_holds_the_papers_choices():
+    paper = load_profile("paper")
+    assert paper["fig3_model"] == "resnet50.a1_in1k"
+    assert paper["fig3_neurons"] == [1929, 1506, 1498, 712]
+    assert paper["fig4_model"] == "resnet101.a1_in1k" and paper["fig4_divergence_neuron"] == 1028
+    assert paper["strong_polysemanticity"] == 1.5
+    assert paper["ks"] == [2, 3, 4, 5] and 2 in paper["ks"]
+    assert paper["model_names"] == ["resnet34.a1_in1k", "resnet50.a1_in1k", "resnet101.a1_in1k"]
+    # the test phase runs on a part of val that the references never see
+    mining, held = paper["dataset_kwargs"], paper["heldout_dataset_kwargs"]
+    assert (mining["part"], held["part"]) == ("mining", "test")
+    assert mining["test_share"] == held["test_share"] and mining["part_seed"] == held["part_seed"]
+    from pure_utils.tables import paper_numbers
+
+    numbers = paper_numbers()
+    assert numbers["strongly_polysemantic_gap"]["n"] == 187
+    assert numbers["distance_correlation"]["model"] == paper["fig4_model"]
+    assert numbers["eq5_k2"]["model"] == paper["fig3_model"]
