@@ -5,17 +5,18 @@ Every dataset returned by :func:`load_dataset` follows one protocol:
 - ``len(ds)``; ``ds[i] -> (Tensor[3, H, W] normalised, int label)``;
 - ``ds.image(i) -> Tensor[3, H, W]`` in [0, 1], spatially aligned with the model input (after
   resize and crop, before normalisation), used for visualisations;
-- ``ds.fingerprint`` (a stable id for cache keys), ``ds.mean``, ``ds.std`` (3 floats each),
-  ``ds.class_names``.
+- ``ds.fingerprint`` (a stable id for cache keys: it must change whenever any ``ds[i]`` would),
+  ``ds.mean``, ``ds.std`` (3 floats each), ``ds.class_names``.
 
 Datasets: the controlled benchmark (:mod:`pure_utils.synthetic`), image folders such as
 ImageNet val (:class:`ImageFolderDataset`) and random smooth images for tests and benchmarks
-(:class:`GeneratedImages`). :func:`check_dataset`, :func:`load_images` and
-:func:`iter_batches` are how the engine reads any of them.
+(:class:`GeneratedImages`). :func:`check_dataset`, :func:`load_images`, :func:`iter_samples`
+and :func:`iter_batches` are how the engine reads any of them.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -24,8 +25,9 @@ from torchvision.transforms import functional as F
 
 from .synthetic import SyntheticConfig, SyntheticShapes
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "ImageFolderDataset",
-           "GeneratedImages", "load_dataset", "check_dataset", "load_images", "iter_batches"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "FINGERPRINTS",
+           "ImageFolderDataset", "GeneratedImages", "UnreadableImageError", "load_dataset",
+           "check_dataset", "load_images", "iter_samples", "iter_batches"]
 
 #: ImageNet normalisation, as used by the timm ``*.a1_in1k`` weights and the PURE paper.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,6 +36,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 DATASETS = ("synthetic", "imagefolder", "imagenet", "generated")
+#: How an image folder's fingerprint sees its files (see :class:`ImageFolderDataset`).
+FINGERPRINTS = ("stat", "content")
+
+
+class UnreadableImageError(OSError):
+    """An image of a dataset cannot be read (a damaged or truncated file); names the file."""
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -54,6 +62,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         Normalisation (default ImageNet).
     class_names : list of str, optional
         Readable names for the class folders (default: the folder names).
+    fingerprint : {"stat", "content"}
+        What the cache key sees of the files. ``"stat"`` (default): every file's full resolved
+        path, size and modification time (ns), checked at each use (cheap: no file is read),
+        so another folder or an image replaced in place gives another key. ``"content"``: every
+        file's relative path and the SHA-256 of its bytes, so that copies of the same images
+        on other machines share entries of a shared cache (each file is read once per process,
+        and again only when its size or modification time changes).
 
     Raises
     ------
@@ -62,7 +77,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, image_size: int = 224, resize: int = 256, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, class_names=None):
+                 std=IMAGENET_STD, class_names=None, fingerprint: str = "stat"):
         if root is None:
             raise FileNotFoundError(_missing_message(None))
         self.root = Path(root).expanduser()
@@ -71,6 +86,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if image_size < 1 or resize < image_size:
             raise ValueError(f"image_size={image_size}, resize={resize} not accepted; use "
                              "1 <= image_size <= resize")
+        if fingerprint not in FINGERPRINTS:
+            raise ValueError(f"fingerprint={fingerprint!r} not known; use one of "
+                             f"{', '.join(map(repr, FINGERPRINTS))}")
+        self.fingerprint_mode = fingerprint
+        self._resolved_paths: list | None = None  # symlinks resolved on first use
+        self._digests: dict = {}  # path -> (stat signature, SHA-256 of the bytes)
         self.image_size, self.resize = int(image_size), int(resize)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
@@ -106,21 +127,54 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     @property
     def fingerprint(self) -> str:
-        """Stable id: folder, file list, sizes and normalisation."""
-        h = hashlib.sha256()
-        for path, label in self.samples:
-            h.update(f"{path.relative_to(self.root)}:{label};".encode())
-        return (f"imagefolder-{self.root.name}-{h.hexdigest()[:12]}-n{len(self)}-"
-                f"{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}")
+        """Id of the tensors: the files (see ``fingerprint=``), labels, sizes and normalisation."""
+        h = hashlib.sha256(self.fingerprint_mode.encode())
+        for i, (path, label) in enumerate(self.samples):
+            st = self._stat(i)
+            rel = path.relative_to(self.root)
+            if self.fingerprint_mode == "stat":
+                h.update(f"{self._resolved(i)}:{st.st_size}:{st.st_mtime_ns}:{label};".encode())
+            else:
+                h.update(f"{rel}:{self._content_digest(path, st)}:{label};".encode())
+        return (f"imagefolder-{self.root.name}-{self.fingerprint_mode}-{h.hexdigest()[:16]}-"
+                f"n{len(self)}-{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}")
+
+    def _resolved(self, i: int) -> Path:
+        if self._resolved_paths is None:
+            self._resolved_paths = [p.resolve() for p, _ in self.samples]
+        return self._resolved_paths[i]
+
+    def _stat(self, i: int) -> os.stat_result:
+        path = self.samples[i][0]
+        try:
+            return path.stat()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {path} (index {i}) is gone since the dataset was "
+                                    "created; create the dataset again") from None
+
+    def _content_digest(self, path: Path, st: os.stat_result) -> str:
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+        known = self._digests.get(path)
+        if known is None or known[0] != signature:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            known = self._digests[path] = (signature, h.hexdigest())
+        return known[1]
 
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` resized and centre-cropped, Tensor[3, image_size, image_size] in [0, 1]."""
         path, _ = self.samples[i]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img = F.resize(img, self.resize, interpolation=F.InterpolationMode.BILINEAR)
-            img = F.center_crop(img, [self.image_size, self.image_size])
-            return F.to_tensor(img)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for damaged files
+            raise UnreadableImageError(f"image {path} (index {i}) cannot be read: "
+                                       f"{type(err).__name__}: {err}") from err
+        img = F.resize(img, self.resize, interpolation=F.InterpolationMode.BILINEAR)
+        img = F.center_crop(img, [self.image_size, self.image_size])
+        return F.to_tensor(img)
 
     def __getitem__(self, i: int):
         x = self.image(i)
@@ -130,7 +184,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"ImageFolderDataset(root={str(self.root)!r}, n={len(self)}, "
-                f"classes={len(self.class_names)}, image_size={self.image_size})")
+                f"classes={len(self.class_names)}, image_size={self.image_size}, "
+                f"fingerprint={self.fingerprint_mode!r})")
 
 
 _HOW_TO_GET_IMAGENET = (
@@ -160,7 +215,8 @@ def load_dataset(name: str = "synthetic", **kwargs):
         ``"synthetic"``: :class:`pure_utils.synthetic.SyntheticShapes` (kwargs: ``split``,
         ``n``, ``seed``, ``config`` - a ``SyntheticConfig`` or a dict of its fields - ...).
         ``"imagefolder"`` / ``"imagenet"``: :class:`ImageFolderDataset` (kwargs: ``root``,
-        ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``).
+        ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``,
+        ``fingerprint="stat"``).
         ``"generated"``: :class:`GeneratedImages` (kwargs: ``n``, ``size``, ``seed``).
     **kwargs
         Passed to the dataset class.
@@ -205,7 +261,12 @@ class GeneratedImages:
 
     def __init__(self, n: int, size: int = 224, seed: int = 0):
         self.n, self.size, self.seed = int(n), int(size), int(seed)
-        self.fingerprint = f"generated-n{self.n}-s{self.size}-seed{self.seed}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Id of the tensors: number, size, seed and normalisation."""
+        return (f"generated-n{self.n}-s{self.size}-seed{self.seed}-"
+                f"{_digest(tuple(self.mean) + tuple(self.std))}")
 
     def __len__(self) -> int:
         return self.n
@@ -247,16 +308,74 @@ def load_images(dataset, indices) -> torch.Tensor:
     return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
 
 
-def iter_batches(dataset, batch_size: int, num_workers: int = 0):
-    """Yield ``(start, images)`` over the whole dataset in order."""
+class _Guarded(torch.utils.data.Dataset):
+    """Sample ``indices[j]`` as ``(i, image, None)``, or ``(i, None, why)`` if reading it fails."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j):
+        i = self.indices[j]
+        try:
+            return i, torch.as_tensor(self.dataset[i][0]), None
+        except OSError as err:  # a file that cannot be read; other errors are bugs and propagate
+            why = str(err) if isinstance(err, UnreadableImageError) else (
+                f"dataset[{i}] cannot be read: {type(err).__name__}: {err}")
+            return i, None, why
+
+
+def _as_list(items):
+    return items
+
+
+def iter_samples(dataset, batch_size: int, num_workers: int = 0, *, start: int = 0,
+                 skip_unreadable: bool = False):
+    """Yield ``(indices, images, unreadable)`` over ``dataset[start:]`` in order.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    batch_size : int
+        Samples per batch (readable or not).
+    num_workers : int
+        DataLoader worker processes (0: read in this process).
+    start : int
+        First index.
+    skip_unreadable : bool
+        ``False``: a sample whose reading raises an ``OSError`` (a damaged image file) raises
+        :class:`UnreadableImageError` naming it. ``True``: it is left out of ``images`` and
+        listed in ``unreadable``.
+
+    Yields
+    ------
+    indices : list of int
+        Dataset indices of the rows of ``images``.
+    images : Tensor[len(indices), 3, H, W] or None
+        ``None`` when no sample of the batch could be read.
+    unreadable : list of (int, str)
+        Indices left out, with the reason.
+    """
+    order = list(range(start, len(dataset)))
+    reader = _Guarded(dataset, order)
     if num_workers > 0:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                             num_workers=num_workers)
-        start = 0
-        for x, _ in loader:
-            yield start, x
-            start += len(x)
+        batches = torch.utils.data.DataLoader(reader, batch_size=batch_size, shuffle=False,
+                                              num_workers=num_workers, collate_fn=_as_list)
     else:
-        n = len(dataset)
-        for start in range(0, n, batch_size):
-            yield start, load_images(dataset, range(start, min(n, start + batch_size)))
+        batches = ([reader[j] for j in range(s, min(len(order), s + batch_size))]
+                   for s in range(0, len(order), batch_size))
+    for batch in batches:
+        bad = [(i, why) for i, _, why in batch if why is not None]
+        if bad and not skip_unreadable:
+            raise UnreadableImageError(bad[0][1])
+        good = [(i, x) for i, x, why in batch if why is None]
+        images = torch.stack([x for _, x in good]) if good else None
+        yield [i for i, _ in good], images, bad
+
+
+def iter_batches(dataset, batch_size: int, num_workers: int = 0):
+    """Yield ``(start, images)`` over the whole dataset in order (see :func:`iter_samples`)."""
+    for indices, images, _ in iter_samples(dataset, batch_size, num_workers):
+        yield indices[0], images

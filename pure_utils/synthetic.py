@@ -458,9 +458,10 @@ class SyntheticShapes(torch.utils.data.Dataset):
 
     @property
     def fingerprint(self) -> str:
-        """Stable id of the images: generator version, knobs, seed, split and size."""
+        """Stable id of the tensors: generator version, knobs, seed, split, size, mean and std."""
+        norm = hashlib.sha256(repr(self.mean + self.std).encode()).hexdigest()[:8]
         return (f"synthetic-{GENERATOR_VERSION}-{self.config.digest()}-seed{self.seed}-"
-                f"{self.split}-n{self.n}")
+                f"{self.split}-n{self.n}-{norm}")
 
     @property
     def class_names(self) -> list[str]:
