@@ -251,7 +251,7 @@ class Cache:
         for path in reversed(self._paths(key)):
             try:
                 path.unlink()
-            except FileNotFoundError:
+            except OSError:  # absent, or a folder that cannot be written: nothing to remove
                 pass
 
     def get_or_compute(self, kind: str, params: dict, fn: Callable[[], dict], *,

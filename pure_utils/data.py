@@ -136,7 +136,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 h.update(f"{self._resolved(i)}:{st.st_size}:{st.st_mtime_ns}:{label};".encode())
             else:
                 h.update(f"{rel}:{self._content_digest(path, st)}:{label};".encode())
-        return (f"imagefolder-{self.root.name}-{self.fingerprint_mode}-{h.hexdigest()[:16]}-"
+        return (f"imagefolder-{self.root.resolve().name}-{self.fingerprint_mode}-{h.hexdigest()[:16]}-"
                 f"n{len(self)}-{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}")
 
     def _resolved(self, i: int) -> Path:

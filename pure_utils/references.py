@@ -259,6 +259,8 @@ def _merge_topk(best, new, n_ref):
 
 def _describe(indices: list, dataset=None, limit: int = 20) -> str:
     """``"3, 17 (a.jpg), ..."``: indices, with their files where the dataset has them."""
+    if not indices:
+        return "none"
     samples = getattr(dataset, "samples", None)
     items = [f"{i} ({samples[i][0]})" if samples is not None else str(i) for i in indices[:limit]]
     return ", ".join(items) + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")

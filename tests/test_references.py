@@ -349,3 +349,15 @@ def test_changed_image_folder_is_mined_again(model, tmp_path):
     assert np.array_equal(second.indices.numpy(), idx)
     assert not torch.allclose(first.values, second.values)
     assert len(list(cache.root.glob("references-*.json"))) == 2
+
+
+def test_unwritable_cache_still_returns_the_references(model, tmp_path):
+    from pure_utils.cache import CacheWarning
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ds = GeneratedImages(5, size=32)
+    with pytest.warns(CacheWarning, match="could not be written"):
+        refs = mine_references(model, ds, "layer3", n_ref=2, cache=Cache(blocker / "cache"),
+                               progress=False)
+    assert torch.equal(refs.indices, mine_references(model, ds, "layer3", n_ref=2, progress=False).indices)
