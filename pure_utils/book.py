@@ -556,12 +556,12 @@ def main(argv=None) -> int:
                 print("\n".join(diff) or f"all {n} glued values equal to {compare}")
                 return 1 if diff else 0
         elif args.cmd == "params":
+            profile = read_profile(_user_profile(args.profile))  # a bad profile: before any output
             for c in chapters():
                 declared = declared_parameters(c.source)
                 own = {k: v.get("default") for k, v in declared.items()}
                 print(f"{c.name}: {json.dumps(own)}")
-            profile = _user_profile(args.profile)
-            print(f"profile {args.profile}: {json.dumps(read_profile(profile))}")
+            print(f"profile {args.profile}: {json.dumps(profile)}")
     except (BookError, RenderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
