@@ -26,11 +26,13 @@ _EXPORTS = {
     # canonizers.py
     "canonizers_for": "canonizers",
     "composite_for": "canonizers",
+    "lrp_support": "canonizers",
     # data.py
     "load_dataset": "data",
     "ImageFolderDataset": "data",
     "GeneratedImages": "data",
-    "SyntheticShapes": "data",
+    "SyntheticShapes": "benchmark",
+    "UnreadableImageError": "data",
     # synthetic.py
     "SyntheticConfig": "synthetic",
     # ground_truth.py
@@ -46,9 +48,11 @@ _EXPORTS = {
     # references.py
     "References": "references",
     "mine_references": "references",
+    "check_references": "references",
     # circuits.py
     "circuit_attributions": "circuits",
     "activation_features": "circuits",
+    "lrp_conservation": "circuits",
     "ATTRIBUTIONS": "circuits",
     "METHODS": "circuits",
     # virtual.py
@@ -71,6 +75,7 @@ _EXPORTS = {
     "paired_difference": "metrics",
     # cache.py
     "Cache": "cache",
+    "CacheWarning": "cache",
     "model_fingerprint": "cache",
     # profiles.py
     "load_profile": "profiles",

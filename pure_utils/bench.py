@@ -27,7 +27,7 @@ from ._progress import tqdm
 from .circuits import circuit_attributions
 from .data import GeneratedImages
 from .models import get_layer, randomize_batchnorm
-from .references import mine_references
+from .references import check_references, mine_references
 
 __all__ = ["GeneratedImages", "naive_attributions", "run_benchmark", "main"]
 
@@ -45,6 +45,7 @@ def naive_attributions(model: nn.Module, dataset, references, layer: str, lower_
         Normalised vectors, as :func:`~pure_utils.circuits.circuit_attributions`.
     """
     low_mod, high_mod = get_layer(model, lower_layer), get_layer(model, layer)
+    check_references(references, model=model, dataset=dataset)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     device = next(model.parameters()).device
     out = []

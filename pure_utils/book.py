@@ -14,8 +14,14 @@ Command line::
 
     python -m pure_utils.book build [--profile offline] [--force] [--only NAME ...] [--no-html]
     python -m pure_utils.book run notebooks/fig3_polysemanticity.ipynb OUT.ipynb \\
-        [-f notebooks/profiles/paper.yaml] [-p neuron 12 ...]
+        [-f notebooks/profiles/paper.yaml] [-p neuron 12 ...] [-y "neurons: [1, 2]"]
     python -m pure_utils.book params [--profile offline]
+
+Parameters are read as papermill reads them (``-p``: ``True``/``False``/``None``, an integer,
+a float, else the text as given; ``-y``: YAML; ``-r``: raw text). Every path given on the
+command line means what it means in the caller's shell: it is resolved from the caller's
+working directory, and the notebooks run there. A notebook that fails leaves its executed copy,
+traceback included, at a path the error message names.
 """
 from __future__ import annotations
 
@@ -33,23 +39,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
-from PIL import Image
+from papermill.iorw import NoDatesSafeLoader
 
 from . import profiles
+from ._files import apply_umask
 from .paths import ROOT
+from .rendering import INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_rendering
 
 KERNEL_NAME = "pure-utils"
 EXECUTED_DIR = "book/executed"
+#: where the executed copies of notebooks that failed during a build are kept (outside the book)
+FAILED_DIR = "_build/failed"
 NOTEBOOK_DIR = "notebooks"
 BUILD_KEY_VERSION = 1
-#: pages of the built book that the rendering check screenshots, and the page with the
-#: interactive (plotly) figure
-SCREENSHOT_PAGES = ["book/intro.html", "book/executed/fig3_polysemanticity.html"]
-INTERACTIVE_PAGE = "book/executed/fig2_method.html"
 
 
 class BookError(RuntimeError):
@@ -77,7 +82,10 @@ def _toc_files(entries) -> list[str]:
 
 def toc_files(root: Path = ROOT) -> list[str]:
     """Every document of ``_toc.yml`` in order, as written there (no suffix)."""
-    toc = yaml.safe_load((Path(root) / "_toc.yml").read_text())
+    try:
+        toc = profiles.load_yaml(Path(root) / "_toc.yml")
+    except ValueError as err:
+        raise BookError(str(err)) from None
     return [toc["root"]] + _toc_files(toc.get("parts")) + _toc_files(toc.get("chapters"))
 
 
@@ -216,16 +224,34 @@ def _kernel_env(root: Path):
         os.environ.update(saved)
 
 
+def _keep(tmp: str, failed: Path) -> Path | None:
+    """Move a partly executed notebook to ``failed`` (``None`` when nothing was written)."""
+    if not os.path.getsize(tmp):
+        os.unlink(tmp)
+        return None
+    failed.parent.mkdir(parents=True, exist_ok=True)
+    apply_umask(tmp)
+    shutil.move(tmp, failed)  # a move, not a rename: _build may lie on another file system
+    return failed
+
+
 def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
-            cwd: Path | None = None, kernel_name: str = KERNEL_NAME) -> float:
+            cwd: Path | None = None, kernel_name: str = KERNEL_NAME,
+            failed: Path | None = None) -> float:
     """Run one notebook with papermill; write the executed copy atomically. Returns seconds.
+
+    ``cwd`` is the kernel's working directory (default: the notebook's folder). When a cell
+    fails, the executed copy with its traceback is kept at ``failed`` (default:
+    ``<output stem>.failed.ipynb`` beside ``output``) and the error names that path; a later
+    successful run removes it.
 
     Raises
     ------
     BookError
-        naming the notebook, the failing cell's error type and message.
+        naming the notebook, the failing cell's error type and message, and the kept copy.
     """
     output = Path(output)
+    failed = Path(failed) if failed is not None else output.with_name(f"{output.stem}.failed.ipynb")
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=output.parent, prefix=".tmp-")
     os.close(fd)
@@ -238,9 +264,14 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
                 str(source), tmp, parameters=params, kernel_name=kernel_name,
                 cwd=str(cwd or source.parent), progress_bar=False, log_output=False)
     except PapermillExecutionError as err:
-        os.unlink(tmp)
+        kept = _keep(tmp, failed)
         raise BookError(f"notebook {source.name} failed in cell {err.exec_count}: "
-                        f"{err.ename}: {err.evalue}") from None
+                        f"{err.ename}: {err.evalue}"
+                        + (f"\nthe executed notebook, traceback included: {kept}" if kept else "")) from None
+    except Exception as err:  # the kernel died or could not start: keep what ran
+        kept = _keep(tmp, failed)
+        raise BookError(f"notebook {source.name} did not finish: {type(err).__name__}: {err}"
+                        + (f"\nthe partly executed notebook: {kept}" if kept else "")) from None
     except BaseException:
         os.unlink(tmp)
         raise
@@ -251,13 +282,20 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
         if "injected-parameters" in tags and "hide-input" not in tags:
             tags.append("hide-input")  # the whole profile: folded on the page, one click away
     Path(tmp).write_text(json.dumps(nb, indent=1))
+    apply_umask(tmp)  # mkstemp made it private (0600): give it the mode of an ordinary file
     os.replace(tmp, output)
+    failed.unlink(missing_ok=True)  # an earlier failure's copy is out of date now
     return time.perf_counter() - start
 
 
 def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
-                  overrides: dict | None = None, root: Path = ROOT, log=None) -> list[str]:
-    """Execute the book's notebooks that are out of date. Returns the names executed."""
+                  overrides: dict | None = None, root: Path = ROOT, log=None,
+                  cwd: Path | None = None) -> list[str]:
+    """Execute the book's notebooks that are out of date. Returns the names executed.
+
+    A failing notebook's executed copy is kept in ``_build/failed/<name>.ipynb``; ``cwd`` is
+    the kernels' working directory (default: the notebooks' folder).
+    """
     log = log or (lambda msg: print(msg, flush=True))
     chapter_list = chapters(root)
     if only:
@@ -277,7 +315,8 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
             log(f"{tag}: up to date")
             continue
         log(f"{tag}: executing ...")
-        seconds = execute(c.source, c.output, params[c.name], key=key)
+        seconds = execute(c.source, c.output, params[c.name], key=key, cwd=cwd,
+                          failed=Path(root) / FAILED_DIR / f"{c.name}.ipynb")
         log(f"{tag}: done in {seconds:.0f} s")
         executed.append(c.name)
     return executed
@@ -359,113 +398,116 @@ def check_pages(root: Path = ROOT) -> list[Path]:
     return pages
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--virtual-time-budget=15000"]
+#: How ``-p``, ``-y`` and ``-r`` values are read (papermill's rules); shown by ``--help``.
+PARAMETER_HELP = ("Values are read as papermill reads them: -p NAME VALUE gives True, False or "
+                  "None for those words, an int when int(VALUE) works (012 -> 12), a float when "
+                  "float(VALUE) works (1e-3), else the text as given (no -> 'no'); -y 'YAML' "
+                  "sets the names of a YAML mapping (lists, mappings: -y 'neurons: [1, 2]'); "
+                  "-r NAME VALUE sets the raw text")
 
 
-def ensure_chromium() -> str:
-    """Path of a Chromium binary; installs Debian's ``chromium`` package when missing (as root)."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        path = shutil.which("chromium")
-        if path:
-            return path
-    raise BookError("Chromium is needed for the rendered-page check: install Debian's 'chromium' "
-                    "package (apt-get install chromium) or put chromium on PATH")
+def papermill_value(text: str):
+    """A ``-p`` value as ``papermill -p`` reads it (see :data:`PARAMETER_HELP`)."""
+    words = {"True": True, "False": False, "None": None}
+    if text in words:
+        return words[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
-def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1600) -> Path:
-    """Render ``page`` in headless Chromium and save a PNG screenshot."""
-    chromium = ensure_chromium()
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                        f"--window-size={width},{height}", f"--screenshot={png}", page.resolve().as_uri()],
-                       check=True, capture_output=True, timeout=180)
-    if not png.exists():
-        raise BookError(f"Chromium wrote no screenshot of {page}")
-    return png
-
-
-def rendered_dom(page: Path) -> str:
-    """The page's DOM after its scripts ran in headless Chromium."""
-    chromium = ensure_chromium()
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-                               page.resolve().as_uri()], check=True, capture_output=True, text=True,
-                              timeout=180)
-    return proc.stdout
-
-
-def blank_fraction(png: Path) -> float:
-    """Fraction of the screenshot's pixels that equal its most common colour."""
-    px = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
-    _, counts = np.unique(px, axis=0, return_counts=True)
-    return float(counts.max() / len(px))
-
-
-def check_rendering(pages: dict[str, Path], out_dir: Path, *, interactive: Path | None = None,
-                    max_blank: float = 0.99) -> dict[str, float]:
-    """Screenshot each page and fail if one is blank; check the interactive figure renders.
-
-    Parameters
-    ----------
-    pages : dict
-        Label -> HTML page.
-    interactive : Path, optional
-        A page with a plotly figure: its scripts must turn the figure into an SVG plot.
-    max_blank : float
-        A page whose most common colour covers more than this fraction counts as blank.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = {}
-    for label, page in pages.items():
-        png = screenshot(page, out_dir / f"{label}.png")
-        result[label] = blank_fraction(png)
-        if result[label] > max_blank:
-            raise BookError(f"page {page} renders blank in Chromium ({result[label]:.1%} one colour; {png})")
-    if interactive is not None:
-        dom = rendered_dom(interactive)
-        if "main-svg" not in dom or "hovertext" not in dom and "hoverlayer" not in dom:
-            raise BookError(f"the interactive figure on {interactive} did not render in Chromium "
-                            "(no plotly SVG in the page after its scripts ran)")
-    return result
-
-
-def _parse_overrides(pairs) -> dict:
+def _parse_overrides(args) -> dict:
+    """The parameters of ``-y``, then ``-p``, then ``-r`` (papermill's order of precedence)."""
     out = {}
-    for key, value in pairs or []:
-        out[key] = yaml.safe_load(value)
+    for text in getattr(args, "yaml", None) or []:
+        try:
+            mapping = yaml.load(text, Loader=NoDatesSafeLoader)
+        except yaml.YAMLError as err:
+            raise BookError(f"-y {text!r} is not valid YAML: {err}") from None
+        if not isinstance(mapping, (dict, type(None))):
+            raise BookError(f"-y {text!r} must be a YAML mapping (NAME: VALUE), not a "
+                            f"{type(mapping).__name__}")
+        out.update(mapping or {})
+    out.update({k: papermill_value(v) for k, v in getattr(args, "parameter", None) or []})
+    out.update(dict(getattr(args, "raw", None) or []))
     return out
 
 
+def _user_path(path) -> Path:
+    """A path from the command line, as the caller's shell means it (absolute)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _user_profile(profile: str) -> str:
+    """A profile name as it is; a profile path made absolute, so the notebooks find it too."""
+    text = str(profile)
+    path = Path(text).expanduser()
+    return str(_user_path(path)) if path.suffix in (".yaml", ".yml") or path.exists() else text
+
+
+def _notebook_arg(path: Path) -> Path:
+    path = _user_path(path)
+    if not path.exists():
+        raise BookError(f"notebook {path} does not exist")
+    if not path.is_file():
+        raise BookError(f"{path} is a folder, not a notebook (.ipynb file)")
+    try:
+        nb = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BookError(f"{path} is not a Jupyter notebook (.ipynb JSON): {err}") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise BookError(f"{path} is not a Jupyter notebook: it has no list of 'cells'")
+    return path
+
+
+def _output_arg(path: Path, source: Path) -> Path:
+    path = _user_path(path)
+    if path == source or (path.exists() and path.samefile(source)):
+        raise BookError(f"output {path} is the source notebook itself: the executed copy would "
+                        "overwrite it; give another output path")
+    if path.is_dir():
+        raise BookError(f"output {path} is a folder; give the path of the executed .ipynb file")
+    return path
+
+
+def _parameter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="set a parameter (papermill's -p rules, see below)")
+    p.add_argument("-y", "--yaml", action="append", metavar="YAML",
+                   help="set parameters from a YAML mapping (as papermill -y)")
+    p.add_argument("-r", "--raw", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="set a parameter to the text VALUE (as papermill -r)")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pure_utils.book", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pure_utils.book", description=__doc__.split("\n")[0],
+                                     epilog="Paths are resolved from the current directory. "
+                                     + PARAMETER_HELP)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="execute the notebooks that changed, then build the HTML book")
+    b = sub.add_parser("build", help="execute the notebooks that changed, then build the HTML book",
+                       epilog=PARAMETER_HELP)
     b.add_argument("--profile", default=os.environ.get("PROFILE") or "offline",
                    help="profile name or YAML path (default: $PROFILE or offline)")
     b.add_argument("--force", action="store_true", help="execute every notebook again")
     b.add_argument("--only", nargs="+", help="execute only these notebooks")
     b.add_argument("--no-html", action="store_true", help="execute notebooks only")
-    b.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="override a parameter for the notebooks run (YAML value)")
-    r = sub.add_parser("run", help="run one notebook with a profile, parameters checked")
-    r.add_argument("notebook", type=Path)
-    r.add_argument("output", type=Path)
-    r.add_argument("-f", "--profile", default="offline")
-    r.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"))
+    _parameter_options(b)
+    r = sub.add_parser("run", help="run one notebook with a profile, parameters checked",
+                       epilog="The notebook runs in the current directory, so relative paths in "
+                              "parameters mean what they mean here. " + PARAMETER_HELP)
+    r.add_argument("notebook", type=Path, help="the source notebook (.ipynb)")
+    r.add_argument("output", type=Path, help="where the executed copy goes (not the source)")
+    r.add_argument("-f", "--profile", default="offline", help="profile name or YAML path")
+    _parameter_options(r)
     sc = sub.add_parser("screenshots", help="render pages of the built book in headless Chromium")
     sc.add_argument("--out", type=Path, default=ROOT / "_build" / "screenshots")
-    sc.add_argument("--page", action="append", help="page path under _build/html (default: index + figures)")
-    sc.add_argument("--interactive", default=INTERACTIVE_PAGE,
-                    help="page whose plotly figure must render")
+    sc.add_argument("--page", action="append", type=Path,
+                    help="an HTML page of the built book (default: the index and a figure page)")
+    sc.add_argument("--interactive", help="page whose plotly figure must render "
+                    f"(default: _build/html/{INTERACTIVE_PAGE}; '' for none)")
     pp = sub.add_parser("params", help="list each notebook's parameters")
     pp.add_argument("--profile", default="offline")
     g = sub.add_parser("glue", help="save the glued values of the executed notebooks, or compare "
@@ -475,48 +517,56 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "build":
-            run_notebooks(args.profile, only=args.only, force=args.force,
-                          overrides=_parse_overrides(args.parameter))
+            run_notebooks(_user_profile(args.profile), only=args.only, force=args.force,
+                          overrides=_parse_overrides(args), cwd=Path.cwd())
             if not args.no_html:
                 index = build_html()
                 check_pages()
                 print(f"\nThe book is ready: {index}")
         elif args.cmd == "run":
-            src = args.notebook.resolve()
-            c = Chapter(src.stem, src, args.output.resolve())
-            params = resolve_parameters([c], read_profile(str(args.profile)),
-                                        _parse_overrides(args.parameter),
-                                        profile_name=str(args.profile))[c.name]
-            seconds = execute(src, c.output, params)
-            print(f"{src.name}: done in {seconds:.0f} s -> {c.output}")
+            src = _notebook_arg(args.notebook)
+            out = _output_arg(args.output, src)
+            profile = _user_profile(args.profile)
+            c = Chapter(src.stem, src, out)
+            params = resolve_parameters([c], read_profile(profile), _parse_overrides(args),
+                                        profile_name=profile)[c.name]
+            seconds = execute(src, out, params, cwd=Path.cwd())
+            print(f"{src.name}: done in {seconds:.0f} s -> {out}")
         elif args.cmd == "screenshots":
             html = ROOT / "_build" / "html"
-            pages = {Path(p).stem: html / p for p in (args.page or SCREENSHOT_PAGES)}
-            inter = html / args.interactive if args.interactive else None
-            for label, frac in check_rendering(pages, args.out, interactive=inter).items():
+            pages = ({p.stem: _user_path(p) for p in args.page} if args.page
+                     else {Path(p).stem: html / p for p in SCREENSHOT_PAGES})
+            inter = (html / INTERACTIVE_PAGE if args.interactive is None
+                     else _user_path(args.interactive) if args.interactive else None)
+            for label, frac in check_rendering(pages, _user_path(args.out), interactive=inter).items():
                 print(f"{label}: rendered, {frac:.1%} of pixels in the background colour")
             if inter is not None:
-                print(f"interactive figure rendered on {args.interactive}")
-            print(f"screenshots in {args.out}")
+                print(f"interactive figure rendered on {inter}")
+            print(f"screenshots in {_user_path(args.out)}")
         elif args.cmd == "glue":
             values = glue_values()
             if args.save:
-                args.save.write_text(json.dumps(values, indent=1, sort_keys=True))
+                _user_path(args.save).write_text(json.dumps(values, indent=1, sort_keys=True))
                 print(f"{sum(map(len, values.values()))} glued values of {len(values)} chapters "
-                      f"-> {args.save}")
+                      f"-> {_user_path(args.save)}")
             if args.compare:
-                diff = compare_glue(json.loads(args.compare.read_text()), values)
+                compare = _user_path(args.compare)
+                diff = compare_glue(json.loads(compare.read_text()), values)
                 n = sum(map(len, values.values()))
-                print("\n".join(diff) or f"all {n} glued values equal to {args.compare}")
+                print("\n".join(diff) or f"all {n} glued values equal to {compare}")
                 return 1 if diff else 0
         elif args.cmd == "params":
+            profile = read_profile(_user_profile(args.profile))  # a bad profile: before any output
             for c in chapters():
                 declared = declared_parameters(c.source)
                 own = {k: v.get("default") for k, v in declared.items()}
                 print(f"{c.name}: {json.dumps(own)}")
-            print(f"profile {args.profile}: {json.dumps(read_profile(args.profile))}")
-    except BookError as err:
+            print(f"profile {args.profile}: {json.dumps(profile)}")
+    except (BookError, RenderError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:  # a file that cannot be read or written, a bad JSON file
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -9,6 +9,12 @@ a change in any of them selects a different file and triggers a recomputation.
 Both files are written atomically (a temporary file in the same folder, then ``os.replace``),
 and the JSON file is written last: a run interrupted at any point leaves either no entry or a
 complete one, never half a file.
+
+An entry is verified before it is used: the JSON file records the SHA-256 of the tensor file's
+bytes and every tensor's shape and dtype, and the caller may say which tensors it expects, with
+their shapes, dtypes and value ranges (:class:`TensorSpec`). An entry that fails any check is a
+miss: it is computed again and overwritten, with one :class:`CacheWarning` naming its path. A
+cache folder that cannot be written warns too, and the computed result is still returned.
 """
 from __future__ import annotations
 
@@ -16,19 +22,20 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 import pure_utils  # the version is read at call time: it enters every key
+from ._files import atomic_write
 from .paths import ROOT
 
-__all__ = ["Cache", "resolve_cache", "default_cache_dir", "cached", "model_fingerprint",
-           "dataset_fingerprint"]
+__all__ = ["Cache", "CacheWarning", "TensorSpec", "resolve_cache", "default_cache_dir", "cached",
+           "cache_entry", "model_fingerprint", "dataset_fingerprint"]
 
 _KIND_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -56,26 +63,56 @@ def _json_default(obj):
     raise TypeError(f"cache key parameter of type {type(obj).__name__} is not JSON-serialisable: {obj!r}")
 
 
-def _atomic_write(path: Path, write: Callable[[object], None], mode: str = "wb") -> None:
-    """Write ``path`` through a temporary file in the same folder, then rename it into place.
+#: Key of the entry's integrity record in its JSON file.
+_RECORD = "integrity"
 
-    ``write(f)`` fills the open temporary file. If it raises, the temporary file is removed
-    and ``path`` is left as it was (absent or the previous complete version).
+
+class CacheWarning(UserWarning):
+    """A cache entry was not used (damaged, or not what the caller expects) or not written."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a stored tensor must be for its cache entry to be used.
+
+    Parameters
+    ----------
+    shape : tuple of (int or None), optional
+        The shape; ``None`` on an axis accepts any size there. Default: any shape.
+    dtype : torch.dtype, optional
+        Default: any dtype.
+    low, high : float, optional
+        Every value must satisfy ``low <= v < high`` (e.g. dataset indices: ``0`` and the
+        dataset's length).
+    finite : bool
+        Every value must be finite (no NaN, no inf).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    shape: tuple | None = None
+    dtype: torch.dtype | None = None
+    low: float | None = None
+    high: float | None = None
+    finite: bool = False
+
+    def problem(self, name: str, t) -> str | None:
+        """Why ``t`` does not match (``None`` if it does)."""
+        if t is None:
+            return f"no tensor {name!r}"
+        if self.shape is not None and (len(t.shape) != len(self.shape) or any(
+                s is not None and s != d for s, d in zip(self.shape, t.shape))):
+            want = tuple("*" if s is None else s for s in self.shape)
+            return f"tensor {name!r} has shape {tuple(t.shape)}, expected {want}"
+        if self.dtype is not None and t.dtype != self.dtype:
+            return f"tensor {name!r} has dtype {t.dtype}, expected {self.dtype}"
+        if t.numel() == 0:
+            return None
+        if self.finite and not bool(torch.isfinite(t).all()):
+            return f"tensor {name!r} holds NaN or inf"
+        if self.low is not None and bool((t < self.low).any()):
+            return f"tensor {name!r} holds {t.min().item()}, below {self.low}"
+        if self.high is not None and bool((t >= self.high).any()):
+            return f"tensor {name!r} holds {t.max().item()}, not below {self.high}"
+        return None
 
 
 class Cache:
@@ -133,27 +170,66 @@ class Cache:
         tensors, meta = self._paths(key)
         return tensors.exists() and meta.exists()
 
-    def load(self, key: str):
-        """Load an entry.
+    def load(self, key: str, expect: dict | None = None):
+        """Load an entry, verified.
+
+        Parameters
+        ----------
+        key : str
+            From :meth:`key`.
+        expect : dict[str, TensorSpec], optional
+            Tensors the caller needs, with the shape, dtype and value range each must have.
 
         Returns
         -------
         (dict[str, Tensor], dict) or None
-            The tensors (on CPU) and the metadata, or ``None`` if the entry is missing or
-            unreadable.
+            The tensors (on CPU) and the metadata; ``None`` if the entry is missing, or if it
+            fails a check (checksum, names, shapes, dtypes, ``expect``), which also warns once
+            with a :class:`CacheWarning` naming the entry's path.
         """
+        hit, problem = self._read(key, expect)
+        if problem is not None:
+            warnings.warn(f"cache entry {self._paths(key)[0]} is not used ({problem}); it counts "
+                          "as missing (a cached stage computes it again and overwrites it)",
+                          CacheWarning, stacklevel=3)
+        return hit
+
+    def _read(self, key: str, expect: dict | None):
+        """``(hit, None)``, ``(None, None)`` for a missing entry, ``(None, reason)`` for a bad one."""
         tensors_path, meta_path = self._paths(key)
         if not (tensors_path.exists() and meta_path.exists()):
-            return None
+            return None, None  # absent, or interrupted before its JSON file (the completion mark)
         try:
             meta = json.loads(meta_path.read_text())
-            tensors = load_file(str(tensors_path))
-        except Exception:  # a damaged entry counts as missing and is recomputed
-            return None
-        return tensors, meta
+            data = tensors_path.read_bytes()
+        except (OSError, ValueError) as err:
+            return None, f"unreadable: {err}"
+        record = meta.get(_RECORD) if isinstance(meta, dict) else None
+        if not isinstance(record, dict) or "sha256" not in record:
+            return None, "no checksum recorded (written by an older version)"
+        if record.get("key") != key:
+            return None, f"recorded for key {record.get('key')!r}"
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            return None, "checksum mismatch: the stored bytes changed"
+        try:
+            tensors = load(data)
+        except Exception as err:  # safetensors raises its own error types
+            return None, f"unreadable tensors: {err}"
+        stored = {n: {"shape": list(t.shape), "dtype": str(t.dtype)} for n, t in tensors.items()}
+        if stored != record.get("tensors"):
+            return None, "tensors differ from those recorded"
+        for name, spec in (expect or {}).items():
+            problem = spec.problem(name, tensors.get(name))
+            if problem is not None:
+                return None, problem
+        return (tensors, meta), None
 
     def save(self, key: str, tensors: dict, meta: dict | None = None) -> None:
-        """Store ``tensors`` (dict of name -> Tensor) and JSON metadata under ``key``, atomically."""
+        """Store ``tensors`` (dict of name -> Tensor) and JSON metadata under ``key``, atomically.
+
+        The metadata gets the entry's record (key, SHA-256 of the tensor file, shapes, dtypes)
+        under ``"integrity"``, which :meth:`load` verifies.
+        """
         tensors_path, meta_path = self._paths(key)
         clean = {}
         for name, t in tensors.items():
@@ -161,13 +237,25 @@ class Cache:
                 raise TypeError(f"cache entry {name!r} is a {type(t).__name__}, expected a Tensor")
             clean[name] = t.detach().cpu().contiguous()
         data = save(clean)  # serialise first: a failure here touches no file
-        meta_text = json.dumps(meta or {}, sort_keys=True, indent=1, default=_json_default)
-        _atomic_write(tensors_path, lambda f: f.write(data))
+        record = {"key": key, "sha256": hashlib.sha256(data).hexdigest(),
+                  "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype)}
+                              for n, t in clean.items()}}
+        meta_text = json.dumps({**(meta or {}), _RECORD: record}, sort_keys=True, indent=1,
+                               default=_json_default)
+        atomic_write(tensors_path, lambda f: f.write(data))
         # the JSON file marks the entry as complete, so it is written last
-        _atomic_write(meta_path, lambda f: f.write(meta_text.encode()))
+        atomic_write(meta_path, lambda f: f.write(meta_text.encode()))
+
+    def discard(self, key: str) -> None:
+        """Remove an entry (its JSON file first: never a complete-looking half entry)."""
+        for path in reversed(self._paths(key)):
+            try:
+                path.unlink()
+            except OSError:  # absent, or a folder that cannot be written: nothing to remove
+                pass
 
     def get_or_compute(self, kind: str, params: dict, fn: Callable[[], dict], *,
-                       meta: dict | None = None) -> dict:
+                       meta: dict | None = None, expect: dict | None = None) -> dict:
         """Load the artefact ``(kind, params)`` or compute it with ``fn()`` and store it.
 
         Parameters
@@ -177,20 +265,28 @@ class Cache:
         params : dict
             Everything the result depends on (see :meth:`key`).
         fn : callable
-            ``fn() -> dict[str, Tensor]``, called only on a cache miss.
+            ``fn() -> dict[str, Tensor]``, called on a miss (absent or failing a check).
         meta : dict, optional
             Extra metadata stored beside the tensors (e.g. map sizes).
+        expect : dict[str, TensorSpec], optional
+            What a stored entry must hold to be used (see :meth:`load`).
 
         Returns
         -------
         dict[str, Tensor]
+            A result that cannot be stored (read-only folder, full disk) is returned all the
+            same, with a :class:`CacheWarning`.
         """
         key = self.key(kind, **params)
-        hit = self.load(key)
+        hit = self.load(key, expect)
         if hit is not None:
             return hit[0]
         tensors = fn()
-        self.save(key, tensors, {"kind": kind, "params": params, **(meta or {})})
+        try:
+            self.save(key, tensors, {"kind": kind, "params": params, **(meta or {})})
+        except OSError as err:
+            warnings.warn(f"cache entry {self._paths(key)[0]} could not be written ({err}); the "
+                          "result is returned without being stored", CacheWarning, stacklevel=2)
         return tensors
 
     def clear(self) -> int:
@@ -246,7 +342,29 @@ def dataset_fingerprint(dataset) -> str | None:
     return getattr(dataset, "fingerprint", None)
 
 
-def cached(kind: str, cache, dataset, compute: Callable[[], dict], *, model=None, **params) -> dict:
+def cache_entry(kind: str, cache, dataset, *, model=None, **params):
+    """The store and key :func:`cached` uses for these arguments, or ``None`` without a store.
+
+    Returns
+    -------
+    (Cache, str, dict) or None
+        The cache, the entry's key and the full parameters (with the fingerprints).
+    """
+    store = resolve_cache(cache)
+    fp = dataset_fingerprint(dataset)
+    if store is not None and fp is None:
+        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
+        store = None
+    if store is None:
+        return None
+    params = {"dataset": fp, **params}
+    if model is not None:
+        params["model"] = model_fingerprint(model)
+    return store, store.key(kind, **params), params
+
+
+def cached(kind: str, cache, dataset, compute: Callable[[], dict], *, model=None,
+           meta: dict | None = None, expect: dict | None = None, **params) -> dict:
     """``compute()`` through the cache (if any), keyed by the dataset, the model and ``params``.
 
     Parameters
@@ -263,6 +381,11 @@ def cached(kind: str, cache, dataset, compute: Callable[[], dict], *, model=None
     model : nn.Module, optional
         Its weights' fingerprint enters the key; leave it out for results that do not depend
         on the model (crop embeddings).
+    meta : dict, optional
+        Extra metadata stored in the entry's JSON file.
+    expect : dict[str, TensorSpec], optional
+        The tensors a stored entry must hold, with shapes, dtypes and value ranges; an entry
+        that does not is computed again (see :meth:`Cache.load`).
     **params
         Everything else the result depends on.
 
@@ -270,14 +393,8 @@ def cached(kind: str, cache, dataset, compute: Callable[[], dict], *, model=None
     -------
     dict[str, Tensor]
     """
-    store = resolve_cache(cache)
-    fp = dataset_fingerprint(dataset)
-    if store is not None and fp is None:
-        warnings.warn("dataset has no 'fingerprint' attribute; results are not cached")
-        store = None
-    if store is None:
+    entry = cache_entry(kind, cache, dataset, model=model, **params)
+    if entry is None:
         return compute()
-    params = {"dataset": fp, **params}
-    if model is not None:
-        params["model"] = model_fingerprint(model)
-    return store.get_or_compute(kind, params, compute)
+    store, _, params = entry
+    return store.get_or_compute(kind, params, compute, meta=meta, expect=expect)

@@ -10,7 +10,14 @@ with the neuron's own activation map clamped at zero (``grad_output = relu(A_k^L
 channels 0), times that activation, summed over space ``s``. With ``normalize=True`` the
 vector is divided by ``sum_i |R_i| + 1e-10`` (sign kept), as in the reference pipeline.
 ``attribution`` may instead name a zennit composite: the LRP relevance arriving at the output
-of ``L-1`` from the same initial relevance (Eq. 1-2), summed over space.
+of ``L-1`` from the same initial relevance (Eq. 1-2), summed over space. LRP is refused on a
+model the canonizers do not cover (:func:`pure_utils.canonizers.lrp_support`) unless asked for
+with ``approximate=True``; :func:`lrp_conservation` measures how much of the initial relevance
+arrives at ``L-1`` (1 for a covered model without biases).
+
+Results are checked on the way out: references mined on another model or dataset are refused
+(:func:`pure_utils.references.check_references`), and a NaN or infinite vector stops the run,
+naming its neuron and sample.
 
 How the engine saves work (no approximation involved):
 
@@ -31,14 +38,15 @@ import torch
 from torch import nn
 
 from ._progress import tqdm
-from .cache import cached
-from .canonizers import composite_for
+from .cache import TensorSpec, cached
+from .canonizers import LRPApproximationWarning, composite_for, lrp_support
 from .data import check_dataset, load_images
 from .models import (eval_mode, forward_until, frozen_parameters, get_layer, layer_order,
                      layer_output, resolve_device, run_model, stop_after)
-from .references import References, neuron_ids
+from .references import References, check_references, index_tensor, neuron_ids
 
-__all__ = ["ATTRIBUTIONS", "METHODS", "circuit_attributions", "activation_features"]
+__all__ = ["ATTRIBUTIONS", "METHODS", "circuit_attributions", "activation_features",
+           "lrp_conservation"]
 
 #: Accepted ``attribution`` names: Gradient x Activation and zennit composite names (LRP).
 ATTRIBUTIONS = ("gxa", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat",
@@ -79,23 +87,33 @@ def _lower_layers(model: nn.Module, layer: str, lower_layer) -> list[str]:
     return lowers
 
 
-def _reference_rows(references, layer, neurons):
-    """``(neurons list, LongTensor[N, n_ref] of dataset indices)``."""
+def _no_neurons(layer):
+    return ValueError(f"neurons is empty; give at least one channel of layer {layer!r}")
+
+
+def _reference_rows(references, layer, neurons, *, model=None, dataset=None):
+    """``(neurons list, LongTensor[N, n_ref] of dataset indices)``; mined references are checked
+    against ``model`` and ``dataset``."""
     if isinstance(references, References):
         if references.layer != layer:
             raise ValueError(f"references were mined for layer {references.layer!r}, "
                              f"not {layer!r}")
+        check_references(references, model=model, dataset=dataset)
         if neurons is None:
             neurons = references.channels.tolist()
         neurons = neuron_ids(neurons)
+        if not neurons:
+            raise _no_neurons(layer)
         return neurons, references.indices[references.rows(neurons)]
     # a plain index tensor: one row of dataset indices per neuron (e.g. the test phase)
-    indices = torch.as_tensor(references).long()
+    indices = index_tensor(references, "references given as an index tensor")
     if indices.ndim == 1:
         indices = indices[None]
     if neurons is None:
         raise ValueError("neurons must be given when references is an index tensor")
     neurons = neuron_ids(neurons)
+    if not neurons:
+        raise _no_neurons(layer)
     if indices.shape[0] == 1 and len(neurons) > 1:
         indices = indices.expand(len(neurons), -1)
     if indices.shape[0] != len(neurons):
@@ -124,6 +142,18 @@ def _space_sum(t: torch.Tensor) -> torch.Tensor:
 def _normalize(r: torch.Tensor) -> torch.Tensor:
     """Divide by the sum of absolute values over the last axis (+1e-10); zero stays zero."""
     return r / (r.abs().sum(-1, keepdim=True) + _EPS)
+
+
+def _check_finite(what: str, values: torch.Tensor, neurons, indices) -> None:
+    """Raise naming the (neuron, sample) pairs whose ``values[row, slot, ...]`` are not finite."""
+    bad = ~torch.isfinite(values.reshape(*indices.shape, -1)).all(-1)
+    if not bad.any():
+        return
+    pairs = bad.nonzero().tolist()
+    named = ", ".join(f"neuron {neurons[r]} on sample {int(indices[r, j])}" for r, j in pairs[:10])
+    more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
+    raise ValueError(f"{what} are not finite (NaN or inf) for {named}{more}; check these inputs "
+                     "(and the model's weights)")
 
 
 def _indices_digest(neurons, indices) -> str:
@@ -173,9 +203,16 @@ def _capture(model, x, layer_module, lower_modules, lowers):
     return out, [state["acts"][n] for n in lowers]
 
 
-def _attribute(model, dataset, layer, lowers, neurons, indices, *, attribution, batch_size,
+def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, batch_size,
                device, progress):
-    """Unnormalised circuit vectors: list (one per lower layer) of ``Tensor[N, n_ref, C_l]``."""
+    """Unnormalised circuit vectors and their initial relevance.
+
+    Returns
+    -------
+    (list of Tensor[N, n_ref, C_l], Tensor[N, n_ref])
+        One tensor per lower layer; the initial relevance (the neuron's clamped activation map,
+        summed) of every vector. ``composite``: ``None`` for Gradient x Activation.
+    """
     layer_module = get_layer(model, layer)
     lower_modules = [get_layer(model, n) for n in lowers]
 
@@ -189,7 +226,7 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, attribution, 
 
     n_rows, n_ref = indices.shape
     results = None
-    composite = None if attribution == "gxa" else composite_for(attribution, model, dataset=dataset)
+    initial = torch.zeros(n_rows, n_ref)
     bar = tqdm(total=int(indices.numel()), desc=f"circuits {layer}<-{','.join(lowers)}",
                disable=not progress, unit="vec")
     context = composite.context(model) if composite is not None else contextlib.nullcontext()
@@ -202,7 +239,7 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, attribution, 
                 _check_channels(neurons, out.shape[1], layer)
                 results = [torch.zeros(n_rows, n_ref, a.shape[1]) for a in acts]
             # the activations multiply the gradients (GxA); LRP reads the relevance itself
-            weights = [a.detach() for a in acts] if attribution == "gxa" else None
+            weights = [a.detach() for a in acts] if composite is None else None
             n_slots = len(jobs[batch[0]])
             for slot in range(n_slots):
                 sel = [(b, jobs[img][slot]) for b, img in enumerate(batch) if len(jobs[img]) > slot]
@@ -215,6 +252,7 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, attribution, 
                                             allow_unused=True)
                 rows = torch.tensor([job[0] for _, job in sel])
                 pos = torch.tensor([job[1] for _, job in sel])
+                initial[rows, pos] = _space_sum(grad_out[b_idx, ch][:, None])[:, 0].float().cpu()
                 for li, g in enumerate(grads):
                     if g is None:  # this lower layer does not feed the layer: no circuit
                         continue
@@ -225,13 +263,55 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, attribution, 
                 bar.update(len(sel))
             del out, acts, weights
     bar.close()
-    return results
+    return results, initial
+
+
+def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attribution,
+              batch_size, device, cache, progress, approximate):
+    """``(lowers, tensors)``: the stored results, ``lower{i}`` Tensor[N, n_ref, C_i] (unnormalised)
+    and ``initial`` Tensor[N, n_ref]."""
+    lowers = _lower_layers(model, layer, lower_layer)
+    n = check_dataset(dataset)
+    neurons, indices = _reference_rows(references, layer, neurons, model=model, dataset=dataset)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    _check_indices(indices, n)
+    # refused (or announced) before anything runs, whether or not the result is cached
+    composite = None if attribution == "gxa" else composite_for(
+        attribution, model, dataset=dataset, layer=layer, lower_layer=lowers,
+        approximate=approximate)
+    device = resolve_device(model, device)
+
+    def compute():
+        parts, initial = _attribute(model, dataset, layer, lowers, neurons, indices,
+                                    composite=composite, batch_size=batch_size, device=device,
+                                    progress=progress)
+        for name, p in zip(lowers, parts):
+            _check_finite(f"circuit attributions of layer {layer!r} at {name!r}", p, neurons, indices)
+        return {**{f"lower{i}": p for i, p in enumerate(parts)}, "initial": initial}
+
+    shape = tuple(indices.shape)
+    expect = {f"lower{i}": TensorSpec(shape + (None,), torch.float32, finite=True)
+              for i in range(len(lowers))}
+    expect["initial"] = TensorSpec(shape, torch.float32, low=0, finite=True)
+    tensors = cached("circuits", cache, dataset, compute, model=model, expect=expect, layer=layer,
+                     lower_layer=lowers, attribution=attribution, neurons=neurons,
+                     refs=_indices_digest(neurons, indices))
+    return lowers, tensors
+
+
+def _ratios(tensors: dict, i: int) -> torch.Tensor:
+    """Relevance arriving at lower layer ``i`` over the initial relevance (NaN where none)."""
+    initial = tensors["initial"]
+    arrived = tensors[f"lower{i}"].sum(-1)
+    return torch.where(initial > 0, arrived / initial.clamp_min(1e-30), torch.nan)
 
 
 def circuit_attributions(model: nn.Module, dataset, references, layer: str, lower_layer, *,
                          neurons=None, attribution: str = "gxa", normalize: bool = True,
                          batch_size: int = 32, device=None, cache=None,
-                         progress: bool = True, method: str | None = None) -> torch.Tensor:
+                         progress: bool = True, method: str | None = None,
+                         approximate: bool = False) -> torch.Tensor:
     """PURE circuit vectors of neurons of ``layer`` on their reference samples (Eq. 3).
 
     Parameters
@@ -241,15 +321,16 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
     dataset : Dataset
         ``dataset[i] -> (Tensor[3, H, W], label)``; ``dataset.fingerprint`` for caching.
     references : References or LongTensor[N, m]
-        Mined references of ``layer``, or dataset indices per neuron (``neurons`` required;
-        a single row is used for all neurons) - e.g. new samples in the test phase.
+        Mined references of ``layer`` (refused when mined on another model or dataset), or
+        integer dataset indices per neuron (``neurons`` required; a single row is used for all
+        neurons) - e.g. new samples in the test phase.
     layer : str
         Layer ``L`` of the neurons (must equal ``references.layer``).
     lower_layer : str or list of str
         Layer ``L-1``; a list gives the per-layer vectors, each normalised on its own,
         concatenated in the given order (the "fuller circuit" ablation).
     neurons : int or sequence of int, optional
-        Channels of ``layer`` (default: all channels held by ``references``).
+        Channels of ``layer`` (default: all channels held by ``references``); not empty.
     attribution : str
         ``"gxa"`` (Gradient x Activation, the paper's default) or a zennit composite name from
         :data:`ATTRIBUTIONS` (LRP with :func:`~pure_utils.canonizers.canonizers_for` canonizers).
@@ -265,34 +346,77 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         Show a progress bar.
     method : str, optional
         The former name of ``attribution`` (deprecated).
+    approximate : bool
+        LRP only: compute it on a model the canonizers do not cover (otherwise a ``ValueError``
+        names what is missing), with a :class:`~pure_utils.canonizers.LRPApproximationWarning`
+        that reports the relevance conservation measured (see :func:`lrp_conservation`).
 
     Returns
     -------
     Tensor[len(neurons), n_ref, C_lower]
         ``C_lower`` is the sum of the channels of the lower layers. A neuron that does not
         activate on a sample gives a zero vector.
+
+    Raises
+    ------
+    ValueError
+        Among others, for references of another model or dataset, for non-finite vectors
+        (naming the neurons and samples), and for LRP on an uncovered model.
     """
     attribution = _check_attribution(attribution, method)
-    lowers = _lower_layers(model, layer, lower_layer)
-    n = check_dataset(dataset)
-    neurons, indices = _reference_rows(references, layer, neurons)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    _check_indices(indices, n)
-    device = resolve_device(model, device)
-
-    def compute():
-        parts = _attribute(model, dataset, layer, lowers, neurons, indices, attribution=attribution,
-                           batch_size=batch_size, device=device, progress=progress)
-        return {f"lower{i}": p for i, p in enumerate(parts)}
-
-    tensors = cached("circuits", cache, dataset, compute, model=model, layer=layer,
-                     lower_layer=lowers, attribution=attribution, neurons=neurons,
-                     refs=_indices_digest(neurons, indices))
+    lowers, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
+                                attribution=attribution, batch_size=batch_size, device=device,
+                                cache=cache, progress=progress, approximate=approximate)
+    if attribution != "gxa" and lrp_support(model, layer=layer, lower_layer=lowers):
+        for i, name in enumerate(lowers):
+            r = _ratios(tensors, i)
+            r = r[torch.isfinite(r)]
+            if r.numel():
+                warnings.warn(
+                    f"approximate LRP ({attribution}): relevance arriving at {name!r} / initial "
+                    f"relevance at {layer!r}: median {r.median():.3f} (min {r.min():.3f}, max "
+                    f"{r.max():.3f}) over {r.numel()} vectors; 1 means conserved",
+                    LRPApproximationWarning, stacklevel=2)
     parts = [tensors[f"lower{i}"] for i in range(len(lowers))]
     if normalize:
         parts = [_normalize(p) for p in parts]
     return torch.cat(parts, dim=-1)
+
+
+def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_layer: str, *,
+                     neurons=None, attribution: str = "epsilon_plus_flat", approximate: bool = False,
+                     batch_size: int = 32, device=None, cache=None,
+                     progress: bool = False) -> torch.Tensor:
+    """How much of a neuron's initial relevance arrives at the lower layer.
+
+    For every (neuron, reference sample): the relevance summed over all channels and positions
+    of ``lower_layer``, divided by the initial relevance (the neuron's clamped activation map,
+    summed). LRP conserves relevance, so on a model the canonizers cover and without biases
+    (which absorb relevance) the ratio is 1; elsewhere it says how far off the attribution is.
+
+    Parameters
+    ----------
+    model, dataset, references, layer, neurons, batch_size, device, cache, progress
+        As in :func:`circuit_attributions`.
+    lower_layer : str
+        One lower layer.
+    attribution : str
+        An LRP composite name (default ``"epsilon_plus_flat"``); ``"gxa"`` is accepted too.
+    approximate : bool
+        Measure it on a model the canonizers do not cover (otherwise a ``ValueError``).
+
+    Returns
+    -------
+    Tensor[len(neurons), n_ref]
+        The ratios; NaN where the neuron does not activate (no initial relevance).
+    """
+    if not isinstance(lower_layer, str):
+        raise ValueError(f"lower_layer={lower_layer!r}: give one layer name")
+    attribution = _check_attribution(attribution, None)
+    _, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
+                           attribution=attribution, batch_size=batch_size, device=device,
+                           cache=cache, progress=progress, approximate=approximate)
+    return _ratios(tensors, 0)
 
 
 def activation_features(model: nn.Module, dataset, references, layer: str, *, neurons=None,
@@ -316,7 +440,7 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
     """
     get_layer(model, layer)
     n = check_dataset(dataset)
-    neurons, indices = _reference_rows(references, layer, neurons)
+    neurons, indices = _reference_rows(references, layer, neurons, model=model, dataset=dataset)
     _check_indices(indices, n)
     device = resolve_device(model, device)
 
@@ -337,7 +461,10 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
                 bar.update(len(batch))
         bar.close()
         flat = torch.stack([feats[i] for i in indices.flatten().tolist()]).clone()
+        _check_finite(f"activations of layer {layer!r}", flat, neurons, indices)
         return {"features": flat.reshape(*indices.shape, -1)}
 
-    return cached("activation_features", cache, dataset, compute, model=model, layer=layer,
-                  neurons=neurons, refs=_indices_digest(neurons, indices))["features"]
+    expect = {"features": TensorSpec(tuple(indices.shape) + (None,), torch.float32, low=0,
+                                     finite=True)}
+    return cached("activation_features", cache, dataset, compute, model=model, expect=expect,
+                  layer=layer, neurons=neurons, refs=_indices_digest(neurons, indices))["features"]

@@ -11,6 +11,7 @@ Boxes are ``(y0, x0, y1, x1)`` with exclusive ends, in input pixels.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from ._progress import tqdm
-from .canonizers import composite_for
+from .canonizers import LRPApproximationWarning, composite_for, lrp_support
 from .data import load_images
 from .models import eval_mode, get_layer, resolve_device, run_model, stop_after
+from .references import check_references, index_tensor, neuron_ids
 
 __all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_crops",
            "display_crops", "reference_images", "crops_from_boxes"]
@@ -31,7 +33,8 @@ __all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_cro
 # --------------------------------------------------------------------------------------------
 def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[int], *,
                      composite="epsilon_plus_flat", canonizers=None, n_ref: int | None = None,
-                     batch_size: int = 32, device=None, progress: bool = True) -> torch.Tensor:
+                     batch_size: int = 32, device=None, progress: bool = True,
+                     approximate: bool = False) -> torch.Tensor:
     """LRP heatmaps of channel ``k`` at the position of its maximum, down to the input.
 
     For every neuron ``k`` in ``neurons`` and each of its reference samples, the relevance of
@@ -47,7 +50,7 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         Returns ``(Tensor[3, H, W] normalised, label)`` for the indices in ``references``.
     references : References
         ``.indices`` LongTensor[C, n_ref] and ``.positions`` LongTensor[C, n_ref, 2] (row, col
-        in the layer's map).
+        in the layer's map). Mined references are refused with another model or dataset.
     layer : str
         Module name of layer L (``"layer4"``).
     neurons : sequence of int
@@ -57,7 +60,8 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         as in the reference pipeline) or a ready composite (its canonizers are then its own).
     canonizers : list, optional
         zennit canonizers; default ``pure_utils.canonizers.canonizers_for(model)`` (timm ResNet
-        blocks). Pass ``[]`` for none.
+        blocks). Pass ``[]`` for none (then only correct on models without BatchNorm or
+        residual blocks).
     n_ref : int, optional
         Use only the first ``n_ref`` reference samples of each neuron (default: all).
     batch_size : int
@@ -66,14 +70,26 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         Default: the device of the model's parameters.
     progress : bool
         Show a progress bar.
+    approximate : bool
+        Compute the heatmaps on a model the canonizers do not cover (see
+        :func:`pure_utils.canonizers.lrp_support`; otherwise a ``ValueError`` names what is
+        missing), with a warning that reports the share of the initial relevance reaching the
+        input.
 
     Returns
     -------
     Tensor[len(neurons), n_ref, H, W]
         Signed relevance per input pixel (float32, on the CPU).
+
+    Raises
+    ------
+    ValueError
+        For references of another model or dataset, for LRP on an uncovered model, and for
+        heatmaps that come out NaN or infinite (naming the neurons and samples).
     """
     module = get_layer(model, layer)
-    neurons = [int(k) for k in neurons]
+    neurons = neuron_ids(neurons)
+    check_references(references, model=model, dataset=dataset)
     if hasattr(references, "rows"):
         # References may hold a subset of channels: map channel ids to rows
         rows = [int(r) for r in references.rows(neurons)]
@@ -87,7 +103,10 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
     n_ref = total_ref if n_ref is None else int(n_ref)
     if not 1 <= n_ref <= total_ref:
         raise ValueError(f"n_ref={n_ref} not in 1..{total_ref} (the references hold {total_ref})")
-    comp = composite_for(composite, model, canonizers=canonizers, dataset=dataset)
+    comp = composite_for(composite, model, canonizers=canonizers, dataset=dataset, layer=layer,
+                         approximate=approximate)
+    uncovered = approximate and lrp_support(model, getattr(comp, "canonizers", None) or [],
+                                            layer=layer)
     device = resolve_device(model, device)
 
     # one job per (neuron, reference sample), processed in flat batches
@@ -95,9 +114,11 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
     jobs = [(j, r, row, k) for j, (row, k) in enumerate(zip(rows, neurons)) for r in range(n_ref)]
     if not jobs:
         return torch.zeros(0, n_ref, 0, 0)
-    first = dataset[int(references.indices[rows[0], 0])][0]
+    indices = index_tensor(references.indices)
+    first = dataset[int(indices[rows[0], 0])][0]
     H, W = first.shape[-2:]
     out = torch.zeros(len(neurons), n_ref, H, W)
+    initial = torch.zeros(len(neurons), n_ref)
 
     with eval_mode(model), comp.context(model) as modified, stop_after(module) as captured:
         # stop_after is entered inside the composite's context so that its hook runs after
@@ -105,7 +126,7 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         starts = range(0, len(jobs), batch_size)
         for s in tqdm(starts, desc=f"heatmaps {layer}", disable=not progress):
             batch = jobs[s:s + batch_size]
-            x = load_images(dataset, [references.indices[row, r] for _, r, row, _ in batch])
+            x = load_images(dataset, [indices[row, r] for _, r, row, _ in batch])
             x = x.to(device).requires_grad_(True)
             run_model(modified, x)
             act = captured.pop("out")
@@ -116,8 +137,24 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
             init[b, ch, pos[:, 0], pos[:, 1]] = act[b, ch, pos[:, 0], pos[:, 1]].detach()
             (grad,) = torch.autograd.grad(act, x, grad_outputs=init)
             rel = grad.sum(1).detach().cpu()
+            start = init[b, ch, pos[:, 0], pos[:, 1]].float().cpu()
             for i, (j, r, *_) in enumerate(batch):
                 out[j, r] = rel[i]
+                initial[j, r] = start[i]
+    bad = ~torch.isfinite(out).flatten(2).all(2)
+    if bad.any():
+        named = ", ".join(f"neuron {neurons[j]} on sample {int(indices[rows[j], r])}"
+                          for j, r in bad.nonzero().tolist()[:10])
+        raise ValueError(f"heatmaps of layer {layer!r} are not finite (NaN or inf) for {named}; "
+                         "check these inputs (and the model's weights)")
+    if uncovered:
+        active = initial > 0
+        if active.any():
+            ratio = out.flatten(2).sum(2)[active] / initial[active]
+            warnings.warn(f"approximate LRP heatmaps of {layer!r}: relevance reaching the input / "
+                          f"initial relevance: median {ratio.median():.3f} (min {ratio.min():.3f}, "
+                          f"max {ratio.max():.3f}); 1 means conserved",
+                          LRPApproximationWarning, stacklevel=2)
     return out
 
 
@@ -306,7 +343,11 @@ def display_crops(images, heatmaps: torch.Tensor, *, blur_kernel: int = 51,
 
 
 def reference_images(dataset, references, neuron: int, n_ref: int | None = None) -> torch.Tensor:
-    """The reference samples of ``neuron`` as images in [0, 1], ``Tensor[n_ref, 3, H, W]``."""
+    """The reference samples of ``neuron`` as images in [0, 1], ``Tensor[n_ref, 3, H, W]``.
+
+    Mined references are refused with another dataset (:func:`check_references`).
+    """
+    check_references(references, dataset=dataset)
     row = int(references.rows([neuron])[0]) if hasattr(references, "rows") else int(neuron)
     idx = references.indices[row]
     idx = idx if n_ref is None else idx[:n_ref]
@@ -321,13 +362,16 @@ def crops_from_boxes(dataset, indices, boxes) -> list[torch.Tensor]:
     Parameters
     ----------
     indices : LongTensor[m]
-        Dataset indices.
+        Dataset indices (integers; a float tensor is refused, not truncated).
     boxes : LongTensor[m, 4]
 
     Returns
     -------
     list of Tensor[3, h, w]
     """
+    indices = index_tensor(indices, "crop indices").reshape(-1)
+    boxes = index_tensor(boxes, "crop boxes").reshape(-1, 4)
+    if len(indices) != len(boxes):
+        raise ValueError(f"{len(indices)} indices but {len(boxes)} boxes")
     return [dataset.image(int(i))[:, y0:y1, x0:x1]
-            for i, (y0, x0, y1, x1) in zip(torch.as_tensor(indices).tolist(),
-                                           torch.as_tensor(boxes).tolist())]
+            for i, (y0, x0, y1, x1) in zip(indices.tolist(), boxes.tolist())]

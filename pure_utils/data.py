@@ -5,17 +5,19 @@ Every dataset returned by :func:`load_dataset` follows one protocol:
 - ``len(ds)``; ``ds[i] -> (Tensor[3, H, W] normalised, int label)``;
 - ``ds.image(i) -> Tensor[3, H, W]`` in [0, 1], spatially aligned with the model input (after
   resize and crop, before normalisation), used for visualisations;
-- ``ds.fingerprint`` (a stable id for cache keys), ``ds.mean``, ``ds.std`` (3 floats each),
-  ``ds.class_names``.
+- ``ds.fingerprint`` (a stable id for cache keys: it must change whenever any ``ds[i]`` would),
+  ``ds.mean``, ``ds.std`` (3 floats each), ``ds.class_names``.
 
 Datasets: the controlled benchmark (:class:`SyntheticShapes`, over the generator of
-:mod:`pure_utils.synthetic`), image folders such as ImageNet val (:class:`ImageFolderDataset`)
-and random smooth images for tests and benchmarks (:class:`GeneratedImages`). :func:`check_dataset`, :func:`load_images` and
-:func:`iter_batches` are how the engine reads any of them.
+:mod:`pure_utils.synthetic`), image folders such as ImageNet val (:class:`ImageFolderDataset`),
+random smooth images for tests and benchmarks (:class:`GeneratedImages`) and seeded parts of
+any of them (:class:`DatasetPart`). :func:`check_dataset`, :func:`load_images`,
+:func:`iter_samples` and :func:`iter_batches` are how the engine reads any of them.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +25,13 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from ._progress import tqdm
-from .synthetic import (DEFAULT_SPLIT_SIZES, GENERATOR_VERSION, SPLITS, Scene, SyntheticConfig,
-                        draw_scene, render_image, sample_scene)
+from .benchmark import SyntheticShapes
+from .synthetic import SyntheticConfig
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "ImageFolderDataset",
-           "SyntheticShapes", "GeneratedImages", "DatasetPart", "shared_images", "load_dataset", "check_dataset", "load_images", "iter_batches"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "FINGERPRINTS",
+           "ImageFolderDataset", "SyntheticShapes", "GeneratedImages", "DatasetPart",
+           "UnreadableImageError", "shared_images", "load_dataset", "check_dataset", "load_images",
+           "iter_samples", "iter_batches"]
 
 #: ImageNet normalisation, as used by the timm ``*.a1_in1k`` weights and the PURE paper.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,6 +40,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 DATASETS = ("synthetic", "imagefolder", "imagenet", "generated")
+#: How an image folder's fingerprint sees its files (see :class:`ImageFolderDataset`).
+FINGERPRINTS = ("stat", "content")
+
+
+class UnreadableImageError(OSError):
+    """An image of a dataset cannot be read (a damaged or truncated file); names the file."""
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -57,6 +66,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         Normalisation (default ImageNet).
     class_names : list of str, optional
         Readable names for the class folders (default: the folder names).
+    fingerprint : {"stat", "content"}
+        What the cache key sees of the files. ``"stat"`` (default): every file's full resolved
+        path, size and modification time (ns), checked at each use (cheap: no file is read),
+        so another folder or an image replaced in place gives another key. ``"content"``: every
+        file's relative path and the SHA-256 of its bytes, so that copies of the same images
+        on other machines share entries of a shared cache (each file is read once per process,
+        and again only when its size or modification time changes).
 
     Raises
     ------
@@ -65,7 +81,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, image_size: int = 224, resize: int = 256, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, class_names=None):
+                 std=IMAGENET_STD, class_names=None, fingerprint: str = "stat"):
         if root is None:
             raise FileNotFoundError(_missing_message(None))
         self.root = Path(root).expanduser()
@@ -74,6 +90,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if image_size < 1 or resize < image_size:
             raise ValueError(f"image_size={image_size}, resize={resize} not accepted; use "
                              "1 <= image_size <= resize")
+        if fingerprint not in FINGERPRINTS:
+            raise ValueError(f"fingerprint={fingerprint!r} not known; use one of "
+                             f"{', '.join(map(repr, FINGERPRINTS))}")
+        self.fingerprint_mode = fingerprint
+        self._resolved_paths: list | None = None  # symlinks resolved on first use
+        self._digests: dict = {}  # path -> (stat signature, SHA-256 of the bytes)
         self.image_size, self.resize = int(image_size), int(resize)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
@@ -109,21 +131,54 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     @property
     def fingerprint(self) -> str:
-        """Stable id: folder, file list, sizes and normalisation."""
-        h = hashlib.sha256()
-        for path, label in self.samples:
-            h.update(f"{path.relative_to(self.root)}:{label};".encode())
-        return (f"imagefolder-{self.root.name}-{h.hexdigest()[:12]}-n{len(self)}-"
-                f"{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}")
+        """Id of the tensors: the files (see ``fingerprint=``), labels, sizes and normalisation."""
+        h = hashlib.sha256(self.fingerprint_mode.encode())
+        for i, (path, label) in enumerate(self.samples):
+            st = self._stat(i)
+            rel = path.relative_to(self.root)
+            if self.fingerprint_mode == "stat":
+                h.update(f"{self._resolved(i)}:{st.st_size}:{st.st_mtime_ns}:{label};".encode())
+            else:
+                h.update(f"{rel}:{self._content_digest(path, st)}:{label};".encode())
+        return (f"imagefolder-{self.root.resolve().name}-{self.fingerprint_mode}-{h.hexdigest()[:16]}-"
+                f"n{len(self)}-{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}")
+
+    def _resolved(self, i: int) -> Path:
+        if self._resolved_paths is None:
+            self._resolved_paths = [p.resolve() for p, _ in self.samples]
+        return self._resolved_paths[i]
+
+    def _stat(self, i: int) -> os.stat_result:
+        path = self.samples[i][0]
+        try:
+            return path.stat()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {path} (index {i}) is gone since the dataset was "
+                                    "created; create the dataset again") from None
+
+    def _content_digest(self, path: Path, st: os.stat_result) -> str:
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+        known = self._digests.get(path)
+        if known is None or known[0] != signature:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            known = self._digests[path] = (signature, h.hexdigest())
+        return known[1]
 
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` resized and centre-cropped, Tensor[3, image_size, image_size] in [0, 1]."""
         path, _ = self.samples[i]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img = F.resize(img, self.resize, interpolation=F.InterpolationMode.BILINEAR)
-            img = F.center_crop(img, [self.image_size, self.image_size])
-            return F.to_tensor(img)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for damaged files
+            raise UnreadableImageError(f"image {path} (index {i}) cannot be read: "
+                                       f"{type(err).__name__}: {err}") from err
+        img = F.resize(img, self.resize, interpolation=F.InterpolationMode.BILINEAR)
+        img = F.center_crop(img, [self.image_size, self.image_size])
+        return F.to_tensor(img)
 
     def __getitem__(self, i: int):
         x = self.image(i)
@@ -133,7 +188,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return (f"ImageFolderDataset(root={str(self.root)!r}, n={len(self)}, "
-                f"classes={len(self.class_names)}, image_size={self.image_size})")
+                f"classes={len(self.class_names)}, image_size={self.image_size}, "
+                f"fingerprint={self.fingerprint_mode!r})")
 
 
 _HOW_TO_GET_IMAGENET = (
@@ -164,7 +220,8 @@ def load_dataset(name: str = "synthetic", *, part: str | None = None, test_share
         ``"synthetic"``: :class:`SyntheticShapes` (kwargs: ``split``,
         ``n``, ``seed``, ``config`` - a ``SyntheticConfig`` or a dict of its fields - ...).
         ``"imagefolder"`` / ``"imagenet"``: :class:`ImageFolderDataset` (kwargs: ``root``,
-        ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``).
+        ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``,
+        ``fingerprint="stat"``).
         ``"generated"``: :class:`GeneratedImages` (kwargs: ``n``, ``size``, ``seed``).
     part, test_share, part_seed, subset
         A seeded part of the dataset (:class:`DatasetPart`): ``part="mining"`` and
@@ -198,190 +255,6 @@ def _load_dataset(name: str, **kwargs):
     raise ValueError(f"dataset {name!r} not known; datasets: {', '.join(DATASETS)}")
 
 
-# --------------------------------------------------------------------------------------------
-# the controlled benchmark
-# --------------------------------------------------------------------------------------------
-
-class SyntheticShapes(torch.utils.data.Dataset):
-    """The controlled benchmark: shape images with known concepts and masks.
-
-    Parameters
-    ----------
-    split : {"train", "val", "test"}
-        Each split has its own random streams; the default models are trained on ``"train"``
-        and evaluated on ``"test"``.
-    n : int, optional
-        Number of images (default per split: train 20000, val 2000, test 3000). Image ``i`` is
-        the same whatever ``n`` is.
-    seed : int
-        Dataset seed (default 0).
-    config : SyntheticConfig, optional
-        Generator knobs (default ``SyntheticConfig()``).
-    mean, std : tuple of 3 floats
-        Normalisation applied in ``__getitem__`` (default 0.5 and 0.25 per channel).
-
-    Notes
-    -----
-    Rendered images are cached in memory on first access (about 28 KB per 96 px image).
-    ``ds[i]`` returns ``(Tensor[3, H, W] normalised, label)``; ``ds.image(i)`` the same image in
-    [0, 1]; ``ds.annotations(i)`` the ground truth.
-    """
-
-    def __init__(self, split: str = "test", n: int | None = None, seed: int = 0,
-                 config: SyntheticConfig | None = None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)):
-        if split not in SPLITS:
-            raise ValueError(f"split {split!r} not known; splits: {', '.join(SPLITS)}")
-        n = DEFAULT_SPLIT_SIZES[split] if n is None else int(n)
-        if n < 1:
-            raise ValueError(f"n={n} must be >= 1")
-        self.split, self.n, self.seed = split, n, int(seed)
-        self.config = config or SyntheticConfig()
-        if not isinstance(self.config, SyntheticConfig):
-            raise ValueError(f"config must be a SyntheticConfig, got {type(self.config).__name__}")
-        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-        size = self.config.image_size
-        self._pixels = np.zeros((n, size, size, 3), np.uint8)
-        self._maps = np.zeros((n, size, size), np.int8)
-        self._objects: list = [None] * n
-
-    # -- protocol --------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.n
-
-    @property
-    def fingerprint(self) -> str:
-        """Stable id of the images: generator version, knobs, seed, split and size."""
-        return (f"synthetic-{GENERATOR_VERSION}-{self.config.digest()}-seed{self.seed}-"
-                f"{self.split}-n{self.n}")
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names (= concept names: the label is the labelled object's concept)."""
-        return self.config.concept_names
-
-    @property
-    def concept_names(self) -> list[str]:
-        """``"<colour> <shape>"`` per concept id."""
-        return self.config.concept_names
-
-    @property
-    def n_concepts(self) -> int:
-        return self.config.n_concepts
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.config.image_size, self.config.image_size)
-
-    def _check(self, i: int) -> int:
-        i = int(i)
-        if i < 0:
-            i += self.n
-        if not 0 <= i < self.n:
-            raise IndexError(f"index {i} out of range for {self.n} images")
-        return i
-
-    def _render(self, i: int) -> int:
-        i = self._check(i)
-        if self._objects[i] is None:
-            image, omap, objects = render_image(self.config, self.seed, self.split, i)
-            self._pixels[i], self._maps[i] = image, omap
-            self._objects[i] = objects
-        return i
-
-    def render_all(self, progress: bool = False) -> "SyntheticShapes":
-        """Render (and cache) every image now instead of lazily."""
-        for i in tqdm(range(self.n), disable=not progress, desc=f"rendering {self.split}"):
-            self._render(i)
-        return self
-
-    def pixels(self, i: int) -> np.ndarray:
-        """Raw image ``i``, ndarray[H, W, 3] uint8."""
-        return self._pixels[self._render(i)]
-
-    def scene(self, i: int) -> Scene:
-        """The random content of image ``i`` (objects, background, noise) before painting."""
-        return sample_scene(self.config, self.seed, self.split, self._check(i))
-
-    def render(self, scene: Scene, objects=None, *, normalize: bool = True) -> torch.Tensor:
-        """Paint a (possibly edited) scene as a model input.
-
-        Parameters
-        ----------
-        scene : Scene
-            From :meth:`scene`.
-        objects : sequence of (dict or None), optional
-            See :func:`draw_scene`: ``None`` removes an object, a dict (e.g. from
-            :func:`counterfactual`) replaces it.
-        normalize : bool
-            ``True``: normalised as ``ds[i][0]``; ``False``: in [0, 1] as ``ds.image(i)``.
-
-        Returns
-        -------
-        Tensor[3, H, W]
-        """
-        return self._tensor(draw_scene(scene, objects)[0], normalize)
-
-    def _tensor(self, pixels: np.ndarray, normalize: bool) -> torch.Tensor:
-        x = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
-        if not normalize:
-            return x
-        return (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
-
-    def arrays(self, indices) -> tuple[np.ndarray, torch.Tensor]:
-        """Raw images and labels of many indices at once (for training loops).
-
-        Returns
-        -------
-        (ndarray[n, H, W, 3] uint8, LongTensor[n])
-        """
-        indices = [self._render(i) for i in indices]
-        labels = torch.tensor([self._objects[i][0]["concept"] for i in indices])
-        return self._pixels[indices], labels
-
-    def image(self, i: int) -> torch.Tensor:
-        """Image ``i`` as Tensor[3, H, W] float in [0, 1] (what the model sees, before normalisation)."""
-        return self._tensor(self.pixels(i), normalize=False)
-
-    def label(self, i: int) -> int:
-        """Class label of image ``i`` (the labelled object's concept)."""
-        return self._objects[self._render(i)][0]["concept"]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """LongTensor[n] of all labels (renders every image)."""
-        return torch.tensor([self.label(i) for i in range(self.n)])
-
-    def __getitem__(self, i: int):
-        return self._tensor(self.pixels(i), normalize=True), self.label(i)
-
-    # -- ground truth ----------------------------------------------------------------------
-    def object_map(self, i: int) -> np.ndarray:
-        """ndarray[H, W] int8: index of the visible object at each pixel (-1 background)."""
-        return self._maps[self._render(i)]
-
-    def annotations(self, i: int) -> dict:
-        """Ground truth of image ``i``.
-
-        Returns
-        -------
-        dict
-            ``label`` (int) and ``objects``: a list, in drawing order with the labelled object
-            first, of dicts with ``concept`` (int), ``name`` (str), ``mask`` (ndarray[H, W] bool:
-            the object's *visible* pixels; objects drawn later cut the masks of earlier ones),
-            ``shape``, ``colour``, ``rgb``, ``center`` (y, x), ``radius``, ``angle``, ``role``.
-        """
-        i = self._render(i)
-        omap = self._maps[i]
-        objects = []
-        for k, obj in enumerate(self._objects[i]):
-            objects.append(dict(obj, name=self.concept_names[obj["concept"]], mask=omap == k))
-        return dict(label=objects[0]["concept"], objects=objects)
-
-    def __repr__(self) -> str:
-        return (f"SyntheticShapes(split={self.split!r}, n={self.n}, seed={self.seed}, "
-                f"n_concepts={self.n_concepts}, image_size={self.config.image_size})")
-
-
 class GeneratedImages:
     """Random smooth images, generated on the fly (deterministic per index).
 
@@ -405,7 +278,12 @@ class GeneratedImages:
 
     def __init__(self, n: int, size: int = 224, seed: int = 0):
         self.n, self.size, self.seed = int(n), int(size), int(seed)
-        self.fingerprint = f"generated-n{self.n}-s{self.size}-seed{self.seed}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Id of the tensors: number, size, seed and normalisation."""
+        return (f"generated-n{self.n}-s{self.size}-seed{self.seed}-"
+                f"{_digest(tuple(self.mean) + tuple(self.std))}")
 
     def __len__(self) -> int:
         return self.n
@@ -447,19 +325,77 @@ def load_images(dataset, indices) -> torch.Tensor:
     return torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in indices])
 
 
-def iter_batches(dataset, batch_size: int, num_workers: int = 0):
-    """Yield ``(start, images)`` over the whole dataset in order."""
+class _Guarded(torch.utils.data.Dataset):
+    """Sample ``indices[j]`` as ``(i, image, None)``, or ``(i, None, why)`` if reading it fails."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j):
+        i = self.indices[j]
+        try:
+            return i, torch.as_tensor(self.dataset[i][0]), None
+        except OSError as err:  # a file that cannot be read; other errors are bugs and propagate
+            why = str(err) if isinstance(err, UnreadableImageError) else (
+                f"dataset[{i}] cannot be read: {type(err).__name__}: {err}")
+            return i, None, why
+
+
+def _as_list(items):
+    return items
+
+
+def iter_samples(dataset, batch_size: int, num_workers: int = 0, *, start: int = 0,
+                 skip_unreadable: bool = False):
+    """Yield ``(indices, images, unreadable)`` over ``dataset[start:]`` in order.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    batch_size : int
+        Samples per batch (readable or not).
+    num_workers : int
+        DataLoader worker processes (0: read in this process).
+    start : int
+        First index.
+    skip_unreadable : bool
+        ``False``: a sample whose reading raises an ``OSError`` (a damaged image file) raises
+        :class:`UnreadableImageError` naming it. ``True``: it is left out of ``images`` and
+        listed in ``unreadable``.
+
+    Yields
+    ------
+    indices : list of int
+        Dataset indices of the rows of ``images``.
+    images : Tensor[len(indices), 3, H, W] or None
+        ``None`` when no sample of the batch could be read.
+    unreadable : list of (int, str)
+        Indices left out, with the reason.
+    """
+    order = list(range(start, len(dataset)))
+    reader = _Guarded(dataset, order)
     if num_workers > 0:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                             num_workers=num_workers)
-        start = 0
-        for x, _ in loader:
-            yield start, x
-            start += len(x)
+        batches = torch.utils.data.DataLoader(reader, batch_size=batch_size, shuffle=False,
+                                              num_workers=num_workers, collate_fn=_as_list)
     else:
-        n = len(dataset)
-        for start in range(0, n, batch_size):
-            yield start, load_images(dataset, range(start, min(n, start + batch_size)))
+        batches = ([reader[j] for j in range(s, min(len(order), s + batch_size))]
+                   for s in range(0, len(order), batch_size))
+    for batch in batches:
+        bad = [(i, why) for i, _, why in batch if why is not None]
+        if bad and not skip_unreadable:
+            raise UnreadableImageError(bad[0][1])
+        good = [(i, x) for i, x, why in batch if why is None]
+        images = torch.stack([x for _, x in good]) if good else None
+        yield [i for i, _ in good], images, bad
+
+
+def iter_batches(dataset, batch_size: int, num_workers: int = 0):
+    """Yield ``(start, images)`` over the whole dataset in order (see :func:`iter_samples`)."""
+    for indices, images, _ in iter_samples(dataset, batch_size, num_workers):
+        yield indices[0], images
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,3 +497,4 @@ def shared_images(a, b) -> int | None:
     ia = set(a.indices) if isinstance(a, DatasetPart) else set(range(len(a)))
     ib = set(b.indices) if isinstance(b, DatasetPart) else set(range(len(b)))
     return len(ia & ib)
+

@@ -24,7 +24,7 @@ import torch
 
 from ._compat import moved_names
 from ._progress import tqdm
-from .cache import cached, resolve_cache
+from .cache import TensorSpec, cached, resolve_cache
 from .circuits import activation_features, circuit_attributions
 from .crops import crop_boxes, crops_from_boxes, feature_heatmaps
 from .data import load_dataset, shared_images
@@ -287,8 +287,9 @@ def evaluation_boxes(setting: Setting, *, neurons=None, display: bool = False,
             return {"boxes": torch.zeros(0, setting.references.n_ref, 4, dtype=torch.long)}
         return {"boxes": torch.cat(boxes)}
 
+    expect = {"boxes": TensorSpec((len(neurons), setting.references.n_ref, 4), torch.int64, low=0)}
     return cached("crop_boxes", setting.cache, setting.dataset, compute, model=setting.model,
-                  layer=p["layer"], composite=composite, blur=kernel, threshold=thr,
+                  expect=expect, layer=p["layer"], composite=composite, blur=kernel, threshold=thr,
                   neurons=neurons,
                   refs=setting.references.indices[setting.references.rows(neurons)])["boxes"].long()
 
@@ -379,7 +380,8 @@ def embed_references(setting: Setting, embedder=None, boxes=None, *, neurons=Non
 
     spec = getattr(embedder, "spec", None) or {"repr": repr(embedder)}
     # the crops (dataset, indices, boxes) and the embedder fix the result; the model does not
-    return cached("embeddings", setting.cache, setting.dataset, compute,
+    expect = {"embeddings": TensorSpec(tuple(indices.shape) + (embedder.dim,))}
+    return cached("embeddings", setting.cache, setting.dataset, compute, expect=expect,
                   embedder={k: str(v) for k, v in spec.items()}, dim=embedder.dim,
                   indices=indices, boxes=boxes)["embeddings"]
 

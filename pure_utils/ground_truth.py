@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 
 from ._progress import tqdm
-from .cache import cached
+from .cache import TensorSpec, cached
 from .models import eval_mode, forward_until, resolve_device
-from .references import mine_references
 from .data import SyntheticShapes
+from .references import check_references, index_tensor, mine_references
 from .synthetic import counterfactual
 
 __all__ = ["RULE", "ReferenceFeatures", "reference_features", "feature_names", "intervention_panels",
@@ -89,8 +89,9 @@ def reference_concepts(dataset: SyntheticShapes, references) -> torch.Tensor:
     """
     if not hasattr(dataset, "object_map"):
         raise ValueError(f"dataset {dataset!r} has no ground-truth concepts; use a SyntheticShapes dataset")
-    indices = torch.as_tensor(references.indices).long()
-    positions = torch.as_tensor(references.positions).long()
+    check_references(references, dataset=dataset)
+    indices = index_tensor(references.indices)
+    positions = index_tensor(references.positions, "reference positions")
     if positions.shape != (*indices.shape, 2):
         raise ValueError(f"positions of shape {tuple(positions.shape)} do not match indices of shape "
                          f"{tuple(indices.shape)}; expected {(*indices.shape, 2)}")
@@ -375,10 +376,11 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
     if not hasattr(dataset, "scene"):
         raise ValueError(f"dataset {dataset!r} cannot re-render its images; the intervention "
                          "ground truth needs the controlled benchmark (SyntheticShapes)")
+    check_references(references, model=model, dataset=dataset)
     device = resolve_device(model, device)
     layer = references.layer
-    indices = torch.as_tensor(references.indices).long()
-    channels = torch.as_tensor(references.channels).long()
+    indices = index_tensor(references.indices)
+    channels = index_tensor(references.channels, "reference channels")
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(dataset)):
         raise ValueError(f"reference indices out of range for a dataset of {len(dataset)} images; "
                          "were the references mined on another dataset?")
@@ -472,8 +474,13 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
 
     digest = hashlib.sha256(indices.contiguous().numpy().astype("int64").tobytes()
                             + channels.numpy().astype("int64").tobytes()).hexdigest()[:24]
-    tensors = cached("reference_features", cache, dataset, compute, model=model, layer=layer,
-                     refs=digest, rule=RULE, rule_version=RULE_VERSION)
+    shape = tuple(indices.shape)
+    expect = {name: TensorSpec(shape, torch.float32) for name in
+              ("responsibility", "activation", "colour_retention", "shape_retention")}
+    expect.update(labels=TensorSpec(shape, torch.int64, low=0, high=len(names)),
+                  driver=TensorSpec(shape, torch.int64, low=-1))
+    tensors = cached("reference_features", cache, dataset, compute, model=model, expect=expect,
+                     layer=layer, refs=digest, rule=RULE, rule_version=RULE_VERSION)
     return ReferenceFeatures(names=names, kinds=[kind for _, kind in vocabulary], channels=channels,
                              **tensors)
 
@@ -558,6 +565,7 @@ def intervention_panels(model: torch.nn.Module, dataset, references, neuron: int
         kept). Keys: ``title`` (what was done), ``image`` (Tensor[3, H, W] in [0, 1]),
         ``activation`` (the unit's spatial maximum on it).
     """
+    check_references(references, model=model, dataset=dataset)
     row = int(references.rows([neuron])[0]) if hasattr(references, "rows") else int(neuron)
     i = int(references.indices[row, slot])
     scene = dataset.scene(i)

@@ -87,10 +87,25 @@ def _load_state_dict(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder; give the weights file "
+                                "(.safetensors, .pt or .pth)")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    # never unpickle arbitrary objects: tensors and plain containers only
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"checkpoint {path} is not a readable safetensors file "
+                             f"({type(err).__name__}: {err}); is it damaged or cut short?") from None
+    # never unpickle arbitrary objects: tensors and plain containers only. torch's own message
+    # for a refused file advises turning that safety off, so it is not passed on.
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors alike
+        raise ValueError(
+            f"checkpoint {path} cannot be read as a state dict of tensors "
+            f"({type(err).__name__}); the file is damaged, or it holds other objects than "
+            "tensors. Save the weights with safetensors.torch.save_file(model.state_dict(), ...) "
+            "or torch.save(model.state_dict(), ...)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state
@@ -109,12 +124,14 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
         (``"resnet50.a1_in1k"``).
     pretrained : bool
         timm names only: load timm's pretrained weights (needs internet or a filled
-        Hugging Face cache). Shipped defaults always load their committed weights.
+        Hugging Face cache). Shipped defaults always load their committed weights
+        (``pretrained=True`` is refused for them).
     checkpoint : path, optional
         A local state dict (safetensors preferred; ``.pt``/``.pth`` files are read with
         ``weights_only=True``) loaded after the model is built.
     num_classes : int, optional
-        Classifier size for timm models (default: the model's own).
+        Classifier size for timm models (default: the model's own). For a shipped default,
+        only its own number of classes is accepted.
 
     Returns
     -------
@@ -125,6 +142,12 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
     shipped = shipped_models()
     if name in shipped:
         card = read_card(name)
+        own = card["architecture"].get("num_classes", 16)
+        if pretrained or (num_classes is not None and num_classes != own):
+            raise ValueError(
+                f"model {name!r} is a shipped model with its own weights and {own} classes: "
+                f"pretrained={pretrained!r} and num_classes={num_classes!r} apply to timm names "
+                "only; load it without them, or give checkpoint=<your weights> for other weights")
         model = build_resnet(**card["architecture"])
         weights = shipped[name].with_suffix(".safetensors")
         model.load_state_dict(_load_state_dict(checkpoint or weights))

@@ -21,7 +21,8 @@ import yaml
 from .paths import PROFILES_DIR
 
 __all__ = ["load_profile", "read_profile", "profile_path", "check_profile", "profile_names",
-           "profile_keys", "from_parameters", "PROFILES_DIR", "REQUIRED_KEYS", "resolve_device"]
+           "profile_keys", "from_parameters", "load_yaml", "PROFILES_DIR", "REQUIRED_KEYS",
+           "resolve_device"]
 
 #: The default profile: its keys are the keys every profile defines.
 DEFAULT_PROFILE = "offline"
@@ -60,10 +61,31 @@ def profile_path(name_or_path, profiles_dir: Path = PROFILES_DIR) -> Path:
     return path
 
 
+def load_yaml(path) -> object:
+    """The content of a YAML file; a ``ValueError`` names the file and line of a syntax error."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        context, problem = getattr(err, "context", None), getattr(err, "problem", None)
+        start = getattr(err, "context_mark", None)
+        if context and start is not None:
+            context = f"{context} started on line {start.line + 1}"
+        what = ": ".join(str(p) for p in (context, problem) if p) or str(err)
+        raise ValueError(f"{path}{where}: malformed YAML ({what})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a text (YAML) file: {err}") from None
+
+
 def read_profile(name_or_path, profiles_dir: Path = PROFILES_DIR) -> dict:
-    """A profile's keys as written in its YAML file (no defaults, no ``${VAR}`` expansion)."""
+    """A profile's keys as written in its YAML file (no defaults, no ``${VAR}`` expansion).
+
+    A malformed file gives a ``ValueError`` naming the file and the line.
+    """
     path = profile_path(name_or_path, profiles_dir)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"profile {path} must hold a mapping of keys, got {type(data).__name__}")
     return data
@@ -160,15 +182,20 @@ def check_profile(profile: dict) -> dict:
     for key, value in profile.items():
         unset(value, key)
     if str(profile["dataset"]).lower() in ("imagenet", "imagefolder"):
-        root = (profile.get("dataset_kwargs") or {}).get("root")
-        if not root or not Path(root).is_dir():
-            what = "no ImageNet folder given" if not root else f"the folder {root} does not exist"
-            raise FileNotFoundError(
-                f"profile {profile.get('name')!r}: {what}. The paper's setting needs the ImageNet "
-                "validation images (50 000 JPEGs in 1000 class folders, as made by the usual "
-                "valprep script; obtain them from https://image-net.org after registering). Set "
-                "dataset_kwargs.root in notebooks/profiles/paper.yaml, export PURE_IMAGENET_VAL, "
-                "or pass load_profile('paper', dataset_kwargs={'root': '/path/to/val'}).")
+        for key in ("dataset_kwargs", "heldout_dataset_kwargs"):
+            kwargs = profile.get(key) or {}
+            if key == "heldout_dataset_kwargs" and not kwargs:
+                continue  # no held-out split: the test phase says so where it is needed
+            root = kwargs.get("root")
+            if not root or not Path(root).is_dir():
+                what = "no ImageNet folder given" if not root else f"the folder {root} does not exist"
+                raise FileNotFoundError(
+                    f"profile {profile.get('name')!r}: {key}.root: {what}. The paper's setting "
+                    "needs the ImageNet validation images (50 000 JPEGs in 1000 class folders, as "
+                    "made by the usual valprep script; obtain them from https://image-net.org "
+                    f"after registering). Set {key}.root in notebooks/profiles/paper.yaml, export "
+                    f"PURE_IMAGENET_VAL, or pass load_profile('paper', {key}={{'root': "
+                    "'/path/to/val'}).")
     return profile
 
 

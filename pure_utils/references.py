@@ -8,21 +8,34 @@ by the spatial maximum of its activation map ("max-pooling", as in the reference
   so nothing above the layer is computed; this works for any ``nn.Module`` model;
 - a running top-``n_ref`` per channel is merged with each batch, so memory does not depend
   on the dataset size;
-- ties are broken by the lower dataset index (a stable sort of candidates kept in index order).
+- ties are broken by the lower dataset index (a stable sort of candidates kept in index order);
+- a sample whose activations are not finite (NaN or inf) is never ranked: mining stops naming
+  it, or, with ``on_nonfinite="skip"``, leaves it out and lists it in ``References.skipped``.
+  An image file that cannot be read is treated alike (``on_unreadable``); with a cache, the
+  work done before such a stop is kept, and the next run continues from there.
+
+References remember the model and dataset they were mined on (their fingerprints) and the input
+size; :func:`check_references` is how every stage that takes references refuses other ones.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from ._progress import tqdm
-from .cache import cached
-from .data import check_dataset, iter_batches
+from .cache import TensorSpec, cache_entry, dataset_fingerprint, model_fingerprint
+from .data import UnreadableImageError, check_dataset, iter_samples
 from .models import eval_mode, forward_until, get_layer, resolve_device
 
-__all__ = ["References", "mine_references", "neuron_ids"]
+__all__ = ["References", "mine_references", "check_references", "neuron_ids", "index_tensor",
+           "ON_BAD_SAMPLE"]
+
+#: Accepted values of ``on_nonfinite`` and ``on_unreadable``.
+ON_BAD_SAMPLE = ("raise", "skip")
+_SKIPPED = ("nonfinite", "unreadable")
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,6 +61,14 @@ class References:
         The layer's module name.
     channels : LongTensor[C]
         The channel of each row (``arange(C)`` unless made by :meth:`subset`).
+    model_fingerprint, dataset_fingerprint : str or None
+        What the references were mined on (:func:`pure_utils.cache.model_fingerprint`, the
+        dataset's ``fingerprint``); stages given another model or dataset refuse them
+        (:func:`check_references`). ``None`` (references built by hand): not checked.
+    skipped : dict[str, LongTensor[m]]
+        Dataset indices left out of the ranking: ``"nonfinite"`` (NaN or inf activations) and
+        ``"unreadable"`` (image files that could not be read); empty unless mined with
+        ``on_nonfinite="skip"`` / ``on_unreadable="skip"``.
     """
 
     indices: torch.Tensor
@@ -57,12 +78,17 @@ class References:
     input_size: tuple
     layer: str
     channels: torch.Tensor = field(default=None)
+    model_fingerprint: str | None = None
+    dataset_fingerprint: str | None = None
+    skipped: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.channels is None:
             self.channels = torch.arange(self.indices.shape[0])
         self.map_size = tuple(int(s) for s in self.map_size)
         self.input_size = tuple(int(s) for s in self.input_size)
+        self.skipped = {k: torch.as_tensor(self.skipped.get(k, []), dtype=torch.long)
+                        for k in _SKIPPED}
 
     @property
     def n_ref(self) -> int:
@@ -75,8 +101,9 @@ class References:
         return int(self.indices.shape[0])
 
     def __repr__(self) -> str:
+        skipped = "".join(f", skipped_{k}={len(v)}" for k, v in self.skipped.items() if len(v))
         return (f"References(layer={self.layer!r}, channels={self.n_channels}, n_ref={self.n_ref}, "
-                f"map_size={self.map_size}, input_size={self.input_size})")
+                f"map_size={self.map_size}, input_size={self.input_size}{skipped})")
 
     def rows(self, neurons) -> torch.Tensor:
         """Row positions of the channels ``neurons`` (ValueError if one is not held).
@@ -119,18 +146,22 @@ class References:
                        positions=self.positions[:, :n])
 
     def to_tensors(self) -> dict:
-        """Tensors for storage (see :meth:`from_tensors`)."""
+        """Tensors for storage (see :meth:`from_tensors`; the fingerprints are strings, kept apart)."""
         return {"indices": self.indices, "values": self.values, "positions": self.positions,
                 "channels": self.channels,
-                "map_size": torch.tensor(self.map_size), "input_size": torch.tensor(self.input_size)}
+                "map_size": torch.tensor(self.map_size), "input_size": torch.tensor(self.input_size),
+                **{f"skipped_{k}": v for k, v in self.skipped.items()}}
 
     @classmethod
-    def from_tensors(cls, tensors: dict, layer: str) -> "References":
+    def from_tensors(cls, tensors: dict, layer: str, *, model_fingerprint: str | None = None,
+                     dataset_fingerprint: str | None = None) -> "References":
         """Inverse of :meth:`to_tensors`."""
         return cls(indices=tensors["indices"].long(), values=tensors["values"],
                    positions=tensors["positions"].long(), channels=tensors["channels"].long(),
                    map_size=tuple(tensors["map_size"].tolist()),
-                   input_size=tuple(tensors["input_size"].tolist()), layer=layer)
+                   input_size=tuple(tensors["input_size"].tolist()), layer=layer,
+                   model_fingerprint=model_fingerprint, dataset_fingerprint=dataset_fingerprint,
+                   skipped={k: tensors.get(f"skipped_{k}", []) for k in _SKIPPED})
 
 
 def neuron_ids(neurons) -> list[int]:
@@ -143,6 +174,70 @@ def neuron_ids(neurons) -> list[int]:
             raise ValueError(f"neuron index {k!r} is not an integer")
         out.append(int(k))
     return out
+
+
+def index_tensor(indices, what: str = "reference indices") -> torch.Tensor:
+    """Dataset indices as a LongTensor; floating point or boolean values are refused.
+
+    A float tensor would otherwise be truncated (1.7 -> 1) into other samples without a word.
+    """
+    t = torch.as_tensor(indices)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{what} have dtype {t.dtype}; give integer dataset indices "
+                         "(a LongTensor or a list of ints)")
+    return t.long()
+
+
+def _describe_model(model) -> str:
+    return f"{getattr(model, 'pure_name', None) or type(model).__name__} [{model_fingerprint(model)}]"
+
+
+def check_references(references, *, model=None, dataset=None) -> None:
+    """Refuse references mined on another model, dataset or input size.
+
+    Parameters
+    ----------
+    references : References
+        With ``model_fingerprint`` / ``dataset_fingerprint`` set by :func:`mine_references`.
+        References without them (built by hand) pass unchecked.
+    model : nn.Module, optional
+        Compared by its weights' fingerprint.
+    dataset : Dataset, optional
+        Compared by its ``fingerprint``, and by the size of its images against
+        ``references.input_size``.
+
+    Raises
+    ------
+    ValueError
+        Naming what the references were mined on and what was given.
+    """
+    want_model = getattr(references, "model_fingerprint", None)
+    want_data = getattr(references, "dataset_fingerprint", None)
+    if model is not None and want_model is not None:
+        have = model_fingerprint(model)
+        if have != want_model:
+            raise ValueError(
+                f"references were mined on model [{want_model}], but the model given is "
+                f"{_describe_model(model)}; mine references with this model (mine_references) "
+                "or pass the model they were mined on")
+    if dataset is None or (want_model is None and want_data is None):
+        return
+    if want_data is not None:
+        have = dataset_fingerprint(dataset)
+        if have != want_data:
+            raise ValueError(
+                f"references were mined on dataset {want_data!r}, but the dataset given is "
+                f"{have!r}; mine references on this dataset (mine_references) or pass the "
+                "dataset they were mined on")
+        return  # the same fingerprint: the same tensors, so the same input size
+    size = tuple(references.input_size or ())
+    if size and references.indices.numel():
+        first = int(references.indices.flatten()[0])
+        if first < len(dataset):
+            got = tuple(torch.as_tensor(dataset[first][0]).shape[-2:])
+            if got != size:
+                raise ValueError(f"references were mined on inputs of size {size}, but the "
+                                 f"dataset given has inputs of size {got}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,9 +257,109 @@ def _merge_topk(best, new, n_ref):
     return {k: torch.gather(v, 1, order) for k, v in merged.items()}
 
 
+def _describe(indices: list, dataset=None, limit: int = 20) -> str:
+    """``"3, 17 (a.jpg), ..."``: indices, with their files where the dataset has them."""
+    if not indices:
+        return "none"
+    samples = getattr(dataset, "samples", None)
+    items = [f"{i} ({samples[i][0]})" if samples is not None else str(i) for i in indices[:limit]]
+    return ", ".join(items) + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
+
+
+class _Stopped(Exception):
+    """Mining stopped at a bad sample: ``error`` for the user, ``state`` to continue from."""
+
+    def __init__(self, error: Exception, state: dict | None):
+        super().__init__(str(error))
+        self.error, self.state = error, state
+
+
+def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, progress,
+          on_nonfinite, on_unreadable, resume=None) -> dict:
+    """The streaming top-``n_ref`` pass (see :func:`mine_references`), from ``resume`` if given."""
+    n = len(dataset)
+    best, start, n_valid = None, 0, 0
+    skipped = {k: [] for k in _SKIPPED}
+    map_size = input_size = None
+    if resume is not None:  # the state saved when a previous run stopped at a bad sample
+        best = {k: resume[k].to(device) for k in ("values", "indices", "flat")}
+        start, n_valid = int(resume["next"]), int(resume["n_valid"])
+        skipped = {k: resume[f"skipped_{k}"].tolist() for k in _SKIPPED}
+        map_size, input_size = tuple(resume["map_size"].tolist()), tuple(resume["input_size"].tolist())
+
+    def state(next_index):
+        if best is None:
+            return None
+        return {**{k: v.cpu().clone() for k, v in best.items()}, "next": torch.tensor(next_index),
+                "n_valid": torch.tensor(n_valid), "map_size": torch.tensor(map_size),
+                "input_size": torch.tensor(input_size),
+                **{f"skipped_{k}": torch.tensor(v, dtype=torch.long) for k, v in skipped.items()}}
+
+    bar = tqdm(total=n, initial=start, desc=f"mining {layer}", disable=not progress, unit="img")
+    batches = iter_samples(dataset, batch_size, num_workers, start=start,
+                           skip_unreadable=on_unreadable == "skip")
+    with torch.inference_mode(), eval_mode(model):
+        while True:
+            first = start
+            try:
+                kept, x, unreadable = next(batches)
+            except StopIteration:
+                break
+            except UnreadableImageError as err:
+                raise _Stopped(UnreadableImageError(
+                    f"{err}. Mining stopped there; pass on_unreadable='skip' to leave such files "
+                    "out (they are listed in References.skipped)"), state(first)) from None
+            skipped["unreadable"] += [i for i, _ in unreadable]
+            start = max(kept + [i for i, _ in unreadable]) + 1
+            bar.update(start - first)
+            if x is None:
+                continue
+            act = forward_until(model, x.to(device), layer)
+            if act.ndim == 2:  # a vector layer: a 1x1 map
+                act = act[:, :, None, None]
+            c = act.shape[1]
+            map_size, input_size = tuple(act.shape[2:]), tuple(x.shape[2:])
+            flat = act.reshape(len(kept), c, -1).float()
+            finite = torch.isfinite(flat).flatten(1).all(1).cpu()
+            if not finite.all():
+                bad = [i for i, ok in zip(kept, finite.tolist()) if not ok]
+                if on_nonfinite == "raise":
+                    raise _Stopped(ValueError(
+                        f"activations of layer {layer!r} are not finite (NaN or inf) on dataset "
+                        f"indices {_describe(bad, dataset)}; such samples would rank first. Check "
+                        "these inputs, or pass on_nonfinite='skip' to leave them out (they are "
+                        "listed in References.skipped)"), state(first))
+                skipped["nonfinite"] += bad
+                kept = [i for i, ok in zip(kept, finite.tolist()) if ok]
+                flat = flat[finite.to(flat.device)]
+                if not kept:
+                    continue
+            n_valid += len(kept)
+            # argmax returns the first maximum: row-major order on ties
+            pos = flat.argmax(dim=2)
+            vals = torch.gather(flat, 2, pos[..., None])[..., 0]
+            idx = torch.tensor(kept, device=flat.device).expand(c, len(kept))
+            best = _merge_topk(best, {"values": vals.T, "indices": idx, "flat": pos.T}, n_ref)
+    bar.close()
+    if n_valid < n_ref:
+        raise ValueError(
+            f"only {n_valid} of {n} samples could be ranked (left out: non-finite "
+            f"{_describe(skipped['nonfinite'], dataset)}; unreadable "
+            f"{_describe(skipped['unreadable'], dataset)}); n_ref={n_ref} needs at least {n_ref}")
+    w = map_size[-1] if len(map_size) else 1
+    positions = torch.stack([best["flat"] // w, best["flat"] % w], dim=-1)
+    # clones: ordinary tensors, not inference-mode ones, for the caller
+    return {"indices": best["indices"].cpu().clone(), "values": best["values"].cpu().clone(),
+            "positions": positions.cpu().clone(), "channels": torch.arange(best["values"].shape[0]),
+            "map_size": torch.tensor(map_size[-2:] if len(map_size) >= 2 else (1, 1)),
+            "input_size": torch.tensor(input_size[-2:]),
+            **{f"skipped_{k}": torch.tensor(sorted(v), dtype=torch.long) for k, v in skipped.items()}}
+
+
 def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                     batch_size: int = 64, device=None, cache=None, progress: bool = True,
-                    num_workers: int = 0) -> References:
+                    num_workers: int = 0, on_nonfinite: str = "raise",
+                    on_unreadable: str = "raise") -> References:
     """Find the ``n_ref`` most activating samples of every channel of ``layer``.
 
     A sample's value for channel ``c`` is the spatial maximum of ``c``'s activation map.
@@ -191,12 +386,27 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         Show a progress bar.
     num_workers : int
         DataLoader workers (0: load in the main process).
+    on_nonfinite : {"raise", "skip"}
+        A sample with a NaN or infinite activation anywhere in ``layer``: ``"raise"`` stops with
+        a ``ValueError`` naming the dataset indices; ``"skip"`` leaves it out of every ranking
+        and lists it in ``References.skipped["nonfinite"]`` (with a warning).
+    on_unreadable : {"raise", "skip"}
+        An image that cannot be read (a damaged file): ``"raise"`` stops with an
+        :class:`~pure_utils.data.UnreadableImageError` naming the file; ``"skip"`` leaves it
+        out and lists it in ``References.skipped["unreadable"]``.
 
     Returns
     -------
     References
         ``indices`` LongTensor[C, n_ref], ``values`` Tensor[C, n_ref], ``positions``
-        LongTensor[C, n_ref, 2], ``map_size``, ``input_size``, ``layer``.
+        LongTensor[C, n_ref, 2], ``map_size``, ``input_size``, ``layer``, the fingerprints of
+        ``model`` and ``dataset``, and ``skipped``.
+
+    Notes
+    -----
+    With a cache, a run stopped by a bad sample keeps what it ranked before it: the next run
+    with the same model, dataset, layer and ``n_ref`` (e.g. with ``"skip"``) continues from
+    there and gives the result of an uninterrupted run.
     """
     get_layer(model, layer)  # ValueError listing the layers
     n = check_dataset(dataset)
@@ -204,36 +414,64 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         raise ValueError(f"n_ref={n_ref!r} must be an integer in 1..len(dataset)={n}")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
+    for name, value in (("on_nonfinite", on_nonfinite), ("on_unreadable", on_unreadable)):
+        if value not in ON_BAD_SAMPLE:
+            raise ValueError(f"{name}={value!r} not known; use one of "
+                             f"{', '.join(map(repr, ON_BAD_SAMPLE))}")
     device = resolve_device(model, device)
+    run = dict(batch_size=batch_size, num_workers=num_workers, device=device, progress=progress,
+               on_nonfinite=on_nonfinite, on_unreadable=on_unreadable)
+    expect = {"indices": TensorSpec((None, n_ref), torch.int64, low=0, high=n),
+              "values": TensorSpec((None, n_ref), torch.float32, finite=True),
+              "positions": TensorSpec((None, n_ref, 2), torch.int64, low=0),
+              "channels": TensorSpec((None,), torch.int64, low=0),
+              "map_size": TensorSpec((2,), low=1), "input_size": TensorSpec((2,), low=1),
+              **{f"skipped_{k}": TensorSpec((None,), torch.int64, low=0, high=n) for k in _SKIPPED}}
+    # the bad-sample policy is not part of the key: the ranking of the usable samples is the
+    # same, and a stored "skip" result still raises below when asked to raise
+    entry = cache_entry("references", cache, dataset, model=model, layer=layer, n_ref=n_ref)
+    if entry is None:
+        try:
+            tensors = _mine(model, dataset, layer, n_ref, **run)
+        except _Stopped as stop:
+            raise stop.error from None
+    else:
+        store, _, params = entry
+        partial_key = store.key("references-partial", **params)
 
-    def compute():
-        best = None
-        map_size = input_size = None
-        bar = tqdm(total=n, desc=f"mining {layer}", disable=not progress, unit="img")
-        with torch.inference_mode(), eval_mode(model):
-            for start, x in iter_batches(dataset, batch_size, num_workers):
-                x = x.to(device)
-                act = forward_until(model, x, layer)
-                if act.ndim == 2:  # a vector layer: a 1x1 map
-                    act = act[:, :, None, None]
-                b, c = act.shape[:2]
-                map_size = tuple(act.shape[2:])
-                input_size = tuple(x.shape[2:])
-                flat = act.reshape(b, c, -1).float()
-                # argmax returns the first maximum: row-major order on ties
-                pos = flat.argmax(dim=2)
-                vals = torch.gather(flat, 2, pos[..., None])[..., 0]
-                idx = torch.arange(start, start + b, device=device).expand(c, b)
-                best = _merge_topk(best, {"values": vals.T, "indices": idx, "flat": pos.T}, n_ref)
-                bar.update(b)
-        bar.close()
-        w = map_size[-1] if len(map_size) else 1
-        positions = torch.stack([best["flat"] // w, best["flat"] % w], dim=-1)
-        # clones: ordinary tensors, not inference-mode ones, for the caller
-        return {"indices": best["indices"].cpu().clone(), "values": best["values"].cpu().clone(),
-                "positions": positions.cpu().clone(), "channels": torch.arange(best["values"].shape[0]),
-                "map_size": torch.tensor(map_size[-2:] if len(map_size) >= 2 else (1, 1)),
-                "input_size": torch.tensor(input_size[-2:])}
+        def compute():
+            hit = store.load(partial_key, {"next": TensorSpec((), low=0, high=n + 1)})
+            try:
+                out = _mine(model, dataset, layer, n_ref, resume=hit and hit[0], **run)
+            except _Stopped as stop:
+                kept = ""
+                if stop.state is not None:
+                    try:
+                        store.save(partial_key, stop.state, {"kind": "references-partial",
+                                                             "params": params})
+                        kept = (f" (the {int(stop.state['next'])} samples before it are kept "
+                                "in the cache: the next run continues from there)")
+                    except OSError:
+                        pass
+                raise type(stop.error)(f"{stop.error}{kept}") from None
+            store.discard(partial_key)
+            return out
 
-    tensors = cached("references", cache, dataset, compute, model=model, layer=layer, n_ref=n_ref)
-    return References.from_tensors(tensors, layer)
+        # the identity travels in the entry too (the key is a one-way hash of it)
+        tensors = store.get_or_compute("references", params, compute, expect=expect,
+                                       meta={"model_fingerprint": params["model"],
+                                             "dataset_fingerprint": params["dataset"]})
+    fingerprints = ((params["model"], params["dataset"]) if entry is not None
+                    else (model_fingerprint(model), dataset_fingerprint(dataset)))
+    refs = References.from_tensors(tensors, layer, model_fingerprint=fingerprints[0],
+                                   dataset_fingerprint=fingerprints[1])
+    for kind, policy in (("nonfinite", on_nonfinite), ("unreadable", on_unreadable)):
+        bad = refs.skipped[kind].tolist()
+        if bad and policy == "raise":  # a result stored by a run that skipped them
+            what = "have non-finite activations" if kind == "nonfinite" else "cannot be read"
+            raise ValueError(f"dataset indices {_describe(bad, dataset)} {what} (left out of the "
+                             f"stored references); pass on_{kind}='skip' to accept that")
+        if bad:
+            warnings.warn(f"mining {layer!r}: {len(bad)} sample(s) left out ({kind}): "
+                          f"{_describe(bad, dataset)}; see References.skipped", stacklevel=2)
+    return refs

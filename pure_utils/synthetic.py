@@ -15,8 +15,8 @@ Images are deterministic per ``(seed, split, index)``: every image has its own r
 seeded from these numbers (NumPy ``SeedSequence`` + PCG64, identical on every platform), so random
 access works and the size of a split never changes its pixels.
 
-This module is the generator only; :class:`pure_utils.data.SyntheticShapes` is the dataset over
-it. What drives a trained network's units on these images is worked out in
+This module is the generator only; :class:`pure_utils.benchmark.SyntheticShapes` is the dataset
+over it. What drives a trained network's units on these images is worked out in
 :mod:`pure_utils.ground_truth`; the shipped models are trained by :mod:`pure_utils.train`.
 """
 from __future__ import annotations
@@ -422,7 +422,7 @@ def render_image(config: SyntheticConfig, seed: int, split: str, index: int):
 
 # names that lived here before the ground truth, the training and the dataset got their own homes
 __getattr__ = moved_names(__name__, {
-    "SyntheticShapes": "data",
+    "SyntheticShapes": "benchmark",
     **dict.fromkeys(["reference_concepts", "concept_shares", "concept_counts",
                      "polysemantic_by_concepts", "layer_polysemanticity"], "ground_truth"),
     **dict.fromkeys(["train_default_model", "evaluate_accuracy", "DEFAULT_ARCHITECTURES",

@@ -1,5 +1,7 @@
-"""The book engine: parameter checks, failing notebooks, rebuild keys, page checks."""
+"""The book engine: parameter checks, failing notebooks, rebuild keys, page checks, the CLI."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import nbformat
@@ -137,3 +139,130 @@ def test_check_pages_reports_missing_pages(mini_book):
         book.check_pages(mini_book)
     (html / "executed" / "two.html").write_text("<img src='b.png'>")
     assert len(book.check_pages(mini_book)) == 3
+
+
+# --- the command line: every bad input gets a clear answer ------------------------------------
+def _cli(capsys, *argv):
+    code = book.main(list(map(str, argv)))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def fake_papermill(monkeypatch):
+    """papermill without a kernel: records each call; a cell that runs `raise` fails."""
+    calls = []
+
+    def execute_notebook(src, out, parameters, kernel_name, cwd, **kw):
+        calls.append({"src": src, "out": out, "parameters": parameters, "cwd": cwd})
+        nb = json.loads(Path(src).read_text())
+        failing = any("raise" in "".join(c["source"]) for c in nb["cells"])
+        if failing:
+            nb["cells"][-1]["outputs"] = [{"output_type": "error", "ename": "RuntimeError",
+                                           "evalue": "boom", "traceback": ["Traceback ...", "boom"]}]
+        Path(out).write_text(json.dumps(nb))
+        if failing:
+            raise book.PapermillExecutionError(cell_index=2, exec_count=2, source="raise",
+                                               ename="RuntimeError", evalue="boom", traceback=[])
+
+    monkeypatch.setattr(book.papermill, "execute_notebook", execute_notebook)
+    return calls
+
+
+def test_run_refuses_to_overwrite_its_source(mini_book, capsys, monkeypatch, fake_papermill):
+    monkeypatch.chdir(mini_book / "notebooks")
+    before = Path("one.ipynb").read_bytes()
+    for out in ("one.ipynb", "./one.ipynb", mini_book / "notebooks" / "one.ipynb"):
+        code, _, err = _cli(capsys, "run", "one.ipynb", out, "-f", "../notebooks/profiles/p.yaml")
+        assert code == 1 and "is the source notebook itself" in err and "Traceback" not in err
+    assert Path("one.ipynb").read_bytes() == before and not fake_papermill
+
+
+def test_run_gives_a_clean_error_for_missing_or_non_notebook_paths(mini_book, capsys, monkeypatch):
+    monkeypatch.chdir(mini_book)
+    (mini_book / "notes.ipynb").write_text("a: 1\n")
+    (mini_book / "list.ipynb").write_text("[1, 2]")
+    cases = [("nope.ipynb", f"notebook {mini_book / 'nope.ipynb'} does not exist"),
+             ("notebooks", "is a folder, not a notebook"),
+             ("notes.ipynb", "is not a Jupyter notebook (.ipynb JSON)"),
+             ("list.ipynb", "has no list of 'cells'"),
+             ("notebooks/profiles/p.yaml", "is not a Jupyter notebook")]
+    for source, message in cases:
+        code, _, err = _cli(capsys, "run", source, "out.ipynb")
+        assert code == 1 and message in err and "Traceback" not in err, (source, err)
+    code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "notebooks")
+    assert code == 1 and "is a folder; give the path of the executed .ipynb file" in err
+
+
+def test_malformed_profile_names_file_and_line(mini_book, capsys, monkeypatch):
+    monkeypatch.chdir(mini_book)
+    bad = mini_book / "bad.yaml"
+    bad.write_text("a: 1\nb: [1, 2\nc: 3\n")
+    code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "out.ipynb", "-f", "bad.yaml")
+    assert code == 1 and f"{bad}, line 3, column 2: malformed YAML" in err and "Traceback" not in err
+    with pytest.raises(book.BookError, match=rf"{bad}, line 3"):
+        book.read_profile(str(bad), mini_book)
+    (mini_book / "_toc.yml").write_text("root: book/intro\nchapters:\n  - file: [a\n")
+    with pytest.raises(book.BookError, match=r"_toc.yml, line 4, column 1: malformed YAML"):
+        book.chapters(mini_book)
+
+
+def test_failing_run_keeps_its_executed_notebook(mini_book, capsys, monkeypatch, fake_papermill):
+    _notebook(mini_book / "notebooks" / "two.ipynb", "profile = 'offline'\nd = 1", "raise RuntimeError('boom')")
+    monkeypatch.chdir(mini_book)
+    code, _, err = _cli(capsys, "run", "notebooks/two.ipynb", "out/two.ipynb")
+    kept = mini_book / "out" / "two.failed.ipynb"
+    assert code == 1 and "failed in cell 2: RuntimeError: boom" in err and str(kept) in err
+    outputs = json.loads(kept.read_text())["cells"][-1]["outputs"]
+    assert outputs[0]["output_type"] == "error" and outputs[0]["evalue"] == "boom"
+    assert not (mini_book / "out" / "two.ipynb").exists()
+    assert not list((mini_book / "out").glob(".tmp-*"))
+    # in a build, the copy goes to _build/failed, outside the book's pages
+    with pytest.raises(book.BookError, match=r"_build/failed/two.ipynb"):
+        book.run_notebooks("p", root=mini_book, only=["two"], log=lambda m: None)
+    assert (mini_book / "_build" / "failed" / "two.ipynb").exists()
+    # fixed: the executed copy appears and the failed one is gone
+    _notebook(mini_book / "notebooks" / "two.ipynb", "profile = 'offline'\nd = 1", "pass")
+    assert _cli(capsys, "run", "notebooks/two.ipynb", "out/two.ipynb")[0] == 0
+    assert (mini_book / "out" / "two.ipynb").exists() and not kept.exists()
+
+
+def test_run_resolves_paths_from_the_callers_directory(mini_book, capsys, monkeypatch, fake_papermill,
+                                                       tmp_path):
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "mine.yaml").write_text("n_ref: 7\n")  # a key of the real profiles: `run` checks them
+    monkeypatch.chdir(work)
+    old = os.umask(0o022)
+    try:
+        code, out, err = _cli(capsys, "run", mini_book / "notebooks" / "one.ipynb", "res/one.ipynb",
+                              "-f", "mine.yaml")
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    (call,) = fake_papermill
+    assert call["cwd"] == str(work)                             # the kernel runs where the user is
+    assert call["parameters"]["profile"] == str(work / "mine.yaml")  # found from any folder
+    assert call["parameters"]["n_ref"] == 7
+    result = work / "res" / "one.ipynb"
+    assert str(result) in out and stat.S_IMODE(result.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_parameters_are_parsed_as_papermill_does(mini_book, capsys, monkeypatch, fake_papermill):
+    from papermill.cli import _resolve_type
+
+    for text in ["012", "no", "yes", "True", "False", "None", "null", "1e3", "-3", "3.", "inf", "nan",
+                 " 12 ", "1_000", "0x10", "[1, 2]", "", "off", "1:30"]:
+        expected, got = _resolve_type(text), book.papermill_value(text)
+        assert type(got) is type(expected) and (got == expected or got != got), (text, got, expected)
+    monkeypatch.chdir(mini_book)
+    code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "o.ipynb", "-p", "a", "012",
+                        "-p", "b", "no", "-y", "a: [1, 2]\nb: 3", "-r", "profile", "offline")
+    assert code == 0, err
+    params = fake_papermill[0]["parameters"]
+    assert params["a"] == 12 and params["b"] == "no" and params["profile"] == "offline"
+    code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "o.ipynb", "-y", "[1, 2]")
+    assert code == 1 and "must be a YAML mapping" in err
+    with pytest.raises(SystemExit):
+        book.main(["run", "--help"])
+    assert "papermill" in capsys.readouterr().out.replace("\n", " ")

@@ -1,12 +1,16 @@
-"""Tests of pure_utils.cache: keys, round trips, atomic writes, recomputation."""
+"""Tests of pure_utils.cache: keys, round trips, atomic writes, verification on read, recomputation."""
 import json
+import os
+import stat
+import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import pure_utils
 import pure_utils.cache as cache_mod
-from pure_utils.cache import Cache, default_cache_dir, resolve_cache
+from pure_utils.cache import Cache, CacheWarning, TensorSpec, cached, default_cache_dir, resolve_cache
 
 
 def test_key_is_canonical_and_changes_with_params_and_version(tmp_path, monkeypatch):
@@ -58,16 +62,111 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
     assert c.load(key) is None
 
 
-def test_interrupted_entry_counts_as_missing(tmp_path):
+def test_interrupted_entry_counts_as_missing(tmp_path, recwarn):
     c = Cache(tmp_path)
     key = c.key("demo", n=1)
     c.save(key, {"a": torch.ones(3)})
     (tmp_path / f"{key}.json").unlink()  # as if stopped before the metadata was written
     assert c.load(key) is None
+    assert not recwarn.list  # an unfinished entry is simply absent
     c.save(key, {"a": torch.ones(3)})
+    record = json.loads((tmp_path / f"{key}.json").read_text())["integrity"]
+    assert record["key"] == key and record["tensors"] == {"a": {"shape": [3], "dtype": "torch.float32"}}
     (tmp_path / f"{key}.safetensors").write_bytes(b"garbage")
-    assert c.load(key) is None
-    assert json.loads((tmp_path / f"{key}.json").read_text()) == {}
+    with pytest.warns(CacheWarning, match=f"{key}.safetensors is not used .checksum mismatch"):
+        assert c.load(key) is None
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x40  # inside the last tensor's values: the file still parses
+    path.write_bytes(bytes(data))
+
+
+def test_changed_bytes_are_a_miss_recomputed_and_overwritten(tmp_path):
+    c = Cache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(4.0)}
+
+    c.get_or_compute("demo", {"n": 1}, compute)
+    path = tmp_path / f"{c.key('demo', n=1)}.safetensors"
+    _flip_last_byte(path)
+    from safetensors.torch import load_file
+    assert not torch.equal(load_file(str(path))["x"], torch.arange(4.0))  # parses, wrong values
+    with pytest.warns(CacheWarning, match=str(path)) as record:
+        out = c.get_or_compute("demo", {"n": 1}, compute)
+    assert len(record) == 1 and len(calls) == 2 and torch.equal(out["x"], torch.arange(4.0))
+    assert torch.equal(load_file(str(path))["x"], torch.arange(4.0))  # overwritten
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(c.get_or_compute("demo", {"n": 1}, compute)["x"], torch.arange(4.0))
+    assert len(calls) == 2
+
+
+def test_expected_tensors_shapes_dtypes_and_ranges(tmp_path):
+    ds = SimpleNamespace(fingerprint="d")
+    stored = {"idx": torch.tensor([[0, 4], [2, 1]]), "v": torch.tensor([1.0, float("nan")])}
+    fresh = {"idx": torch.tensor([[0, 1], [2, 1]]), "v": torch.ones(2), "extra": torch.ones(1)}
+    cases = [
+        ({"extra": TensorSpec()}, "no tensor 'extra'"),
+        ({"idx": TensorSpec(shape=(2, 3))}, r"shape \(2, 2\), expected \(2, 3\)"),
+        ({"idx": TensorSpec(dtype=torch.int32)}, "dtype torch.int64, expected torch.int32"),
+        ({"idx": TensorSpec(low=0, high=4)}, "holds 4, not below 4"),
+        ({"idx": TensorSpec(low=1)}, "holds 0, below 1"),
+        ({"v": TensorSpec(finite=True)}, "NaN or inf"),
+    ]
+    for k, (expect, reason) in enumerate(cases):
+        c = Cache(tmp_path / str(k))
+        cached("demo", c, ds, lambda: stored)
+        with pytest.warns(CacheWarning, match=reason):
+            out = cached("demo", c, ds, lambda: fresh, expect=expect)
+        assert out is fresh
+        assert torch.equal(cached("demo", c, ds, lambda: stored)["idx"], fresh["idx"])  # overwritten
+    # what matches is used as it is: None accepts any size on an axis
+    cached("demo", Cache(tmp_path / "b"), ds, lambda: stored)
+    ok = {"idx": TensorSpec((None, 2), torch.int64, low=0, high=5), "v": TensorSpec((2,))}
+    assert torch.equal(cached("demo", Cache(tmp_path / "b"), ds, lambda: fresh, expect=ok)["idx"],
+                       stored["idx"])
+
+
+def test_entry_without_checksum_or_for_another_key_is_a_miss(tmp_path):
+    c = Cache(tmp_path)
+    key, other = c.key("demo", n=1), c.key("demo", n=2)
+    c.save(other, {"a": torch.ones(2)})
+    for suffix in (".safetensors", ".json"):  # an entry copied under another key's name
+        (tmp_path / f"{key}{suffix}").write_bytes((tmp_path / f"{other}{suffix}").read_bytes())
+    with pytest.warns(CacheWarning, match="recorded for key"):
+        assert c.load(key) is None
+    meta = json.loads((tmp_path / f"{key}.json").read_text())
+    del meta["integrity"]  # as written before entries carried a checksum
+    (tmp_path / f"{key}.json").write_text(json.dumps(meta))
+    with pytest.warns(CacheWarning, match="no checksum"):
+        assert c.load(key) is None
+
+
+def test_unwritable_cache_warns_and_returns_the_result(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    c = Cache(blocker / "cache")  # cannot be created, even by root
+    with pytest.warns(CacheWarning, match="could not be written"):
+        out = c.get_or_compute("demo", {"n": 1}, lambda: {"x": torch.ones(2)})
+    assert torch.equal(out["x"], torch.ones(2))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        c = Cache(tmp_path)
+        key = c.key("demo", n=1)
+        c.save(key, {"a": torch.ones(2)})
+    finally:
+        os.umask(old)
+    for suffix in (".safetensors", ".json"):
+        assert stat.S_IMODE((tmp_path / f"{key}{suffix}").stat().st_mode) == 0o666 & ~umask
 
 
 def test_resolve_and_default_dir(tmp_cache):

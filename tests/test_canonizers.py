@@ -1,10 +1,13 @@
-"""Tests of pure_utils.canonizers: timm ResNet canonizers keep the model's function."""
+"""Tests of pure_utils.canonizers: timm ResNet canonizers keep the model's function; what LRP
+is refused on."""
 import pytest
 import torch
+import torchvision
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from zennit.layer import Sum
 
-from pure_utils.canonizers import ExactMergeBatchNorm, TimmResNetCanonizer, canonizers_for
+from pure_utils.canonizers import (ExactMergeBatchNorm, LRPApproximationWarning, TimmResNetCanonizer,
+                                   canonizers_for, composite_for, lrp_support)
 from pure_utils.models import load_model, randomize_batchnorm
 
 
@@ -83,3 +86,54 @@ def test_residual_sum_splits_relevance_instead_of_doubling():
 def test_plain_cnn_gets_only_batchnorm_merge():
     seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
     assert [type(c) for c in canonizers_for(seq)] == [ExactMergeBatchNorm]
+
+
+# --- what the canonizers cover ---------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: load_model("resnet18"),
+    lambda: load_model("resnet50"),
+    lambda: torchvision.models.resnet18(),
+    lambda: ResNet(Bottleneck, [1, 1, 1, 1], stem_type="deep"),
+    lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(4, 2)),
+], ids=["timm-resnet18", "timm-resnet50", "torchvision-resnet18", "timm-deep-stem", "sequential"])
+def test_supported_models_have_nothing_missing(make):
+    assert lrp_support(make()) == []
+    composite_for("epsilon_plus_flat", make())  # no error
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("mobilenetv3_small_050", ["InvertedResidual", "SqueezeExcite", "BatchNormAct2d"]),
+    ("convnext_atto", ["ConvNeXtBlock", "LayerNorm2d"]),
+])
+def test_unsupported_models_are_named_with_what_is_missing(name, expected):
+    import timm
+
+    model = timm.create_model(name)
+    lines = lrp_support(model)
+    for kind in expected:
+        assert any(line.startswith(kind + " (") for line in lines), (kind, lines)
+    with pytest.raises(ValueError, match=rf"LRP would not be correct on this .*{expected[0]}"):
+        composite_for("epsilon_plus_flat", model)
+    with pytest.warns(LRPApproximationWarning, match=expected[0]):
+        composite_for("epsilon_plus_flat", model, approximate=True)
+
+
+def test_what_is_missing_depends_on_the_canonizers_and_the_layers():
+    model = load_model("resnet18")
+    lines = lrp_support(model, [])  # no canonizers at all
+    assert lines == ["BatchNorm2d (bn1, layer1.0.bn1, layer1.0.bn2 and 17 more): BatchNorm not "
+                     "merged into a preceding linear layer",
+                     "BasicBlock (layer1.0, layer1.1, layer2.0 and 5 more): residual addition not "
+                     "canonized (no TimmResNetCanonizer)"]
+    with pytest.raises(ValueError, match="residual addition not canonized"):
+        composite_for("epsilon_plus_flat", model, canonizers=[])
+    se = ResNet(BasicBlock, [1, 1, 1, 1], block_args={"attn_layer": "se"})
+    assert any(line.startswith("SEModule (layer1.0.se") for line in lrp_support(se))
+    # only the part between the layers matters: squeeze-excitation in layer1 only
+    se.layer2[0].se = se.layer3[0].se = se.layer4[0].se = torch.nn.Identity()
+    assert lrp_support(se, layer="layer4", lower_layer="layer3") == []
+    assert lrp_support(se, layer="layer4")  # the heatmap goes down to the input, through layer1
+    # a BatchNorm before any convolution is not merged
+    first = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 3))
+    assert lrp_support(first) == ["BatchNorm2d (0): BatchNorm not merged into a preceding linear layer"]

@@ -3,13 +3,15 @@
 Gradient x Activation is compared with a brute-force computation (whole model, autograd from
 the input, one sample at a time); LRP with relevance conservation on bias-free models.
 """
+import re
+
 import pytest
 import torch
 
 from pure_utils.data import GeneratedImages
 from pure_utils.cache import Cache
-from pure_utils.circuits import ATTRIBUTIONS, activation_features, circuit_attributions
-from pure_utils.models import load_model, randomize_batchnorm
+from pure_utils.circuits import ATTRIBUTIONS, activation_features, circuit_attributions, lrp_conservation
+from pure_utils.models import forward_until, load_model, randomize_batchnorm
 from pure_utils.references import mine_references
 
 SIZE = 48  # layer4 maps of 2x2: spatial sums and maxima still matter
@@ -185,3 +187,86 @@ def test_cache_stores_unnormalised_and_reuses(r18, data, refs18, tmp_path):
     finally:
         h.remove()
     assert torch.allclose(a, b / (b.abs().sum(-1, keepdim=True) + 1e-10))
+
+
+# --- non-finite attributions: named, never returned ----------------------------------------
+def test_nonfinite_attributions_name_neurons_and_samples(r18):
+    class WithNaN:
+        """Generated images, image 3 with one NaN pixel (no fingerprint: nothing is cached)."""
+
+        def __init__(self):
+            self.base = GeneratedImages(5, size=SIZE, seed=2)
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            x, y = self.base[i]
+            if i == 3:
+                x = x.clone()
+                x[0, 0, 0] = float("nan")
+            return x, y
+
+    ds = WithNaN()
+    with pytest.raises(ValueError, match=r"circuit attributions of layer 'layer4' at 'layer3' are not "
+                                         r"finite \(NaN or inf\) for neuron 1 on sample 3, neuron 6 "
+                                         r"on sample 3"):
+        circuit_attributions(r18, ds, torch.tensor([[0, 3]]), "layer4", "layer3", neurons=[1, 6],
+                             progress=False)
+    with pytest.raises(ValueError, match=r"activations of layer 'layer4' are not finite .* neuron 2 on sample 3"):
+        activation_features(r18, ds, torch.tensor([[3, 1]]), "layer4", neurons=[2], progress=False)
+    # the finite samples alone are fine
+    assert torch.isfinite(circuit_attributions(r18, ds, torch.tensor([[0, 1]]), "layer4", "layer3",
+                                               neurons=[1], progress=False)).all()
+
+
+# --- LRP only where the canonizers make it correct -----------------------------------------
+UNSUPPORTED = [("mobilenetv3_small_050", "blocks.4", "blocks.3", "InvertedResidual (blocks.4.0"),
+               ("convnext_atto", "stages.3", "stages.2", "ConvNeXtBlock (stages.3.blocks.0")]
+
+
+@pytest.mark.parametrize("name,layer,lower,missing", UNSUPPORTED, ids=[u[0] for u in UNSUPPORTED])
+def test_lrp_on_an_uncovered_architecture_raises_unless_approximate(name, layer, lower, missing):
+    import timm
+
+    from pure_utils.canonizers import LRPApproximationWarning
+
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    data = GeneratedImages(4, size=64, seed=3)
+    refs = mine_references(model, data, layer, n_ref=2, progress=False)
+    run = lambda **kw: circuit_attributions(model, data, refs, layer, lower, neurons=[0, 1],  # noqa: E731
+                                            attribution="epsilon_plus_flat", normalize=False,
+                                            progress=False, **kw)
+    with pytest.raises(ValueError, match=rf"LRP would not be correct on this .*{re.escape(missing)}.*"
+                                         r"approximate=True"):
+        run()
+    assert circuit_attributions(model, data, refs, layer, lower, neurons=[0], progress=False).shape[0] == 1
+    with pytest.warns(LRPApproximationWarning) as record:
+        R = run(approximate=True)
+    text = "\n".join(str(w.message) for w in record)
+    assert missing.split()[0] in text
+    # the conservation reported is the one measured independently: relevance / initial relevance
+    with torch.no_grad():
+        act = torch.stack([forward_until(model, data[i][0][None], layer)[0] for i in range(4)])
+    total = torch.stack([act[refs.indices[k], k].clamp(min=0).sum((1, 2)) for k in (0, 1)])
+    ratio = R.sum(-1) / total
+    assert f"median {ratio.flatten().median():.3f}" in text
+    with pytest.warns(LRPApproximationWarning):
+        measured = lrp_conservation(model, data, refs, layer, lower, neurons=[0, 1], approximate=True)
+    assert torch.allclose(measured, ratio, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_lrp_conservation_is_one_on_a_covered_resnet_without_biases(name, data):
+    model = zero_biases(random_model(name))
+    refs = mine_references(model, data, "layer4", n_ref=2, progress=False)
+    ratio = lrp_conservation(model, data, refs, "layer4", "layer3", neurons=[1, 4])
+    assert ratio.shape == (2, 2)
+    assert (ratio - 1).abs().max() <= 1e-4
+    # with biases it is reported as it is, not forced to 1
+    biased = lrp_conservation(random_model(name), data, mine_references(
+        random_model(name), data, "layer4", n_ref=2, progress=False), "layer4", "layer3", neurons=[1, 4])
+    assert torch.isfinite(biased).all() and (biased - 1).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="give one layer name"):
+        lrp_conservation(model, data, refs, "layer4", ["layer2", "layer3"], neurons=[1])

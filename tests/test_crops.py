@@ -158,10 +158,8 @@ def test_heatmaps_match_zennit_attributor(tiny):
 def test_heatmap_is_local_and_batch_independent(tiny):
     model, ds = tiny
     refs = _references(model, ds, "layer1")                  # 16 x 16 map, stride 4
-    a = feature_heatmaps(model, ds, refs, "layer1", [0, 2], canonizers=[], batch_size=1,
-                         progress=False)
-    b = feature_heatmaps(model, ds, refs, "layer1", [0, 2], canonizers=[], batch_size=7,
-                         progress=False)
+    a = feature_heatmaps(model, ds, refs, "layer1", [0, 2], batch_size=1, progress=False)
+    b = feature_heatmaps(model, ds, refs, "layer1", [0, 2], batch_size=7, progress=False)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     row, col = refs.positions[0, 0].tolist()
     nz = a[0, 0].abs() > 0
@@ -170,6 +168,60 @@ def test_heatmap_is_local_and_batch_independent(tiny):
     assert ys.min() >= 4 * row - 20 and ys.max() <= 4 * row + 20
     assert xs.min() >= 4 * col - 20 and xs.max() <= 4 * col + 20
     with pytest.raises(ValueError, match="composite"):
-        feature_heatmaps(model, ds, refs, "layer1", [0], composite="nope", canonizers=[])
+        feature_heatmaps(model, ds, refs, "layer1", [0], composite="nope")
     with pytest.raises(ValueError, match="neurons"):
-        feature_heatmaps(model, ds, refs, "layer1", [999], canonizers=[])
+        feature_heatmaps(model, ds, refs, "layer1", [999])
+
+
+def test_heatmaps_on_an_uncovered_model_raise_unless_approximate():
+    import timm
+
+    from pure_utils.canonizers import LRPApproximationWarning
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050").eval()
+    ds = _Data(n=3)
+    refs = _references(model, ds, "blocks.2")
+    with pytest.raises(ValueError, match=r"LRP would not be correct on this MobileNetV3 "
+                                         r".*InvertedResidual \(blocks.1.0"):
+        feature_heatmaps(model, ds, refs, "blocks.2", [0], progress=False)
+    with pytest.warns(LRPApproximationWarning) as record:
+        hm = feature_heatmaps(model, ds, refs, "blocks.2", [0, 1], n_ref=2, approximate=True,
+                              progress=False)
+    # the share of the initial relevance reaching the input, as reported
+    init = torch.stack([torch.stack([
+        _unit(model, ds, "blocks.2", k, int(refs.indices[k, r]), refs.positions[k, r]) for r in range(2)])
+        for k in (0, 1)])
+    ratio = hm.flatten(2).sum(2) / init
+    text = "\n".join(str(w.message) for w in record)
+    assert "InvertedResidual" in text and f"median {ratio.flatten().median():.3f}" in text
+
+
+def _unit(model, ds, layer, k, i, pos):
+    acts = []
+    h = dict(model.named_modules())[layer].register_forward_hook(lambda m, inp, o: acts.append(o))
+    with torch.no_grad():
+        model(ds[i][0][None])
+    h.remove()
+    return acts[0][0, k, pos[0], pos[1]]
+
+
+def test_nonfinite_heatmaps_name_neurons_and_samples(tiny):
+    model, _ = tiny
+    ds = _Data(n=3)
+    ds.x[1, 0, 0, 0] = float("nan")
+    refs = SimpleNamespace(indices=torch.tensor([[0, 1], [1, 2]]),
+                           positions=torch.zeros(2, 2, 2, dtype=torch.long), map_size=(2, 2))
+    with pytest.raises(ValueError, match=r"heatmaps of layer 'layer4' are not finite \(NaN or inf\) for "
+                                         r"neuron 0 on sample 1, neuron 1 on sample 1"):
+        feature_heatmaps(model, ds, refs, "layer4", [0, 1], progress=False)
+
+
+def test_crops_from_boxes_refuses_float_indices():
+    from pure_utils.crops import crops_from_boxes
+
+    ds = _Data(n=3)
+    boxes = torch.tensor([[0, 0, 8, 8]])
+    assert crops_from_boxes(ds, torch.tensor([2]), boxes)[0].shape == (3, 8, 8)
+    with pytest.raises(ValueError, match="crop indices have dtype torch.float32"):
+        crops_from_boxes(ds, torch.tensor([1.9]), boxes)

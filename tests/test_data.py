@@ -1,10 +1,16 @@
-"""Tests of pure_utils.data: load_dataset and ImageFolderDataset."""
+"""Tests of pure_utils.data: load_dataset, ImageFolderDataset, fingerprints, unreadable files."""
+import dataclasses
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from pure_utils.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, load_dataset
+from pure_utils.data import (IMAGENET_MEAN, IMAGENET_STD, GeneratedImages, ImageFolderDataset,
+                             UnreadableImageError, iter_samples, load_dataset)
+from pure_utils.synthetic import SyntheticConfig, SyntheticShapes
 
 
 def _save(path, array):
@@ -105,6 +111,117 @@ def test_load_synthetic_with_config_dict():
     assert "val" in ds.fingerprint and "seed3" in ds.fingerprint
     x, y = ds[0]
     assert x.shape == (3, 64, 64) and 0 <= y < 9
+
+
+# --- fingerprints: they change whenever a tensor would --------------------------------------
+def _folder_fp(root, **kw):
+    return ImageFolderDataset(root, image_size=16, resize=20, **kw).fingerprint
+
+
+@pytest.mark.parametrize("mode", ["stat", "content"])
+def test_folder_fingerprint_follows_the_files(class_folder, tmp_path, mode):
+    fp = _folder_fp(class_folder, fingerprint=mode)
+    assert fp == _folder_fp(class_folder, fingerprint=mode)       # equal inputs: equal ids
+    ds = ImageFolderDataset(class_folder, image_size=16, resize=20, fingerprint=mode)
+    before = ds[1][0]
+    # an image replaced in place by another of the same size, same modification time
+    target = class_folder / "b_dog" / "0.png"
+    st = target.stat()
+    _save(target, np.random.default_rng(7).integers(0, 255, (50, 30, 3)))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1))      # any write moves the mtime
+    assert not torch.equal(ds[1][0], before)
+    assert ds.fingerprint != fp                                     # the same object sees it too
+    assert _folder_fp(class_folder, fingerprint=mode) != fp
+    # a label change: an image moved to the other class folder
+    fp = _folder_fp(class_folder, fingerprint=mode)
+    (class_folder / "b_dog" / "1.png").rename(class_folder / "a_cat" / "1.png")
+    assert _folder_fp(class_folder, fingerprint=mode) != fp
+
+
+def test_folder_fingerprint_stat_sees_paths_and_times_content_only_bytes(class_folder, tmp_path):
+    copy = tmp_path / "elsewhere" / "val"                           # same basename, same layout
+    shutil.copytree(class_folder, copy)
+    assert _folder_fp(copy) != _folder_fp(class_folder)             # another folder: other entries
+    assert _folder_fp(copy, fingerprint="content") == _folder_fp(class_folder, fingerprint="content")
+    stat_fp, content_fp = _folder_fp(copy), _folder_fp(copy, fingerprint="content")
+    os.utime(copy / "a_cat" / "x.png", ns=(0, 10**9))              # touched, bytes unchanged
+    assert _folder_fp(copy) != stat_fp
+    assert _folder_fp(copy, fingerprint="content") == content_fp
+    assert stat_fp != content_fp
+
+
+@pytest.mark.parametrize("knob", [dict(image_size=12), dict(resize=24), dict(mean=(0.5, 0.5, 0.5)),
+                                  dict(std=(0.2, 0.2, 0.2))])
+def test_folder_fingerprint_sees_every_transform_knob(class_folder, knob):
+    settings = dict(image_size=16, resize=20)
+    base = ImageFolderDataset(class_folder, **settings)
+    other = ImageFolderDataset(class_folder, **{**settings, **knob})
+    assert not torch.equal(base[0][0], other[0][0]) or base[0][0].shape != other[0][0].shape
+    assert other.fingerprint != base.fingerprint
+
+
+def test_folder_fingerprint_mode_and_vanished_file(class_folder):
+    with pytest.raises(ValueError, match="fingerprint='sha1' not known; use one of 'stat', 'content'"):
+        ImageFolderDataset(class_folder, fingerprint="sha1")
+    ds = ImageFolderDataset(class_folder, image_size=16, resize=20)
+    (class_folder / "a_cat" / "x.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"x.png \(index 0\) is gone"):
+        ds.fingerprint
+
+
+#: one changed value per parameter of SyntheticShapes and per field of SyntheticConfig
+_CONFIG_CHANGES = dict(n_concepts=9, image_size=64, object_scale=(0.2, 0.27),
+                       distractor_scale=(0.07, 0.1), distractors_min=0, distractors_max=2,
+                       noise_std=0.05, colour_jitter=0.1, background_contrast=2.0)
+_SYNTHETIC_KNOBS = {"split": dict(split="val"), "n": dict(n=7), "seed": dict(seed=1),
+                    "mean": dict(mean=(0.4, 0.5, 0.5)), "std": dict(std=(0.25, 0.3, 0.25)),
+                    **{f"config.{k}": dict(config=SyntheticConfig(**{k: v}))
+                       for k, v in _CONFIG_CHANGES.items()}}
+
+
+def test_every_config_field_has_a_knob_test():
+    assert set(_CONFIG_CHANGES) == {f.name for f in dataclasses.fields(SyntheticConfig)}
+
+
+@pytest.mark.parametrize("knob", list(_SYNTHETIC_KNOBS.values()), ids=list(_SYNTHETIC_KNOBS))
+def test_synthetic_fingerprint_sees_every_knob_that_changes_a_tensor(knob):
+    base = dict(split="test", n=6, seed=0)
+    a, b = SyntheticShapes(**base), SyntheticShapes(**{**base, **knob})
+    assert SyntheticShapes(**base).fingerprint == a.fingerprint
+    changed = len(a) != len(b) or any(a[i][0].shape != b[i][0].shape or not torch.equal(a[i][0], b[i][0])
+                                      for i in range(min(len(a), len(b))))
+    assert changed                               # the knob does change what the dataset returns
+    assert b.fingerprint != a.fingerprint
+
+
+@pytest.mark.parametrize("knob", [dict(n=5), dict(size=24), dict(seed=2), dict(mean=(0.5, 0.5, 0.5)),
+                                  dict(std=(0.5, 0.5, 0.5))])
+def test_generated_fingerprint_sees_every_knob(knob):
+    a = GeneratedImages(4, size=16, seed=1)
+    b = GeneratedImages(**{"n": 4, "size": 16, "seed": 1, **{k: v for k, v in knob.items()
+                                                             if k in ("n", "size", "seed")}})
+    for k in ("mean", "std"):
+        if k in knob:
+            setattr(b, k, knob[k])
+    assert GeneratedImages(4, size=16, seed=1).fingerprint == a.fingerprint
+    assert b.fingerprint != a.fingerprint
+
+
+# --- unreadable images ----------------------------------------------------------------------
+def test_unreadable_image_is_named(class_folder):
+    bad = class_folder / "b_dog" / "0.png"
+    bad.write_bytes(bad.read_bytes()[:60])                      # cut short
+    ds = ImageFolderDataset(class_folder, image_size=16, resize=20)
+    with pytest.raises(UnreadableImageError, match=rf"image {bad} \(index 1\) cannot be read"):
+        ds[1]
+    with pytest.raises(UnreadableImageError, match=str(bad)):
+        list(iter_samples(ds, 2))
+    for workers in (0, 1):
+        batches = list(iter_samples(ds, 2, num_workers=workers, skip_unreadable=True))
+        assert [b[0] for b in batches] == [[0], [2]]
+        assert [i for b in batches for i, _ in b[2]] == [1]
+        assert str(bad) in batches[0][2][0][1]
+        torch.testing.assert_close(batches[1][1][0], ds[2][0])
 
 
 def test_mining_and_test_parts_of_an_image_folder_are_disjoint(tmp_path):

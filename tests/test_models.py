@@ -67,3 +67,42 @@ def test_checkpoint_safetensors_roundtrip(tmp_path):
     assert torch.allclose(loaded(x), src(x))
     with pytest.raises(FileNotFoundError):
         load_model("resnet18", checkpoint=tmp_path / "missing.safetensors")
+
+
+# --- damaged checkpoints and arguments that do not apply ------------------------------------
+def test_damaged_safetensors_names_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in load_model("resnet18").state_dict().items()}, str(path))
+    path.write_bytes(path.read_bytes()[:1000])  # cut short
+    with pytest.raises(ValueError, match=rf"checkpoint {path} is not a readable safetensors file"):
+        load_model("resnet18", checkpoint=path)
+
+
+@pytest.mark.parametrize("content", ["cut", "object"])
+def test_unreadable_pt_names_the_file_and_never_advises_weights_only_false(tmp_path, content):
+    import argparse
+
+    path = tmp_path / "w.pt"
+    if content == "cut":
+        torch.save(load_model("resnet18").state_dict(), path)
+        path.write_bytes(path.read_bytes()[:2000])
+    else:  # an object that is not a tensor: refused by weights_only=True
+        torch.save({"args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ValueError) as err:
+        load_model("resnet18", checkpoint=path)
+    text = str(err.value)
+    assert f"checkpoint {path} cannot be read as a state dict of tensors" in text
+    assert "weights_only" not in text and err.value.__cause__ is None and err.value.__suppress_context__
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        load_model("resnet18", checkpoint=tmp_path)
+
+
+def test_shipped_model_refuses_arguments_it_would_ignore():
+    with pytest.raises(ValueError, match=r"shipped model .* 16 classes: pretrained=False and "
+                                         r"num_classes=10 apply to timm names only"):
+        load_model("synthetic_resnet_basic", num_classes=10)
+    with pytest.raises(ValueError, match="pretrained=True"):
+        load_model("synthetic_resnet_basic", pretrained=True)
+    assert load_model("synthetic_resnet_basic", num_classes=16).fc.out_features == 16  # its own

@@ -51,7 +51,8 @@ def test_missing_things_are_actionable(monkeypatch, tmp_path):
     monkeypatch.delenv("PURE_IMAGENET_VAL", raising=False)
     with pytest.raises(ValueError, match="PURE_IMAGENET_VAL"):
         check_profile(load_profile("paper"))
-    missing = load_profile("paper", dataset_kwargs={"root": str(tmp_path / "nowhere")})
+    nowhere = {"root": str(tmp_path / "nowhere")}
+    missing = load_profile("paper", dataset_kwargs=nowhere, heldout_dataset_kwargs=nowhere)
     with pytest.raises(FileNotFoundError, match="does not exist.*image-net.org.*dataset_kwargs.root"):
         check_profile(missing)
 

@@ -1,4 +1,8 @@
-"""Tests of pure_utils.references: streaming top-k reference samples against brute force."""
+"""Tests of pure_utils.references: streaming top-k reference samples against brute force, the
+identity references carry, non-finite activations and unreadable files."""
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +132,232 @@ def test_cache_reuses_and_recomputes_on_key_change(model, tmp_path):
     finally:
         handle.remove()
     assert len(list(tmp_path.glob("references-*.safetensors"))) == 2
+
+
+# --- identity: references remember what they were mined on ---------------------------------
+from pure_utils.circuits import activation_features, circuit_attributions  # noqa: E402
+from pure_utils.crops import feature_heatmaps, reference_images  # noqa: E402
+from pure_utils.data import GeneratedImages, ImageFolderDataset, UnreadableImageError  # noqa: E402
+from pure_utils.models import model_fingerprint  # noqa: E402
+
+
+def _stages(model, ds, refs, **kw):
+    """Every public stage that takes references, on (model, ds)."""
+    return {
+        "circuit_attributions": lambda: circuit_attributions(model, ds, refs, "layer3", "layer2",
+                                                             neurons=[0], progress=False, **kw),
+        "activation_features": lambda: activation_features(model, ds, refs, "layer3", neurons=[0],
+                                                           progress=False, **kw),
+        "feature_heatmaps": lambda: feature_heatmaps(model, ds, refs, "layer3", [0], progress=False),
+        "reference_images": lambda: reference_images(ds, refs, 0),
+    }
+
+
+def test_references_carry_and_check_their_identity(model, tmp_path):
+    ds = GeneratedImages(6, size=32, seed=0)
+    refs = mine_references(model, ds, "layer3", n_ref=2, cache=Cache(tmp_path), progress=False)
+    assert refs.model_fingerprint == model_fingerprint(model)
+    assert refs.dataset_fingerprint == ds.fingerprint and refs.input_size == (32, 32)
+    meta = json.loads(next(tmp_path.glob("references-*.json")).read_text())
+    assert meta["model_fingerprint"] == refs.model_fingerprint
+    assert meta["dataset_fingerprint"] == ds.fingerprint
+    # loaded from the cache: the same identity
+    again = mine_references(model, ds, "layer3", n_ref=2, cache=Cache(tmp_path), progress=False)
+    assert (again.model_fingerprint, again.dataset_fingerprint) == (refs.model_fingerprint, ds.fingerprint)
+    for name, run in _stages(model, ds, refs).items():  # the right model and data: accepted
+        run()
+    # another dataset of the same length, images and size: every stage refuses it, naming both
+    other = GeneratedImages(6, size=32, seed=1)
+    for name, run in _stages(model, other, refs).items():
+        with pytest.raises(ValueError, match=rf"mined on dataset '{ds.fingerprint}', but the dataset "
+                                             rf"given is '{other.fingerprint}'"):
+            run()
+    # another model with as many channels
+    torch.manual_seed(1)
+    twin = randomize_batchnorm(build_resnet("basic", channels=(8, 8, 16, 16), stem_width=8), 1).eval()
+    for name, run in _stages(twin, ds, refs).items():
+        if name == "reference_images":
+            continue  # takes no model
+        with pytest.raises(ValueError, match=rf"mined on model \[{refs.model_fingerprint}\], but the "
+                                             rf"model given is ResNet \[{model_fingerprint(twin)}\]"):
+            run()
+
+
+def test_references_of_another_input_size_are_refused_without_fingerprints(model):
+    small = TensorImages(torch.randn(5, 3, 32, 32))
+    del small.fingerprint  # a dataset without a fingerprint: the input size is what is left
+    refs = mine_references(model, small, "layer3", n_ref=2, progress=False)
+    assert refs.dataset_fingerprint is None and refs.input_size == (32, 32)
+    large = TensorImages(torch.randn(5, 3, 48, 48))
+    del large.fingerprint
+    with pytest.raises(ValueError, match=r"inputs of size \(32, 32\), but the dataset given has "
+                                         r"inputs of size \(48, 48\)"):
+        circuit_attributions(model, large, refs, "layer3", "layer2", neurons=[0], progress=False)
+
+
+def test_references_built_by_hand_are_not_checked(model):
+    ds = GeneratedImages(4, size=32)
+    hand = References(indices=torch.tensor([[1, 0]] * 16), values=torch.ones(16, 2),
+                      positions=torch.zeros(16, 2, 2, dtype=torch.long), map_size=(2, 2),
+                      input_size=(0, 0), layer="layer3")
+    R = circuit_attributions(model, ds, hand, "layer3", "layer2", neurons=[2], progress=False)
+    mined_like = circuit_attributions(model, ds, torch.tensor([[1, 0]]), "layer3", "layer2",
+                                      neurons=[2], progress=False)
+    assert torch.equal(R, mined_like)
+
+
+def test_float_indices_and_empty_neurons_are_refused(model):
+    ds = GeneratedImages(4, size=32)
+    with pytest.raises(ValueError, match="dtype torch.float32; give integer dataset indices"):
+        circuit_attributions(model, ds, torch.tensor([[1.7, 0.0]]), "layer3", "layer2", neurons=[2],
+                             progress=False)
+    refs = mine_references(model, ds, "layer3", n_ref=2, progress=False)
+    for run in (lambda: circuit_attributions(model, ds, refs, "layer3", "layer2", neurons=[],
+                                             progress=False),
+                lambda: activation_features(model, ds, refs, "layer3", neurons=[], progress=False),
+                lambda: circuit_attributions(model, ds, refs.subset([]), "layer3", "layer2",
+                                             progress=False)):
+        with pytest.raises(ValueError, match="neurons is empty; give at least one channel of layer 'layer3'"):
+            run()
+
+
+# --- non-finite activations: never ranked --------------------------------------------------
+def _with_bad(n, bad, value, size=32):
+    x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(3))
+    for i in bad:
+        x[i, 0, 5, 5] = value
+    return TensorImages(x, name=f"bad{value}")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_activations_raise_naming_the_indices(model, value):
+    ds = _with_bad(9, [2, 7], value)
+    with pytest.raises(ValueError, match=r"not finite \(NaN or inf\) on dataset indices 2\b"):
+        mine_references(model, ds, "layer3", n_ref=3, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match="on_nonfinite='maybe' not known; use one of 'raise', 'skip'"):
+        mine_references(model, ds, "layer3", n_ref=3, on_nonfinite="maybe", progress=False)
+
+
+def test_nonfinite_samples_are_skipped_and_reported(model, tmp_path):
+    ds = _with_bad(9, [2, 7], float("nan"))
+    with pytest.warns(UserWarning, match=r"2 sample\(s\) left out \(nonfinite\): 2, 7"):
+        refs = mine_references(model, ds, "layer3", n_ref=4, batch_size=4, on_nonfinite="skip",
+                               cache=Cache(tmp_path), progress=False)
+    assert refs.skipped["nonfinite"].tolist() == [2, 7] and refs.skipped["unreadable"].numel() == 0
+    assert torch.isfinite(refs.values).all()
+    # the ranking of the other samples, by brute force
+    keep = [i for i in range(9) if i not in (2, 7)]
+    clean = TensorImages(ds.x[keep])
+    idx, vals, pos, _ = brute_force(model, clean, "layer3", 4)
+    assert np.array_equal(refs.indices.numpy(), np.array(keep)[idx])
+    assert np.allclose(refs.values.numpy(), vals, atol=1e-6)
+    # a stored "skip" result asked for with the default policy: the clear error, from the cache
+    with pytest.raises(ValueError, match=r"dataset indices 2, 7 have non-finite activations"):
+        mine_references(model, ds, "layer3", n_ref=4, cache=Cache(tmp_path), progress=False)
+    # too few usable samples
+    with pytest.raises(ValueError, match=r"only 7 of 9 samples could be ranked .*n_ref=8"):
+        mine_references(model, ds, "layer3", n_ref=8, on_nonfinite="skip", progress=False)
+
+
+# --- unreadable image files: named, skipped on request, work kept ----------------------------
+@pytest.fixture
+def folder_with_bad_image(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for k in range(10):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / f"{k:02d}.png")
+    bad = root / "06.png"
+    bad.write_bytes(bad.read_bytes()[:80])
+    return root, bad
+
+
+def test_unreadable_image_stops_mining_naming_it_and_the_work_is_kept(model, folder_with_bad_image,
+                                                                      tmp_path):
+    root, bad = folder_with_bad_image
+    ds = ImageFolderDataset(root, image_size=32, resize=36)
+    cache = Cache(tmp_path / "cache")
+    with pytest.raises(UnreadableImageError, match=rf"{bad} \(index 6\) cannot be read.*"
+                                                   r"on_unreadable='skip'.*the 4 samples before it"):
+        mine_references(model, ds, "layer3", n_ref=3, batch_size=4, cache=cache, progress=False)
+    assert list(cache.root.glob("references-partial-*.json"))
+    # the next run continues after the 4 kept samples: 6 images are read, not 10
+    seen = []
+    handle = model.conv1.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    try:
+        with pytest.warns(UserWarning, match=rf"left out \(unreadable\): 6 \({bad}\)"):
+            refs = mine_references(model, ds, "layer3", n_ref=3, batch_size=4, cache=cache,
+                                   on_unreadable="skip", progress=False)
+    finally:
+        handle.remove()
+    assert sum(seen) == 5  # images 4, 5, 7, 8, 9
+    assert not list(cache.root.glob("references-partial-*"))
+    assert refs.skipped["unreadable"].tolist() == [6]
+    # the same result as one uninterrupted run
+    with pytest.warns(UserWarning):
+        fresh = mine_references(model, ds, "layer3", n_ref=3, batch_size=3, on_unreadable="skip",
+                                progress=False)
+    assert torch.equal(refs.indices, fresh.indices) and torch.equal(refs.positions, fresh.positions)
+    assert torch.allclose(refs.values, fresh.values, atol=1e-6)
+    assert 6 not in refs.indices.flatten().tolist()
+
+
+# --- cache entries are verified against the dataset ----------------------------------------
+def test_cached_indices_out_of_range_are_recomputed(model, tmp_path):
+    from pure_utils.cache import CacheWarning
+
+    ds = GeneratedImages(6, size=32)
+    cache = Cache(tmp_path)
+    refs = mine_references(model, ds, "layer3", n_ref=2, cache=cache, progress=False)
+    (meta_path,) = tmp_path.glob("references-*.json")
+    key = meta_path.stem
+    tensors, meta = cache.load(key)
+    forged = dict(tensors, indices=tensors["indices"] + 6)  # a well-formed entry, wrong values
+    cache.save(key, forged, {k: v for k, v in meta.items() if k != "integrity"})
+    with pytest.warns(CacheWarning, match=rf"{key}.safetensors is not used .*holds \d+, not below 6"):
+        again = mine_references(model, ds, "layer3", n_ref=2, cache=cache, progress=False)
+    assert torch.equal(again.indices, refs.indices)
+    assert torch.equal(cache.load(key)[0]["indices"], refs.indices)  # overwritten
+    # an entry without one of its tensors (it parses, it has a checksum): recomputed too
+    cache.save(key, {k: v for k, v in tensors.items() if k != "positions"},
+               {k: v for k, v in meta.items() if k != "integrity"})
+    with pytest.warns(CacheWarning, match="no tensor 'positions'"):
+        again = mine_references(model, ds, "layer3", n_ref=2, cache=cache, progress=False)
+    assert torch.equal(again.positions, refs.positions)
+
+
+def test_changed_image_folder_is_mined_again(model, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "val"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{k}.png")
+    cache = Cache(tmp_path / "cache")
+    first = mine_references(model, ImageFolderDataset(root, image_size=32, resize=32), "layer3",
+                            n_ref=2, cache=cache, progress=False)
+    # every image replaced in place: the old references would be stale
+    for k in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{k}.png")
+        os.utime(root / f"{k}.png", ns=(0, 10**9 * (k + 1)))
+    ds = ImageFolderDataset(root, image_size=32, resize=32)
+    second = mine_references(model, ds, "layer3", n_ref=2, cache=cache, progress=False)
+    idx, vals, _, _ = brute_force(model, ds, "layer3", 2)
+    assert np.array_equal(second.indices.numpy(), idx)
+    assert not torch.allclose(first.values, second.values)
+    assert len(list(cache.root.glob("references-*.json"))) == 2
+
+
+def test_unwritable_cache_still_returns_the_references(model, tmp_path):
+    from pure_utils.cache import CacheWarning
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ds = GeneratedImages(5, size=32)
+    with pytest.warns(CacheWarning, match="could not be written"):
+        refs = mine_references(model, ds, "layer3", n_ref=2, cache=Cache(blocker / "cache"),
+                               progress=False)
+    assert torch.equal(refs.indices, mine_references(model, ds, "layer3", n_ref=2, progress=False).indices)
