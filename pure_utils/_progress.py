@@ -5,8 +5,11 @@
 - ``TQDM_DISABLE=1`` turns every bar off, also where a function passes ``disable=`` itself
   (tqdm's own variable only changes defaults). The book build sets it, so executed pages show
   results, not progress.
+- Outside a terminal and outside Jupyter (a log file, CI) bars are off: redrawn bars would fill
+  the log with carriage returns. Long runs print their own lines there (training, the build).
 """
 import os
+import sys
 import warnings
 
 with warnings.catch_warnings():
@@ -14,8 +17,15 @@ with warnings.catch_warnings():
     from tqdm.auto import tqdm as _tqdm
 
 
-def tqdm(*args, **kwargs):
-    """``tqdm.auto.tqdm``, switched off when ``TQDM_DISABLE`` is set to a true value."""
+def _quiet() -> bool:
     if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        return True
+    interactive = "ipykernel" in sys.modules or getattr(sys.stderr, "isatty", lambda: False)()
+    return not interactive
+
+
+def tqdm(*args, **kwargs):
+    """``tqdm.auto.tqdm``, switched off by ``TQDM_DISABLE`` and outside terminals and Jupyter."""
+    if _quiet():
         kwargs["disable"] = True
     return _tqdm(*args, **kwargs)

@@ -44,13 +44,16 @@ import yaml
 from papermill.exceptions import PapermillExecutionError
 from papermill.iorw import NoDatesSafeLoader
 
-from . import profiles
+from . import pages, profiles
 from ._files import apply_umask
 from .paths import ROOT
-from .rendering import INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_rendering
+from .rendering import (INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_book,
+                        check_rendering, screenshot)
 
 KERNEL_NAME = "pure-utils"
 EXECUTED_DIR = "book/executed"
+#: the execution page, written by every build (listed in _toc.yml, not kept in git)
+EXECUTION_PAGE = "book/execution.md"
 #: where the executed copies of notebooks that failed during a build are kept (outside the book)
 FAILED_DIR = "_build/failed"
 NOTEBOOK_DIR = "notebooks"
@@ -262,7 +265,9 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
         with _kernel_env(ROOT):
             papermill.execute_notebook(
                 str(source), tmp, parameters=params, kernel_name=kernel_name,
-                cwd=str(cwd or source.parent), progress_bar=False, log_output=False)
+                cwd=str(cwd or source.parent), progress_bar=False, log_output=False,
+                # the kernel's start-up warning (plain TCP on localhost) is noise in build logs
+                extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as err:
         kept = _keep(tmp, failed)
         raise BookError(f"notebook {source.name} failed in cell {err.exec_count}: "
@@ -276,11 +281,9 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
         os.unlink(tmp)
         raise
     nb = json.loads(Path(tmp).read_text())
-    nb["metadata"]["pure_build"] = {"key": key, "parameters": params}
-    for cell in nb["cells"]:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if "injected-parameters" in tags and "hide-input" not in tags:
-            tags.append("hide-input")  # the whole profile: folded on the page, one click away
+    record = pages.run_record(params, time.perf_counter() - start, key=key)
+    nb["metadata"]["pure_build"] = record
+    pages.decorate(nb, source, record)  # code folded, the knobs box and the rerun box
     Path(tmp).write_text(json.dumps(nb, indent=1))
     apply_umask(tmp)  # mkstemp made it private (0600): give it the mode of an ordinary file
     os.replace(tmp, output)
@@ -307,18 +310,21 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
     params = resolve_parameters(chapter_list, read_profile(profile, root), overrides,
                                 profile_name=profile, root=root)
     lib = library_hash(root)
-    executed = []
+    executed, begin = [], time.perf_counter()
     for i, c in enumerate(chapter_list, 1):
         key = build_key(c, params[c.name], lib)
         tag = f"[{i}/{len(chapter_list)}] {c.name}"
         if not force and stored_key(c.output) == key:
             log(f"{tag}: up to date")
             continue
-        log(f"{tag}: executing ...")
         seconds = execute(c.source, c.output, params[c.name], key=key, cwd=cwd,
                           failed=Path(root) / FAILED_DIR / f"{c.name}.ipynb")
-        log(f"{tag}: done in {seconds:.0f} s")
+        log(f"{tag}: done in {seconds:.0f} s ({(time.perf_counter() - begin) / 60:.1f} min so far, "
+            f"{len(chapter_list) - i} to go)")
         executed.append(c.name)
+    if (Path(root) / EXECUTION_PAGE).parent.is_dir():
+        (Path(root) / EXECUTION_PAGE).write_text(pages.execution_page(
+            Path(root) / EXECUTED_DIR, [c.name for c in chapters(root)], set(executed)))
     return executed
 
 
@@ -534,14 +540,27 @@ def main(argv=None) -> int:
             print(f"{src.name}: done in {seconds:.0f} s -> {out}")
         elif args.cmd == "screenshots":
             html = ROOT / "_build" / "html"
-            pages = ({p.stem: _user_path(p) for p in args.page} if args.page
+            shots = ({p.stem: _user_path(p) for p in args.page} if args.page
                      else {Path(p).stem: html / p for p in SCREENSHOT_PAGES})
             inter = (html / INTERACTIVE_PAGE if args.interactive is None
                      else _user_path(args.interactive) if args.interactive else None)
-            for label, frac in check_rendering(pages, _user_path(args.out), interactive=inter).items():
+            for label, frac in check_rendering(shots, _user_path(args.out), interactive=inter).items():
                 print(f"{label}: rendered, {frac:.1%} of pixels in the background colour")
             if inter is not None:
                 print(f"interactive figure rendered on {inter}")
+            if not args.page:  # the whole book, as a reader sees it
+                figure_page = html / SCREENSHOT_PAGES[-1]
+                for mode in ("light", "dark"):
+                    screenshot(figure_page, _user_path(args.out) / f"{figure_page.stem}-{mode}.png",
+                               dark=mode == "dark")
+                entries = [e.removesuffix(".ipynb").removesuffix(".md") for e in toc_files()]
+                problems = check_book(html, [f"{e}.html" for e in entries],
+                                      {f"{e}.html" for e in entries if e.startswith(EXECUTED_DIR)})
+                if problems:
+                    raise RenderError("pages a reader would see wrong:\n" + "\n".join(
+                        f"  {page}: {'; '.join(p)}" for page, p in problems.items()))
+                print(f"{len(entries)} pages checked: no raw TeX, code folded, figures numbered, "
+                      "tables without index columns, a rerun box on every chapter")
             print(f"screenshots in {_user_path(args.out)}")
         elif args.cmd == "glue":
             values = glue_values()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 from pathlib import Path
 
 import timm
@@ -21,6 +19,7 @@ from safetensors.torch import load_file
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from ._machine import machine_info  # noqa: F401  (part of this module's API)
 from .cache import model_fingerprint
 from .paths import DATA_DIR, MODELS_DIR
 
@@ -215,24 +214,6 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
             m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
             m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.75)
     return model
-
-
-def machine_info(device=None) -> dict:
-    """What a computation ran on: CPU count and model, platform, Python, and the GPU when
-    ``device`` is a CUDA device (recorded in model cards and shown in the book)."""
-    cpu = platform.processor() or platform.machine()
-    try:  # the CPU model name on Linux
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = dict(cpu_count=os.cpu_count(), cpu=cpu, platform=platform.platform(),
-                python=platform.python_version())
-    if device is not None and torch.device(device).type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,12 +19,23 @@ def test_import_does_not_load_torch():
 def test_tqdm_disable_overrides_an_explicit_disable(monkeypatch):
     from pure_utils._progress import tqdm
 
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setattr(sys, "stderr", Terminal())
     assert tqdm(range(3), disable=False).disable
     monkeypatch.setenv("TQDM_DISABLE", "")
     bar = tqdm(range(3), disable=False)
-    assert not bar.disable
+    assert not bar.disable                       # a terminal: bars on
     bar.close()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert tqdm(range(3), disable=False).disable  # a log file: no carriage-return bars
 
 
 # --- the house rules of the package's layout -------------------------------------------------
@@ -34,10 +45,10 @@ from pathlib import Path  # noqa: E402
 PACKAGE = Path(pure_utils.__file__).parent
 #: The flow of data, bottom to top: a module imports only modules before it. The data layer
 #: (synthetic, data) sits right above the private helpers.
-LAYERS = ["paths", "_files", "_arrays", "_progress", "_compat", "report", "synthetic", "benchmark", "data",
+LAYERS = ["paths", "_machine", "_files", "_arrays", "_progress", "_compat", "report", "synthetic", "benchmark", "data",
           "cache", "models", "canonizers", "references", "circuits", "virtual", "crops", "embed",
           "ground_truth", "metrics", "train", "tables", "ablations", "profiles", "experiments",
-          "family", "visualize", "rendering", "book", "bench"]
+          "family", "visualize", "rendering", "pages", "book", "bench"]
 #: Packages heavy enough to be imported inside the one function that needs them.
 HEAVY = {"transformers", "open_clip", "umap", "plotly", "torch", "myst_nb"}
 
@@ -62,7 +73,8 @@ def test_modules_are_small_and_import_only_modules_below_them():
         assert len(text.splitlines()) <= 600, f"{name}.py has {len(text.splitlines())} lines"
         for node in _relative_imports(ast.parse(text)):
             target = node.module or ""
-            targets = [target] if target else [a.name for a in node.names]
+            # `from . import x` names a module, or an attribute of the package (__version__)
+            targets = [target] if target else [a.name for a in node.names if a.name in LAYERS]
             for t in targets:
                 assert LAYERS.index(t) < LAYERS.index(name), f"{name} imports {t}, above it"
             if target:  # `from .x import _private` reaches into another module's internals

@@ -1,0 +1,36 @@
+"""What a reader sees: the checks of rendered pages, on constructed HTML (no browser needed)."""
+from pure_utils.rendering import page_problems
+
+GOOD = """<html><body><main>
+<p>The gap <mjx-container>rho</mjx-container> is <span class="math"><mjx-container>x</mjx-container></span> small.</p>
+<details class="hide above-input"><summary>show</summary><div class="cell_input"><pre>x = 1</pre></div></details>
+<figure><img src="a.png"/><figcaption><span class="caption-number">Fig. 2 </span>A caption.</figcaption></figure>
+<img id="abc-thumb" src=""/>
+<details><summary>Rerun this chapter</summary><pre>papermill ...</pre></details>
+<table><thead><tr><th>method</th><th>ARI</th></tr></thead><tbody><tr><td>PURE</td><td>0.634 [0.51, 0.72]</td></tr>
+<tr><td>parameters</td><td>1234567</td></tr></tbody></table>
+</main></body></html>"""
+
+
+def test_a_good_page_has_no_problem():
+    assert page_problems(GOOD, executed=True) == []
+
+
+def test_each_thing_a_reader_would_see_wrong_is_found():
+    cases = {
+        "raw TeX": GOOD.replace("<mjx-container>rho</mjx-container>", "\\(\\rho\\)"),
+        "not rendered": GOOD.replace("<mjx-container>rho</mjx-container>", "").replace(
+            "<mjx-container>x</mjx-container>", ""),
+        "code visible": GOOD.replace('<details class="hide above-input"><summary>show</summary>', "<div>")
+                            .replace("</pre></div></details>", "</pre></div></div>"),
+        "numbered caption": GOOD.replace('<span class="caption-number">Fig. 2 </span>', ""),
+        "rerun box": GOOD.replace("Rerun this chapter", "Run"),
+        "index column": GOOD.replace("<th>method</th>", "<th></th><th>method</th>"),
+        "significant digits": GOOD.replace("0.634", "0.63412"),
+    }
+    for what, html in cases.items():
+        problems = page_problems(html, executed=True)
+        assert any(what in p for p in problems), (what, problems)
+    # prose pages need no toggle, caption or rerun box
+    prose = GOOD.replace("Rerun this chapter", "Run").replace('<span class="caption-number">Fig. 2 </span>', "")
+    assert page_problems(prose, executed=False) == []
