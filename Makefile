@@ -44,9 +44,9 @@ models: $(STAMP)
 	$(PY) -m pure_utils.train --model synthetic_resnet_basic --epochs 10 --out data/models
 
 ## family: train the model family of the chapter "When do circuits beat activations?" (9 models,
-## about 8 minutes each on one CPU core)
+## about 8 minutes each on one CPU core, two at a time)
 family: $(STAMP)
-	$(PY) -m pure_utils.train --model family --out data/models
+	$(PY) -m pure_utils.train --model family --jobs 2 --out data/models
 
 clean:
 	rm -rf _build book/executed

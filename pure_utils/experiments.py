@@ -295,9 +295,17 @@ def evaluation_boxes(setting: Setting, *, neurons=None, display: bool = False,
 
 
 def reference_crops(setting: Setting, neuron: int, boxes_of_neuron) -> list[torch.Tensor]:
-    """Evaluation crops of one neuron's reference samples (``boxes_of_neuron``: ``[n_ref, 4]``)."""
+    """Evaluation crops of one neuron's first reference samples.
+
+    ``boxes_of_neuron``: ``LongTensor[m, 4]``, the boxes of its ``m`` first (most activating)
+    reference samples (``m <= n_ref``).
+    """
     row = int(setting.references.rows([neuron])[0])
-    return crops_from_boxes(setting.dataset, setting.references.indices[row], boxes_of_neuron)
+    boxes = torch.as_tensor(boxes_of_neuron).reshape(-1, 4)
+    if len(boxes) > setting.references.n_ref:
+        raise ValueError(f"{len(boxes)} boxes for the {setting.references.n_ref} reference samples "
+                         f"of neuron {neuron}")
+    return crops_from_boxes(setting.dataset, setting.references.indices[row, :len(boxes)], boxes)
 
 
 def reference_concepts_of(setting: Setting, neurons=None) -> torch.Tensor:

@@ -115,3 +115,21 @@ def test_the_test_phase_refuses_the_reference_set_itself():
     setting = ex.load_setting(parts, progress=False)
     ds, refs = ex.heldout_references(setting, progress=False)
     assert ds.part == "test" and not set(ds.indices) & set(setting.dataset.indices)
+
+
+def test_reference_crops_of_the_first_references():
+    from pure_utils.data import SyntheticShapes
+    from pure_utils.references import References
+
+    ds = SyntheticShapes("test", n=6)
+    refs = References(indices=torch.tensor([[5, 3, 1, 0]]), values=torch.ones(1, 4),
+                      positions=torch.zeros(1, 4, 2, dtype=torch.long), map_size=(3, 3),
+                      input_size=(96, 96), layer="layer4")
+    setting = ex.Setting(profile={}, model=None, dataset=ds, references=refs, neurons=[0],
+                         device="cpu")
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 20, 20]])
+    crops = ex.reference_crops(setting, 0, boxes)
+    assert len(crops) == 2 and crops[1].shape == (3, 15, 15)
+    assert torch.equal(crops[0], ds.image(5)[:, :10, :10]) and torch.equal(crops[1], ds.image(3)[:, 5:20, 5:20])
+    with pytest.raises(ValueError, match="5 boxes for the 4 reference samples"):
+        ex.reference_crops(setting, 0, torch.zeros(5, 4, dtype=torch.long))

@@ -1,5 +1,6 @@
 """The model family and its comparison (pure_utils.family, pure_utils.train.FAMILY)."""
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -52,14 +53,41 @@ def test_compare_model_agrees_with_a_recomputation_from_the_public_api():
     assert run["units"]["difference PURE (gxa)"].to_numpy() == pytest.approx(diffs)
 
 
+def _training_args(command):
+    """``(model, other arguments that decide the weights)`` of a training command."""
+    words = shlex.split(command.replace("$(PY)", "python"))
+    words = words[words.index("pure_utils.train") + 1:]
+    out, model, skip = [], None, None
+    for word in words:
+        if skip:
+            model = word if skip == "--model" else model
+            skip = None
+        elif word in ("--jobs", "--model"):
+            skip = word
+        elif word != "--no-progress":
+            out.append(word)
+    return model, out
+
+
+def test_training_args_normalise_only_what_does_not_change_weights():
+    model, args = _training_args("python -m pure_utils.train --model family_x --out d --no-progress")
+    assert model == "family_x" and args == ["--out", "d"]
+    assert _training_args("$(PY) -m pure_utils.train --model family --jobs 2 --out d") == ("family", args)
+    assert _training_args("$(PY) -m pure_utils.train --model family --epochs 3 --out d")[1] != args
+
+
 def test_family_is_shipped_with_cards_written_by_the_family_command():
     makefile = (pu.paths.ROOT / "Makefile").read_text()
     recipe = makefile.split("\nfamily:", 1)[1].split("\n\n", 1)[0]
+    recipe_line = next(line for line in recipe.splitlines() if "pure_utils.train" in line)
     for name, spec in FAMILY.items():
         card_path = shipped_models()[name]
         card = json.loads(card_path.read_text())
         assert card_path.with_suffix(".safetensors").stat().st_size <= 10 * 2**20
-        assert card["command"].replace("python -m", "$(PY) -m") in recipe
+        # `--model family` trains every member exactly as `--model <member>` does, and neither
+        # `--jobs` nor `--no-progress` changes the weights
+        model, args = _training_args(card["command"])
+        assert model in (name, "family") and (("family", args) == _training_args(recipe_line)), card["command"]
         assert card["dataset"]["config"] == SyntheticConfig(**spec["config"]).to_dict()
         assert card["architecture"]["channels"][-1] == spec.get("width", 8)
         assert card["layer4_polysemantic"]["n_neurons"] == 4 * spec.get("width", 8)

@@ -94,3 +94,27 @@ def test_bad_training_arguments_raise():
         train_default_model("synthetic_resnet_basic", n_train=8, batch_size=16, progress=False)
     with pytest.raises(ValueError, match="synthetic_resnet_basic, synthetic_resnet_bottleneck"):
         train_default_model("resnet_huge", progress=False)
+
+
+def test_parallel_training_writes_the_same_weights_as_one_at_a_time(tmp_path, capsys):
+    # --jobs 2 trains each model in its own process; the weights must not depend on it
+    main(["--tiny", "--model", "all", "--out", str(tmp_path / "seq"), "--no-progress"])
+    main(["--tiny", "--model", "all", "--jobs", "2", "--out", str(tmp_path / "par")])
+    out = capsys.readouterr().out
+    assert "2 models, 2 at a time" in out
+    for name in DEFAULT_MODELS:
+        seq, par = (load_file(str(tmp_path / d / f"{name}.safetensors")) for d in ("seq", "par"))
+        assert seq.keys() == par.keys() and all(torch.equal(seq[k], par[k]) for k in seq)
+        card = json.loads((tmp_path / "par" / f"{name}.json").read_text())
+        # the card names the single-model command that reproduces it
+        assert f"--model {name}" in card["command"] and "--jobs" not in card["command"]
+
+
+def test_member_command_and_bad_jobs():
+    from pure_utils.train import _member_argv
+    assert _member_argv(["--model", "family", "--jobs", "2", "--out", "x"], "family_width_16") == \
+        ["--model", "family_width_16", "--out", "x", "--no-progress"]
+    assert _member_argv(["--model=all", "--jobs=3", "--tiny", "--no-progress"], "a") == \
+        ["--model", "a", "--tiny", "--no-progress"]
+    with pytest.raises(SystemExit):
+        main(["--model", "all", "--jobs", "0"])
