@@ -47,10 +47,12 @@ bench-scale: $(STAMP)
 ## bench-gpu: the paper's sizes on one GPU (50,000 images, 2048 neurons x 100 references; each
 ## neuron-chunked stage stops after 50 s and is extrapolated; about 8 minutes on an H100). Runs
 ## with plain $(PYTHON), no virtual environment: it needs torch, timm, transformers, scikit-learn,
-## safetensors, numpy, scipy, pandas and zennit. A smaller run: make bench-gpu GPU_IMAGES=5000
+## safetensors, numpy, scipy, pandas and zennit. A smaller run: make bench-gpu GPU_IMAGES=5000;
+## the table elsewhere: make bench-gpu GPU_OUT=/some/folder/gpu.json
 GPU_IMAGES ?= 50000
+GPU_OUT ?= _build/bench/gpu.json
 bench-gpu:
-	$(PYTHON) -m pure_utils.bench --scale paper --device cuda --images $(GPU_IMAGES) --stage-cap 50 --compare-precision bf16 --compare-neurons 256 --memory-check --out _build/bench/gpu.json
+	$(PYTHON) -m pure_utils.bench --scale paper --device cuda --images $(GPU_IMAGES) --stage-cap 50 --compare-precision bf16 --compare-neurons 256 --memory-check --out $(GPU_OUT)
 
 ## models: train the two shipped models of the controlled benchmark again (the commands of their cards;
 ## about 10 minutes each on 2 CPU cores)

@@ -456,13 +456,14 @@ def summary(result: dict, key: str) -> str:
     r = result.get(key)
     if not r:
         return ""
+    neurons = f"{r.get('neurons')} neuron{'' if r.get('neurons') == 1 else 's'}"
     if key == "end_to_end":
-        return (f"end to end, mining + attribution of {r['neurons']} neurons: "
+        return (f"end to end, mining + attribution of {neurons}: "
                 f"{r['with_stash_s']:.1f} s with the stash, {r['without_stash_s']:.1f} s "
                 f"re-forwarding ({r['speedup']:.2f}x); largest difference of the normalised "
                 f"vectors {r['max_abs_diff']:.2e} (bitwise equal: {r['bitwise_equal']})")
     if key == "precision":
-        return (f"precision, {r['compared']} on {r['neurons']} neurons: largest difference of "
+        return (f"precision, {r['compared']} on {neurons}: largest difference of "
                 f"the normalised attributions {r['max_abs_diff']:.3g}; ARI of the k-means labels "
                 f"(k = 2..5) mean {r['ari_mean']:.3f}, min {r['ari_min']:.3f}, identical "
                 f"{100 * r['share_identical_labels']:.0f}%; time {r['time_ratio']:.2f}x")

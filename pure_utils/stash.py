@@ -284,13 +284,18 @@ class ActivationStash:
     def status(self, model, dataset, layer: str, lower_layers) -> str:
         """``"ok"``: the attribution of ``layer`` from ``lower_layers`` can start from this stash;
         ``"empty"``: it holds nothing (a rank whose share of images kept nothing);
-        ``"unfit"``: it cannot serve (nothing can be kept for these layers, or other layers).
+        ``"unfit"``: it cannot serve (nothing can be kept for these layers, other layers, or
+        records of a lower precision than the model's outside autocast).
 
         Raises ``ValueError`` when ``model`` or ``dataset`` is not the one it was filled on.
         """
         lowers = [lower_layers] if isinstance(lower_layers, str) else list(lower_layers)
         if self.problem is not None or lowers != [self.lower_layer] or layer != self.layer:
             return "unfit"
+        weight = next(model.parameters(), None)
+        if weight is not None and self.dtype not in (None, weight.dtype) \
+                and not torch.is_autocast_enabled(weight.device.type):
+            return "unfit"  # kept under autocast (bf16), asked for in full precision
         given = identity(model, dataset)
         if given != self.identity:
             raise ValueError(f"the stash was filled while mining model and dataset "

@@ -164,6 +164,22 @@ def test_lrp_and_several_lower_layers_ignore_the_stash(model, data, mined):
         assert torch.equal(a, b)
 
 
+def test_records_kept_under_autocast_serve_autocast_only(model, data):
+    stash = ActivationStash("layer3")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        refs = mine_references(model, data, "layer4", N_REF, batch_size=4, progress=False,
+                               stash=stash)
+    assert stash.dtype == torch.bfloat16 and len(stash)
+    kw = dict(neurons=NEURONS[:2], batch_size=4, progress=False)
+    # in full precision the stash is passed over: the model's own fp32 pass
+    assert torch.equal(circuit_attributions(model, data, refs, "layer4", "layer3", stash=stash,
+                                            **kw),
+                       circuit_attributions(model, data, refs, "layer4", "layer3", **kw))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = circuit_attributions(model, data, refs, "layer4", "layer3", stash=stash, **kw)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+
+
 def test_a_stash_of_another_model_or_dataset_is_refused(model, data, mined):
     refs, stash = mined
     other = GeneratedImages(30, size=48, seed=5)
