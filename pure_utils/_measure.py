@@ -85,10 +85,12 @@ class Sampler(threading.Thread):
 
 
 class Stages:
-    """Runs stages and keeps one record per stage (see :meth:`stage`)."""
+    """Runs stages and keeps one record per stage (see :meth:`stage`); ``after`` is called after
+    each stage (e.g. to write the records so far, which a run stopped later keeps)."""
 
-    def __init__(self, device, log):
+    def __init__(self, device, log, after=None):
         self.device, self.log, self.records = torch.device(device), log, []
+        self.after = after or (lambda: None)
         self.sampler = Sampler()
         self.sampler.start()
 
@@ -116,6 +118,7 @@ class Stages:
         rec["per_s"] = rec["items"] / rec["seconds"] if rec["seconds"] > 0 else math.nan
         rec["paper_s"] = (rec["seconds"] * paper_items / rec["items"] if rec["items"] else math.nan)
         self.records.append(rec)
+        self.after()
         self.log(f"  {name}: {measured(rec)} in {rec['seconds']:.1f} s "
                  f"({rec['per_s']:.3g} {unit}/s), peak RSS {rec['rss_peak_mib']:.0f} MiB"
                  + (f", CUDA {rec['cuda_peak_mib']:.0f} MiB" if rec["cuda_peak_mib"] else "")

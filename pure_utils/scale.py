@@ -214,13 +214,16 @@ def _mine_and_attribute(run, args, model, data, chosen, stash, attr, prec):
     return refs, pure, done
 
 
-def run_scale(log=print, **options) -> dict:
+def run_scale(log=print, checkpoint=None, **options) -> dict:
     """Run the dry run (see the module's description) and return its figures.
 
     Parameters
     ----------
     log : callable
         Where the lines go (``print``).
+    checkpoint : callable, optional
+        ``checkpoint(result)`` after every stage, with the stages so far (``main`` writes the
+        files then: a run stopped by a time limit keeps what it measured).
     **options
         The command line's options by their Python names (``images=64``, ``device="cuda"``,
         ``compare_precision="bf16"``, ...; see ``python -m pure_utils.bench --scale paper -h``).
@@ -264,11 +267,12 @@ def run_scale(log=print, **options) -> dict:
                    matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
     log(f"setting: {json.dumps(setting)}")
     log("reduced: " + ("; ".join(reduced) if reduced else "nothing (the paper's sizes)"))
-    run = Stages(device, log)
+    run = Stages(device, log, after=lambda: checkpoint and checkpoint(result))
     prec = lambda: _precision(args.precision, model, device)  # noqa: E731
     loop = dict(num_workers=args.workers, device=device, progress=args.progress)
     result = dict(setting=setting, reduced=reduced, machine=machine_info(device),
-                  when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+                  when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  stages=run.records)
     stash = (None if args.no_stash else
              ActivationStash("layer3", memory_bytes=args.stash_memory, disk_bytes=args.stash_disk,
                              folder=args.stash_folder))
@@ -343,7 +347,6 @@ def run_scale(log=print, **options) -> dict:
         result["correlation"] = dict(zip(corr.method, corr["mean"].round(4)))
     result["neurons_through_all_stages"] = done
     run.close()
-    result["stages"] = run.records
     pipeline = [r for r in run.records if r["key"] in PIPELINE]
     result["paper_total_s"] = (sum(r["paper_s"] for r in pipeline)
                                if {r["key"] for r in pipeline} == set(PIPELINE) else None)
@@ -571,7 +574,9 @@ def main(argv=None) -> int:
     options = {k: v for k, v in vars(args).items() if k not in ("out", "json_stdout", "scale")}
     # a child process of the memory check keeps stdout for its result
     log = (lambda line: print(line, file=sys.stderr)) if args.json_stdout else print
-    result = run_scale(log=log, **options)
+    # the files are written after every stage too: a run stopped by a time limit keeps them
+    result = run_scale(log=log, checkpoint=(lambda r: write(r, args.out)) if args.out else None,
+                       **options)
     log("")
     log(markdown(result))
     if args.out:

@@ -60,10 +60,12 @@ def test_sizes_defaults_and_what_is_reduced():
 
 @pytest.fixture(scope="module")
 def small_run():
-    lines = []
+    lines, written = [], []
     result = scale.run_scale(log=lines.append, images=6, neurons=2, n_ref=5,
                              stages="mining,attribution", compare_precision="bf16", threads=2,
-                             workers=0, eq5_workers=1)
+                             workers=0, eq5_workers=1,
+                             checkpoint=lambda r: written.append(len(r["stages"])))
+    assert written == [1, 2, 3, 4]   # after every stage, with the stages so far
     return result, lines
 
 
