@@ -31,9 +31,9 @@ How the engine saves work (no approximation involved):
   one lower layer), the lower layer's output of the reference images comes from it and only
   ``L`` runs (``L`` from ``L-1``, and its backward pass); images it does not hold are run as usual;
 - images are read ahead in DataLoader worker processes (``num_workers``);
-- under torch.distributed every rank attributes its share of the reference images (with a
-  stash: the images it mined) and every rank returns the whole result
-  (:mod:`pure_utils.distributed`).
+- under torch.distributed every rank computes whole batches of the single-process plan, in
+  turn (the stash's records travel to the rank that needs them), and every rank returns the
+  whole result, the single-process one (:mod:`pure_utils.distributed`).
 """
 from __future__ import annotations
 

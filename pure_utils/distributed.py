@@ -11,9 +11,12 @@ How the stages share their work (each rank ends with the full result):
 - mining (:func:`pure_utils.references.mine_references`): the images, in contiguous shares made
   of whole batches (:func:`shard_range`), so that every batch is the batch a single process would
   form; the per-rank top-k lists are merged in rank order, which keeps ties by the lower index;
-- circuit attributions and activation features: the distinct reference images (each image's
-  forward pass runs on one rank only, shared by all the neurons that need it);
-- heatmaps, crop boxes and embeddings (:mod:`pure_utils.pipeline`): the neurons.
+- circuit attributions and activation features: the batches of reference images a single
+  process forms, in turn (rank ``r`` of ``W`` takes batches ``r``, ``r + W``, ...): each image's
+  forward pass runs on one rank, shared by all the neurons that need it, in the batch it has in
+  a single process (convolutions round the last bits by batch size);
+- heatmaps and crop boxes (:mod:`pure_utils.pipeline`): whole chunks of neurons; embeddings:
+  whole batches of crops.
 
 Shares are put together with :func:`sum_across_ranks` (every entry is computed by exactly one
 rank and is zero elsewhere, so the sum is that entry, bit for bit) or
@@ -80,8 +83,8 @@ def shard_range(n: int, *, block: int = 1, rank: int | None = None,
 def my_share(items: list) -> list:
     """Every ``size``-th item, starting at this rank's position: ``items[rank::size]``.
 
-    Used where items are sorted by cost (the attribution's images by how many neurons need
-    them), so that the shares cost about the same.
+    How the attribution stages deal out their batches, which they sort by cost, so that the
+    shares cost about the same.
     """
     rank, size = rank_and_size()
     return list(items)[rank::size]

@@ -333,7 +333,6 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
     """
     n = len(dataset)
     start, stop = shard_range(n, block=batch_size)
-    shard = (start, stop)
     best, n_valid = None, 0
     skipped = {k: [] for k in _SKIPPED}
     map_size = input_size = None
@@ -356,7 +355,7 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
     batches = iter_samples(dataset, batch_size, num_workers, start=start, stop=stop,
                            skip_unreadable=on_unreadable == "skip",
                            pin_memory=torch.device(device).type == "cuda")
-    recording = (stash.recording(model, layer, shard=shard) if stash is not None
+    recording = (stash.recording(model, layer) if stash is not None
                  else contextlib.nullcontext())
     with torch.inference_mode(), eval_mode(model), recording:
         while True:

@@ -16,12 +16,13 @@ download), all 2048 channels of ``layer4`` with ``n_ref = 100`` from ``--images`
 6. Eq. 5 for k in {2, 3, 4, 5} (PURE, activations, CLIP, DINOv2, random), in worker processes;
 7. the distance correlation (PURE, activations, DINOv2 against CLIP).
 
-Then, on the first ``--compare-neurons`` neurons: attribution from the stash against the
-re-forward (the end-to-end effect on mining + attribution, with the largest difference), and
-with ``--compare-precision bf16`` the same attribution under bf16 autocast + channels_last
-against fp32 (largest difference of the normalised vectors, ARI of the k-means labels). With
-``--memory-check`` a second process runs mining + attribution at 4x the images (or 1/4 from
-4096 images up) and both high-water marks are compared.
+After stage 3, on the first ``--compare-neurons`` neurons: attribution from the stash against
+the re-forward (the end-to-end effect on mining + attribution, with the largest difference),
+and with ``--compare-precision bf16`` the same attribution under bf16 autocast + channels_last
+against fp32 (largest difference of the normalised vectors, ARI of the k-means labels); the
+stash is then emptied for the heatmaps. With ``--memory-check`` a second process runs mining +
+attribution at 4x the images (or 1/4 from 4096 images up) and both high-water marks are
+compared.
 
 Per stage: wall time, items per second, peak memory (resident set of this process, sampled;
 CUDA max allocated on a GPU) and the time at the paper's size, extrapolated linearly in the
@@ -183,6 +184,12 @@ def _resolve(args) -> tuple[argparse.Namespace, list]:
     return args, reduced
 
 
+def _processes(args, neurons: int) -> int:
+    """Worker processes for k-means on ``neurons`` neurons: one (this process) up to 32 neurons,
+    where starting processes (seconds each) would cost more than it saves."""
+    return 1 if neurons <= 32 else min(args.eq5_workers, -(-neurons // 2))
+
+
 def _chunked(fn, neurons, chunk, deadline):
     """``fn(part)`` over consecutive parts of ``neurons``; ``(concatenated results, done)``."""
     out = []
@@ -331,10 +338,10 @@ def run_scale(log=print, checkpoint=None, **options) -> dict:
         with run.stage("eq5", "Eq. 5, k in {2, 3, 4, 5}, 4 methods + random", "neurons",
                        PAPER["neurons"]) as rec:
             # parts of two neurons: a part running at the deadline ends soon after it
+            procs = _processes(args, done)
             frames, rec["items"] = _in_parts(
-                _eq5_part, [clip, pure[:done], acts[:done], dino, chosen[:done]], done,
-                args.eq5_workers, _deadline(args.stage_cap), part=2)
-            procs = min(args.eq5_workers, -(-done // 2))
+                _eq5_part, [clip, pure[:done], acts[:done], dino, chosen[:done]], done, procs,
+                _deadline(args.stage_cap), part=2)
             rec["note"] = f"{procs} process{'es' if procs > 1 else ''}"
         result["eq5_gap"] = (pd.concat(frames).groupby(["method", "k"]).gap.mean().unstack()
                              .round(4).to_dict() if frames else {})
@@ -398,7 +405,7 @@ def _comparisons(result, run, args, model, data, refs, chosen, pure, stash, attr
             low = circuit_attributions(model, data, refs, "layer4", "layer3", stash=stash, **kw)
             rec["items"] = len(sub) * args.n_ref
         a, b = base[:len(sub)].numpy(), low.float().numpy()
-        parts, _ = _in_parts(_ari_part, [a, b], len(sub), args.eq5_workers)
+        parts, _ = _in_parts(_ari_part, [a, b], len(sub), _processes(args, len(sub)))
         ari = np.asarray([row for part in parts for row in part])
         result["precision"] = dict(
             compared=f"{args.precision} against {other}", neurons=len(sub),

@@ -86,7 +86,7 @@ class ActivationStash:
         self.lower_layer = lower_layer
         self.memory_bytes, self.disk_bytes = int(memory_bytes), int(disk_bytes)
         self.folder = Path(folder) if folder is not None else default_cache_dir() / "stash"
-        self.layer = self.problem = self.identity = self.shard = None
+        self.layer = self.problem = self.identity = None
         self._batch: dict = {}
         self._fd = None
         self.clear()
@@ -131,15 +131,12 @@ class ActivationStash:
 
     # -- mining -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def recording(self, model, layer: str, *, shard=None):
-        """While mining ``layer``: see each batch's input of ``layer`` and check where it comes from.
-
-        ``shard`` is the ``[start, stop)`` range of dataset indices this process mines (under
-        torch.distributed; the whole dataset otherwise).
-        """
+    def recording(self, model, layer: str):
+        """While mining ``layer``: see each batch's input of ``layer`` and check where it comes
+        from (under torch.distributed each rank keeps the candidates of the images it mines)."""
         lower, top = get_layer(model, self.lower_layer), get_layer(model, layer)
         self.clear()
-        self.layer, self.problem, self.shard = layer, None, shard
+        self.layer, self.problem = layer, None
         seen = self._batch
 
         def remember(_module, _inputs, output):
