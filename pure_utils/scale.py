@@ -432,6 +432,8 @@ def _memory_check(args, result, log) -> dict:
     if args.no_stash:
         cmd.append("--no-stash")
     log(f"memory check: mining + attribution again with {other:,} images in a new process")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # this process's cached blocks would crowd the new one's GPU
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"the memory check's process failed:\n{done.stderr[-3000:]}")
