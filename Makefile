@@ -45,7 +45,8 @@ bench-scale: $(STAMP)
 	$(PY) -m pure_utils.bench --scale paper --stage-cap 60 --compare-precision bf16 --memory-check --out _build/bench/cpu.json
 
 ## bench-gpu: the paper's sizes on one GPU (50,000 images, 2048 neurons x 100 references; each
-## neuron-chunked stage stops after 50 s and is extrapolated; about 8 minutes on an H100). Runs
+## neuron-chunked stage stops after 50 s and is extrapolated; sized for about 8 minutes on an
+## H100, an estimate until it is timed there). Runs
 ## with plain $(PYTHON), no virtual environment: it needs torch, timm, transformers, scikit-learn,
 ## safetensors, numpy, scipy, pandas and zennit. A smaller run: make bench-gpu GPU_IMAGES=5000;
 ## the table elsewhere: make bench-gpu GPU_OUT=/some/folder/gpu.json
