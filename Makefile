@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: book test env bench models family clean clean-cache screenshots
+.PHONY: book test env bench bench-scale bench-gpu models family clean clean-cache screenshots
 
 ## book: execute every notebook on $(PROFILE) (only those that changed) and build the HTML book
 book: $(STAMP)
@@ -36,6 +36,24 @@ $(STAMP):
 ## bench: the engine against a naive per-neuron pipeline (prints ratios)
 bench: $(STAMP)
 	$(PY) -m pure_utils.bench
+
+## bench-scale: every stage of the paper profile on this machine's CPU at a reduced size (48
+## images, 8 neurons x 6 references; heatmaps, embeddings and Eq. 5 stop after 60 s each and are
+## extrapolated; about 5 minutes on 2 cores), with the fp32-bf16 comparison and the memory check
+## at 4x the images; the table goes to _build/bench/cpu.json and .md
+bench-scale: $(STAMP)
+	$(PY) -m pure_utils.bench --scale paper --stage-cap 60 --compare-precision bf16 --memory-check --out _build/bench/cpu.json
+
+## bench-gpu: the paper's sizes on one GPU (50,000 images, 2048 neurons x 100 references; each
+## neuron-chunked stage stops after 50 s and is extrapolated; sized for about 8 minutes on an
+## H100, an estimate until it is timed there). Runs
+## with plain $(PYTHON), no virtual environment: it needs torch, timm, transformers, scikit-learn,
+## safetensors, numpy, scipy, pandas and zennit. A smaller run: make bench-gpu GPU_IMAGES=5000;
+## the table elsewhere: make bench-gpu GPU_OUT=/some/folder/gpu.json
+GPU_IMAGES ?= 50000
+GPU_OUT ?= _build/bench/gpu.json
+bench-gpu:
+	$(PYTHON) -m pure_utils.bench --scale paper --device cuda --images $(GPU_IMAGES) --stage-cap 50 --compare-precision bf16 --compare-neurons 256 --memory-check --out $(GPU_OUT)
 
 ## models: train the two shipped models of the controlled benchmark again (the commands of their cards;
 ## about 10 minutes each on 2 CPU cores)

@@ -49,6 +49,8 @@ _EXPORTS = {
     "References": "references",
     "mine_references": "references",
     "check_references": "references",
+    # stash.py
+    "ActivationStash": "stash",
     # circuits.py
     "circuit_attributions": "circuits",
     "activation_features": "circuits",

@@ -1,6 +1,8 @@
 """Benchmark: the PURE engine against a naive circuit-attribution pipeline.
 
 Run ``python -m pure_utils.bench`` (``--quick`` for a small sanity run, ``--help`` for knobs).
+``python -m pure_utils.bench --scale paper`` runs the paper-scale dry run of every stage
+instead (:mod:`pure_utils.scale`; ``--scale paper --help`` for its knobs).
 
 The naive pipeline is how CRP-based pipelines compute PURE vectors: for each neuron, its
 reference images go through the *whole* model and the backward pass runs to the *input*, with
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import timm
@@ -28,6 +31,7 @@ from .circuits import circuit_attributions
 from .data import GeneratedImages
 from .models import get_layer, randomize_batchnorm
 from .references import check_references, mine_references
+from .scale import main as scale_main
 
 __all__ = ["GeneratedImages", "naive_attributions", "run_benchmark", "main"]
 
@@ -146,8 +150,14 @@ def run_benchmark(*, images: int = 512, neurons: int = 64, naive_neurons: int = 
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--scale" or a.startswith("--scale=") for a in argv):
+        return scale_main(argv)
     parser = argparse.ArgumentParser(prog="python -m pure_utils.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=["paper"],
+                        help="run the paper-scale dry run of every stage instead (see "
+                        "--scale paper --help)")
     parser.add_argument("--images", type=int, default=512, help="generated images to mine")
     parser.add_argument("--neurons", type=int, default=64, help="neurons attributed by the engine")
     parser.add_argument("--naive-neurons", type=int, default=8,

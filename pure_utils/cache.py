@@ -15,6 +15,11 @@ bytes and every tensor's shape and dtype, and the caller may say which tensors i
 their shapes, dtypes and value ranges (:class:`TensorSpec`). An entry that fails any check is a
 miss: it is computed again and overwritten, with one :class:`CacheWarning` naming its path. A
 cache folder that cannot be written warns too, and the computed result is still returned.
+
+Under ``torch.distributed`` (:mod:`pure_utils.distributed`) rank 0 alone reads and writes the
+cache: it tells the other ranks whether an entry is there and sends them its tensors, and on a
+miss every rank computes (the stages share their work across ranks) and rank 0 stores the result
+once. The other ranks need no access to the cache folder.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from safetensors.torch import load, save
 
 import pure_utils  # the version is read at call time: it enters every key
 from ._files import atomic_write
+from .distributed import broadcast_object, is_distributed, is_main
 from .paths import ROOT
 
 __all__ = ["Cache", "CacheWarning", "TensorSpec", "resolve_cache", "default_cache_dir", "cached",
@@ -278,10 +284,16 @@ class Cache:
             same, with a :class:`CacheWarning`.
         """
         key = self.key(kind, **params)
-        hit = self.load(key, expect)
+        # under torch.distributed rank 0 alone reads the entry and hands it to the other ranks
+        hit = self.load(key, expect) if is_main() else None
+        if is_distributed():
+            found = broadcast_object(hit[0] if hit is not None else None)
+            hit = None if found is None else (found, None)
         if hit is not None:
             return hit[0]
-        tensors = fn()
+        tensors = fn()  # a collective computation when distributed: every rank takes part
+        if not is_main():
+            return tensors
         try:
             self.save(key, tensors, {"kind": kind, "params": params, **(meta or {})})
         except OSError as err:

@@ -26,7 +26,14 @@ How the engine saves work (no approximation involved):
   ``L`` to ``L-1`` only - never to the input - and parameters never require gradients;
 - the neurons of one image are processed as "slots": slot ``j`` back-propagates, for every
   image of the batch at once, the ``j``-th neuron that needs the image. Images are sorted by
-  how many neurons need them so that batches are nearly full in every slot.
+  how many neurons need them so that batches are nearly full in every slot;
+- given the :class:`~pure_utils.stash.ActivationStash` of the mining run (Gradient x Activation,
+  one lower layer), the lower layer's output of the reference images comes from it and only
+  ``L`` runs (``L`` from ``L-1``, and its backward pass); images it does not hold are run as usual;
+- images are read ahead in DataLoader worker processes (``num_workers``);
+- under torch.distributed every rank computes whole batches of the single-process plan, in
+  turn (the stash's records travel to the rank that needs them), and every rank returns the
+  whole result, the single-process one (:mod:`pure_utils.distributed`).
 """
 from __future__ import annotations
 
@@ -40,10 +47,12 @@ from torch import nn
 from ._progress import tqdm
 from .cache import TensorSpec, cached
 from .canonizers import LRPApproximationWarning, composite_for, lrp_support
-from .data import check_dataset, load_images
+from .data import check_dataset
+from .distributed import first_found, is_distributed, is_main, my_share, sum_across_ranks
 from .models import (eval_mode, forward_until, frozen_parameters, get_layer, layer_order,
                      layer_output, resolve_device, run_model, stop_after)
 from .references import References, check_references, index_tensor, neuron_ids
+from .stash import ActivationStash, feed_batches, stash_serves
 
 __all__ = ["ATTRIBUTIONS", "METHODS", "circuit_attributions", "activation_features",
            "lrp_conservation"]
@@ -203,9 +212,21 @@ def _capture(model, x, layer_module, lower_modules, lowers):
     return out, [state["acts"][n] for n in lowers]
 
 
+def _from_lower(layer_module, lower):
+    """``(out, [leaf])`` as :func:`_capture` gives them, with the lower layer's output given."""
+    leaf = lower.detach().requires_grad_(True)
+    with torch.enable_grad():
+        # the layer gets a copy of the leaf, as in _capture (safe from in-place operations)
+        out = layer_output("layer", layer_module(leaf.clone()))
+    return out, [leaf]
+
+
 def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, batch_size,
-               device, progress):
+               device, progress, stash=None, num_workers=0):
     """Unnormalised circuit vectors and their initial relevance.
+
+    ``stash``: a usable :class:`~pure_utils.stash.ActivationStash` (Gradient x Activation, one
+    lower layer) or ``None``.
 
     Returns
     -------
@@ -223,18 +244,22 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, ba
             jobs.setdefault(int(img), []).append((row, pos, k))
     # most-needed images first: batches of images with similar slot counts waste little work
     images = sorted(jobs, key=lambda i: (-len(jobs[i]), i))
+    plan = [images[s:s + batch_size] for s in range(0, len(images), batch_size)]
 
     n_rows, n_ref = indices.shape
     results = None
     initial = torch.zeros(n_rows, n_ref)
-    bar = tqdm(total=int(indices.numel()), desc=f"circuits {layer}<-{','.join(lowers)}",
-               disable=not progress, unit="vec")
+    bar = tqdm(total=sum(len(jobs[i]) for b in my_share(plan) for i in b),
+               desc=f"circuits {layer}<-{','.join(lowers)}", unit="vec",
+               disable=not progress or not is_main())
     context = composite.context(model) if composite is not None else contextlib.nullcontext()
     with eval_mode(model), context, frozen_parameters(model):
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            x = load_images(dataset, batch).to(device)
-            out, acts = _capture(model, x, layer_module, lower_modules, lowers)
+        for batch, x, lower in feed_batches(model, dataset, plan, stash=stash,
+                                            num_workers=num_workers, device=device):
+            if lower is not None:
+                out, acts = _from_lower(layer_module, lower)
+            else:
+                out, acts = _capture(model, x, layer_module, lower_modules, lowers)
             if results is None:
                 _check_channels(neurons, out.shape[1], layer)
                 results = [torch.zeros(n_rows, n_ref, a.shape[1]) for a in acts]
@@ -263,11 +288,17 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, ba
                 bar.update(len(sel))
             del out, acts, weights
     bar.close()
+    if is_distributed():  # every entry was computed by one rank and is zero on the others
+        widths = first_found(None if results is None else [r.shape[-1] for r in results])
+        if results is None:
+            results = [torch.zeros(n_rows, n_ref, w) for w in widths]
+        results = [sum_across_ranks(r) for r in results]
+        initial = sum_across_ranks(initial)
     return results, initial
 
 
 def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attribution,
-              batch_size, device, cache, progress, approximate):
+              batch_size, device, cache, progress, approximate, stash=None, num_workers=0):
     """``(lowers, tensors)``: the stored results, ``lower{i}`` Tensor[N, n_ref, C_i] (unnormalised)
     and ``initial`` Tensor[N, n_ref]."""
     lowers = _lower_layers(model, layer, lower_layer)
@@ -281,11 +312,13 @@ def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attrib
         attribution, model, dataset=dataset, layer=layer, lower_layer=lowers,
         approximate=approximate)
     device = resolve_device(model, device)
+    # the stash serves Gradient x Activation from the one lower layer it keeps
+    stash = stash if _stash_serves(stash, model, dataset, layer, lowers, composite) else None
 
     def compute():
         parts, initial = _attribute(model, dataset, layer, lowers, neurons, indices,
                                     composite=composite, batch_size=batch_size, device=device,
-                                    progress=progress)
+                                    progress=progress, stash=stash, num_workers=num_workers)
         for name, p in zip(lowers, parts):
             _check_finite(f"circuit attributions of layer {layer!r} at {name!r}", p, neurons, indices)
         return {**{f"lower{i}": p for i, p in enumerate(parts)}, "initial": initial}
@@ -300,6 +333,14 @@ def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attrib
     return lowers, tensors
 
 
+def _stash_serves(stash, model, dataset, layer, lowers, composite) -> bool:
+    if stash is None:
+        return False
+    if not isinstance(stash, ActivationStash):
+        raise ValueError(f"stash={stash!r}: give the ActivationStash of the mining run, or None")
+    return composite is None and stash_serves(stash, model, dataset, layer, lowers)
+
+
 def _ratios(tensors: dict, i: int) -> torch.Tensor:
     """Relevance arriving at lower layer ``i`` over the initial relevance (NaN where none)."""
     initial = tensors["initial"]
@@ -311,7 +352,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
                          neurons=None, attribution: str = "gxa", normalize: bool = True,
                          batch_size: int = 32, device=None, cache=None,
                          progress: bool = True, method: str | None = None,
-                         approximate: bool = False) -> torch.Tensor:
+                         approximate: bool = False, stash: ActivationStash | None = None,
+                         num_workers: int = 0) -> torch.Tensor:
     """PURE circuit vectors of neurons of ``layer`` on their reference samples (Eq. 3).
 
     Parameters
@@ -350,6 +392,14 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         LRP only: compute it on a model the canonizers do not cover (otherwise a ``ValueError``
         names what is missing), with a :class:`~pure_utils.canonizers.LRPApproximationWarning`
         that reports the relevance conservation measured (see :func:`lrp_conservation`).
+    stash : ActivationStash, optional
+        The stash of the mining run (:func:`~pure_utils.references.mine_references`): Gradient x
+        Activation from one lower layer then starts from the kept activations and runs only
+        ``layer`` (the same vectors, without the second pass through the lower layers). Ignored
+        for LRP, multiple lower layers, or a stash that kept nothing; refused for another model
+        or dataset.
+    num_workers : int
+        DataLoader worker processes that read the images ahead (0: read in this process).
 
     Returns
     -------
@@ -366,7 +416,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
     attribution = _check_attribution(attribution, method)
     lowers, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
                                 attribution=attribution, batch_size=batch_size, device=device,
-                                cache=cache, progress=progress, approximate=approximate)
+                                cache=cache, progress=progress, approximate=approximate,
+                                stash=stash, num_workers=num_workers)
     if attribution != "gxa" and lrp_support(model, layer=layer, lower_layer=lowers):
         for i, name in enumerate(lowers):
             r = _ratios(tensors, i)
@@ -421,7 +472,8 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_la
 
 def activation_features(model: nn.Module, dataset, references, layer: str, *, neurons=None,
                         batch_size: int = 64, device=None, cache=None,
-                        progress: bool = True) -> torch.Tensor:
+                        progress: bool = True, stash: ActivationStash | None = None,
+                        num_workers: int = 0) -> torch.Tensor:
     """The activation baseline: spatial mean of the clamped activations of all channels.
 
     For each reference sample of each neuron, ``mean_s relu(A_c^L(s))`` for every channel ``c``
@@ -433,26 +485,41 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
         As in :func:`circuit_attributions`.
     batch_size : int
         Images per forward pass (each distinct image is computed once).
+    stash : ActivationStash, optional
+        The stash of the mining run: ``layer`` runs from the kept activations of its lower
+        layer (the same features); images it does not hold are run as usual.
+    num_workers : int
+        DataLoader worker processes that read the images ahead.
 
     Returns
     -------
     Tensor[len(neurons), n_ref, C]
+
+    Notes
+    -----
+    Under torch.distributed each rank computes its share of the images; every rank returns the
+    whole result.
     """
-    get_layer(model, layer)
+    layer_module = get_layer(model, layer)
     n = check_dataset(dataset)
     neurons, indices = _reference_rows(references, layer, neurons, model=model, dataset=dataset)
     _check_indices(indices, n)
     device = resolve_device(model, device)
+    if not _stash_serves(stash, model, dataset, layer,
+                         [stash.lower_layer] if stash is not None else [], None):
+        stash = None
 
     def compute():
         images = sorted(set(indices.flatten().tolist()))
+        plan = [images[s:s + batch_size] for s in range(0, len(images), batch_size)]
         feats = {}
-        bar = tqdm(total=len(images), desc=f"activations {layer}", disable=not progress,
-                   unit="img")
+        bar = tqdm(total=sum(map(len, my_share(plan))), desc=f"activations {layer}", unit="img",
+                   disable=not progress or not is_main())
         with torch.inference_mode(), eval_mode(model):
-            for start in range(0, len(images), batch_size):
-                batch = images[start:start + batch_size]
-                act = forward_until(model, load_images(dataset, batch).to(device), layer)
+            for batch, x, lower in feed_batches(model, dataset, plan, stash=stash,
+                                                num_workers=num_workers, device=device):
+                act = (forward_until(model, x, layer) if lower is None else  # layer from its input
+                       layer_output(layer, layer_module(lower)))
                 _check_channels(neurons, act.shape[1], layer)
                 mean = _space_sum(act.clamp(min=0)).float().cpu()
                 if act.ndim > 2:
@@ -460,6 +527,13 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
                 feats.update(zip(batch, mean))
                 bar.update(len(batch))
         bar.close()
+        if is_distributed():  # each image was computed by one rank: the sum is every image
+            (width,) = first_found([len(v) for v in feats.values()][:1] or None)
+            full = torch.zeros(len(images), width)
+            for j, i in enumerate(images):
+                if i in feats:
+                    full[j] = feats[i]
+            feats = dict(zip(images, sum_across_ranks(full)))
         flat = torch.stack([feats[i] for i in indices.flatten().tolist()]).clone()
         _check_finite(f"activations of layer {layer!r}", flat, neurons, indices)
         return {"features": flat.reshape(*indices.shape, -1)}

@@ -34,7 +34,7 @@ __all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_cro
 def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[int], *,
                      composite="epsilon_plus_flat", canonizers=None, n_ref: int | None = None,
                      batch_size: int = 32, device=None, progress: bool = True,
-                     approximate: bool = False) -> torch.Tensor:
+                     approximate: bool = False, inputs=None) -> torch.Tensor:
     """LRP heatmaps of channel ``k`` at the position of its maximum, down to the input.
 
     For every neuron ``k`` in ``neurons`` and each of its reference samples, the relevance of
@@ -75,6 +75,10 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         :func:`pure_utils.canonizers.lrp_support`; otherwise a ``ValueError`` names what is
         missing), with a warning that reports the share of the initial relevance reaching the
         input.
+    inputs : iterator of Tensor[b, 3, H, W], optional
+        The model inputs of every batch, in the order computed here (neuron by neuron, its
+        reference samples in order, ``batch_size`` at a time), e.g. read ahead by DataLoader
+        workers (:func:`pure_utils.data.iter_images`); default: read from ``dataset`` here.
 
     Returns
     -------
@@ -126,8 +130,9 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         starts = range(0, len(jobs), batch_size)
         for s in tqdm(starts, desc=f"heatmaps {layer}", disable=not progress):
             batch = jobs[s:s + batch_size]
-            x = load_images(dataset, [indices[row, r] for _, r, row, _ in batch])
-            x = x.to(device).requires_grad_(True)
+            x = (load_images(dataset, [indices[row, r] for _, r, row, _ in batch])
+                 if inputs is None else next(inputs))
+            x = x.to(device, non_blocking=True).requires_grad_(True)
             run_model(modified, x)
             act = captured.pop("out")
             b = torch.arange(len(batch), device=device)

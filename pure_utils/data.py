@@ -12,7 +12,8 @@ Datasets: the controlled benchmark (:class:`SyntheticShapes`, over the generator
 :mod:`pure_utils.synthetic`), image folders such as ImageNet val (:class:`ImageFolderDataset`),
 random smooth images for tests and benchmarks (:class:`GeneratedImages`) and seeded parts of
 any of them (:class:`DatasetPart`). :func:`check_dataset`, :func:`load_images`,
-:func:`iter_samples` and :func:`iter_batches` are how the engine reads any of them.
+:func:`iter_samples`, :func:`iter_images` and :func:`iter_batches` are how the engine reads any of
+them (in DataLoader worker processes that read ahead, when asked for).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .synthetic import SyntheticConfig
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "FINGERPRINTS",
            "ImageFolderDataset", "SyntheticShapes", "GeneratedImages", "DatasetPart",
            "UnreadableImageError", "shared_images", "load_dataset", "check_dataset", "load_images",
-           "iter_samples", "iter_batches"]
+           "iter_samples", "iter_images", "iter_batches"]
 
 #: ImageNet normalisation, as used by the timm ``*.a1_in1k`` weights and the PURE paper.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -344,13 +345,19 @@ class _Guarded(torch.utils.data.Dataset):
             return i, None, why
 
 
-def _as_list(items):
-    return items
+def _collate(batch):
+    """``(indices read, Tensor[n, 3, H, W] or None, [(index, why), ...])``, stacked where the
+    batch is read (in a worker process when there are workers, so that pinning and the copy to a
+    GPU can start from one tensor)."""
+    good = [(i, x) for i, x, why in batch if why is None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, [(i, why) for i, _, why in batch if why is not None]
 
 
 def iter_samples(dataset, batch_size: int, num_workers: int = 0, *, start: int = 0,
-                 skip_unreadable: bool = False):
-    """Yield ``(indices, images, unreadable)`` over ``dataset[start:]`` in order.
+                 stop: int | None = None, skip_unreadable: bool = False,
+                 pin_memory: bool = False):
+    """Yield ``(indices, images, unreadable)`` over ``dataset[start:stop]`` in order.
 
     Parameters
     ----------
@@ -358,13 +365,17 @@ def iter_samples(dataset, batch_size: int, num_workers: int = 0, *, start: int =
     batch_size : int
         Samples per batch (readable or not).
     num_workers : int
-        DataLoader worker processes (0: read in this process).
-    start : int
-        First index.
+        DataLoader worker processes (0: read in this process); they read ahead while the
+        caller computes.
+    start, stop : int
+        The range of indices (``stop``: default the end).
     skip_unreadable : bool
         ``False``: a sample whose reading raises an ``OSError`` (a damaged image file) raises
         :class:`UnreadableImageError` naming it. ``True``: it is left out of ``images`` and
         listed in ``unreadable``.
+    pin_memory : bool
+        Put the batches in page-locked memory (with workers), so that a copy to a GPU with
+        ``non_blocking=True`` overlaps with computing.
 
     Yields
     ------
@@ -375,21 +386,55 @@ def iter_samples(dataset, batch_size: int, num_workers: int = 0, *, start: int =
     unreadable : list of (int, str)
         Indices left out, with the reason.
     """
-    order = list(range(start, len(dataset)))
+    order = list(range(start, len(dataset) if stop is None else min(stop, len(dataset))))
     reader = _Guarded(dataset, order)
     if num_workers > 0:
         batches = torch.utils.data.DataLoader(reader, batch_size=batch_size, shuffle=False,
-                                              num_workers=num_workers, collate_fn=_as_list)
+                                              num_workers=num_workers, collate_fn=_collate,
+                                              pin_memory=pin_memory)
     else:
-        batches = ([reader[j] for j in range(s, min(len(order), s + batch_size))]
+        batches = (_collate([reader[j] for j in range(s, min(len(order), s + batch_size))])
                    for s in range(0, len(order), batch_size))
-    for batch in batches:
-        bad = [(i, why) for i, _, why in batch if why is not None]
+    for kept, images, bad in batches:
         if bad and not skip_unreadable:
             raise UnreadableImageError(bad[0][1])
-        good = [(i, x) for i, x, why in batch if why is None]
-        images = torch.stack([x for _, x in good]) if good else None
-        yield [i for i, _ in good], images, bad
+        yield kept, images, bad
+
+
+class _Inputs(torch.utils.data.Dataset):
+    """Batch ``j`` of given indices as one ``Tensor[n, 3, H, W]`` of model inputs."""
+
+    def __init__(self, dataset, batches):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, j):
+        return load_images(self.dataset, self.batches[j])
+
+
+def iter_images(dataset, batches, num_workers: int = 0, *, pin_memory: bool = False):
+    """Yield the model inputs of each batch of indices, ``Tensor[len(batch), 3, H, W]``, in order.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    batches : list of list of int
+        Dataset indices, one list per batch (e.g. the reference images of a stage, in the order
+        the stage computes them).
+    num_workers : int
+        DataLoader worker processes that read ahead (0: read when asked, in this process).
+    pin_memory : bool
+        Page-locked batches (with workers), for ``non_blocking`` copies to a GPU.
+    """
+    batches = [[int(i) for i in b] for b in batches]
+    if num_workers <= 0:
+        return (load_images(dataset, b) for b in batches)
+    loader = torch.utils.data.DataLoader(_Inputs(dataset, batches), batch_size=None,
+                                         shuffle=False, num_workers=num_workers,
+                                         pin_memory=pin_memory)
+    return iter(loader)
 
 
 def iter_batches(dataset, batch_size: int, num_workers: int = 0):

@@ -23,14 +23,14 @@ import pandas as pd
 import torch
 
 from ._compat import moved_names
-from ._progress import tqdm
 from .cache import TensorSpec, cached, resolve_cache
 from .circuits import activation_features, circuit_attributions
-from .crops import crop_boxes, crops_from_boxes, feature_heatmaps
+from .crops import crops_from_boxes
 from .data import load_dataset, shared_images
-from .embed import load_embedder
+from .embed import ImageEmbedder, load_embedder
 from .ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from .models import load_model, randomize_batchnorm
+from .pipeline import embed_boxes, reference_boxes
 from .profiles import check_profile, resolve_device
 from .references import References, mine_references
 from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
@@ -274,18 +274,11 @@ def evaluation_boxes(setting: Setting, *, neurons=None, display: bool = False,
 
     def compute():
         # a few neurons per call: full batches, while the heatmaps (n_ref x H x W floats per
-        # neuron) stay small in memory
-        chunk = max(1, chunk_size)
-        boxes = []
-        for s in tqdm(range(0, len(neurons), chunk), desc="crops", disable=not progress):
-            h = feature_heatmaps(setting.model, setting.dataset, setting.references, p["layer"],
-                                 neurons[s:s + chunk], composite=composite,
-                                 batch_size=int(p["batch_size"]), device=setting.device,
-                                 progress=False)
-            boxes.append(crop_boxes(h, blur_kernel=kernel, threshold=thr))
-        if not boxes:
-            return {"boxes": torch.zeros(0, setting.references.n_ref, 4, dtype=torch.long)}
-        return {"boxes": torch.cat(boxes)}
+        # neuron) stay small in memory; shared by the ranks under torch.distributed
+        return {"boxes": reference_boxes(
+            setting.model, setting.dataset, setting.references, p["layer"], neurons,
+            composite=composite, blur_kernel=kernel, threshold=thr, chunk_size=max(1, chunk_size),
+            batch_size=int(p["batch_size"]), device=setting.device, progress=progress)}
 
     expect = {"boxes": TensorSpec((len(neurons), setting.references.n_ref, 4), torch.int64, low=0)}
     return cached("crop_boxes", setting.cache, setting.dataset, compute, model=setting.model,
@@ -379,11 +372,15 @@ def embed_references(setting: Setting, embedder=None, boxes=None, *, neurons=Non
 
     def compute():
         flat_indices, flat_boxes = indices.reshape(-1), boxes.reshape(-1, 4)
-        if embedder.input_kind == "boxes":
+        if isinstance(embedder, ImageEmbedder):  # streamed, shared by the ranks when distributed
+            (emb,) = embed_boxes(setting.dataset, flat_indices, flat_boxes, [embedder],
+                                 batch_size=embedder.batch_size, progress=progress)
+        elif embedder.input_kind == "boxes":
             items = [(setting.dataset, int(i), b) for i, b in zip(flat_indices, flat_boxes.tolist())]
+            emb = embedder.embed(items, progress=progress)
         else:
-            items = crops_from_boxes(setting.dataset, flat_indices, flat_boxes)
-        emb = embedder.embed(items, progress=progress)
+            emb = embedder.embed(crops_from_boxes(setting.dataset, flat_indices, flat_boxes),
+                                 progress=progress)
         return {"embeddings": emb.reshape(*indices.shape, -1)}
 
     spec = getattr(embedder, "spec", None) or {"repr": repr(embedder)}

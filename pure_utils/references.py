@@ -19,6 +19,7 @@ size; :func:`check_references` is how every stage that takes references refuses 
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field, replace
 
@@ -28,7 +29,9 @@ from torch import nn
 from ._progress import tqdm
 from .cache import TensorSpec, cache_entry, dataset_fingerprint, model_fingerprint
 from .data import UnreadableImageError, check_dataset, iter_samples
+from .distributed import all_gather_objects, is_distributed, is_main, shard_range
 from .models import eval_mode, forward_until, get_layer, resolve_device
+from .stash import ActivationStash, identity
 
 __all__ = ["References", "mine_references", "check_references", "neuron_ids", "index_tensor",
            "ON_BAD_SAMPLE"]
@@ -274,11 +277,63 @@ class _Stopped(Exception):
         self.error, self.state = error, state
 
 
+def _merge_ranks(payload: tuple, n_ref: int):
+    """Merge the top lists mined by all ranks: ``(best, n_valid, skipped, map_size, input_size)``.
+
+    ``payload`` is ``("mined", best, n_valid, skipped, map_size, input_size)``, or
+    ``("stopped", error)`` from a rank that stopped at a bad sample (see :func:`_mine_shared`):
+    then every rank raises the error of the first rank that stopped. Shares hold ascending
+    ranges of indices in rank order, so merging them in that order with the stable merge keeps
+    ties by the lower index: the result is the single-process one.
+    """
+    parts = all_gather_objects(payload if payload[0] == "stopped" else
+                               (payload[0], *[_cpu(p) for p in payload[1:]]))
+    stopped = [p[1] for p in parts if p[0] == "stopped"]
+    if stopped:
+        stop = _Stopped(stopped[0], None)
+        stop.shared = True  # every rank knows: nothing left to tell the others
+        raise stop
+    best, n_valid, map_size, input_size = None, 0, None, None
+    skipped = {k: [] for k in _SKIPPED}
+    for _, part, valid, bad, msize, isize in parts:
+        n_valid += valid
+        for k in _SKIPPED:
+            skipped[k] += bad[k]
+        if part is not None:
+            best = part if best is None else _merge_topk(best, part, n_ref)
+            map_size, input_size = msize, isize
+    return best, n_valid, skipped, map_size, input_size
+
+
+def _cpu(value):
+    """Tensors (in a dict) on the CPU, for sending to other ranks."""
+    if isinstance(value, dict):
+        return {k: _cpu(v) for k, v in value.items()}
+    return value.cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _mine_shared(*args, **kwargs) -> dict:
+    """:func:`_mine`; under torch.distributed a rank that stops at a bad sample tells the others
+    (which wait in :func:`_merge_ranks`), and all of them raise the same error."""
+    try:
+        return _mine(*args, **kwargs)
+    except _Stopped as stop:
+        if not is_distributed() or getattr(stop, "shared", False):
+            raise
+        _merge_ranks(("stopped", stop.error), 0)
+        raise  # not reached: _merge_ranks raises for every rank
+
+
 def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, progress,
-          on_nonfinite, on_unreadable, resume=None) -> dict:
-    """The streaming top-``n_ref`` pass (see :func:`mine_references`), from ``resume`` if given."""
+          on_nonfinite, on_unreadable, resume=None, stash=None) -> dict:
+    """The streaming top-``n_ref`` pass (see :func:`mine_references`), from ``resume`` if given.
+
+    Under torch.distributed this process mines its share of the images (whole batches, see
+    :func:`pure_utils.distributed.shard_range`) and the shares are merged (:func:`_merge_ranks`).
+    """
     n = len(dataset)
-    best, start, n_valid = None, 0, 0
+    start, stop = shard_range(n, block=batch_size)
+    best, n_valid = None, 0
     skipped = {k: [] for k in _SKIPPED}
     map_size = input_size = None
     if resume is not None:  # the state saved when a previous run stopped at a bad sample
@@ -295,10 +350,14 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
                 "input_size": torch.tensor(input_size),
                 **{f"skipped_{k}": torch.tensor(v, dtype=torch.long) for k, v in skipped.items()}}
 
-    bar = tqdm(total=n, initial=start, desc=f"mining {layer}", disable=not progress, unit="img")
-    batches = iter_samples(dataset, batch_size, num_workers, start=start,
-                           skip_unreadable=on_unreadable == "skip")
-    with torch.inference_mode(), eval_mode(model):
+    bar = tqdm(total=stop, initial=start, desc=f"mining {layer}", unit="img",
+               disable=not progress or not is_main())
+    batches = iter_samples(dataset, batch_size, num_workers, start=start, stop=stop,
+                           skip_unreadable=on_unreadable == "skip",
+                           pin_memory=torch.device(device).type == "cuda")
+    recording = (stash.recording(model, layer) if stash is not None
+                 else contextlib.nullcontext())
+    with torch.inference_mode(), eval_mode(model), recording:
         while True:
             first = start
             try:
@@ -314,7 +373,8 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
             bar.update(start - first)
             if x is None:
                 continue
-            act = forward_until(model, x.to(device), layer)
+            act = forward_until(model, x.to(device, non_blocking=True), layer)
+            rows = kept  # the dataset index of each row of the batch
             if act.ndim == 2:  # a vector layer: a 1x1 map
                 act = act[:, :, None, None]
             c = act.shape[1]
@@ -340,7 +400,14 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
             vals = torch.gather(flat, 2, pos[..., None])[..., 0]
             idx = torch.tensor(kept, device=flat.device).expand(c, len(kept))
             best = _merge_topk(best, {"values": vals.T, "indices": idx, "flat": pos.T}, n_ref)
+            if stash is not None:  # keep the lower layer's output of the new candidates
+                stash.update(rows, best["indices"])
     bar.close()
+    if is_distributed():
+        best, n_valid, skipped, map_size, input_size = _merge_ranks(
+            ("mined", best, n_valid, skipped, map_size, input_size), n_ref)
+        if stash is not None and best is not None:
+            stash.retain(best["indices"])  # candidates of this share that lost to another's
     if n_valid < n_ref:
         raise ValueError(
             f"only {n_valid} of {n} samples could be ranked (left out: non-finite "
@@ -359,7 +426,8 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
 def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                     batch_size: int = 64, device=None, cache=None, progress: bool = True,
                     num_workers: int = 0, on_nonfinite: str = "raise",
-                    on_unreadable: str = "raise") -> References:
+                    on_unreadable: str = "raise",
+                    stash: ActivationStash | None = None) -> References:
     """Find the ``n_ref`` most activating samples of every channel of ``layer``.
 
     A sample's value for channel ``c`` is the spatial maximum of ``c``'s activation map.
@@ -394,6 +462,11 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         An image that cannot be read (a damaged file): ``"raise"`` stops with an
         :class:`~pure_utils.data.UnreadableImageError` naming the file; ``"skip"`` leaves it
         out and lists it in ``References.skipped["unreadable"]``.
+    stash : ActivationStash, optional
+        Keeps the output of ``stash.lower_layer`` for the reference images, so that circuit
+        attribution (given the same stash) need not run them through the model again
+        (:mod:`pure_utils.stash`). Emptied first; filled only when mining runs (not on a cache
+        hit).
 
     Returns
     -------
@@ -407,8 +480,15 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
     With a cache, a run stopped by a bad sample keeps what it ranked before it: the next run
     with the same model, dataset, layer and ``n_ref`` (e.g. with ``"skip"``) continues from
     there and gives the result of an uninterrupted run.
+
+    Under torch.distributed (``torchrun``) every rank mines its share of the images and the
+    shares are merged into the single-process result, ties included; every rank returns it,
+    and rank 0 alone uses the cache (:mod:`pure_utils.distributed`). A run stopped by a bad
+    sample then starts again from the beginning.
     """
     get_layer(model, layer)  # ValueError listing the layers
+    if stash is not None and not isinstance(stash, ActivationStash):
+        raise ValueError(f"stash={stash!r}: give an ActivationStash or None")
     n = check_dataset(dataset)
     if isinstance(n_ref, bool) or not isinstance(n_ref, int) or not 1 <= n_ref <= n:
         raise ValueError(f"n_ref={n_ref!r} must be an integer in 1..len(dataset)={n}")
@@ -420,7 +500,9 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                              f"{', '.join(map(repr, ON_BAD_SAMPLE))}")
     device = resolve_device(model, device)
     run = dict(batch_size=batch_size, num_workers=num_workers, device=device, progress=progress,
-               on_nonfinite=on_nonfinite, on_unreadable=on_unreadable)
+               on_nonfinite=on_nonfinite, on_unreadable=on_unreadable, stash=stash)
+    if stash is not None:
+        stash.clear()  # whatever it held belongs to another run
     expect = {"indices": TensorSpec((None, n_ref), torch.int64, low=0, high=n),
               "values": TensorSpec((None, n_ref), torch.float32, finite=True),
               "positions": TensorSpec((None, n_ref, 2), torch.int64, low=0),
@@ -432,7 +514,7 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
     entry = cache_entry("references", cache, dataset, model=model, layer=layer, n_ref=n_ref)
     if entry is None:
         try:
-            tensors = _mine(model, dataset, layer, n_ref, **run)
+            tensors = _mine_shared(model, dataset, layer, n_ref, **run)
         except _Stopped as stop:
             raise stop.error from None
     else:
@@ -440,9 +522,11 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         partial_key = store.key("references-partial", **params)
 
         def compute():
-            hit = store.load(partial_key, {"next": TensorSpec((), low=0, high=n + 1)})
+            # a distributed run has no single state to continue from: it starts from the beginning
+            hit = (None if is_distributed() else
+                   store.load(partial_key, {"next": TensorSpec((), low=0, high=n + 1)}))
             try:
-                out = _mine(model, dataset, layer, n_ref, resume=hit and hit[0], **run)
+                out = _mine_shared(model, dataset, layer, n_ref, resume=hit and hit[0], **run)
             except _Stopped as stop:
                 kept = ""
                 if stop.state is not None:
@@ -454,7 +538,8 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                     except OSError:
                         pass
                 raise type(stop.error)(f"{stop.error}{kept}") from None
-            store.discard(partial_key)
+            if is_main():
+                store.discard(partial_key)
             return out
 
         # the identity travels in the entry too (the key is a one-way hash of it)
@@ -465,6 +550,11 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                     else (model_fingerprint(model), dataset_fingerprint(dataset)))
     refs = References.from_tensors(tensors, layer, model_fingerprint=fingerprints[0],
                                    dataset_fingerprint=fingerprints[1])
+    if stash is not None:
+        stash.identity = identity(model, dataset)
+        if stash.problem is not None:
+            warnings.warn(f"the stash keeps nothing: {stash.problem}; attribution runs the "
+                          "reference images through the model again", stacklevel=2)
     for kind, policy in (("nonfinite", on_nonfinite), ("unreadable", on_unreadable)):
         bad = refs.skipped[kind].tolist()
         if bad and policy == "raise":  # a result stored by a run that skipped them

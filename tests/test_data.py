@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from pure_utils.data import (IMAGENET_MEAN, IMAGENET_STD, GeneratedImages, ImageFolderDataset,
-                             UnreadableImageError, iter_samples, load_dataset)
+                             UnreadableImageError, iter_images, iter_samples, load_dataset)
 from pure_utils.synthetic import SyntheticConfig, SyntheticShapes
 
 
@@ -222,6 +222,25 @@ def test_unreadable_image_is_named(class_folder):
         assert [i for b in batches for i, _ in b[2]] == [1]
         assert str(bad) in batches[0][2][0][1]
         torch.testing.assert_close(batches[1][1][0], ds[2][0])
+
+
+# --- reading ahead ---------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iter_images_gives_the_batches_asked_for_in_order(workers):
+    ds = GeneratedImages(9, size=16, seed=3)
+    batches = [[4, 1], [8], [0, 2, 7]]
+    got = list(iter_images(ds, batches, workers))
+    assert len(got) == 3
+    for b, x in zip(batches, got):
+        assert torch.equal(x, torch.stack([ds[i][0] for i in b]))
+
+
+def test_iter_samples_reads_a_range_and_stacks_in_the_workers():
+    ds = GeneratedImages(10, size=16, seed=3)
+    for workers in (0, 1):
+        got = list(iter_samples(ds, 3, num_workers=workers, start=2, stop=8))
+        assert [b[0] for b in got] == [[2, 3, 4], [5, 6, 7]]
+        assert torch.equal(got[1][1], torch.stack([ds[i][0] for i in (5, 6, 7)]))
 
 
 def test_mining_and_test_parts_of_an_image_folder_are_disjoint(tmp_path):
