@@ -46,7 +46,7 @@ PACKAGE = Path(pure_utils.__file__).parent
 #: The flow of data, bottom to top: a module imports only modules before it. The data layer
 #: (synthetic, data) sits right above the private helpers.
 LAYERS = ["paths", "_machine", "_files", "_arrays", "_progress", "_compat", "report", "synthetic", "benchmark", "data",
-          "cache", "models", "canonizers", "references", "circuits", "virtual", "crops", "embed",
+          "cache", "models", "layouts", "canonizers", "references", "circuits", "virtual", "crops", "embed",
           "ground_truth", "metrics", "train", "tables", "ablations", "profiles", "experiments",
           "family", "visualize", "rendering", "pages", "book", "bench"]
 #: Packages heavy enough to be imported inside the one function that needs them.
