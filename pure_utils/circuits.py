@@ -295,8 +295,8 @@ def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attrib
 
     def compute():
         parts, initial = _attribute(model, dataset, layer, lowers, neurons, indices,
-                                    layouts=layouts, composite=composite, batch_size=batch_size, device=device,
-                                    progress=progress)
+                                    layouts=layouts, composite=composite, batch_size=batch_size,
+                                    device=device, progress=progress)
         for name, p in zip(lowers, parts):
             _check_finite(f"circuit attributions of layer {layer!r} at {name!r}", p, neurons, indices)
         return {**{f"lower{i}": p for i, p in enumerate(parts)}, "initial": initial}
@@ -407,7 +407,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
 def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_layer: str, *,
                      neurons=None, attribution: str = "epsilon_plus_flat", approximate: bool = False,
                      batch_size: int = 32, device=None, cache=None,
-                     progress: bool = False, layout=None, tokens: str | None = None) -> torch.Tensor:
+                     progress: bool = False, layout=None,
+                     tokens: str | None = None) -> torch.Tensor:
     """How much of a neuron's initial relevance arrives at the lower layer.
 
     For every (neuron, reference sample): the relevance summed over all channels and positions

@@ -33,8 +33,8 @@ from .layouts import patch_map, resolve_layout
 from .models import eval_mode, get_layer, resolve_device, run_model, stop_after
 from .references import check_references, index_tensor, neuron_ids
 
-__all__ = ["GRADIENT_X_INPUT", "feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_crops",
-           "display_crops", "reference_images", "crops_from_boxes"]
+__all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_crops",
+           "display_crops", "reference_images", "crops_from_boxes", "GRADIENT_X_INPUT"]
 
 
 #: The ``composite`` of :func:`feature_heatmaps` that uses no LRP: gradient times input.

@@ -293,7 +293,8 @@ def layer_layout(model: nn.Module, layer: str, layout=None, tokens: str | None =
     if isinstance(layout, dict):
         layout = layout.get(layer)
     if tokens is not None and tokens not in TOKEN_SETS:
-        raise ValueError(f"tokens={tokens!r} not known; use one of {', '.join(map(repr, TOKEN_SETS))}")
+        raise ValueError(f"tokens={tokens!r} not known; use one of "
+                         f"{', '.join(map(repr, TOKEN_SETS))}")
     if isinstance(layout, Layout):
         return layout if tokens is None else Layout(layout.kind, layout.prefix_tokens, tokens,
                                                     layout.grid, layout.patch_size)

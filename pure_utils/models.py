@@ -23,7 +23,8 @@ from ._machine import machine_info  # noqa: F401  (part of this module's API)
 from .cache import model_fingerprint
 from .paths import DATA_DIR, MODELS_DIR
 
-__all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "build_model", "read_card", "load_model", "layer_names", "get_layer",
+__all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "build_model", "read_card",
+           "load_model", "layer_names", "get_layer",
            "layer_order", "randomize_batchnorm", "model_fingerprint", "resolve_device",
            "eval_mode", "frozen_parameters", "StopForward", "stop_after", "run_model",
            "layer_output", "forward_until", "machine_info", "DATA_DIR", "MODELS_DIR"]

@@ -111,7 +111,8 @@ class References:
 
     def __repr__(self) -> str:
         skipped = "".join(f", skipped_{k}={len(v)}" for k, v in self.skipped.items() if len(v))
-        layout = "" if self.layout is None or self.layout.kind == "map" else f", layout='{self.layout}'"
+        plain = self.layout is None or self.layout.kind == "map"
+        layout = "" if plain else f", layout='{self.layout}'"
         return (f"References(layer={self.layer!r}, channels={self.n_channels}, n_ref={self.n_ref}, "
                 f"map_size={self.map_size}, input_size={self.input_size}{layout}{skipped})")
 
@@ -164,7 +165,8 @@ class References:
 
     @classmethod
     def from_tensors(cls, tensors: dict, layer: str, *, model_fingerprint: str | None = None,
-                     dataset_fingerprint: str | None = None, layout: Layout | None = None) -> "References":
+                     dataset_fingerprint: str | None = None,
+                     layout: Layout | None = None) -> "References":
         """Inverse of :meth:`to_tensors` (the layout is not stored: it comes from the model)."""
         return cls(indices=tensors["indices"].long(), values=tensors["values"],
                    positions=tensors["positions"].long(), channels=tensors["channels"].long(),
@@ -367,7 +369,8 @@ def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, devi
 def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                     batch_size: int = 64, device=None, cache=None, progress: bool = True,
                     num_workers: int = 0, on_nonfinite: str = "raise",
-                    on_unreadable: str = "raise", layout=None, tokens: str | None = None) -> References:
+                    on_unreadable: str = "raise", layout=None,
+                    tokens: str | None = None) -> References:
     """Find the ``n_ref`` most activating samples of every channel of ``layer``.
 
     A sample's value for channel ``c`` is the spatial maximum of ``c``'s activation map (for

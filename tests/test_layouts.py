@@ -1,7 +1,7 @@
 """Layouts: every stage reads CNN maps and ViT tokens alike, checked per architecture family.
 
 Tiny timm models of each family with random weights (ResNet, ConvNeXt, EfficientNet, RegNet,
-ViT) are run through mining, circuits, the activation baseline and heatmaps; each result is
+ViT, and Swin, whose stages are channels last) are run through mining, circuits, the activation baseline and heatmaps; each result is
 compared with an independent computation (a brute-force top-k over all activations, autograd
 from the input through the whole model), whose layout conversion is written out here, not taken
 from the library.
@@ -43,10 +43,14 @@ def _make(family):
         model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32,
                                   patch_size=8, depth=2, reg_tokens=2)
         return model.eval(), 32, "blocks.1", "blocks.0"
+    if family == "swin":  # stages of [B, H, W, C]
+        model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=4,
+                                  img_size=56, depths=(1, 1), num_heads=(1, 2), embed_dim=16)
+        return model.eval(), 56, "layers.1", "layers.0"
     raise ValueError(family)
 
 
-FAMILIES = ["resnet", "convnext", "efficientnet", "regnet", "vit"]
+FAMILIES = ["resnet", "convnext", "efficientnet", "regnet", "vit", "swin"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -74,12 +78,14 @@ def _unit_view(family, out, tokens="patches"):
     row-major, ViT tokens transposed with the 3 prefix tokens dropped (or kept with "all")."""
     if family == "vit":
         return (out[:, 3:] if tokens == "patches" else out).permute(0, 2, 1)
+    if family == "swin":
+        out = out.permute(0, 3, 1, 2)
     return out.reshape(out.shape[0], out.shape[1], -1)
 
 
 def _lower_sum(family, t):
     """Sum over every position of the lower layer: ``[B, C]`` (all tokens for a ViT)."""
-    return t.sum(1) if family == "vit" else t.sum((2, 3))
+    return t.sum(1) if family == "vit" else t.sum((1, 2)) if family == "swin" else t.sum((2, 3))
 
 
 # --- detection --------------------------------------------------------------------------------
@@ -123,7 +129,8 @@ def test_channels_place_and_grid_are_inverse(tiny):
         assert back[:, :3].abs().sum() == 0 and torch.equal(back[:, 3:], out[:, 3:])
         assert lay.positions_grid(out, x.shape[-2:]) == (4, 4)
     else:
-        assert torch.equal(back, out) and lay.positions_grid(out) == tuple(out.shape[2:])
+        hw = out.shape[1:3] if family == "swin" else out.shape[2:]
+        assert torch.equal(back, out) and lay.positions_grid(out) == tuple(hw)
 
 
 # --- mining against a brute-force top-k -------------------------------------------------------
@@ -136,7 +143,7 @@ def test_mining_equals_brute_force_topk(tiny):
     a = _unit_view(family, out).detach().numpy()              # [N, C, positions]
     vals, flat = a.max(2), a.argmax(2)
     n, c = vals.shape
-    grid = (4, 4) if family == "vit" else tuple(out.shape[2:])
+    grid = (4, 4) if family == "vit" else tuple(out.shape[1:3] if family == "swin" else out.shape[2:])
     assert refs.indices.shape == (c, n_ref) and refs.map_size == grid
     assert refs.layout == layer_layout(model, layer)
     for ch in range(c):
@@ -145,6 +152,24 @@ def test_mining_equals_brute_force_topk(tiny):
         np.testing.assert_allclose(refs.values[ch].numpy(), vals[order, ch], rtol=1e-5, atol=1e-6)
         expect = np.stack([flat[order, ch] // grid[1], flat[order, ch] % grid[1]], -1)
         assert refs.positions[ch].tolist() == expect.tolist()
+
+
+@pytest.mark.parametrize("name,kwargs,size,grid,prefix", [
+    ("eva02_tiny_patch14_224", dict(img_size=28, depth=1), 28, (2, 2), 1),
+    ("deit_tiny_distilled_patch16_224", dict(img_size=32, patch_size=8, depth=1), 32, (4, 4), 2),
+    ("beit_base_patch16_224", dict(img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2), 32,
+     (4, 4), 1)])
+def test_other_vision_transformers_mine_over_their_patch_tokens(name, kwargs, size, grid, prefix):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    data = GeneratedImages(6, size=size, seed=3)
+    refs = mine_references(model, data, "blocks.0", n_ref=2, progress=False)
+    assert refs.map_size == grid and refs.layout.prefix_tokens == prefix
+    with torch.no_grad():
+        (out,) = _outputs(model, torch.stack([data[i][0] for i in range(6)]), ["blocks.0"])
+    best = out[:, prefix:].amax(1).detach()                     # [N, D]: max over patch tokens
+    assert refs.indices.shape == (out.shape[2], 2)
+    torch.testing.assert_close(refs.values, best.sort(0, descending=True).values[:2].T)
 
 
 def test_vit_tokens_are_not_taken_for_channels():
@@ -170,6 +195,8 @@ def brute_force_gxa(family, model, data, index, layer, lower, k, tokens="patches
     if family == "vit":
         first = 3 if tokens == "patches" else 0
         seed[0, first:, k] = unit.detach().clamp(min=0)
+    elif family == "swin":
+        seed[0, ..., k] = unit.detach().clamp(min=0).reshape(high.shape[1:3])
     else:
         seed[0, k] = unit.detach().clamp(min=0).reshape(high.shape[2:])
     (g,) = torch.autograd.grad(high, low, seed)
