@@ -55,11 +55,12 @@ GPU_OUT ?= _build/bench/gpu.json
 bench-gpu:
 	$(PYTHON) -m pure_utils.bench --scale paper --device cuda --images $(GPU_IMAGES) --stage-cap 50 --compare-precision bf16 --compare-neurons 256 --memory-check --out $(GPU_OUT)
 
-## models: train the two shipped models of the controlled benchmark again (the commands of their cards;
-## about 10 minutes each on 2 CPU cores)
+## models: train the three shipped models of the controlled benchmark again, the two ResNets and the
+## ConvNeXt of "PURE beyond ResNets" (the commands of their cards; about 10 minutes each on 2 CPU cores)
 models: $(STAMP)
 	$(PY) -m pure_utils.train --model synthetic_resnet_bottleneck --epochs 6 --max-steps 785 --threads 1 --out data/models
 	$(PY) -m pure_utils.train --model synthetic_resnet_basic --epochs 10 --out data/models
+	$(PY) -m pure_utils.train --model synthetic_convnext --epochs 15 --threads 1 --out data/models
 
 ## family: train the model family of the chapter "When do circuits beat activations?" (9 models,
 ## about 8 minutes each on one CPU core, two at a time)

@@ -23,6 +23,9 @@ _EXPORTS = {
     "randomize_batchnorm": "models",
     "forward_until": "models",
     "DEFAULT_MODELS": "models",
+    # layouts.py
+    "Layout": "layouts",
+    "layer_layout": "layouts",
     # canonizers.py
     "canonizers_for": "canonizers",
     "composite_for": "canonizers",

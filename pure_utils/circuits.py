@@ -15,6 +15,11 @@ model the canonizers do not cover (:func:`pure_utils.canonizers.lrp_support`) un
 with ``approximate=True``; :func:`lrp_conservation` measures how much of the initial relevance
 arrives at ``L-1`` (1 for a covered model without biases).
 
+Every layer is read through its layout (:mod:`pure_utils.layouts`): for a ViT the channels are
+the embedding dimensions of the tokens, the initial relevance is the neuron's clamped activation
+on the patch tokens (``tokens="patches"``) and the sum at the lower layer runs over all its
+tokens, so that what flows through the class token counts.
+
 Results are checked on the way out: references mined on another model or dataset are refused
 (:func:`pure_utils.references.check_references`), and a NaN or infinite vector stops the run,
 naming its neuron and sample.
@@ -49,8 +54,9 @@ from .cache import TensorSpec, cached
 from .canonizers import LRPApproximationWarning, composite_for, lrp_support
 from .data import check_dataset
 from .distributed import first_found, is_distributed, is_main, my_share, sum_across_ranks
+from .layouts import layer_layout, layout_key, resolve_layout
 from .models import (eval_mode, forward_until, frozen_parameters, get_layer, layer_order,
-                     layer_output, resolve_device, run_model, stop_after)
+                     resolve_device, run_model, stop_after)
 from .references import References, check_references, index_tensor, neuron_ids
 from .stash import ActivationStash, feed_batches, stash_serves
 
@@ -143,11 +149,6 @@ def _check_channels(neurons, n_channels: int, layer: str) -> None:
                          f"with {n_channels} channels; accepted: 0..{n_channels - 1}")
 
 
-def _space_sum(t: torch.Tensor) -> torch.Tensor:
-    """``Tensor[B, C, ...] -> Tensor[B, C]``."""
-    return t.flatten(2).sum(2) if t.ndim > 2 else t
-
-
 def _normalize(r: torch.Tensor) -> torch.Tensor:
     """Divide by the sum of absolute values over the last axis (+1e-10); zero stays zero."""
     return r / (r.abs().sum(-1, keepdim=True) + _EPS)
@@ -175,17 +176,18 @@ def _indices_digest(neurons, indices) -> str:
 # --------------------------------------------------------------------------------------------
 # the engine
 # --------------------------------------------------------------------------------------------
-def _capture(model, x, layer_module, lower_modules, lowers):
+def _capture(model, x, layer_module, lower_modules, lowers, layouts):
     """Forward ``x`` until ``layer``; the first lower layer to run becomes a grad-requiring leaf.
 
-    Returns ``(out, acts)``: the output of ``layer`` ``Tensor[B, C, ...]`` (in the graph) and the
-    lower layers' outputs (same order as ``lowers``) that the backward pass differentiates.
+    ``layouts``: those of ``lowers`` and, last, of the layer, which check the outputs.
+    Returns ``(out, acts)``: the output of ``layer`` (in the graph) and the lower layers'
+    outputs (same order as ``lowers``) that the backward pass differentiates.
     """
     state = {"acts": {}, "leaf": False}
 
-    def lower_hook(name):
+    def lower_hook(name, layout):
         def hook(mod, inp, out):
-            out = layer_output(name, out)
+            out = layout.check(out, name)
             if not state["leaf"]:
                 # cut the graph here: the backward pass stops at this layer
                 out = out.detach().requires_grad_(True)
@@ -195,7 +197,8 @@ def _capture(model, x, layer_module, lower_modules, lowers):
             return out.clone()
         return hook
 
-    handles = [m.register_forward_hook(lower_hook(n)) for n, m in zip(lowers, lower_modules)]
+    handles = [m.register_forward_hook(lower_hook(n, lay))
+               for n, m, lay in zip(lowers, lower_modules, layouts)]
     try:
         with stop_after(layer_module) as top, torch.enable_grad():
             run_model(model, x)
@@ -206,23 +209,23 @@ def _capture(model, x, layer_module, lower_modules, lowers):
     if missing or "out" not in top:
         raise ValueError(f"lower_layer {missing[0] if missing else lowers[0]!r} did not run "
                          "before the layer in the forward pass")
-    out = layer_output("layer", top["out"])
+    out = layouts[-1].check(top["out"], "layer")
     if not out.requires_grad:
         raise ValueError(f"the layer's output does not depend on lower_layer {lowers}")
     return out, [state["acts"][n] for n in lowers]
 
 
-def _from_lower(layer_module, lower):
+def _from_lower(layer_module, lower, layouts):
     """``(out, [leaf])`` as :func:`_capture` gives them, with the lower layer's output given."""
-    leaf = lower.detach().requires_grad_(True)
+    leaf = layouts[0].check(lower, "lower_layer").detach().requires_grad_(True)
     with torch.enable_grad():
         # the layer gets a copy of the leaf, as in _capture (safe from in-place operations)
-        out = layer_output("layer", layer_module(leaf.clone()))
+        out = layouts[-1].check(layer_module(leaf.clone()), "layer")
     return out, [leaf]
 
 
-def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, batch_size,
-               device, progress, stash=None, num_workers=0):
+def _attribute(model, dataset, layer, lowers, neurons, indices, *, layouts, composite,
+               batch_size, device, progress, stash=None, num_workers=0):
     """Unnormalised circuit vectors and their initial relevance.
 
     ``stash``: a usable :class:`~pure_utils.stash.ActivationStash` (Gradient x Activation, one
@@ -232,8 +235,10 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, ba
     -------
     (list of Tensor[N, n_ref, C_l], Tensor[N, n_ref])
         One tensor per lower layer; the initial relevance (the neuron's clamped activation map,
-        summed) of every vector. ``composite``: ``None`` for Gradient x Activation.
+        summed) of every vector. ``composite``: ``None`` for Gradient x Activation; ``layouts``:
+        those of ``lowers`` and, last, of ``layer``.
     """
+    lay = layouts[-1]
     layer_module = get_layer(model, layer)
     lower_modules = [get_layer(model, n) for n in lowers]
 
@@ -257,12 +262,14 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, ba
         for batch, x, lower in feed_batches(model, dataset, plan, stash=stash,
                                             num_workers=num_workers, device=device):
             if lower is not None:
-                out, acts = _from_lower(layer_module, lower)
+                out, acts = _from_lower(layer_module, lower, layouts)
             else:
-                out, acts = _capture(model, x, layer_module, lower_modules, lowers)
+                out, acts = _capture(model, x, layer_module, lower_modules, lowers, layouts)
             if results is None:
-                _check_channels(neurons, out.shape[1], layer)
-                results = [torch.zeros(n_rows, n_ref, a.shape[1]) for a in acts]
+                _check_channels(neurons, lay.n_channels(out), layer)
+                results = [torch.zeros(n_rows, n_ref, low.n_channels(a))
+                           for a, low in zip(acts, layouts)]
+            unit = lay.channels(out.detach())  # [B, C, positions of the unit]
             # the activations multiply the gradients (GxA); LRP reads the relevance itself
             weights = [a.detach() for a in acts] if composite is None else None
             n_slots = len(jobs[batch[0]])
@@ -270,23 +277,24 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, ba
                 sel = [(b, jobs[img][slot]) for b, img in enumerate(batch) if len(jobs[img]) > slot]
                 b_idx = torch.tensor([b for b, _ in sel], device=out.device)
                 ch = torch.tensor([job[2] for _, job in sel], device=out.device)
-                grad_out = torch.zeros_like(out)
+                seed = torch.zeros_like(unit)
                 # initial relevance: the neuron's own activation map, clamped at zero
-                grad_out[b_idx, ch] = out.detach()[b_idx, ch].clamp(min=0)
-                grads = torch.autograd.grad(out, acts, grad_out, retain_graph=slot < n_slots - 1,
-                                            allow_unused=True)
+                seed[b_idx, ch] = unit[b_idx, ch].clamp(min=0)
+                grads = torch.autograd.grad(out, acts, lay.place(seed, out),
+                                            retain_graph=slot < n_slots - 1, allow_unused=True)
                 rows = torch.tensor([job[0] for _, job in sel])
                 pos = torch.tensor([job[1] for _, job in sel])
-                initial[rows, pos] = _space_sum(grad_out[b_idx, ch][:, None])[:, 0].float().cpu()
+                initial[rows, pos] = seed[b_idx, ch].sum(-1).float().cpu()
                 for li, g in enumerate(grads):
                     if g is None:  # this lower layer does not feed the layer: no circuit
                         continue
                     g = g[b_idx]
                     if weights is not None:
                         g = g * weights[li][b_idx]
-                    results[li][rows, pos] = _space_sum(g).float().cpu()
+                    # every position of the lower layer, prefix tokens included
+                    results[li][rows, pos] = layouts[li].everywhere(g).sum(-1).float().cpu()
                 bar.update(len(sel))
-            del out, acts, weights
+            del out, acts, weights, unit
     bar.close()
     if is_distributed():  # every entry was computed by one rank and is zero on the others
         widths = first_found(None if results is None else [r.shape[-1] for r in results])
@@ -298,7 +306,8 @@ def _attribute(model, dataset, layer, lowers, neurons, indices, *, composite, ba
 
 
 def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attribution,
-              batch_size, device, cache, progress, approximate, stash=None, num_workers=0):
+              batch_size, device, cache, progress, approximate, stash=None, num_workers=0,
+              layout=None, tokens=None):
     """``(lowers, tensors)``: the stored results, ``lower{i}`` Tensor[N, n_ref, C_i] (unnormalised)
     and ``initial`` Tensor[N, n_ref]."""
     lowers = _lower_layers(model, layer, lower_layer)
@@ -307,6 +316,9 @@ def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attrib
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     _check_indices(indices, n)
+    recorded = references.layout if isinstance(references, References) else None
+    layouts = [layer_layout(model, name, layout) for name in lowers]
+    layouts.append(resolve_layout(model, layer, layout, tokens, recorded))
     # refused (or announced) before anything runs, whether or not the result is cached
     composite = None if attribution == "gxa" else composite_for(
         attribution, model, dataset=dataset, layer=layer, lower_layer=lowers,
@@ -317,8 +329,9 @@ def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attrib
 
     def compute():
         parts, initial = _attribute(model, dataset, layer, lowers, neurons, indices,
-                                    composite=composite, batch_size=batch_size, device=device,
-                                    progress=progress, stash=stash, num_workers=num_workers)
+                                    layouts=layouts, composite=composite, batch_size=batch_size,
+                                    device=device, progress=progress, stash=stash,
+                                    num_workers=num_workers)
         for name, p in zip(lowers, parts):
             _check_finite(f"circuit attributions of layer {layer!r} at {name!r}", p, neurons, indices)
         return {**{f"lower{i}": p for i, p in enumerate(parts)}, "initial": initial}
@@ -329,7 +342,7 @@ def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attrib
     expect["initial"] = TensorSpec(shape, torch.float32, low=0, finite=True)
     tensors = cached("circuits", cache, dataset, compute, model=model, expect=expect, layer=layer,
                      lower_layer=lowers, attribution=attribution, neurons=neurons,
-                     refs=_indices_digest(neurons, indices))
+                     refs=_indices_digest(neurons, indices), **layout_key(*layouts))
     return lowers, tensors
 
 
@@ -353,13 +366,15 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
                          batch_size: int = 32, device=None, cache=None,
                          progress: bool = True, method: str | None = None,
                          approximate: bool = False, stash: ActivationStash | None = None,
-                         num_workers: int = 0) -> torch.Tensor:
+                         num_workers: int = 0, layout=None,
+                         tokens: str | None = None) -> torch.Tensor:
     """PURE circuit vectors of neurons of ``layer`` on their reference samples (Eq. 3).
 
     Parameters
     ----------
     model : nn.Module
-        Any CNN; used in ``eval()`` mode with parameters' ``requires_grad`` off (both restored).
+        Any CNN or vision transformer; used in ``eval()`` mode with parameters'
+        ``requires_grad`` off (both restored).
     dataset : Dataset
         ``dataset[i] -> (Tensor[3, H, W], label)``; ``dataset.fingerprint`` for caching.
     references : References or LongTensor[N, m]
@@ -400,6 +415,13 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         or dataset.
     num_workers : int
         DataLoader worker processes that read the images ahead (0: read in this process).
+    layout : None, str, Layout or dict
+        How to read the layers' outputs (default: detected, or for ``layer`` the layout the
+        references were mined with; see :func:`pure_utils.layouts.layer_layout`); a dict maps
+        layer names to layouts.
+    tokens : {"patches", "all"}, optional
+        Token layers: the positions of the neuron (default: the references'; else
+        ``"patches"``). The lower layer is always summed over all its tokens.
 
     Returns
     -------
@@ -417,7 +439,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
     lowers, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
                                 attribution=attribution, batch_size=batch_size, device=device,
                                 cache=cache, progress=progress, approximate=approximate,
-                                stash=stash, num_workers=num_workers)
+                                stash=stash, num_workers=num_workers, layout=layout,
+                                tokens=tokens)
     if attribution != "gxa" and lrp_support(model, layer=layer, lower_layer=lowers):
         for i, name in enumerate(lowers):
             r = _ratios(tensors, i)
@@ -437,7 +460,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
 def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_layer: str, *,
                      neurons=None, attribution: str = "epsilon_plus_flat", approximate: bool = False,
                      batch_size: int = 32, device=None, cache=None,
-                     progress: bool = False) -> torch.Tensor:
+                     progress: bool = False, layout=None,
+                     tokens: str | None = None) -> torch.Tensor:
     """How much of a neuron's initial relevance arrives at the lower layer.
 
     For every (neuron, reference sample): the relevance summed over all channels and positions
@@ -447,7 +471,7 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_la
 
     Parameters
     ----------
-    model, dataset, references, layer, neurons, batch_size, device, cache, progress
+    model, dataset, references, layer, neurons, batch_size, device, cache, progress, layout, tokens
         As in :func:`circuit_attributions`.
     lower_layer : str
         One lower layer.
@@ -466,22 +490,25 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_la
     attribution = _check_attribution(attribution, None)
     _, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
                            attribution=attribution, batch_size=batch_size, device=device,
-                           cache=cache, progress=progress, approximate=approximate)
+                           cache=cache, progress=progress, approximate=approximate,
+                           layout=layout, tokens=tokens)
     return _ratios(tensors, 0)
 
 
 def activation_features(model: nn.Module, dataset, references, layer: str, *, neurons=None,
                         batch_size: int = 64, device=None, cache=None,
                         progress: bool = True, stash: ActivationStash | None = None,
-                        num_workers: int = 0) -> torch.Tensor:
+                        num_workers: int = 0, layout=None,
+                        tokens: str | None = None) -> torch.Tensor:
     """The activation baseline: spatial mean of the clamped activations of all channels.
 
     For each reference sample of each neuron, ``mean_s relu(A_c^L(s))`` for every channel ``c``
-    of ``layer`` (after O'Mahony et al. 2023, as in the PURE paper's comparison).
+    of ``layer`` (after O'Mahony et al. 2023, as in the PURE paper's comparison); for a ViT's
+    tokens, the mean over the patch tokens (``tokens="patches"``).
 
     Parameters
     ----------
-    model, dataset, references, layer, neurons, device, cache, progress
+    model, dataset, references, layer, neurons, device, cache, progress, layout, tokens
         As in :func:`circuit_attributions`.
     batch_size : int
         Images per forward pass (each distinct image is computed once).
@@ -504,6 +531,8 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
     n = check_dataset(dataset)
     neurons, indices = _reference_rows(references, layer, neurons, model=model, dataset=dataset)
     _check_indices(indices, n)
+    recorded = references.layout if isinstance(references, References) else None
+    lay = resolve_layout(model, layer, layout, tokens, recorded)
     device = resolve_device(model, device)
     if not _stash_serves(stash, model, dataset, layer,
                          [stash.lower_layer] if stash is not None else [], None):
@@ -518,12 +547,11 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
         with torch.inference_mode(), eval_mode(model):
             for batch, x, lower in feed_batches(model, dataset, plan, stash=stash,
                                                 num_workers=num_workers, device=device):
-                act = (forward_until(model, x, layer) if lower is None else  # layer from its input
-                       layer_output(layer, layer_module(lower)))
-                _check_channels(neurons, act.shape[1], layer)
-                mean = _space_sum(act.clamp(min=0)).float().cpu()
-                if act.ndim > 2:
-                    mean = mean / act[0, 0].numel()
+                act = lay.check(forward_until(model, x, layer) if lower is None else  # from its input
+                                layer_module(lower), layer)
+                _check_channels(neurons, lay.n_channels(act), layer)
+                clamped = lay.channels(act.clamp(min=0))  # [B, C, positions]
+                mean = clamped.sum(-1).float().cpu() / clamped.shape[-1]
                 feats.update(zip(batch, mean))
                 bar.update(len(batch))
         bar.close()
@@ -541,4 +569,5 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
     expect = {"features": TensorSpec(tuple(indices.shape) + (None,), torch.float32, low=0,
                                      finite=True)}
     return cached("activation_features", cache, dataset, compute, model=model, expect=expect,
-                  layer=layer, neurons=neurons, refs=_indices_digest(neurons, indices))["features"]
+                  layer=layer, neurons=neurons, refs=_indices_digest(neurons, indices),
+                  **layout_key(lay))["features"]

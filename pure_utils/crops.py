@@ -7,10 +7,18 @@ absolute maximum, and the bounding box of the pixels above a threshold, expanded
 is cut out of the image. The *evaluation* crop (what CLIP / DINOv2 embed) uses a small blur and
 no mask; the *display* crop uses a wide blur and dims the irrelevant region.
 
+Where LRP is not correct (architectures the canonizers do not cover, such as ConvNeXt and ViTs;
+:func:`pure_utils.canonizers.lrp_support`), ``composite="gradient_x_input"`` gives the heatmap
+of an input-gradient method instead: the gradient of the same unit times the input. On a ViT's
+token layer the map is a map over patches: the relevance of each patch, spread evenly over its
+pixels (the patch map upsampled to the image), so the crop boxes are whole patches in input
+pixels.
+
 Boxes are ``(y0, x0, y1, x1)`` with exclusive ends, in input pixels.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Sequence
 
@@ -21,11 +29,16 @@ from torchvision.transforms.functional import gaussian_blur
 from ._progress import tqdm
 from .canonizers import LRPApproximationWarning, composite_for, lrp_support
 from .data import load_images
+from .layouts import patch_map, resolve_layout
 from .models import eval_mode, get_layer, resolve_device, run_model, stop_after
 from .references import check_references, index_tensor, neuron_ids
 
 __all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_crops",
-           "display_crops", "reference_images", "crops_from_boxes"]
+           "display_crops", "reference_images", "crops_from_boxes", "GRADIENT_X_INPUT"]
+
+
+#: The ``composite`` of :func:`feature_heatmaps` that uses no LRP: gradient times input.
+GRADIENT_X_INPUT = "gradient_x_input"
 
 
 # --------------------------------------------------------------------------------------------
@@ -34,13 +47,17 @@ __all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_cro
 def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[int], *,
                      composite="epsilon_plus_flat", canonizers=None, n_ref: int | None = None,
                      batch_size: int = 32, device=None, progress: bool = True,
-                     approximate: bool = False, inputs=None) -> torch.Tensor:
+                     approximate: bool = False, inputs=None, layout=None,
+                     tokens: str | None = None) -> torch.Tensor:
     """LRP heatmaps of channel ``k`` at the position of its maximum, down to the input.
 
     For every neuron ``k`` in ``neurons`` and each of its reference samples, the relevance of
     the single unit ``A_k^L(row, col)`` at the position stored in ``references.positions`` is
     propagated to the input pixels with a zennit composite; the initial relevance is the
-    activation value there, and the relevance is summed over the colour channels.
+    activation value there, and the relevance is summed over the colour channels. With
+    ``composite="gradient_x_input"`` the map is the input gradient of the same unit times the
+    (normalised) input, summed over the colour channels. On a token layer (a ViT) the position is
+    a patch token, and the map is made a map over patches (:func:`pure_utils.layouts.patch_map`).
 
     Parameters
     ----------
@@ -57,7 +74,8 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         Channels of ``layer`` to visualise.
     composite : str or zennit Composite
         A name registered in ``zennit.composites.COMPOSITES`` (default ``"epsilon_plus_flat"``,
-        as in the reference pipeline) or a ready composite (its canonizers are then its own).
+        as in the reference pipeline), a ready composite (its canonizers are then its own), or
+        ``"gradient_x_input"`` (no LRP; any architecture).
     canonizers : list, optional
         zennit canonizers; default ``pure_utils.canonizers.canonizers_for(model)`` (timm ResNet
         blocks). Pass ``[]`` for none (then only correct on models without BatchNorm or
@@ -79,6 +97,9 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         The model inputs of every batch, in the order computed here (neuron by neuron, its
         reference samples in order, ``batch_size`` at a time), e.g. read ahead by DataLoader
         workers (:func:`pure_utils.data.iter_images`); default: read from ``dataset`` here.
+    layout, tokens : optional
+        How to read the layer's output (default: the references' layout; see
+        :func:`pure_utils.circuits.circuit_attributions`).
 
     Returns
     -------
@@ -107,10 +128,14 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
     n_ref = total_ref if n_ref is None else int(n_ref)
     if not 1 <= n_ref <= total_ref:
         raise ValueError(f"n_ref={n_ref} not in 1..{total_ref} (the references hold {total_ref})")
-    comp = composite_for(composite, model, canonizers=canonizers, dataset=dataset, layer=layer,
-                         approximate=approximate)
-    uncovered = approximate and lrp_support(model, getattr(comp, "canonizers", None) or [],
-                                            layer=layer)
+    if isinstance(composite, str) and composite == GRADIENT_X_INPUT:
+        comp, uncovered = None, False
+    else:
+        comp = composite_for(composite, model, canonizers=canonizers, dataset=dataset, layer=layer,
+                             approximate=approximate)
+        uncovered = approximate and lrp_support(model, getattr(comp, "canonizers", None) or [],
+                                                layer=layer)
+    lay = resolve_layout(model, layer, layout, tokens, getattr(references, "layout", None))
     device = resolve_device(model, device)
 
     # one job per (neuron, reference sample), processed in flat batches
@@ -124,7 +149,8 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
     out = torch.zeros(len(neurons), n_ref, H, W)
     initial = torch.zeros(len(neurons), n_ref)
 
-    with eval_mode(model), comp.context(model) as modified, stop_after(module) as captured:
+    context = comp.context(model) if comp is not None else contextlib.nullcontext(model)
+    with eval_mode(model), context as modified, stop_after(module) as captured:
         # stop_after is entered inside the composite's context so that its hook runs after
         # zennit's own hooks on the layer
         starts = range(0, len(jobs), batch_size)
@@ -134,18 +160,22 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
                  if inputs is None else next(inputs))
             x = x.to(device, non_blocking=True).requires_grad_(True)
             run_model(modified, x)
-            act = captured.pop("out")
+            act = lay.check(captured.pop("out"), layer)
+            unit = lay.channels(act.detach())                      # [B, C, positions]
             b = torch.arange(len(batch), device=device)
             ch = torch.tensor([k for *_, k in batch], device=device)
             pos = torch.stack([references.positions[row, r] for _, r, row, _ in batch]).to(device)
-            init = torch.zeros_like(act)
-            init[b, ch, pos[:, 0], pos[:, 1]] = act[b, ch, pos[:, 0], pos[:, 1]].detach()
-            (grad,) = torch.autograd.grad(act, x, grad_outputs=init)
-            rel = grad.sum(1).detach().cpu()
-            start = init[b, ch, pos[:, 0], pos[:, 1]].float().cpu()
+            s = pos[:, 0] * lay.positions_grid(act, x.shape[-2:])[1] + pos[:, 1]
+            init = torch.zeros_like(unit)
+            init[b, ch, s] = unit[b, ch, s]
+            (grad,) = torch.autograd.grad(act, x, grad_outputs=lay.place(init, act))
+            rel = ((grad * x) if comp is None else grad).sum(1).detach().cpu()
+            start = init[b, ch, s].float().cpu()
             for i, (j, r, *_) in enumerate(batch):
                 out[j, r] = rel[i]
                 initial[j, r] = start[i]
+    if lay.patch_grid((H, W)) is not None:  # a token layer: a map over patches
+        out = patch_map(out.reshape(-1, H, W), lay.patch_size).reshape(out.shape)
     bad = ~torch.isfinite(out).flatten(2).all(2)
     if bad.any():
         named = ", ".join(f"neuron {neurons[j]} on sample {int(indices[rows[j], r])}"

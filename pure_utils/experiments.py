@@ -38,7 +38,7 @@ from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
                      polysemanticity_table, summarize_frame)
 
 __all__ = [
-    "Setting", "load_setting", "select_neurons", "load_embedders", "evaluation_boxes",
+    "Setting", "load_setting", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
     "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
     "heldout_references", "strongly_polysemantic",
     "rank_neurons", "Evaluation", "evaluate", "purity_pairs", "circuit_features", "activation_baseline",
@@ -140,6 +140,17 @@ def select_neurons(n_channels: int, n_neurons: int | None = None, seed: int = 0)
     return sorted(int(k) for k in rng.choice(n_channels, size=n_neurons, replace=False))
 
 
+def model_layers(profile: dict, model_name: str) -> dict:
+    """The ``layer`` / ``lower_layer`` that ``profile["model_layers"]`` gives ``model_name``
+    (empty: the profile's own apply)."""
+    own = dict((profile.get("model_layers") or {}).get(model_name) or {})
+    bad = sorted(set(own) - {"layer", "lower_layer"})
+    if bad:
+        raise ValueError(f"profile {profile.get('name')!r}: model_layers.{model_name} sets {bad}; "
+                         "only layer and lower_layer can be given per model")
+    return own
+
+
 def load_setting(profile: dict, *, model_name: str | None = None, progress: bool = True) -> Setting:
     """Load the model and data of a profile and mine the reference samples.
 
@@ -155,6 +166,8 @@ def load_setting(profile: dict, *, model_name: str | None = None, progress: bool
     Returns
     -------
     Setting
+        Its ``profile`` holds the model's own ``layer`` and ``lower_layer`` where
+        ``profile["model_layers"]`` names them (a model of another architecture family).
 
     Raises
     ------
@@ -162,8 +175,9 @@ def load_setting(profile: dict, *, model_name: str | None = None, progress: bool
         Missing data folder, unavailable weights, bad keys - with what to change.
     """
     p = check_profile(profile)
-    model = load_model(model_name or p["model_name"], pretrained=bool(p["pretrained"]),
-                       checkpoint=p["checkpoint"])
+    name = model_name or p["model_name"]
+    p = {**p, **model_layers(p, name)}
+    model = load_model(name, pretrained=bool(p["pretrained"]), checkpoint=p["checkpoint"])
     if p["randomize_batchnorm"]:
         randomize_batchnorm(model, seed=0)
     device = resolve_device(p["device"])
@@ -288,11 +302,8 @@ def evaluation_boxes(setting: Setting, *, neurons=None, display: bool = False,
 
 
 def reference_crops(setting: Setting, neuron: int, boxes_of_neuron) -> list[torch.Tensor]:
-    """Evaluation crops of one neuron's first reference samples.
-
-    ``boxes_of_neuron``: ``LongTensor[m, 4]``, the boxes of its ``m`` first (most activating)
-    reference samples (``m <= n_ref``).
-    """
+    """Evaluation crops of one neuron's first ``m`` reference samples, given their boxes
+    (``LongTensor[m, 4]``, ``m <= n_ref``)."""
     row = int(setting.references.rows([neuron])[0])
     boxes = torch.as_tensor(boxes_of_neuron).reshape(-1, 4)
     if len(boxes) > setting.references.n_ref:

@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import silhouette_score
 
 from ._arrays import as_numpy
+from .canonizers import lrp_support
 from .experiments import embed_references, load_setting, reference_features_of
 from .tables import (ACTIVATIONS, PURE, RANDOM, compare_clusterings, ground_truth_table,
                      paired_table)
@@ -67,7 +68,10 @@ def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> 
 
     Scores the units with two or more true features (``polysemantic_min_share``) at ``k = 2``
     and at ``k`` = each unit's number of true features (``"true"``), for every attribution of
-    ``profile["attributions"]`` and the activation baseline.
+    ``profile["attributions"]`` that is correct on the model and the activation baseline. LRP
+    is left out of models the canonizers do not cover (e.g. a ConvNeXt; see
+    :func:`pure_utils.canonizers.lrp_support`), and ``refused`` says why. The model's layers
+    are the profile's, or its own in ``profile["model_layers"]``.
 
     Returns
     -------
@@ -75,17 +79,26 @@ def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> 
         ``setting``, ``features`` (:class:`~pure_utils.ground_truth.ReferenceFeatures` of all
         evaluated units), ``ground_truth`` (per-unit ARI / NMI), ``pairs`` (PURE minus
         activations, paired per ``k``), ``units`` (per unit: predictors and the ARI difference
-        of each attribution at ``k = 2``).
+        of each attribution at ``k = 2``), ``attributions`` (those scored) and ``refused``
+        (attribution -> what LRP would miss on this model).
     """
     p = profile
     s = load_setting(p, model_name=model_name, progress=progress)
+    layers = dict(layer=s.profile["layer"], lower_layer=s.profile["lower_layer"])
+    refused = {a: lrp_support(s.model, **layers) for a in p["attributions"] if a != "gxa"}
+    refused = {a: why for a, why in refused.items() if why}
+    if p["attribution"] in refused:
+        raise ValueError(f"attribution {p['attribution']!r} of profile {p.get('name')!r} is not "
+                         f"correct on {model_name}: {'; '.join(refused[p['attribution']])}; "
+                         "use attribution: gxa")
     truth = reference_features_of(s, progress=progress)
     min_share = float(p["polysemantic_min_share"])
     sel = torch.nonzero(truth.polysemantic(min_share)).flatten().tolist()
-    names = {f"{PURE} ({a})": a for a in p["attributions"]}
+    names = {f"{PURE} ({a})": a for a in p["attributions"] if a not in refused}
     feats = {m: s.circuit_attributions(a, progress=progress) for m, a in names.items()}
     feats[ACTIVATIONS] = s.activation_features(progress=progress)
-    out = dict(setting=s, features=truth, ground_truth=None, pairs=None, units=None)
+    out = dict(setting=s, features=truth, ground_truth=None, pairs=None, units=None,
+               attributions=list(names.values()), refused=refused)
     if not sel:
         return out
     neurons = [s.neurons[i] for i in sel]

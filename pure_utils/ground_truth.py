@@ -25,6 +25,7 @@ from ._progress import tqdm
 from .cache import TensorSpec, cached
 from .models import eval_mode, forward_until, resolve_device
 from .data import SyntheticShapes
+from .layouts import layout_key, resolve_layout
 from .references import check_references, index_tensor, mine_references
 from .synthetic import counterfactual
 
@@ -90,6 +91,11 @@ def reference_concepts(dataset: SyntheticShapes, references) -> torch.Tensor:
     if not hasattr(dataset, "object_map"):
         raise ValueError(f"dataset {dataset!r} has no ground-truth concepts; use a SyntheticShapes dataset")
     check_references(references, dataset=dataset)
+    layout = getattr(references, "layout", None)
+    if layout is not None and layout.kind == "tokens" and layout.tokens == "all":
+        raise ValueError("the pixel rule needs positions on the patch grid, but these references "
+                         "were mined with tokens='all' (positions are token indices); mine them "
+                         "with tokens='patches'")
     indices = index_tensor(references.indices)
     positions = index_tensor(references.positions, "reference positions")
     if positions.shape != (*indices.shape, 2):
@@ -304,18 +310,19 @@ class ReferenceFeatures:
                              "responsibility": self.responsibility.mean(1).numpy()})
 
 
-def _activations(model, dataset, jobs, layer: str, device, batch_size: int) -> torch.Tensor:
+def _activations(model, dataset, jobs, layer: str, device, batch_size: int, layout) -> torch.Tensor:
     """Spatial maximum of every channel of ``layer`` for rendered scenes: ``Tensor[n_jobs, C]``.
 
     ``jobs`` are ``(scene, objects)`` pairs (see :meth:`SyntheticShapes.render`); they are
-    rendered batch by batch, so memory does not grow with their number.
+    rendered batch by batch, so memory does not grow with their number. ``layout``
+    (:class:`pure_utils.layouts.Layout`) says which positions the maximum runs over, as in mining.
     """
     out = []
     with torch.inference_mode(), eval_mode(model):
         for s in range(0, len(jobs), batch_size):
             x = torch.stack([dataset.render(scene, objs) for scene, objs in jobs[s:s + batch_size]])
-            act = forward_until(model, x.to(device), layer)
-            out.append(act.flatten(2).amax(2).float().cpu() if act.ndim > 2 else act.float().cpu())
+            act = layout.check(forward_until(model, x.to(device), layer), layer)
+            out.append(layout.channels(act).amax(-1).float().cpu())
     return torch.cat(out)
 
 
@@ -379,6 +386,7 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
     check_references(references, model=model, dataset=dataset)
     device = resolve_device(model, device)
     layer = references.layer
+    layout = resolve_layout(model, layer, recorded=getattr(references, "layout", None))
     indices = index_tensor(references.indices)
     channels = index_tensor(references.channels, "reference channels")
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(dataset)):
@@ -404,7 +412,7 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
                 jobs += [(scene, None)]
                 jobs += [(scene, objs[:j] + [None] + objs[j + 1:]) for j in range(len(objs))]
                 jobs += [(scene, [None] * len(objs))]
-            acts = _activations(model, dataset, jobs, layer, device, batch_size)
+            acts = _activations(model, dataset, jobs, layer, device, batch_size, layout)
             pos = 0
             for i, n in zip(chunk, n_objects):
                 whole[i], removed[i], empty[i] = acts[pos], acts[pos + 1:pos + 1 + n], acts[pos + 1 + n]
@@ -446,7 +454,7 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
                 jobs += [(scene, objs[:j] + [alt] + objs[j + 1:]) for alt in alternatives]
                 kinds.append(len(alternatives))
                 attributes[(i, j)] = (objs[j]["colour"], objs[j]["shape"])
-            acts = _activations(model, dataset, jobs, layer, device, batch_size)
+            acts = _activations(model, dataset, jobs, layer, device, batch_size, layout)
             pos = 0
             for pair, n in zip(chunk, kinds):
                 edits[pair] = acts[pos:pos + n]
@@ -480,7 +488,8 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
     expect.update(labels=TensorSpec(shape, torch.int64, low=0, high=len(names)),
                   driver=TensorSpec(shape, torch.int64, low=-1))
     tensors = cached("reference_features", cache, dataset, compute, model=model, expect=expect,
-                     layer=layer, refs=digest, rule=RULE, rule_version=RULE_VERSION)
+                     layer=layer, refs=digest, rule=RULE, rule_version=RULE_VERSION,
+                     **layout_key(layout))
     return ReferenceFeatures(names=names, kinds=[kind for _, kind in vocabulary], channels=channels,
                              **tensors)
 
@@ -580,7 +589,8 @@ def intervention_panels(model: torch.nn.Module, dataset, references, neuron: int
                  for c in dataset.config.colours if c != o["colour"]]
     variants += [(f"{o['colour']} {s}", edit(counterfactual(o, shape=s)))
                  for s in dataset.config.shapes if s != o["shape"]]
+    layout = resolve_layout(model, references.layer, recorded=getattr(references, "layout", None))
     acts = _activations(model, dataset, [(scene, o) for _, o in variants], references.layer,
-                        resolve_device(model, device), 64)
+                        resolve_device(model, device), 64, layout)
     return [dict(title=t, image=dataset.render(scene, o, normalize=False),
                  activation=float(acts[k, neuron])) for k, (t, o) in enumerate(variants)]

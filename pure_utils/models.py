@@ -23,7 +23,8 @@ from ._machine import machine_info  # noqa: F401  (part of this module's API)
 from .cache import model_fingerprint
 from .paths import DATA_DIR, MODELS_DIR
 
-__all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "read_card", "load_model", "layer_names", "get_layer",
+__all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "build_model", "read_card",
+           "load_model", "layer_names", "get_layer",
            "layer_order", "randomize_batchnorm", "model_fingerprint", "resolve_device",
            "eval_mode", "frozen_parameters", "StopForward", "stop_after", "run_model",
            "layer_output", "forward_until", "machine_info", "DATA_DIR", "MODELS_DIR"]
@@ -64,6 +65,34 @@ def build_resnet(block: str = "basic", layers=(1, 1, 1, 1), channels=(16, 32, 64
     model = ResNet(block=blocks[block], layers=list(layers), channels=tuple(channels),
                    stem_width=stem_width, num_classes=num_classes, **kwargs)
     return model
+
+
+def build_model(architecture: dict) -> nn.Module:
+    """Build a shipped model from the ``architecture`` of its card (random weights).
+
+    Parameters
+    ----------
+    architecture : dict
+        :func:`build_resnet` kwargs (the ResNets), or ``timm_model`` (a timm architecture name,
+        e.g. ``"convnext_atto"``) with the keyword arguments that shrink it (``dims``,
+        ``depths``, ``num_classes``, ...), passed on to ``timm.create_model`` with
+        ``pretrained=False``.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    arch = dict(architecture)
+    name = arch.pop("timm_model", None)
+    if name is None:
+        return build_resnet(**arch)
+    try:
+        return timm.create_model(name, pretrained=False, **arch)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"architecture timm_model={name!r} is not a timm model name "
+                             "(see timm.list_models())") from err
+        raise
 
 
 def shipped_models() -> dict:
@@ -117,10 +146,9 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
     Parameters
     ----------
     name : str
-        A shipped model (``"synthetic_resnet_basic"``, ``"synthetic_resnet_bottleneck"``, the
-        model family ``"family_*"``; see :func:`shipped_models`) or any timm model name with its
-        weight tag
-        (``"resnet50.a1_in1k"``).
+        A shipped model (``"synthetic_resnet_basic"``, ``"synthetic_resnet_bottleneck"``,
+        ``"synthetic_convnext"``, the model family ``"family_*"``; see :func:`shipped_models`)
+        or any timm model name with its weight tag (``"resnet50.a1_in1k"``).
     pretrained : bool
         timm names only: load timm's pretrained weights (needs internet or a filled
         Hugging Face cache). Shipped defaults always load their committed weights
@@ -147,7 +175,7 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
                 f"model {name!r} is a shipped model with its own weights and {own} classes: "
                 f"pretrained={pretrained!r} and num_classes={num_classes!r} apply to timm names "
                 "only; load it without them, or give checkpoint=<your weights> for other weights")
-        model = build_resnet(**card["architecture"])
+        model = build_model(card["architecture"])
         weights = shipped[name].with_suffix(".safetensors")
         model.load_state_dict(_load_state_dict(checkpoint or weights))
         model.pure_card = card

@@ -2,6 +2,9 @@
 
 PURE describes a neuron by the ``n_ref`` samples on which it responds most strongly, measured
 by the spatial maximum of its activation map ("max-pooling", as in the reference pipeline).
+The layer's output is read through its layout (:mod:`pure_utils.layouts`): the channels of a CNN
+map, maximised over its positions, or the embedding dimensions of a ViT's tokens, maximised over
+the patch tokens; references record the layout they were mined with.
 :func:`mine_references` finds them for all channels of a layer in one pass over the data:
 
 - the forward pass stops right after the layer (a forward hook raises a private exception),
@@ -30,7 +33,8 @@ from ._progress import tqdm
 from .cache import TensorSpec, cache_entry, dataset_fingerprint, model_fingerprint
 from .data import UnreadableImageError, check_dataset, iter_samples
 from .distributed import all_gather_objects, is_distributed, is_main, shard_range
-from .models import eval_mode, forward_until, get_layer, resolve_device
+from .layouts import Layout, layer_layout, layout_key
+from .models import eval_mode, forward_until, resolve_device
 from .stash import ActivationStash, identity
 
 __all__ = ["References", "mine_references", "check_references", "neuron_ids", "index_tensor",
@@ -55,9 +59,10 @@ class References:
     values : Tensor[C, n_ref]
         Spatial maximum of the channel's activation map on each sample.
     positions : LongTensor[C, n_ref, 2]
-        ``(row, col)`` of that maximum in the layer's map (first in row-major order on ties).
+        ``(row, col)`` of that maximum in the layer's map (first in row-major order on ties);
+        for tokens, on the patch grid (see :meth:`pure_utils.layouts.Layout.positions_grid`).
     map_size : tuple[int, int]
-        ``(h, w)`` of the layer's feature map.
+        ``(h, w)`` of the layer's feature map (tokens: of the patch grid).
     input_size : tuple[int, int]
         ``(H, W)`` of the model input.
     layer : str
@@ -72,6 +77,9 @@ class References:
         Dataset indices left out of the ranking: ``"nonfinite"`` (NaN or inf activations) and
         ``"unreadable"`` (image files that could not be read); empty unless mined with
         ``on_nonfinite="skip"`` / ``on_unreadable="skip"``.
+    layout : Layout or None
+        How the layer's output was read (:mod:`pure_utils.layouts`); ``None`` (built by hand):
+        stages detect it from the model.
     """
 
     indices: torch.Tensor
@@ -84,6 +92,7 @@ class References:
     model_fingerprint: str | None = None
     dataset_fingerprint: str | None = None
     skipped: dict = field(default_factory=dict)
+    layout: Layout | None = None
 
     def __post_init__(self):
         if self.channels is None:
@@ -105,8 +114,10 @@ class References:
 
     def __repr__(self) -> str:
         skipped = "".join(f", skipped_{k}={len(v)}" for k, v in self.skipped.items() if len(v))
+        plain = self.layout is None or self.layout.kind == "map"
+        layout = "" if plain else f", layout='{self.layout}'"
         return (f"References(layer={self.layer!r}, channels={self.n_channels}, n_ref={self.n_ref}, "
-                f"map_size={self.map_size}, input_size={self.input_size}{skipped})")
+                f"map_size={self.map_size}, input_size={self.input_size}{layout}{skipped})")
 
     def rows(self, neurons) -> torch.Tensor:
         """Row positions of the channels ``neurons`` (ValueError if one is not held).
@@ -157,14 +168,15 @@ class References:
 
     @classmethod
     def from_tensors(cls, tensors: dict, layer: str, *, model_fingerprint: str | None = None,
-                     dataset_fingerprint: str | None = None) -> "References":
-        """Inverse of :meth:`to_tensors`."""
+                     dataset_fingerprint: str | None = None,
+                     layout: Layout | None = None) -> "References":
+        """Inverse of :meth:`to_tensors` (the layout is not stored: it comes from the model)."""
         return cls(indices=tensors["indices"].long(), values=tensors["values"],
                    positions=tensors["positions"].long(), channels=tensors["channels"].long(),
                    map_size=tuple(tensors["map_size"].tolist()),
                    input_size=tuple(tensors["input_size"].tolist()), layer=layer,
                    model_fingerprint=model_fingerprint, dataset_fingerprint=dataset_fingerprint,
-                   skipped={k: tensors.get(f"skipped_{k}", []) for k in _SKIPPED})
+                   skipped={k: tensors.get(f"skipped_{k}", []) for k in _SKIPPED}, layout=layout)
 
 
 def neuron_ids(neurons) -> list[int]:
@@ -324,7 +336,7 @@ def _mine_shared(*args, **kwargs) -> dict:
         raise  # not reached: _merge_ranks raises for every rank
 
 
-def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, progress,
+def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, device, progress,
           on_nonfinite, on_unreadable, resume=None, stash=None) -> dict:
     """The streaming top-``n_ref`` pass (see :func:`mine_references`), from ``resume`` if given.
 
@@ -373,13 +385,11 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
             bar.update(start - first)
             if x is None:
                 continue
-            act = forward_until(model, x.to(device, non_blocking=True), layer)
+            act = layout.check(forward_until(model, x.to(device, non_blocking=True), layer), layer)
             rows = kept  # the dataset index of each row of the batch
-            if act.ndim == 2:  # a vector layer: a 1x1 map
-                act = act[:, :, None, None]
-            c = act.shape[1]
-            map_size, input_size = tuple(act.shape[2:]), tuple(x.shape[2:])
-            flat = act.reshape(len(kept), c, -1).float()
+            flat = layout.channels(act).float()  # [B, C, positions]; a vector: one position
+            c = flat.shape[1]
+            map_size, input_size = layout.positions_grid(act, x.shape[2:]), tuple(x.shape[2:])
             finite = torch.isfinite(flat).flatten(1).all(1).cpu()
             if not finite.all():
                 bad = [i for i, ok in zip(kept, finite.tolist()) if not ok]
@@ -426,17 +436,18 @@ def _mine(model, dataset, layer, n_ref, *, batch_size, num_workers, device, prog
 def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                     batch_size: int = 64, device=None, cache=None, progress: bool = True,
                     num_workers: int = 0, on_nonfinite: str = "raise",
-                    on_unreadable: str = "raise",
-                    stash: ActivationStash | None = None) -> References:
+                    on_unreadable: str = "raise", stash: ActivationStash | None = None,
+                    layout=None, tokens: str | None = None) -> References:
     """Find the ``n_ref`` most activating samples of every channel of ``layer``.
 
-    A sample's value for channel ``c`` is the spatial maximum of ``c``'s activation map.
+    A sample's value for channel ``c`` is the spatial maximum of ``c``'s activation map (for
+    a ViT's tokens: the maximum of embedding dimension ``c`` over the patch tokens).
     One forward pass over the data, stopped right after ``layer``, without gradients.
 
     Parameters
     ----------
     model : nn.Module
-        Any CNN (put into ``eval()`` mode for the pass).
+        Any CNN or vision transformer (put into ``eval()`` mode for the pass).
     dataset : Dataset
         ``len(dataset)`` and ``dataset[i] -> (Tensor[3, H, W], label)``; ``dataset.fingerprint``
         is needed for caching.
@@ -467,13 +478,19 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         attribution (given the same stash) need not run them through the model again
         (:mod:`pure_utils.stash`). Emptied first; filled only when mining runs (not on a cache
         hit).
+    layout : None, str or Layout
+        How to read the layer's output (default: detected from the model,
+        :func:`pure_utils.layouts.layer_layout`); e.g. ``"tokens"``.
+    tokens : {"patches", "all"}, optional
+        Token layers: maximise over the patch tokens (default) or over all tokens (class and
+        register tokens included; positions are then token indices on a ``1 x N`` grid).
 
     Returns
     -------
     References
         ``indices`` LongTensor[C, n_ref], ``values`` Tensor[C, n_ref], ``positions``
         LongTensor[C, n_ref, 2], ``map_size``, ``input_size``, ``layer``, the fingerprints of
-        ``model`` and ``dataset``, and ``skipped``.
+        ``model`` and ``dataset``, ``skipped`` and ``layout``.
 
     Notes
     -----
@@ -486,7 +503,7 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
     and rank 0 alone uses the cache (:mod:`pure_utils.distributed`). A run stopped by a bad
     sample then starts again from the beginning.
     """
-    get_layer(model, layer)  # ValueError listing the layers
+    lay = layer_layout(model, layer, layout, tokens)  # ValueError listing the layers
     if stash is not None and not isinstance(stash, ActivationStash):
         raise ValueError(f"stash={stash!r}: give an ActivationStash or None")
     n = check_dataset(dataset)
@@ -499,8 +516,9 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
             raise ValueError(f"{name}={value!r} not known; use one of "
                              f"{', '.join(map(repr, ON_BAD_SAMPLE))}")
     device = resolve_device(model, device)
-    run = dict(batch_size=batch_size, num_workers=num_workers, device=device, progress=progress,
-               on_nonfinite=on_nonfinite, on_unreadable=on_unreadable, stash=stash)
+    run = dict(layout=lay, batch_size=batch_size, num_workers=num_workers, device=device,
+               progress=progress, on_nonfinite=on_nonfinite, on_unreadable=on_unreadable,
+               stash=stash)
     if stash is not None:
         stash.clear()  # whatever it held belongs to another run
     expect = {"indices": TensorSpec((None, n_ref), torch.int64, low=0, high=n),
@@ -511,7 +529,8 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
               **{f"skipped_{k}": TensorSpec((None,), torch.int64, low=0, high=n) for k in _SKIPPED}}
     # the bad-sample policy is not part of the key: the ranking of the usable samples is the
     # same, and a stored "skip" result still raises below when asked to raise
-    entry = cache_entry("references", cache, dataset, model=model, layer=layer, n_ref=n_ref)
+    entry = cache_entry("references", cache, dataset, model=model, layer=layer, n_ref=n_ref,
+                        **layout_key(lay))
     if entry is None:
         try:
             tensors = _mine_shared(model, dataset, layer, n_ref, **run)
@@ -549,7 +568,7 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
     fingerprints = ((params["model"], params["dataset"]) if entry is not None
                     else (model_fingerprint(model), dataset_fingerprint(dataset)))
     refs = References.from_tensors(tensors, layer, model_fingerprint=fingerprints[0],
-                                   dataset_fingerprint=fingerprints[1])
+                                   dataset_fingerprint=fingerprints[1], layout=lay)
     if stash is not None:
         stash.identity = identity(model, dataset)
         if stash.problem is not None:

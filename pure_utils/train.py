@@ -1,11 +1,14 @@
 """Training the shipped models of the controlled benchmark (``python -m pure_utils.train``).
 
-Two small timm ResNets are trained on the synthetic train split (:mod:`pure_utils.synthetic`)
-and written to ``data/models`` with a model card (``<name>.json`` beside the weights). The card
-records the architecture, generator version and dataset settings, seeds, hyperparameters, the
-training command, history and time, the machine, the held-out accuracy and the share of
-``layer4`` channels that are polysemantic by ground truth (``layer4_polysemantic``). Training is
-reproducible bit for bit with the pinned packages on the same kind of CPU.
+Two small timm ResNets and one small timm ConvNeXt (the second architecture family, for the
+chapter "PURE beyond ResNets") are trained on the synthetic train split
+(:mod:`pure_utils.synthetic`) with one recipe and written to ``data/models`` with a model card
+(``<name>.json`` beside the weights). The card records the architecture, generator version and
+dataset settings, seeds, hyperparameters, the training command, history and time, the machine,
+the held-out accuracy, the layers the model is studied at (``units``) and the share of the
+channels of the studied layer that are polysemantic by ground truth (``layer4_polysemantic`` for
+the ResNets, ``polysemantic_units`` for the others; :func:`polysemantic_record` reads either).
+Training is reproducible bit for bit with the pinned packages on the same kind of CPU.
 """
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ import hashlib
 import json
 import math
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +32,12 @@ from safetensors.torch import load_file, save_file
 from ._progress import tqdm
 from .data import SyntheticShapes
 from .ground_truth import layer_polysemanticity
-from .models import build_resnet, eval_mode, forward_until, machine_info
+from .models import build_model, eval_mode, forward_until, machine_info
 from .paths import MODELS_DIR
 from .synthetic import GENERATOR_VERSION, SyntheticConfig
 
-__all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_TRAINING", "FAMILY", "evaluate_accuracy",
-           "train_default_model", "planted_response", "main"]
+__all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_TRAINING", "FAMILY", "UNITS", "evaluate_accuracy",
+           "train_default_model", "planted_response", "polysemantic_record", "units_of", "main"]
 
 
 #: build_resnet kwargs of the shipped models. layer4 is kept narrow (fewer channels than there are
@@ -43,7 +48,16 @@ DEFAULT_ARCHITECTURES = {
                                    stem_width=16, num_classes=16),
     "synthetic_resnet_bottleneck": dict(block="bottleneck", layers=[1, 1, 1, 1],
                                         channels=[16, 32, 48, 8], stem_width=16, num_classes=16),
+    # the second architecture family: timm's ConvNeXt (depthwise 7x7 convolutions, LayerNorm,
+    # GELU, residual blocks without an activation after the sum) at reduced widths; its last
+    # stage, like layer4 above, has 32 channels for 16 concepts
+    "synthetic_convnext": dict(timm_model="convnext_atto", dims=[16, 32, 64, 32],
+                               depths=[1, 1, 2, 1], num_classes=16),
 }
+
+#: The layers each shipped model is studied at: ``(layer L, lower layer L-1)``. The ResNets (and
+#: the family) use ``layer4`` and ``layer3``; the ConvNeXt the outputs of its last two stages.
+UNITS = {"synthetic_convnext": ("stages.3", "stages.2")}
 
 #: The model family of the chapter "When do circuits beat activations?": one architecture (the
 #: shipped bottleneck ResNet) and one recipe, trained on settings along the knobs that change how
@@ -157,6 +171,27 @@ def evaluate_accuracy(model: torch.nn.Module, dataset: SyntheticShapes, n: int |
     return int(hits.sum()) / len(hits)
 
 
+def units_of(name: str, architecture: dict | None = None) -> tuple[str, str]:
+    """``(layer, lower_layer)`` a shipped model is studied at (:data:`UNITS`; ResNets:
+    ``("layer4", "layer3")``)."""
+    if name in UNITS:
+        return UNITS[name]
+    if architecture is not None and "timm_model" in architecture:
+        raise ValueError(f"model {name!r} ({architecture['timm_model']}) has no studied layers; "
+                         f"add them to pure_utils.train.UNITS (known: {', '.join(UNITS)})")
+    return "layer4", "layer3"
+
+
+def polysemantic_record(card: dict) -> dict:
+    """The polysemantic units stated by a card (``layer4_polysemantic`` of the ResNets,
+    ``polysemantic_units`` of the other architectures): count, neurons, features, settings."""
+    for key in ("polysemantic_units", "layer4_polysemantic"):
+        if key in card:
+            return card[key]
+    raise ValueError(f"the card of {card.get('name')!r} states no polysemantic units "
+                     "(keys polysemantic_units or layer4_polysemantic)")
+
+
 def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, epochs: int | None = None,
                         n_train: int | None = None, n_eval: int | None = None,
                         n_check: int | None = None, n_val: int | None = None, batch_size: int | None = None,
@@ -175,7 +210,7 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     ----------
     name : str
         A key of ``DEFAULT_ARCHITECTURES`` (``"synthetic_resnet_basic"``,
-        ``"synthetic_resnet_bottleneck"``).
+        ``"synthetic_resnet_bottleneck"``, ``"synthetic_convnext"``).
     out_dir : path, optional
         Where ``<name>.safetensors`` and ``<name>.json`` go (default ``data/models``).
     epochs, n_train, n_eval, n_check, n_val, batch_size, lr, seed, threads : optional
@@ -185,7 +220,7 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     max_steps : int, optional
         Stop after this many optimiser steps (for smoke runs).
     architecture : dict, optional
-        ``build_resnet`` kwargs (default ``DEFAULT_ARCHITECTURES[name]``).
+        :func:`~pure_utils.models.build_model` kwargs (default ``DEFAULT_ARCHITECTURES[name]``).
     config : SyntheticConfig, optional
         Generator knobs (default ``SyntheticConfig()``).
     planted : dict, optional
@@ -230,7 +265,7 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     torch.set_num_threads(int(hp["threads"]))
     try:
         torch.manual_seed(hp["seed"])
-        model = build_resnet(**architecture)
+        model = build_model(architecture)
         warm_start = None
         if init is not None:
             init = Path(init)
@@ -302,7 +337,8 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         model.eval()
         if hook is not None:
             hook.remove()
-        poly = layer_polysemanticity(model, test, "layer4", n_ref=100, progress=False)
+        layer, lower_layer = units_of(name, architecture)
+        poly = layer_polysemanticity(model, test, layer, n_ref=100, progress=False)
         response = planted_response(model, test, planted) if planted else None
     finally:
         torch.set_num_threads(old_threads)
@@ -311,8 +347,9 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
     card = dict(
         name=name,
-        description=("Small timm ResNet trained on the synthetic shapes benchmark of pure_utils "
-                     "(pure_utils.synthetic); layer4 is narrow so that its neurons are polysemantic."),
+        description=(f"Small timm {type(model).__name__} trained on the synthetic shapes benchmark "
+                     f"of pure_utils (pure_utils.synthetic); {layer} is narrow so that its neurons "
+                     "are polysemantic."),
         architecture=architecture,
         n_parameters=sum(p.numel() for p in model.parameters()),
         generator_version=GENERATOR_VERSION,
@@ -335,7 +372,8 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
         training_threads=int(hp["threads"]),
         machine=machine_info(),
         versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
-        layer4_polysemantic=poly,
+        units=dict(layer=layer, lower_layer=lower_layer),
+        **{"layer4_polysemantic" if layer == "layer4" else "polysemantic_units": poly},
     )
     if planted:
         card.update(planted={**planted, "units": {str(k): v for k, v in planted["units"].items()}},
@@ -366,8 +404,8 @@ def main(argv=None):
     p = parser
     p.add_argument("--model", default="synthetic_resnet_basic",
                    choices=list(DEFAULT_ARCHITECTURES) + list(FAMILY) + ["all", "family"],
-                   help="a shipped model, a member of the model family, all (the two shipped "
-                        "models) or family (every member)")
+                   help="a shipped model, a member of the model family, all (the shipped "
+                        "models of DEFAULT_ARCHITECTURES) or family (every member)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--n-train", type=int)
     p.add_argument("--n-eval", type=int)
@@ -410,8 +448,8 @@ def main(argv=None):
         print(f"{name}: test accuracy {card['accuracy']['value']:.4f} "
               f"(n={card['accuracy']['n']}, seed={card['accuracy']['seed']}), "
               f"training {card['training_time_s']:.0f} s, "
-              f"layer4 polysemantic {card['layer4_polysemantic']['count']}/"
-              f"{card['layer4_polysemantic']['n_neurons']} -> {where / (name + '.safetensors')}")
+              f"{card['units']['layer']} polysemantic {polysemantic_record(card)['count']}/"
+              f"{polysemantic_record(card)['n_neurons']} -> {where / (name + '.safetensors')}")
 
 
 def _member_argv(given, name):
@@ -433,9 +471,6 @@ def _member_argv(given, name):
 def _train_in_processes(names, given, jobs):
     """Train ``names`` in up to ``jobs`` processes at once; each writes its own card and weights
     (the card's command is the single-model command, which reproduces it on its own)."""
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(name):
         cmd = [sys.executable, "-m", "pure_utils.train"] + _member_argv(given, name)
         start = time.perf_counter()

@@ -11,7 +11,7 @@ from pure_utils.ground_truth import layer_polysemanticity
 from pure_utils.models import DEFAULT_MODELS, build_resnet
 from pure_utils.data import SyntheticShapes
 from pure_utils.synthetic import GENERATOR_VERSION, SyntheticConfig
-from pure_utils.train import evaluate_accuracy, main, train_default_model
+from pure_utils.train import DEFAULT_ARCHITECTURES, evaluate_accuracy, main, train_default_model
 
 # ---------------------------------------------------------------------------------------------
 # shipped models and training
@@ -101,8 +101,8 @@ def test_parallel_training_writes_the_same_weights_as_one_at_a_time(tmp_path, ca
     main(["--tiny", "--model", "all", "--out", str(tmp_path / "seq"), "--no-progress"])
     main(["--tiny", "--model", "all", "--jobs", "2", "--out", str(tmp_path / "par")])
     out = capsys.readouterr().out
-    assert "2 models, 2 at a time" in out
-    for name in DEFAULT_MODELS:
+    assert f"{len(DEFAULT_ARCHITECTURES)} models, 2 at a time" in out
+    for name in DEFAULT_ARCHITECTURES:
         seq, par = (load_file(str(tmp_path / d / f"{name}.safetensors")) for d in ("seq", "par"))
         assert seq.keys() == par.keys() and all(torch.equal(seq[k], par[k]) for k in seq)
         card = json.loads((tmp_path / "par" / f"{name}.json").read_text())
@@ -118,3 +118,58 @@ def test_member_command_and_bad_jobs():
         ["--model", "a", "--tiny", "--no-progress"]
     with pytest.raises(SystemExit):
         main(["--model", "all", "--jobs", "0"])
+# ---------------------------------------------------------------------------------------------
+# the shipped model of another architecture family (the chapter "PURE beyond ResNets")
+def test_shipped_convnext_card_states_one_run_its_units_and_reaches_its_accuracy():
+    from pure_utils.models import shipped_models
+    from pure_utils.train import DEFAULT_ARCHITECTURES, UNITS, polysemantic_record
+
+    name = "synthetic_convnext"
+    path = shipped_models()[name]
+    card = json.loads(path.read_text())
+    assert path.with_suffix(".safetensors").stat().st_size <= 10 * 2**20
+    assert card["generator_version"] == GENERATOR_VERSION and card["accuracy"]["value"] >= 0.9
+    assert card["architecture"] == DEFAULT_ARCHITECTURES[name]
+    assert card["units"] == dict(zip(("layer", "lower_layer"), UNITS[name]))
+    assert card["warm_start"] is None
+    assert card["training_time_total_s"] == card["training_time_s"] <= 30 * 60
+    makefile = (path.parents[2] / "Makefile").read_text()
+    recipe = makefile.split("\nmodels:", 1)[1].split("\n\n", 1)[0]
+    assert card["command"].replace("python -m", "$(PY) -m") in recipe
+    stated = polysemantic_record(card)
+    assert stated["layer"] == "stages.3" and stated["n_neurons"] == 32 and stated["fraction"] >= 0.3
+    model = load_model(name)
+    assert type(model).__name__ == "ConvNeXt" and model.stages[3].blocks[0].conv_dw.out_channels == 32
+    check = card["accuracy_check"]
+    ds = SyntheticShapes(check["split"], n=check["n"], seed=check["seed"],
+                         config=SyntheticConfig(**card["dataset"]["config"]))
+    assert abs(evaluate_accuracy(model, ds) - check["value"]) <= 0.01
+
+
+@pytest.mark.slow
+def test_shipped_convnext_polysemantic_units_are_reproduced():
+    from pure_utils.train import polysemantic_record
+
+    model = load_model("synthetic_convnext")
+    card = model.pure_card
+    stated = polysemantic_record(card)
+    ds = SyntheticShapes(stated["split"], n=stated["n"], seed=stated["seed"],
+                         config=SyntheticConfig(**card["dataset"]["config"]))
+    again = layer_polysemanticity(model, ds, stated["layer"],
+                                  n_ref=stated["n_ref"], min_share=stated["min_share"])
+    assert again["neurons"] == stated["neurons"]
+
+
+def test_tiny_training_of_another_architecture_writes_a_loadable_card(tmp_path):
+    from pure_utils.models import build_model
+    from pure_utils.train import polysemantic_record
+
+    main(["--tiny", "--model", "synthetic_convnext", "--out", str(tmp_path), "--no-progress"])
+    card = json.loads((tmp_path / "synthetic_convnext.json").read_text())
+    assert card["units"] == {"layer": "stages.3", "lower_layer": "stages.2"}
+    assert "layer4_polysemantic" not in card and polysemantic_record(card)["n_neurons"] == 32
+    model = build_model(card["architecture"]).eval()
+    model.load_state_dict(load_file(str(tmp_path / "synthetic_convnext.safetensors")))
+    assert model(SyntheticShapes("test", n=2)[0][0][None]).shape == (1, 16)
+    with pytest.raises(ValueError, match="timm_model='no_such_net' is not a timm model name"):
+        build_model({"timm_model": "no_such_net"})
