@@ -123,6 +123,13 @@ def _significant_digits(token: str) -> int:
     return len(mantissa)
 
 
+def _content(soup):
+    """The page's own content: the theme's article, without the header around it (launch,
+    download and full-screen buttons with their icons)."""
+    main = soup.find("main") or soup.find(attrs={"role": "main"}) or soup
+    return main.find("article") or main
+
+
 def page_problems(dom: str, *, executed: bool) -> list[str]:
     """What a reader would see wrong on a rendered page (its DOM after the scripts ran).
 
@@ -134,7 +141,7 @@ def page_problems(dom: str, *, executed: bool) -> list[str]:
       significant digits.
     """
     soup = BeautifulSoup(dom, "html.parser")
-    main = soup.find("main") or soup.find(attrs={"role": "main"}) or soup
+    main = _content(soup)
     problems = []
     for tag in main.find_all(["script", "style", "mjx-container", "pre", "code", "svg"]):
         tag.extract()
@@ -142,8 +149,7 @@ def page_problems(dom: str, *, executed: bool) -> list[str]:
     raw = sorted(set(_TEX.findall(visible)))
     if raw:
         problems.append(f"raw TeX in the text: {', '.join(raw)}")
-    full = BeautifulSoup(dom, "html.parser")
-    main = full.find("main") or full
+    main = _content(BeautifulSoup(dom, "html.parser"))
     if main.select("span.math, div.math") and not main.find("mjx-container"):
         problems.append("equations were not rendered (no MathJax output)")
     if executed:

@@ -101,6 +101,10 @@ def table(frame, *, digits: int = 3, rename: dict | None = None):
         Shown as an HTML table in notebooks and in the book.
     """
     frame = frame.reset_index(drop=True)
+    for c in frame.columns:  # numbers kept as objects (e.g. a transposed record) count as numbers
+        if frame[c].dtype == object and len(frame) and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in frame[c]):
+            frame[c] = frame[c].infer_objects()
     headers = {c: (rename or {}).get(c, str(c).replace("_", " ")) for c in frame.columns}
     frame = frame.rename(columns=headers)
     floats = [c for c in frame.columns if str(frame[c].dtype).startswith("float")]

@@ -34,3 +34,12 @@ def test_each_thing_a_reader_would_see_wrong_is_found():
     # prose pages need no toggle, caption or rerun box
     prose = GOOD.replace("Rerun this chapter", "Run").replace('<span class="caption-number">Fig. 2 </span>', "")
     assert page_problems(prose, executed=False) == []
+
+
+def test_only_the_article_is_checked_not_the_theme_header_around_it():
+    # the theme's header holds icons (e.g. the Binder logo of the launch button) without captions
+    header = '<div class="bd-header-article"><img src="_static/images/logo_binder.svg"/></div>'
+    page = GOOD.replace("<main>", "<main>" + header + "<article>").replace("</main>", "</article></main>")
+    assert page_problems(page, executed=True) == []
+    bare = page.replace('<span class="caption-number">Fig. 2 </span>', "")
+    assert any("numbered caption" in p for p in page_problems(bare, executed=True))

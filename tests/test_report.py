@@ -21,3 +21,16 @@ def test_interval_and_difference_sentence():
     row.update(ci_low=0.01, word="higher", n_excluded=2)
     assert difference_sentence(row, "ARI").endswith("2 left out for a missing value (Wilcoxon "
                                                     "p = 0.21): PURE (gxa) is higher")
+
+
+def test_table_formats_numbers_kept_as_objects():
+    import pandas as pd
+    from pure_utils.report import table
+    # a record of mixed numbers, transposed: every column holds Python numbers as objects
+    frame = pd.DataFrame({"unit 1": {"concepts": ["red circle"], "n": 45, "with": 2.8292,
+                                     "without": 0.0769}}).T
+    assert (frame.dtypes == object).all()
+    html = table(frame).to_html()
+    assert "2.83" in html and "0.0769" in html and "2.8292" not in html and ">45<" in html
+    words = table(pd.DataFrame({"flag": [True, False], "name": ["a", 1.23456]})).to_html()
+    assert "True" in words and "1.23456" in words  # booleans and mixed columns stay as they are
