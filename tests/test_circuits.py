@@ -13,6 +13,7 @@ from pure_utils.cache import Cache
 from pure_utils.circuits import ATTRIBUTIONS, activation_features, circuit_attributions, lrp_conservation
 from pure_utils.models import forward_until, load_model, randomize_batchnorm
 from pure_utils.references import mine_references
+from brute import gxa_of_map
 
 SIZE = 48  # layer4 maps of 2x2: spatial sums and maxima still matter
 
@@ -47,20 +48,7 @@ def refs18(r18, data):
 
 def brute_force_gxa(model, dataset, index, layer, lower, k):
     """Eq. 3 with a full forward and autograd from the input, for one sample."""
-    x = dataset[index][0][None].clone().requires_grad_(True)
-    store = {}
-    hooks = [model.get_submodule(lower).register_forward_hook(lambda m, i, o: store.__setitem__("low", o)),
-             model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.__setitem__("high", o))]
-    try:
-        with torch.enable_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    a = store["high"][0, k]
-    (g,) = torch.autograd.grad(a, store["low"], a.clamp(min=0))
-    r = (g * store["low"]).sum((2, 3))[0].detach()
-    return r / (r.abs().sum() + 1e-10)
+    return gxa_of_map(model, dataset[index][0], layer, lower, k)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

@@ -21,6 +21,7 @@ from pure_utils.layouts import Layout, layer_layout, layout_key, patch_map
 from pure_utils.models import build_resnet, randomize_batchnorm
 from pure_utils.references import mine_references
 from pure_utils.virtual import VirtualNeurons
+from brute import outputs_in_graph
 
 
 def _make(family):
@@ -57,20 +58,6 @@ FAMILIES = ["resnet", "convnext", "efficientnet", "regnet", "vit", "swin"]
 def tiny(request):
     model, size, layer, lower = _make(request.param)
     return request.param, model, GeneratedImages(9, size=size, seed=2), layer, lower
-
-
-def _outputs(model, x, names):
-    """The outputs of the modules ``names`` in one full forward pass (in the autograd graph)."""
-    store = {}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, i, o, n=n: store.__setitem__(n, o)) for n in names]
-    try:
-        with torch.enable_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [store[n] for n in names]
 
 
 def _unit_view(family, out, tokens="patches"):
@@ -120,7 +107,7 @@ def test_channels_place_and_grid_are_inverse(tiny):
     family, model, data, layer, _ = tiny
     x = torch.stack([data[i][0] for i in range(2)])
     with torch.no_grad():
-        (out,) = _outputs(model, x, [layer])
+        (out,) = outputs_in_graph(model, x, [layer])
     lay = layer_layout(model, layer)
     v = lay.channels(out)
     assert torch.equal(v, _unit_view(family, out))
@@ -139,7 +126,7 @@ def test_mining_equals_brute_force_topk(tiny):
     n_ref = 4
     refs = mine_references(model, data, layer, n_ref=n_ref, batch_size=4, progress=False)
     with torch.no_grad():
-        (out,) = _outputs(model, torch.stack([data[i][0] for i in range(len(data))]), [layer])
+        (out,) = outputs_in_graph(model, torch.stack([data[i][0] for i in range(len(data))]), [layer])
     a = _unit_view(family, out).detach().numpy()              # [N, C, positions]
     vals, flat = a.max(2), a.argmax(2)
     n, c = vals.shape
@@ -166,7 +153,7 @@ def test_other_vision_transformers_mine_over_their_patch_tokens(name, kwargs, si
     refs = mine_references(model, data, "blocks.0", n_ref=2, progress=False)
     assert refs.map_size == grid and refs.layout.prefix_tokens == prefix
     with torch.no_grad():
-        (out,) = _outputs(model, torch.stack([data[i][0] for i in range(6)]), ["blocks.0"])
+        (out,) = outputs_in_graph(model, torch.stack([data[i][0] for i in range(6)]), ["blocks.0"])
     best = out[:, prefix:].amax(1).detach()                     # [N, D]: max over patch tokens
     assert refs.indices.shape == (out.shape[2], 2)
     torch.testing.assert_close(refs.values, best.sort(0, descending=True).values[:2].T)
@@ -189,7 +176,7 @@ def test_vit_tokens_are_not_taken_for_channels():
 # --- Gradient x Activation against autograd through the whole model ---------------------------
 def brute_force_gxa(family, model, data, index, layer, lower, k, tokens="patches"):
     x = data[index][0][None].clone().requires_grad_(True)
-    low, high = _outputs(model, x, [lower, layer])
+    low, high = outputs_in_graph(model, x, [lower, layer])
     unit = _unit_view(family, high, tokens)[0, k]
     seed = torch.zeros_like(high)
     if family == "vit":
@@ -251,7 +238,7 @@ def test_activation_baseline_is_the_mean_over_patch_tokens():
     with torch.no_grad():
         for j, k in enumerate([1, 9]):
             for r, i in enumerate(refs.indices[k].tolist()):
-                (out,) = _outputs(model, data[i][0][None], [layer])
+                (out,) = outputs_in_graph(model, data[i][0][None], [layer])
                 assert torch.allclose(F[j, r], out[0, 3:].clamp(min=0).mean(0), atol=1e-6)
 
 
@@ -268,7 +255,7 @@ def test_gradient_x_input_heatmaps_equal_brute_force(family):
         for r in range(2):
             i, (row, col) = int(refs.indices[k, r]), refs.positions[k, r].tolist()
             x = data[i][0][None].clone().requires_grad_(True)
-            (out,) = _outputs(model, x, [layer])
+            (out,) = outputs_in_graph(model, x, [layer])
             seed = torch.zeros_like(out)
             if family == "vit":
                 seed[0, 3 + row * 4 + col, k] = out[0, 3 + row * 4 + col, k].detach()

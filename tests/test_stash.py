@@ -15,6 +15,7 @@ from pure_utils.data import GeneratedImages
 from pure_utils.models import build_resnet, forward_until, randomize_batchnorm
 from pure_utils.references import mine_references
 from pure_utils.stash import ActivationStash
+from brute import gxa_of_map
 
 N_REF = 3
 NEURONS = [0, 4, 7, 20, 31]
@@ -80,19 +81,7 @@ def test_the_tiers_respect_their_room_and_the_rest_is_dropped(model, data):
 
 def brute_force_gxa(model, x, k):
     """Eq. 3 for one image: the whole model, autograd from the input."""
-    store = {}
-    hooks = [model.layer3.register_forward_hook(lambda m, i, o: store.__setitem__("low", o)),
-             model.layer4.register_forward_hook(lambda m, i, o: store.__setitem__("high", o))]
-    try:
-        with torch.enable_grad():
-            model(x[None].clone().requires_grad_(True))
-    finally:
-        for h in hooks:
-            h.remove()
-    a = store["high"][0, k]
-    (g,) = torch.autograd.grad(a, store["low"], a.clamp(min=0))
-    r = (g * store["low"]).sum((2, 3))[0].detach()
-    return r / (r.abs().sum() + 1e-10)
+    return gxa_of_map(model, x, "layer4", "layer3", k)
 
 
 def test_attribution_from_the_stash_equals_brute_force_and_the_re_forward(model, data, mined):
