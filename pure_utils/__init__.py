@@ -12,6 +12,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+# first of all (tqdm only, no torch): tqdm.auto is imported here with its notebook warning
+# silenced, before a dependency (timm's huggingface_hub) imports it and prints the warning
+from . import _progress  # noqa: F401
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it

@@ -136,7 +136,7 @@ def page_problems(dom: str, *, executed: bool) -> list[str]:
     - raw TeX in the visible text (math that MathJax did not render), or math containers left
       unrendered;
     - on an executed chapter: code visible without clicking its toggle, a figure image without a
-      numbered caption, no rerun box;
+      numbered caption, text written to stderr (a warning), no rerun box;
     - a table with an index column (an empty first header) or a decimal number with more than 4
       significant digits.
     """
@@ -165,6 +165,8 @@ def page_problems(dom: str, *, executed: bool) -> list[str]:
             if number is None:
                 problems.append(f"an image without a numbered caption ({str(img.get('src', ''))[:40]})")
                 break
+        if main.select("div.output.stderr"):
+            problems.append("a warning or error text shown (stderr output)")
         if "Rerun this chapter" not in main.get_text(" "):
             problems.append("no rerun box")
     for table in main.find_all("table"):

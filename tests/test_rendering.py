@@ -1,4 +1,7 @@
 """What a reader sees: the checks of rendered pages, on constructed HTML (no browser needed)."""
+import subprocess
+import sys
+
 from pure_utils.rendering import page_problems
 
 GOOD = """<html><body><main>
@@ -27,6 +30,7 @@ def test_each_thing_a_reader_would_see_wrong_is_found():
         "rerun box": GOOD.replace("Rerun this chapter", "Run"),
         "index column": GOOD.replace("<th>method</th>", "<th></th><th>method</th>"),
         "significant digits": GOOD.replace("0.634", "0.63412"),
+        "stderr": GOOD.replace("</main>", '<div class="output stderr">TqdmWarning: ...</div></main>'),
     }
     for what, html in cases.items():
         problems = page_problems(html, executed=True)
@@ -43,3 +47,12 @@ def test_only_the_article_is_checked_not_the_theme_header_around_it():
     assert page_problems(page, executed=True) == []
     bare = page.replace('<span class="caption-number">Fig. 2 </span>', "")
     assert any("numbered caption" in p for p in page_problems(bare, executed=True))
+
+
+def test_importing_the_package_imports_tqdm_auto_quietly_before_any_dependency():
+    # in Jupyter, tqdm.auto warns on its first import; the package imports it first, silenced,
+    # so that a dependency importing it later (timm's huggingface_hub) finds it imported
+    code = ("import sys; import pure_utils; "
+            "print('tqdm.auto' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
