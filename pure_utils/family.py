@@ -18,12 +18,13 @@ from sklearn.metrics import silhouette_score
 from ._arrays import as_numpy
 from .canonizers import lrp_support
 from .experiments import embed_references, load_setting, reference_features_of
+from .report import interval
 from .tables import (ACTIVATIONS, PURE, RANDOM, compare_clusterings, ground_truth_table,
                      paired_table)
 from .train import FAMILY
 
 __all__ = ["compare_model", "family_comparison", "unit_predictors", "predictor_correlations",
-           "planted_check", "PREDICTORS"]
+           "planted_check", "differences_by_model", "PREDICTORS"]
 
 #: The per-unit predictors (:func:`unit_predictors`), fixed before any result was looked at.
 PREDICTORS = {
@@ -203,3 +204,21 @@ def planted_check(run: dict, planted: dict, profile: dict) -> pd.DataFrame:
                      "gap PURE": gap.loc[u, PURE], "gap activations": gap.loc[u, ACTIVATIONS],
                      "gap random split": gap.loc[u, RANDOM]})
     return pd.DataFrame(rows)
+
+
+def differences_by_model(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The paired differences of several models, one row per model.
+
+    ``pairs``: the ``pairs`` of :func:`compare_model` with a ``model`` column. Columns: ``model``,
+    ``units`` (the units scored), then one per attribution and ``k`` (``"gxa, k = 2"``, ...), in
+    the order they first appear, each ``"mean [low, high] (p p_value)"`` (95% bootstrap interval,
+    Wilcoxon p), or ``"not scored"``.
+    """
+    cells = pairs.assign(
+        column=[f"{a.removeprefix('PURE (').removesuffix(')')}, k = {k}" for a, k in zip(pairs.a, pairs.k)],
+        cell=[f"{interval(r['mean'], r.ci_low, r.ci_high)} (p {r.p_value:.2g})" for _, r in pairs.iterrows()])
+    order = list(dict.fromkeys(pairs.model))
+    wide = cells.pivot(index="model", columns="column", values="cell").reindex(order)
+    wide = wide[list(dict.fromkeys(cells.column))].fillna("not scored")
+    wide.insert(0, "units", pairs.groupby("model").n.max().reindex(order))
+    return wide.reset_index().rename_axis(columns=None)

@@ -112,3 +112,16 @@ def test_planted_units_respond_as_planted():
         assert r["n_with"] > 10, unit
         assert r["with_concepts"] >= planted["target"] / 2, (unit, r)
         assert r["without"] <= r["with_concepts"] / 2, (unit, r)
+
+
+def test_differences_by_model_gives_one_row_per_model():
+    import pandas as pd
+    pairs = pd.DataFrame({"model": ["m1", "m1", "m2"], "a": ["PURE (gxa)", "PURE (epsilon_plus_flat)", "PURE (gxa)"],
+                          "k": [2, 2, 2], "mean": [0.012, -0.03, 0.5], "ci_low": [-0.02, -0.07, 0.4],
+                          "ci_high": [0.05, 0.01, 0.6], "p_value": [0.4632, 0.58, 1e-5], "n": [15, 15, 9]})
+    wide = family.differences_by_model(pairs)
+    assert list(wide.columns) == ["model", "units", "gxa, k = 2", "epsilon_plus_flat, k = 2"]
+    assert wide.model.tolist() == ["m1", "m2"] and wide.units.tolist() == [15, 9]
+    assert wide.loc[0, "gxa, k = 2"] == "0.01 [-0.02, 0.05] (p 0.46)"
+    assert wide.loc[1, "gxa, k = 2"] == "0.50 [0.40, 0.60] (p 1e-05)"
+    assert wide.loc[1, "epsilon_plus_flat, k = 2"] == "not scored"
