@@ -17,9 +17,10 @@ export TRANSFORMERS_OFFLINE ?= 1
 book: $(STAMP)
 	$(PY) -m pure_utils.book build --profile $(PROFILE)
 
-## test: run the test suite
+## test: run the test suite, one worker per core (TEST_WORKERS=1 runs it in one process)
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## env: create the virtual environment with the pinned packages and the Jupyter kernel
 env: $(STAMP)
@@ -35,14 +36,14 @@ $(STAMP):
 
 ## bench: the engine against a naive per-neuron pipeline (prints ratios)
 bench: $(STAMP)
-	$(PY) -m pure_utils.bench
+	$(PY) -m pure_utils.perf
 
 ## bench-scale: every stage of the paper profile on this machine's CPU at a reduced size (48
 ## images, 8 neurons x 6 references; heatmaps, embeddings and Eq. 5 stop after 60 s each and are
 ## extrapolated; about 5 minutes on 2 cores), with the fp32-bf16 comparison and the memory check
 ## at 4x the images; the table goes to _build/bench/cpu.json and .md
 bench-scale: $(STAMP)
-	$(PY) -m pure_utils.bench --scale paper --stage-cap 60 --compare-precision bf16 --memory-check --out _build/bench/cpu.json
+	$(PY) -m pure_utils.perf --scale paper --stage-cap 60 --compare-precision bf16 --memory-check --out _build/bench/cpu.json
 
 ## bench-gpu: the paper's sizes on one GPU (50,000 images, 2048 neurons x 100 references; each
 ## neuron-chunked stage stops after 50 s and is extrapolated; sized for about 8 minutes on an
@@ -53,19 +54,19 @@ bench-scale: $(STAMP)
 GPU_IMAGES ?= 50000
 GPU_OUT ?= _build/bench/gpu.json
 bench-gpu:
-	$(PYTHON) -m pure_utils.bench --scale paper --device cuda --images $(GPU_IMAGES) --stage-cap 50 --compare-precision bf16 --compare-neurons 256 --memory-check --out $(GPU_OUT)
+	$(PYTHON) -m pure_utils.perf --scale paper --device cuda --images $(GPU_IMAGES) --stage-cap 50 --compare-precision bf16 --compare-neurons 256 --memory-check --out $(GPU_OUT)
 
 ## models: train the three shipped models of the controlled benchmark again, the two ResNets and the
 ## ConvNeXt of "PURE beyond ResNets" (the commands of their cards; about 10 minutes each on 2 CPU cores)
 models: $(STAMP)
-	$(PY) -m pure_utils.train --model synthetic_resnet_bottleneck --epochs 6 --max-steps 785 --threads 1 --out data/models
-	$(PY) -m pure_utils.train --model synthetic_resnet_basic --epochs 10 --out data/models
-	$(PY) -m pure_utils.train --model synthetic_convnext --epochs 15 --threads 1 --out data/models
+	$(PY) -m pure_utils.shapes.train --model synthetic_resnet_bottleneck --epochs 6 --max-steps 785 --threads 1 --out data/models
+	$(PY) -m pure_utils.shapes.train --model synthetic_resnet_basic --epochs 10 --out data/models
+	$(PY) -m pure_utils.shapes.train --model synthetic_convnext --epochs 15 --threads 1 --out data/models
 
 ## family: train the model family of the chapter "When do circuits beat activations?" (9 models,
 ## about 8 minutes each on one CPU core, two at a time)
 family: $(STAMP)
-	$(PY) -m pure_utils.train --model family --jobs 2 --out data/models
+	$(PY) -m pure_utils.shapes.train --model family --jobs 2 --out data/models
 
 clean:
 	rm -rf _build book/executed

@@ -18,77 +18,31 @@ from . import _progress  # noqa: F401
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it: the engine, what PURE on one's own model needs. The
+# controlled benchmark is ``pure_utils.shapes``, the paper's study ``pure_utils.study``, the book's
+# tooling ``pure_utils.book`` and the speed tools ``pure_utils.perf``.
 _EXPORTS = {
-    # models.py
     "load_model": "models",
-    "layer_names": "models",
-    "get_layer": "models",
-    "randomize_batchnorm": "models",
-    "forward_until": "models",
-    "DEFAULT_MODELS": "models",
-    # layouts.py
-    "Layout": "layouts",
-    "layer_layout": "layouts",
-    # canonizers.py
-    "canonizers_for": "canonizers",
-    "composite_for": "canonizers",
-    "lrp_support": "canonizers",
-    # data.py
     "load_dataset": "data",
-    "ImageFolderDataset": "data",
-    "GeneratedImages": "data",
-    "SyntheticShapes": "benchmark",
     "UnreadableImageError": "data",
-    # synthetic.py
-    "SyntheticConfig": "synthetic",
-    # ground_truth.py
-    "reference_features": "ground_truth",
-    "ReferenceFeatures": "ground_truth",
-    "reference_concepts": "ground_truth",
-    "polysemantic_by_concepts": "ground_truth",
-    "layer_polysemanticity": "ground_truth",
-    "concept_shares": "ground_truth",
-    "concept_counts": "ground_truth",
-    # train.py
-    "train_default_model": "train",
-    # references.py
-    "References": "references",
+    "get_layer": "layers",
+    "forward_until": "layers",
+    "layer_layout": "layers",
+    "Layout": "layers",
     "mine_references": "references",
-    "check_references": "references",
-    # stash.py
+    "References": "references",
     "ActivationStash": "stash",
-    # circuits.py
     "circuit_attributions": "circuits",
     "activation_features": "circuits",
-    "lrp_conservation": "circuits",
-    "ATTRIBUTIONS": "circuits",
-    "METHODS": "circuits",
-    # virtual.py
+    "lrp_support": "canonizers",
+    "composite_for": "canonizers",
     "VirtualNeurons": "virtual",
-    # crops.py
     "feature_heatmaps": "crops",
     "crop_boxes": "crops",
     "feature_crops": "crops",
-    "display_crops": "crops",
-    # embed.py
-    "Embedder": "embed",
     "load_embedder": "embed",
-    # metrics.py
-    "distance_matrix": "metrics",
-    "intra_inter": "metrics",
-    "polysemanticity": "metrics",
-    "distance_correlation": "metrics",
-    "ground_truth_scores": "metrics",
-    "bootstrap_ci": "metrics",
     "paired_difference": "metrics",
-    # cache.py
     "Cache": "cache",
-    "CacheWarning": "cache",
-    "model_fingerprint": "cache",
-    # profiles.py
-    "load_profile": "profiles",
-    "from_parameters": "profiles",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

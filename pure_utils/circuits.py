@@ -15,7 +15,7 @@ model the canonizers do not cover (:func:`pure_utils.canonizers.lrp_support`) un
 with ``approximate=True``; :func:`lrp_conservation` measures how much of the initial relevance
 arrives at ``L-1`` (1 for a covered model without biases).
 
-Every layer is read through its layout (:mod:`pure_utils.layouts`): for a ViT the channels are
+Every layer is read through its layout (:mod:`pure_utils.layers`): for a ViT the channels are
 the embedding dimensions of the tokens, the initial relevance is the neuron's clamped activation
 on the patch tokens (``tokens="patches"``) and the sum at the lower layer runs over all its
 tokens, so that what flows through the class token counts.
@@ -54,20 +54,18 @@ from .cache import TensorSpec, cached
 from .canonizers import LRPApproximationWarning, composite_for, lrp_support
 from .data import check_dataset
 from .distributed import first_found, is_distributed, is_main, my_share, sum_across_ranks
-from .layouts import layer_layout, layout_key, resolve_layout
-from .models import (eval_mode, forward_until, frozen_parameters, get_layer, layer_order,
-                     resolve_device, run_model, stop_after)
+from .layers import (eval_mode, forward_until, frozen_parameters, get_layer, layer_layout,
+                     layer_order, layout_key, resolve_layout, run_model, stop_after)
+from .models import resolve_device
 from .references import References, check_references, index_tensor, neuron_ids
 from .stash import ActivationStash, feed_batches, stash_serves
 
-__all__ = ["ATTRIBUTIONS", "METHODS", "circuit_attributions", "activation_features",
+__all__ = ["ATTRIBUTIONS", "circuit_attributions", "activation_features",
            "lrp_conservation"]
 
 #: Accepted ``attribution`` names: Gradient x Activation and zennit composite names (LRP).
 ATTRIBUTIONS = ("gxa", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat",
                 "epsilon_gamma_box")
-#: The former name of :data:`ATTRIBUTIONS`.
-METHODS = ATTRIBUTIONS
 
 _EPS = 1e-10
 
@@ -75,11 +73,7 @@ _EPS = 1e-10
 # --------------------------------------------------------------------------------------------
 # argument checks
 # --------------------------------------------------------------------------------------------
-def _check_attribution(attribution: str, method) -> str:
-    if method is not None:  # the keyword's former name
-        warnings.warn("circuit_attributions(method=...) is now attribution=...", DeprecationWarning,
-                      stacklevel=3)
-        attribution = method
+def _check_attribution(attribution: str) -> str:
     if attribution not in ATTRIBUTIONS:
         raise ValueError(f"attribution {attribution!r} not known; attributions: "
                          f"{', '.join(ATTRIBUTIONS)}")
@@ -364,7 +358,7 @@ def _ratios(tensors: dict, i: int) -> torch.Tensor:
 def circuit_attributions(model: nn.Module, dataset, references, layer: str, lower_layer, *,
                          neurons=None, attribution: str = "gxa", normalize: bool = True,
                          batch_size: int = 32, device=None, cache=None,
-                         progress: bool = True, method: str | None = None,
+                         progress: bool = True,
                          approximate: bool = False, stash: ActivationStash | None = None,
                          num_workers: int = 0, layout=None,
                          tokens: str | None = None) -> torch.Tensor:
@@ -401,8 +395,6 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         Store / reuse results (the unnormalised vectors are stored).
     progress : bool
         Show a progress bar.
-    method : str, optional
-        The former name of ``attribution`` (deprecated).
     approximate : bool
         LRP only: compute it on a model the canonizers do not cover (otherwise a ``ValueError``
         names what is missing), with a :class:`~pure_utils.canonizers.LRPApproximationWarning`
@@ -417,7 +409,7 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         DataLoader worker processes that read the images ahead (0: read in this process).
     layout : None, str, Layout or dict
         How to read the layers' outputs (default: detected, or for ``layer`` the layout the
-        references were mined with; see :func:`pure_utils.layouts.layer_layout`); a dict maps
+        references were mined with; see :func:`pure_utils.layers.layer_layout`); a dict maps
         layer names to layouts.
     tokens : {"patches", "all"}, optional
         Token layers: the positions of the neuron (default: the references'; else
@@ -435,7 +427,7 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         Among others, for references of another model or dataset, for non-finite vectors
         (naming the neurons and samples), and for LRP on an uncovered model.
     """
-    attribution = _check_attribution(attribution, method)
+    attribution = _check_attribution(attribution)
     lowers, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
                                 attribution=attribution, batch_size=batch_size, device=device,
                                 cache=cache, progress=progress, approximate=approximate,
@@ -487,7 +479,7 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_la
     """
     if not isinstance(lower_layer, str):
         raise ValueError(f"lower_layer={lower_layer!r}: give one layer name")
-    attribution = _check_attribution(attribution, None)
+    attribution = _check_attribution(attribution)
     _, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
                            attribution=attribution, batch_size=batch_size, device=device,
                            cache=cache, progress=progress, approximate=approximate,

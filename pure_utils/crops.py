@@ -29,8 +29,9 @@ from torchvision.transforms.functional import gaussian_blur
 from ._progress import tqdm
 from .canonizers import LRPApproximationWarning, composite_for, lrp_support
 from .data import load_images
-from .layouts import patch_map, resolve_layout
-from .models import eval_mode, get_layer, resolve_device, run_model, stop_after
+from .layers import patch_map, resolve_layout
+from .models import resolve_device
+from .layers import eval_mode, get_layer, run_model, stop_after
 from .references import check_references, index_tensor, neuron_ids
 
 __all__ = ["feature_heatmaps", "normalised_heatmaps", "crop_boxes", "feature_crops",
@@ -57,7 +58,7 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
     activation value there, and the relevance is summed over the colour channels. With
     ``composite="gradient_x_input"`` the map is the input gradient of the same unit times the
     (normalised) input, summed over the colour channels. On a token layer (a ViT) the position is
-    a patch token, and the map is made a map over patches (:func:`pure_utils.layouts.patch_map`).
+    a patch token, and the map is made a map over patches (:func:`pure_utils.layers.patch_map`).
 
     Parameters
     ----------

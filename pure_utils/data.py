@@ -9,7 +9,7 @@ Every dataset returned by :func:`load_dataset` follows one protocol:
   ``ds.mean``, ``ds.std`` (3 floats each), ``ds.class_names``.
 
 Datasets: the controlled benchmark (:class:`SyntheticShapes`, over the generator of
-:mod:`pure_utils.synthetic`), image folders such as ImageNet val (:class:`ImageFolderDataset`),
+:mod:`pure_utils.shapes.generator`), image folders such as ImageNet val (:class:`ImageFolderDataset`),
 random smooth images for tests and benchmarks (:class:`GeneratedImages`) and seeded parts of
 any of them (:class:`DatasetPart`). :func:`check_dataset`, :func:`load_images`,
 :func:`iter_samples`, :func:`iter_images` and :func:`iter_batches` are how the engine reads any of
@@ -26,11 +26,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from .benchmark import SyntheticShapes
-from .synthetic import SyntheticConfig
+from .registry import Registry
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "FINGERPRINTS",
-           "ImageFolderDataset", "SyntheticShapes", "GeneratedImages", "DatasetPart",
+           "ImageFolderDataset", "GeneratedImages", "DatasetPart",
            "UnreadableImageError", "shared_images", "load_dataset", "check_dataset", "load_images",
            "iter_samples", "iter_images", "iter_batches"]
 
@@ -40,7 +39,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: File endings read by :class:`ImageFolderDataset` (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
-DATASETS = ("synthetic", "imagefolder", "imagenet", "generated")
+#: Dataset names of :func:`load_dataset` (``DATASETS.register(name, builder)`` adds one). The
+#: controlled benchmark is named by path: the engine does not import :mod:`pure_utils.shapes`.
+DATASETS = Registry("dataset")
+DATASETS.register("synthetic", "pure_utils.shapes.dataset:load_synthetic")
 #: How an image folder's fingerprint sees its files (see :class:`ImageFolderDataset`).
 FINGERPRINTS = ("stat", "content")
 
@@ -218,7 +220,7 @@ def load_dataset(name: str = "synthetic", *, part: str | None = None, test_share
     Parameters
     ----------
     name : {"synthetic", "imagefolder", "imagenet", "generated"}
-        ``"synthetic"``: :class:`SyntheticShapes` (kwargs: ``split``,
+        ``"synthetic"``: ``pure_utils.shapes.SyntheticShapes`` (kwargs: ``split``,
         ``n``, ``seed``, ``config`` - a ``SyntheticConfig`` or a dict of its fields - ...).
         ``"imagefolder"`` / ``"imagenet"``: :class:`ImageFolderDataset` (kwargs: ``root``,
         ``image_size=224``, ``resize=256``, ``mean``, ``std``, ``class_names``,
@@ -243,17 +245,7 @@ def load_dataset(name: str = "synthetic", *, part: str | None = None, test_share
 
 
 def _load_dataset(name: str, **kwargs):
-    key = str(name).lower()
-    if key == "synthetic":
-        config = kwargs.pop("config", None)
-        if isinstance(config, dict):
-            config = SyntheticConfig(**config)
-        return SyntheticShapes(config=config, **kwargs)
-    if key in ("imagefolder", "imagenet"):
-        return ImageFolderDataset(**kwargs)
-    if key == "generated":
-        return GeneratedImages(**kwargs)
-    raise ValueError(f"dataset {name!r} not known; datasets: {', '.join(DATASETS)}")
+    return DATASETS.get(name)(**kwargs)
 
 
 class GeneratedImages:
@@ -543,3 +535,8 @@ def shared_images(a, b) -> int | None:
     ib = set(b.indices) if isinstance(b, DatasetPart) else set(range(len(b)))
     return len(ia & ib)
 
+
+
+DATASETS.register("imagefolder", ImageFolderDataset)
+DATASETS.register("imagenet", ImageFolderDataset)
+DATASETS.register("generated", GeneratedImages)

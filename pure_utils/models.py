@@ -1,15 +1,10 @@
-"""Models: loading, layer lookup, and the truncated forward pass every stage runs on.
+"""Models: the shipped models and their cards, timm models by name, checkpoints.
 
-Layers are addressed by their module names (``"layer3"``, ``"layer4"``), as in timm.
-
-Mining, circuit attributions and relevance heatmaps all run a model only as far as the layer
-they study. The second half of this module is that shared machinery: :func:`stop_after` (a hook
-that ends the forward pass once a module has run), :func:`run_model`, :func:`forward_until`,
-and the context managers :func:`eval_mode` and :func:`frozen_parameters`.
+Everything about one layer of a model (lookup, layout, the truncated forward pass) lives in
+:mod:`pure_utils.layers`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -24,10 +19,8 @@ from .cache import model_fingerprint
 from .paths import DATA_DIR, MODELS_DIR
 
 __all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "build_model", "read_card",
-           "load_model", "layer_names", "get_layer",
-           "layer_order", "randomize_batchnorm", "model_fingerprint", "resolve_device",
-           "eval_mode", "frozen_parameters", "StopForward", "stop_after", "run_model",
-           "layer_output", "forward_until", "machine_info", "DATA_DIR", "MODELS_DIR"]
+           "load_model", "randomize_batchnorm", "model_fingerprint", "resolve_device",
+           "machine_info", "DATA_DIR", "MODELS_DIR"]
 
 #: The models trained on the controlled benchmark and shipped with the project
 #: (name -> path of the JSON card; the weights lie beside it as ``<name>.safetensors``).
@@ -107,7 +100,7 @@ def read_card(name: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(
             f"the card of the shipped model {name!r} is missing at {path}; "
-            "train it with `make models` (python -m pure_utils.train)")
+            "train it with `make models` (python -m pure_utils.shapes.train)")
     return json.loads(path.read_text())
 
 
@@ -203,28 +196,6 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
     return model
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    """Names of the model's modules (``named_modules`` order, root excluded)."""
-    return [n for n, _ in model.named_modules() if n]
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name``; a ``ValueError`` lists the top-level names otherwise."""
-    modules = dict(model.named_modules())
-    if not name or name not in modules:
-        top = [n for n, _ in model.named_children()]
-        raise ValueError(f"layer {name!r} not found; layers: {', '.join(top)}")
-    return modules[name]
-
-
-def layer_order(model: nn.Module, names) -> list[int]:
-    """Positions of ``names`` in the module order (used to check that a lower layer comes first)."""
-    order = {n: i for i, n in enumerate(layer_names(model))}
-    for n in names:
-        get_layer(model, n)
-    return [order[n] for n in names]
-
-
 @torch.no_grad()
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random affine parameters and running statistics (in place).
@@ -244,9 +215,6 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-# --------------------------------------------------------------------------------------------
-# the truncated forward pass
-# --------------------------------------------------------------------------------------------
 def resolve_device(model: nn.Module, device=None) -> torch.device:
     """The device to compute on; moves ``model`` there when a device is given.
 
@@ -258,96 +226,3 @@ def resolve_device(model: nn.Module, device=None) -> torch.device:
     device = torch.device(device)
     model.to(device)
     return device
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Evaluation mode (BatchNorm running statistics, no dropout), restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module):
-    """Switch off ``requires_grad`` of all parameters (restored afterwards).
-
-    Attribution only needs gradients with respect to activations; a parameter that requires
-    grad would make autograd record the whole forward pass and compute weight gradients.
-    """
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-class StopForward(Exception):
-    """Raised by the hook of :func:`stop_after` to end a forward pass early."""
-
-
-@contextlib.contextmanager
-def stop_after(module: nn.Module):
-    """Within the block, a forward pass ends right after ``module`` has run.
-
-    Yields a dict that receives the module's output under ``"out"``. Run the model with
-    :func:`run_model`, which swallows the :class:`StopForward` the hook raises. Register it
-    after other hooks on the same module (e.g. inside a zennit composite's context) so that
-    they run first.
-    """
-    captured: dict = {}
-
-    def hook(_module, _inputs, output):
-        captured["out"] = output
-        raise StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
-def run_model(model: nn.Module, x: torch.Tensor) -> None:
-    """``model(x)``, ended early by a :func:`stop_after` hook (the output is in its dict)."""
-    try:
-        model(x)
-    except StopForward:
-        pass
-
-
-def layer_output(name: str, out) -> torch.Tensor:
-    """Check that the output of layer ``name`` is a feature tensor ``[B, C, ...]``."""
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"layer {name!r} returns a {type(out).__name__}, not a tensor; "
-                         "choose a module whose output is a feature map")
-    if out.ndim < 2:
-        raise ValueError(f"layer {name!r} output has shape {tuple(out.shape)}; need [B, C, ...]")
-    return out
-
-
-def forward_until(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """Run ``model`` on ``x`` and return the output of ``layer``, skipping everything above it.
-
-    Parameters
-    ----------
-    model : nn.Module
-    x : Tensor[B, 3, H, W]
-    layer : str
-        Module name.
-
-    Returns
-    -------
-    Tensor[B, C, h, w]
-    """
-    with stop_after(get_layer(model, layer)) as captured:
-        run_model(model, x)
-    if "out" not in captured:
-        raise RuntimeError(f"layer {layer!r} was not called in the model's forward pass")
-    return layer_output(layer, captured["out"])

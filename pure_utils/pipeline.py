@@ -18,7 +18,7 @@ Both give exactly what the one-call functions give (``feature_heatmaps`` then ``
 torch.distributed each rank takes whole chunks of neurons (boxes) or whole batches of crops
 (embeddings), the very ones a single process forms, and every rank returns the whole result.
 A ``deadline`` (a :func:`time.perf_counter` value; single process only) stops after the chunk or
-batch that passes it, for measuring a stated fraction of a stage (:mod:`pure_utils.scale`).
+batch that passes it, for measuring a stated fraction of a stage (:mod:`pure_utils.perf.scale`).
 """
 from __future__ import annotations
 

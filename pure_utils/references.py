@@ -2,7 +2,7 @@
 
 PURE describes a neuron by the ``n_ref`` samples on which it responds most strongly, measured
 by the spatial maximum of its activation map ("max-pooling", as in the reference pipeline).
-The layer's output is read through its layout (:mod:`pure_utils.layouts`): the channels of a CNN
+The layer's output is read through its layout (:mod:`pure_utils.layers`): the channels of a CNN
 map, maximised over its positions, or the embedding dimensions of a ViT's tokens, maximised over
 the patch tokens; references record the layout they were mined with.
 :func:`mine_references` finds them for all channels of a layer in one pass over the data:
@@ -33,8 +33,9 @@ from ._progress import tqdm
 from .cache import TensorSpec, cache_entry, dataset_fingerprint, model_fingerprint
 from .data import UnreadableImageError, check_dataset, iter_samples
 from .distributed import all_gather_objects, is_distributed, is_main, shard_range
-from .layouts import Layout, layer_layout, layout_key
-from .models import eval_mode, forward_until, resolve_device
+from .layers import Layout, layer_layout, layout_key
+from .models import resolve_device
+from .layers import eval_mode, forward_until
 from .stash import ActivationStash, identity
 
 __all__ = ["References", "mine_references", "check_references", "neuron_ids", "index_tensor",
@@ -60,7 +61,7 @@ class References:
         Spatial maximum of the channel's activation map on each sample.
     positions : LongTensor[C, n_ref, 2]
         ``(row, col)`` of that maximum in the layer's map (first in row-major order on ties);
-        for tokens, on the patch grid (see :meth:`pure_utils.layouts.Layout.positions_grid`).
+        for tokens, on the patch grid (see :meth:`pure_utils.layers.Layout.positions_grid`).
     map_size : tuple[int, int]
         ``(h, w)`` of the layer's feature map (tokens: of the patch grid).
     input_size : tuple[int, int]
@@ -78,7 +79,7 @@ class References:
         ``"unreadable"`` (image files that could not be read); empty unless mined with
         ``on_nonfinite="skip"`` / ``on_unreadable="skip"``.
     layout : Layout or None
-        How the layer's output was read (:mod:`pure_utils.layouts`); ``None`` (built by hand):
+        How the layer's output was read (:mod:`pure_utils.layers`); ``None`` (built by hand):
         stages detect it from the model.
     """
 
@@ -480,7 +481,7 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         hit).
     layout : None, str or Layout
         How to read the layer's output (default: detected from the model,
-        :func:`pure_utils.layouts.layer_layout`); e.g. ``"tokens"``.
+        :func:`pure_utils.layers.layer_layout`); e.g. ``"tokens"``.
     tokens : {"patches", "all"}, optional
         Token layers: maximise over the patch tokens (default) or over all tokens (class and
         register tokens included; positions are then token indices on a ``1 x N`` grid).

@@ -36,7 +36,7 @@ import torch
 from .cache import dataset_fingerprint, default_cache_dir, model_fingerprint
 from .data import iter_images
 from .distributed import all_gather_objects, first_found, rank_and_size, sum_across_ranks
-from .models import forward_until, get_layer
+from .layers import forward_until, get_layer
 
 __all__ = ["ActivationStash", "stash_serves", "feed_batches", "identity"]
 

@@ -356,7 +356,7 @@ def summary_lines(summary, *, x: str = "k", hue: str = "method", ax=None, ylabel
     Parameters
     ----------
     summary : pandas.DataFrame
-        From :func:`pure_utils.experiments.summarize_frame`: columns ``x``, ``hue``, ``mean``,
+        From :func:`pure_utils.study.setting.summarize_frame`: columns ``x``, ``hue``, ``mean``,
         ``ci_low``, ``ci_high``.
     """
     if ax is None:
@@ -382,7 +382,7 @@ def paired_differences_figure(pairs, *, label: str = "model", group: str = "knob
     Parameters
     ----------
     pairs : pandas.DataFrame
-        Rows of :func:`pure_utils.tables.paired_table` with a ``label`` column (e.g. the model)
+        Rows of :func:`pure_utils.study.tables.paired_table` with a ``label`` column (e.g. the model)
         and a ``group`` column (e.g. the knob); ``a`` names the compared method.
     marked : sequence of str
         Labels drawn with an open marker (e.g. the controls).

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from pure_utils import book
+from pure_utils.book import build as book
 
 
 def _notebook(path: Path, params: str, body: str) -> None:

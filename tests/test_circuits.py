@@ -11,7 +11,8 @@ import torch
 from pure_utils.data import GeneratedImages
 from pure_utils.cache import Cache
 from pure_utils.circuits import ATTRIBUTIONS, activation_features, circuit_attributions, lrp_conservation
-from pure_utils.models import forward_until, load_model, randomize_batchnorm
+from pure_utils.models import load_model, randomize_batchnorm
+from pure_utils.layers import forward_until
 from pure_utils.references import mine_references
 from brute import gxa_of_map
 
@@ -152,9 +153,6 @@ def test_bad_input(r18, data, refs18):
         call(neurons=[512])
     with pytest.raises(ValueError, match="attribution 'lrp' not known; attributions: gxa"):
         call(attribution="lrp")
-    with pytest.warns(DeprecationWarning, match="attribution="):  # the keyword's former name
-        old = call(method="epsilon_plus_flat", neurons=[1])
-    assert torch.equal(old, call(attribution="epsilon_plus_flat", neurons=[1]))
     with pytest.raises(ValueError, match="mined for layer 'layer4'"):
         call(layer="layer3", lower="layer2")
     assert set(ATTRIBUTIONS) >= {"gxa", "epsilon_plus_flat", "epsilon_alpha2_beta1_flat"}

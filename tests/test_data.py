@@ -10,8 +10,8 @@ from PIL import Image
 
 from pure_utils.data import (IMAGENET_MEAN, IMAGENET_STD, GeneratedImages, ImageFolderDataset,
                              UnreadableImageError, iter_images, iter_samples, load_dataset)
-from pure_utils.benchmark import SyntheticShapes
-from pure_utils.synthetic import SyntheticConfig
+from pure_utils.shapes.dataset import SyntheticShapes
+from pure_utils.shapes.generator import SyntheticConfig
 
 
 def _save(path, array):

@@ -7,7 +7,7 @@ import torch
 import numpy as np
 
 from pure_utils.embed import CLIP_MEAN, CLIP_STD, load_embedder, preprocess
-from pure_utils.data import SyntheticShapes
+from pure_utils.shapes.dataset import SyntheticShapes
 
 
 def test_preprocess_resizes_shortest_side_and_centre_crops():

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pure_utils import experiments as ex
-from pure_utils.experiments import evaluate, select_neurons
+from pure_utils.study import setting as ex
+from pure_utils.study.setting import evaluate, select_neurons
 from pure_utils.metrics import distance_matrix, intra_inter, kmeans_labels
 
 
@@ -38,7 +38,7 @@ def test_rank_neurons_orders_by_the_embedding_gap_without_concepts():
 # --- the smoke profile, end to end --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smoke():
-    from pure_utils.profiles import load_profile
+    from pure_utils.study.profile import load_profile
 
     # the smoke profile at 64 px instead of 224 px and with fewer samples: the same code path
     # (random ResNet-50, tiny random CLIP / DINOv2, crops, every table), within a test's budget
@@ -80,7 +80,7 @@ def test_smoke_profile_runs_the_whole_evaluation(smoke):
 def test_embed_references_reads_the_boxes_of_each_reference():
     from pure_utils.embed import load_embedder
     from pure_utils.references import References
-    from pure_utils.data import SyntheticShapes
+    from pure_utils.shapes.dataset import SyntheticShapes
 
     ds = SyntheticShapes("test", n=6)
     g = torch.Generator().manual_seed(0)
@@ -103,7 +103,7 @@ def test_embed_references_reads_the_boxes_of_each_reference():
 
 
 def test_the_test_phase_refuses_the_reference_set_itself():
-    from pure_utils.profiles import load_profile
+    from pure_utils.study.profile import load_profile
 
     data = {"split": "test", "n": 12, "config": {"image_size": 64}, "part": None}
     same = load_profile("smoke", dataset_kwargs=data, heldout_dataset_kwargs=data, n_ref=4,
@@ -118,7 +118,7 @@ def test_the_test_phase_refuses_the_reference_set_itself():
 
 
 def test_reference_crops_of_the_first_references():
-    from pure_utils.data import SyntheticShapes
+    from pure_utils.shapes.dataset import SyntheticShapes
     from pure_utils.references import References
 
     ds = SyntheticShapes("test", n=6)
@@ -135,9 +135,9 @@ def test_reference_crops_of_the_first_references():
         ex.reference_crops(setting, 0, torch.zeros(5, 4, dtype=torch.long))
 # --- a model of another architecture family, at its own layers ----------------------------------
 def test_a_model_of_another_family_is_studied_at_its_own_layers_with_lrp_left_out():
-    from pure_utils import family
+    from pure_utils.study import family
     from pure_utils.circuits import circuit_attributions
-    from pure_utils.profiles import load_profile
+    from pure_utils.study.profile import load_profile
 
     small = {"config": {"image_size": 64}, "n": 12}
     profile = load_profile("smoke", dataset_kwargs=small, n_ref=4, n_neurons=3, n_boot=50,

@@ -1,4 +1,4 @@
-"""The model family and its comparison (pure_utils.family, pure_utils.train.FAMILY)."""
+"""The model family and its comparison (pure_utils.study.family, pure_utils.shapes.train.FAMILY)."""
 import json
 import shlex
 
@@ -8,12 +8,12 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import pure_utils as pu
-from pure_utils import family
-from pure_utils.data import SyntheticShapes
+from pure_utils.study import family
+from pure_utils.shapes.dataset import SyntheticShapes
 from pure_utils.models import shipped_models
-from pure_utils.profiles import load_profile
-from pure_utils.synthetic import SyntheticConfig
-from pure_utils.train import FAMILY, planted_response
+from pure_utils.study.profile import load_profile
+from pure_utils.shapes.generator import SyntheticConfig
+from pure_utils.shapes.train import FAMILY, planted_response
 
 
 def test_unit_predictors_on_constructed_vectors():
@@ -40,7 +40,7 @@ def test_compare_model_agrees_with_a_recomputation_from_the_public_api():
     model = pu.load_model("synthetic_resnet_bottleneck")
     data = pu.load_dataset("synthetic", split="test", n=400, seed=0)
     refs = pu.mine_references(model, data, "layer4", 20, progress=False).subset(sel)
-    labels = pu.reference_features(model, data, refs).labels
+    labels = pu.shapes.reference_features(model, data, refs).labels
     R = pu.circuit_attributions(model, data, refs, "layer4", "layer3", progress=False)
     A = pu.activation_features(model, data, refs, "layer4", progress=False)
     diffs = []
@@ -56,7 +56,7 @@ def test_compare_model_agrees_with_a_recomputation_from_the_public_api():
 def _training_args(command):
     """``(model, other arguments that decide the weights)`` of a training command."""
     words = shlex.split(command.replace("$(PY)", "python"))
-    words = words[words.index("pure_utils.train") + 1:]
+    words = words[words.index("pure_utils.shapes.train") + 1:]
     out, model, skip = [], None, None
     for word in words:
         if skip:
@@ -70,16 +70,16 @@ def _training_args(command):
 
 
 def test_training_args_normalise_only_what_does_not_change_weights():
-    model, args = _training_args("python -m pure_utils.train --model family_x --out d --no-progress")
+    model, args = _training_args("python -m pure_utils.shapes.train --model family_x --out d --no-progress")
     assert model == "family_x" and args == ["--out", "d"]
-    assert _training_args("$(PY) -m pure_utils.train --model family --jobs 2 --out d") == ("family", args)
-    assert _training_args("$(PY) -m pure_utils.train --model family --epochs 3 --out d")[1] != args
+    assert _training_args("$(PY) -m pure_utils.shapes.train --model family --jobs 2 --out d") == ("family", args)
+    assert _training_args("$(PY) -m pure_utils.shapes.train --model family --epochs 3 --out d")[1] != args
 
 
 def test_family_is_shipped_with_cards_written_by_the_family_command():
     makefile = (pu.paths.ROOT / "Makefile").read_text()
     recipe = makefile.split("\nfamily:", 1)[1].split("\n\n", 1)[0]
-    recipe_line = next(line for line in recipe.splitlines() if "pure_utils.train" in line)
+    recipe_line = next(line for line in recipe.splitlines() if "pure_utils.shapes.train" in line)
     for name, spec in FAMILY.items():
         card_path = shipped_models()[name]
         card = json.loads(card_path.read_text())

@@ -1,4 +1,4 @@
-"""Ground truth of reference samples on the controlled benchmark (pure_utils.ground_truth)."""
+"""Ground truth of reference samples on the controlled benchmark (pure_utils.shapes.ground_truth)."""
 import types
 
 import numpy as np
@@ -7,13 +7,13 @@ import torch
 
 from pure_utils.cache import Cache
 from pure_utils.data import GeneratedImages
-from pure_utils.ground_truth import (concept_at, concept_counts, concept_shares, layer_polysemanticity,
+from pure_utils.shapes.ground_truth import (concept_at, concept_counts, concept_shares, layer_polysemanticity,
                                      polysemantic_by_concepts, reference_concepts,
                                      reference_features)
 from pure_utils.models import build_resnet
 from pure_utils.references import mine_references
-from pure_utils.data import SyntheticShapes
-from pure_utils.synthetic import counterfactual, draw_scene
+from pure_utils.shapes.dataset import SyntheticShapes
+from pure_utils.shapes.generator import counterfactual, draw_scene
 
 # ---------------------------------------------------------------------------------------------
 # ground-truth concepts of reference samples

@@ -17,7 +17,7 @@ from pure_utils.canonizers import lrp_support
 from pure_utils.circuits import activation_features, circuit_attributions
 from pure_utils.crops import crop_boxes, feature_heatmaps
 from pure_utils.data import GeneratedImages
-from pure_utils.layouts import Layout, layer_layout, layout_key, patch_map
+from pure_utils.layers import Layout, layer_layout, layout_key, patch_map
 from pure_utils.models import build_resnet, randomize_batchnorm
 from pure_utils.references import mine_references
 from pure_utils.virtual import VirtualNeurons

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pure_utils.models import (build_resnet, get_layer, layer_names, layer_order, load_model,
-                               model_fingerprint, randomize_batchnorm)
+from pure_utils.layers import get_layer, layer_names, layer_order
+from pure_utils.models import build_resnet, load_model, model_fingerprint, randomize_batchnorm
 
 
 def test_load_timm_model_is_frozen_eval_and_named():

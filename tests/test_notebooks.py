@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from pure_utils import book
+from pure_utils.book import build as book
 
 CHAPTERS = book.chapters()
 GLUE_REF = re.compile(r"\{glue:text\}`([^`]+)`")

@@ -43,44 +43,113 @@ import ast  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 PACKAGE = Path(pure_utils.__file__).parent
-#: The flow of data, bottom to top: a module imports only modules before it. The data layer
-#: (synthetic, data) sits right above the private helpers.
-LAYERS = ["paths", "_machine", "_files", "_arrays", "_progress", "_compat", "_measure", "report",
-          "synthetic", "benchmark", "data", "distributed", "cache", "models", "layouts", "stash",
-          "canonizers", "references", "circuits", "virtual", "crops", "embed", "pipeline",
-          "ground_truth", "metrics", "train", "tables", "ablations", "profiles", "experiments",
-          "prepare", "family", "visualize", "rendering", "pages", "book", "scale", "bench"]
+#: The five jobs, each a folder; a group imports only from groups before it (book and perf both
+#: stand on study, neither on the other): engine <- shapes <- study <- book, perf.
+GROUPS = {"engine": 0, "shapes": 1, "study": 2, "book": 3, "perf": 3}
+#: The flow of data inside the engine, bottom to top: a module imports only modules before it.
+ENGINE = ["paths", "_machine", "_files", "_arrays", "_progress", "registry", "data", "distributed",
+          "cache", "models", "layers", "stash", "canonizers", "references", "circuits", "virtual",
+          "crops", "embed", "pipeline", "metrics", "visualize"]
 #: Packages heavy enough to be imported inside the one function that needs them.
 HEAVY = {"transformers", "open_clip", "umap", "plotly", "torch", "myst_nb"}
+#: Lines of code (blank lines, comments and the docstring not counted) a function may have.
+MAX_FUNCTION_LINES = 80
 
 
 def _modules():
-    return {p.stem: p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    """dotted name under the package (``"circuits"``, ``"shapes.train"``) -> path"""
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "__pycache__" in path.parts:
+            continue
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts == ["__init__"]:
+            continue
+        out[".".join(parts)] = path
+    return out
 
 
-def _relative_imports(tree):
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            yield node
+def _group(name: str) -> str:
+    head = name.split(".")[0]
+    return head if head in GROUPS and head != "engine" and "." in name else "engine"
 
 
-def test_every_module_has_a_place_in_the_flow():
-    assert set(_modules()) == set(LAYERS)
+def _imports(name: str, path: Path):
+    """(line, target module, imported names) of every relative import of module ``name``"""
+    package = name.split(".")[:-1] if not path.name == "__init__.py" else name.split(".")
+    modules = _modules()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.ImportFrom) and node.level >= 1):
+            continue
+        base = package[:len(package) - (node.level - 1)]
+        if node.module:
+            target = ".".join(base + node.module.split("."))
+            yield node.lineno, target, [a.name for a in node.names]
+        else:  # `from . import x`: modules, or attributes of the package (__version__)
+            for a in node.names:
+                target = ".".join(base + [a.name])
+                if target in modules:
+                    yield node.lineno, target, []
 
 
-def test_modules_are_small_and_import_only_modules_below_them():
+def test_every_engine_module_has_a_place_in_the_flow():
+    engine = {n for n in _modules() if _group(n) == "engine" and "." not in n}
+    assert engine == set(ENGINE)
+    for name in _modules():
+        assert name.split(".")[0] in GROUPS or "." not in name, f"{name}: a folder outside the groups"
+
+
+def test_groups_and_engine_modules_import_only_what_stands_below_them():
     for name, path in _modules().items():
-        text = path.read_text()
-        assert len(text.splitlines()) <= 600, f"{name}.py has {len(text.splitlines())} lines"
-        for node in _relative_imports(ast.parse(text)):
-            target = node.module or ""
-            # `from . import x` names a module, or an attribute of the package (__version__)
-            targets = [target] if target else [a.name for a in node.names if a.name in LAYERS]
-            for t in targets:
-                assert LAYERS.index(t) < LAYERS.index(name), f"{name} imports {t}, above it"
-            if target:  # `from .x import _private` reaches into another module's internals
-                private = [a.name for a in node.names if a.name.startswith("_")]
-                assert not private, f"{name} imports private {private} from {target}"
+        for line, target, names in _imports(name, path):
+            where = f"{name}:{line}"
+            if target not in _modules() and target.split(".")[0] in GROUPS:
+                continue  # a sub-package itself (its __init__)
+            a, b = _group(name), _group(target)
+            assert GROUPS[b] <= GROUPS[a], f"{where} imports {target} ({b} stands above {a})"
+            assert not (GROUPS[b] == GROUPS[a] and a != b), f"{where}: {a} imports {b}"
+            if a == b == "engine":
+                assert ENGINE.index(target) < ENGINE.index(name), f"{where} imports {target}, above it"
+            private = [n for n in names if n.startswith("_")]
+            assert not private, f"{where} imports private {private} from {target}"
+
+
+def test_imports_inside_a_group_form_no_circle():
+    graph = {n: {t for _, t, _ in _imports(n, p) if t in _modules()} for n, p in _modules().items()}
+    state = {}
+
+    def visit(n, path):
+        if state.get(n) == "open":
+            raise AssertionError("import circle: " + " -> ".join(path + [n]))
+        if state.get(n) == "done":
+            return
+        state[n] = "open"
+        for t in graph[n]:
+            visit(t, path + [n])
+        state[n] = "done"
+
+    for n in graph:
+        visit(n, [])
+
+
+def _code_lines(lines, fn) -> int:
+    doc = fn.body[0] if fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(
+        getattr(fn.body[0], "value", None), ast.Constant) and isinstance(fn.body[0].value.value, str) else None
+    skip = set(range(doc.lineno, doc.end_lineno + 1)) if doc else set()
+    return sum(1 for i in range(fn.lineno, fn.end_lineno + 1)
+               if i not in skip and lines[i - 1].strip() and not lines[i - 1].strip().startswith("#"))
+
+
+def test_functions_are_short():
+    long = []
+    for name, path in _modules().items():
+        lines = path.read_text().splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = _code_lines(lines, fn)
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{name}.{fn.name} ({n} lines of code)")
+    assert not long, f"functions longer than {MAX_FUNCTION_LINES} lines of code: " + ", ".join(long)
 
 
 def test_imports_stand_at_the_top_but_for_heavy_packages_with_a_reason():

@@ -1,13 +1,13 @@
-"""pure_utils.prepare: the cache it fills is what the book's stages read."""
+"""pure_utils.study.prepare: the cache it fills is what the book's stages read."""
 from pathlib import Path
 
 import pytest
 import torch
 
 from pure_utils.cache import Cache
-from pure_utils.experiments import embed_references, evaluation_boxes, load_embedders, load_setting
-from pure_utils.prepare import prepare
-from pure_utils.profiles import load_profile
+from pure_utils.study.setting import embed_references, evaluation_boxes, load_embedders, load_setting
+from pure_utils.study.prepare import prepare
+from pure_utils.study.profile import load_profile
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import inspect
 import pytest
 
 from pure_utils.embed import load_embedder
-from pure_utils.profiles import (REQUIRED_KEYS, check_profile, load_profile, profile_names,
+from pure_utils.study.profile import (REQUIRED_KEYS, check_profile, load_profile, profile_names,
                                  resolve_device)
 
 
@@ -64,9 +64,9 @@ def test_resolve_device():
 
 def test_every_shipped_profile_sets_every_key():
     # a notebook run with `papermill -f PROFILE.yaml` sees only that file's keys
-    from pure_utils.profiles import profile_keys, profile_names
+    from pure_utils.study.profile import profile_keys, profile_names
     import yaml
-    from pure_utils.profiles import PROFILES_DIR
+    from pure_utils.study.profile import PROFILES_DIR
 
     keys = profile_keys()
     for name in profile_names():
@@ -75,7 +75,7 @@ def test_every_shipped_profile_sets_every_key():
 
 
 def test_from_parameters_injected_keys_replace_the_base():
-    from pure_utils.profiles import from_parameters, load_profile
+    from pure_utils.study.profile import from_parameters, load_profile
 
     smoke = load_profile("smoke")
     # as `papermill -f smoke.yaml -p n_ref 3` leaves the notebook's globals
@@ -104,7 +104,7 @@ def test_the_paper_profile_holds_the_papers_choices():
     mining, held = paper["dataset_kwargs"], paper["heldout_dataset_kwargs"]
     assert (mining["part"], held["part"]) == ("mining", "test")
     assert mining["test_share"] == held["test_share"] and mining["part_seed"] == held["part_seed"]
-    from pure_utils.tables import paper_numbers
+    from pure_utils.study.tables import paper_numbers
 
     numbers = paper_numbers()
     assert numbers["strongly_polysemantic_gap"]["n"] == 187

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from pure_utils.rendering import page_problems
+from pure_utils.book.browser import page_problems
 
 GOOD = """<html><body><main>
 <p>The gap <mjx-container>rho</mjx-container> is <span class="math"><mjx-container>x</mjx-container></span> small.</p>

@@ -1,7 +1,7 @@
 """Glue helpers of the book's notebooks."""
 import numpy as np
 
-from pure_utils.report import _plain, difference_sentence, interval
+from pure_utils.study.report import _plain, difference_sentence, interval
 
 
 def test_numpy_scalars_become_python_numbers():
@@ -25,7 +25,7 @@ def test_interval_and_difference_sentence():
 
 def test_table_formats_numbers_kept_as_objects():
     import pandas as pd
-    from pure_utils.report import table
+    from pure_utils.study.report import table
     # a record of mixed numbers, transposed: every column holds Python numbers as objects
     frame = pd.DataFrame({"unit 1": {"concepts": ["red circle"], "n": 45, "with": 2.8292,
                                      "without": 0.0769}}).T

@@ -1,4 +1,4 @@
-"""The paper-scale dry run (pure_utils.scale): its figures, its table, and Eq. 5 in parts.
+"""The paper-scale dry run (pure_utils.perf.scale): its figures, its table, and Eq. 5 in parts.
 
 The dry run itself is timed, not tested for speed: these tests check what it reports (items,
 extrapolations, the comparisons) and that the parallel and chunked paths give the one-call
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pure_utils import bench, scale
-from pure_utils._measure import hwm, mapped_allocations, rss
-from pure_utils.tables import compare_clusterings
+from pure_utils.perf import engine as bench, scale
+from pure_utils.perf._measure import hwm, mapped_allocations, rss
+from pure_utils.study.tables import compare_clusterings
 
 
 def test_eq5_in_parts_equals_one_call():

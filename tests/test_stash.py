@@ -12,7 +12,8 @@ from torch import nn
 
 from pure_utils.circuits import activation_features, circuit_attributions
 from pure_utils.data import GeneratedImages
-from pure_utils.models import build_resnet, forward_until, randomize_batchnorm
+from pure_utils.models import build_resnet, randomize_batchnorm
+from pure_utils.layers import forward_until
 from pure_utils.references import mine_references
 from pure_utils.stash import ActivationStash
 from brute import gxa_of_map

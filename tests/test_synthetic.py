@@ -1,4 +1,4 @@
-"""The controlled benchmark's generator (pure_utils.synthetic): pinned pixels, masks, knobs."""
+"""The controlled benchmark's generator (pure_utils.shapes.generator): pinned pixels, masks, knobs."""
 import hashlib
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pure_utils.data import SyntheticShapes
-from pure_utils.synthetic import GENERATOR_VERSION, SHAPE_AREAS, SyntheticConfig, _shape_mask
+from pure_utils.shapes.dataset import SyntheticShapes
+from pure_utils.shapes.generator import GENERATOR_VERSION, SHAPE_AREAS, SyntheticConfig, _shape_mask
 
 # ---------------------------------------------------------------------------------------------
 # generator

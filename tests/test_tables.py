@@ -1,12 +1,12 @@
-"""The tables of the chapters (pure_utils.tables), on constructed data with known answers."""
+"""The tables of the chapters (pure_utils.study.tables), on constructed data with known answers."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from pure_utils import ablations, tables
+from pure_utils.study import ablations, tables
 from pure_utils.metrics import distance_correlation, distance_matrix, intra_inter, kmeans_labels
-from pure_utils.tables import (compare_clusterings, correlation_table, divergence_examples,
+from pure_utils.study.tables import (compare_clusterings, correlation_table, divergence_examples,
                                ground_truth_labels, ground_truth_table, heldout_purity,
                                summarize_frame)
 

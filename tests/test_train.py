@@ -1,4 +1,4 @@
-"""Training the shipped models (pure_utils.train) and their cards."""
+"""Training the shipped models (pure_utils.shapes.train) and their cards."""
 import hashlib
 import json
 
@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from pure_utils import load_model
-from pure_utils.ground_truth import layer_polysemanticity
+from pure_utils.shapes.ground_truth import layer_polysemanticity
 from pure_utils.models import DEFAULT_MODELS, build_resnet
-from pure_utils.data import SyntheticShapes
-from pure_utils.synthetic import GENERATOR_VERSION, SyntheticConfig
-from pure_utils.train import DEFAULT_ARCHITECTURES, evaluate_accuracy, main, train_default_model
+from pure_utils.shapes.dataset import SyntheticShapes
+from pure_utils.shapes.generator import GENERATOR_VERSION, SyntheticConfig
+from pure_utils.shapes.train import DEFAULT_ARCHITECTURES, evaluate_accuracy, main, train_default_model
 
 # ---------------------------------------------------------------------------------------------
 # shipped models and training
@@ -111,7 +111,7 @@ def test_parallel_training_writes_the_same_weights_as_one_at_a_time(tmp_path, ca
 
 
 def test_member_command_and_bad_jobs():
-    from pure_utils.train import _member_argv
+    from pure_utils.shapes.train import _member_argv
     assert _member_argv(["--model", "family", "--jobs", "2", "--out", "x"], "family_width_16") == \
         ["--model", "family_width_16", "--out", "x", "--no-progress"]
     assert _member_argv(["--model=all", "--jobs=3", "--tiny", "--no-progress"], "a") == \
@@ -122,7 +122,7 @@ def test_member_command_and_bad_jobs():
 # the shipped model of another architecture family (the chapter "PURE beyond ResNets")
 def test_shipped_convnext_card_states_one_run_its_units_and_reaches_its_accuracy():
     from pure_utils.models import shipped_models
-    from pure_utils.train import DEFAULT_ARCHITECTURES, UNITS, polysemantic_record
+    from pure_utils.shapes.train import DEFAULT_ARCHITECTURES, UNITS, polysemantic_record
 
     name = "synthetic_convnext"
     path = shipped_models()[name]
@@ -148,7 +148,7 @@ def test_shipped_convnext_card_states_one_run_its_units_and_reaches_its_accuracy
 
 @pytest.mark.slow
 def test_shipped_convnext_polysemantic_units_are_reproduced():
-    from pure_utils.train import polysemantic_record
+    from pure_utils.shapes.train import polysemantic_record
 
     model = load_model("synthetic_convnext")
     card = model.pure_card
@@ -162,7 +162,7 @@ def test_shipped_convnext_polysemantic_units_are_reproduced():
 
 def test_tiny_training_of_another_architecture_writes_a_loadable_card(tmp_path):
     from pure_utils.models import build_model
-    from pure_utils.train import polysemantic_record
+    from pure_utils.shapes.train import polysemantic_record
 
     main(["--tiny", "--model", "synthetic_convnext", "--out", str(tmp_path), "--no-progress"])
     card = json.loads((tmp_path / "synthetic_convnext.json").read_text())

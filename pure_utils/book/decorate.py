@@ -17,9 +17,9 @@ from pathlib import Path
 
 import papermill
 
-from . import __version__
-from ._machine import machine_info
-from .paths import ROOT
+from .. import __version__
+from .._machine import machine_info
+from ..paths import ROOT
 
 __all__ = ["run_record", "decorate", "execution_page"]
 

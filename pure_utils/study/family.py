@@ -1,6 +1,6 @@
 """The model family: when do circuits beat activations?
 
-The family (:data:`pure_utils.train.FAMILY`) is one architecture trained with one recipe on
+The family (:data:`pure_utils.shapes.train.FAMILY`) is one architecture trained with one recipe on
 settings of the generator that change how much *unrelated* content varies around the feature a
 unit responds to (number and size of distractors, width of ``layer4``, background), plus a
 control with planted units. For every model this module scores PURE (each attribution of the
@@ -15,13 +15,13 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import silhouette_score
 
-from ._arrays import as_numpy
-from .canonizers import lrp_support
-from .experiments import embed_references, load_setting, reference_features_of
+from .._arrays import as_numpy
+from ..canonizers import lrp_support
+from .setting import embed_references, load_setting, reference_features_of
 from .report import interval
 from .tables import (ACTIVATIONS, PURE, RANDOM, compare_clusterings, ground_truth_table,
                      paired_table)
-from .train import FAMILY
+from ..shapes.train import FAMILY
 
 __all__ = ["compare_model", "family_comparison", "unit_predictors", "predictor_correlations",
            "planted_check", "differences_by_model", "PREDICTORS"]
@@ -77,7 +77,7 @@ def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> 
     Returns
     -------
     dict
-        ``setting``, ``features`` (:class:`~pure_utils.ground_truth.ReferenceFeatures` of all
+        ``setting``, ``features`` (:class:`~pure_utils.shapes.ground_truth.ReferenceFeatures` of all
         evaluated units), ``ground_truth`` (per-unit ARI / NMI), ``pairs`` (PURE minus
         activations, paired per ``k``), ``units`` (per unit: predictors and the ARI difference
         of each attribution at ``k = 2``), ``attributions`` (those scored) and ``refused``

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .paths import PROFILES_DIR
+from ..paths import PROFILES_DIR
 
 __all__ = ["load_profile", "read_profile", "profile_path", "check_profile", "profile_names",
            "profile_keys", "from_parameters", "load_yaml", "PROFILES_DIR", "REQUIRED_KEYS",

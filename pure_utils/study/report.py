@@ -62,7 +62,7 @@ def difference_sentence(row, what: str, *, fmt: str = ".2f") -> str:
     Parameters
     ----------
     row : mapping
-        A row of :func:`pure_utils.tables.paired_table` (``a``, ``b``, ``mean``, ``ci_low``,
+        A row of :func:`pure_utils.study.tables.paired_table` (``a``, ``b``, ``mean``, ``ci_low``,
         ``ci_high``, ``n``, ``n_excluded``, ``p_value``, ``word``).
     what : str
         The score compared, e.g. ``"ARI"``.

@@ -1,6 +1,6 @@
 """The controlled benchmark as a dataset: :class:`SyntheticShapes`.
 
-The images come from the generator of :mod:`pure_utils.synthetic`; this module renders them
+The images come from the generator of :mod:`pure_utils.shapes.generator`; this module renders them
 lazily, keeps them in memory and serves them through the dataset protocol of
 :mod:`pure_utils.data`, with their annotations (objects, masks) and scenes (for edits).
 """
@@ -11,11 +11,11 @@ import hashlib
 import numpy as np
 import torch
 
-from ._progress import tqdm
-from .synthetic import (DEFAULT_SPLIT_SIZES, GENERATOR_VERSION, SPLITS, Scene, SyntheticConfig,
+from .._progress import tqdm
+from .generator import (DEFAULT_SPLIT_SIZES, GENERATOR_VERSION, SPLITS, Scene, SyntheticConfig,
                         draw_scene, render_image, sample_scene)
 
-__all__ = ["SyntheticShapes"]
+__all__ = ["SyntheticShapes", "load_synthetic"]
 
 
 class SyntheticShapes(torch.utils.data.Dataset):
@@ -197,3 +197,11 @@ class SyntheticShapes(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"SyntheticShapes(split={self.split!r}, n={self.n}, seed={self.seed}, "
                 f"n_concepts={self.n_concepts}, image_size={self.config.image_size})")
+
+
+def load_synthetic(*, config=None, **kwargs) -> SyntheticShapes:
+    """:class:`SyntheticShapes` with ``config`` given as a ``SyntheticConfig`` or a dict of its
+    fields (as a profile writes it); the builder behind ``load_dataset("synthetic", ...)``."""
+    if isinstance(config, dict):
+        config = SyntheticConfig(**config)
+    return SyntheticShapes(config=config, **kwargs)

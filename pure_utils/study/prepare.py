@@ -1,13 +1,13 @@
 """Fill the cache with the heavy stages of a profile, in one process or on several GPUs and machines.
 
-    python -m pure_utils.prepare --profile paper
-    torchrun --nproc_per_node 8 -m pure_utils.prepare --profile paper
+    python -m pure_utils.study.prepare --profile paper
+    torchrun --nproc_per_node 8 -m pure_utils.study.prepare --profile paper
     torchrun --nnodes 2 --node_rank N --nproc_per_node 8 --rdzv_backend c10d \\
-        --rdzv_endpoint HOST:29500 -m pure_utils.prepare --profile paper
+        --rdzv_endpoint HOST:29500 -m pure_utils.study.prepare --profile paper
 
 For every model of the profile (``model_names``, or ``--model``): the references (mining), the
 PURE attributions, the activation features, the crop boxes and the embeddings in CLIP's and
-DINOv2's roles - the artefacts :func:`pure_utils.experiments.evaluate` and the notebooks compute
+DINOv2's roles - the artefacts :func:`pure_utils.study.setting.evaluate` and the notebooks compute
 first. Under ``torchrun`` the ranks share every stage (:mod:`pure_utils.distributed`) and rank 0
 writes the cache; ``PROFILE=paper make book`` on rank 0's machine then finds them all there.
 """
@@ -20,9 +20,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from .distributed import barrier, is_main, rank_and_size
-from .experiments import embed_references, evaluation_boxes, load_embedders, load_setting
-from .profiles import load_profile, resolve_device
+from ..distributed import barrier, is_main, rank_and_size
+from .setting import embed_references, evaluation_boxes, load_embedders, load_setting
+from .profile import load_profile, resolve_device
 
 __all__ = ["prepare", "main"]
 
@@ -33,7 +33,7 @@ def prepare(profile: dict, *, models=None, progress: bool = True, log=print) -> 
     Parameters
     ----------
     profile : dict
-        From :func:`~pure_utils.profiles.load_profile`; its ``cache`` should be on, or nothing
+        From :func:`~pure_utils.study.profile.load_profile`; its ``cache`` should be on, or nothing
         is kept for the book.
     models : list of str, optional
         Default: ``profile["model_names"]``.
@@ -91,7 +91,7 @@ def _start_group() -> str | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pure_utils.prepare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pure_utils.study.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="paper", help="profile name or path (default paper)")
     parser.add_argument("--model", action="append", help="one model (repeatable; default: all "

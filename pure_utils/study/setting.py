@@ -1,6 +1,6 @@
 """A profile's setting, the features of that setting, and the paper's whole evaluation.
 
-Flow, for one profile (:func:`pure_utils.profiles.load_profile`)::
+Flow, for one profile (:func:`pure_utils.study.profile.load_profile`)::
 
     setting = load_setting(profile)                    # model, data, references, neurons
     pure = setting.circuit_attributions()              # Tensor[n, n_ref, C_lower] (Eq. 3)
@@ -9,7 +9,7 @@ Flow, for one profile (:func:`pure_utils.profiles.load_profile`)::
     frame = tables.compare_clusterings(emb, {"PURE": pure, "activations": acts})
 
 :func:`evaluate` runs all of it and returns every table (:class:`Evaluation`). The tables
-themselves are built in :mod:`pure_utils.tables`; this module only knows how a profile turns
+themselves are built in :mod:`pure_utils.study.tables`; this module only knows how a profile turns
 into a model, data, references and features.
 """
 from __future__ import annotations
@@ -22,17 +22,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._compat import moved_names
-from .cache import TensorSpec, cached, resolve_cache
-from .circuits import activation_features, circuit_attributions
-from .crops import crops_from_boxes
-from .data import load_dataset, shared_images
-from .embed import ImageEmbedder, load_embedder
-from .ground_truth import ReferenceFeatures, reference_concepts, reference_features
-from .models import load_model, randomize_batchnorm
-from .pipeline import embed_boxes, reference_boxes
-from .profiles import check_profile, resolve_device
-from .references import References, mine_references
+from ..cache import TensorSpec, cached, resolve_cache
+from ..circuits import activation_features, circuit_attributions
+from ..crops import crops_from_boxes
+from ..data import load_dataset, shared_images
+from ..embed import ImageEmbedder, load_embedder
+from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
+from ..models import load_model, randomize_batchnorm
+from ..pipeline import embed_boxes, reference_boxes
+from .profile import check_profile, resolve_device
+from ..references import References, mine_references
 from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
                      divergence_examples, ground_truth_table, heldout_purity, paired_table,
                      polysemanticity_table, summarize_frame)
@@ -41,7 +40,7 @@ __all__ = [
     "Setting", "load_setting", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
     "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
     "heldout_references", "strongly_polysemantic",
-    "rank_neurons", "Evaluation", "evaluate", "purity_pairs", "circuit_features", "activation_baseline",
+    "rank_neurons", "Evaluation", "evaluate", "purity_pairs",
 ]
 
 
@@ -157,7 +156,7 @@ def load_setting(profile: dict, *, model_name: str | None = None, progress: bool
     Parameters
     ----------
     profile : dict
-        From :func:`~pure_utils.profiles.load_profile`.
+        From :func:`~pure_utils.study.profile.load_profile`.
     model_name : str, optional
         Overrides ``profile["model_name"]`` (e.g. one of ``profile["model_names"]``).
     progress : bool
@@ -221,21 +220,6 @@ def heldout_references(setting: Setting, *, progress: bool = True) -> tuple[obje
                            batch_size=int(p["batch_size"]), device=setting.device,
                            cache=setting.cache, progress=progress)
     return ds, refs
-
-
-def circuit_features(setting: Setting, method: str | None = None, *, neurons=None,
-                     progress: bool = True) -> torch.Tensor:
-    """Former name of :meth:`Setting.circuit_attributions` (deprecated)."""
-    warnings.warn("circuit_features(setting) is now setting.circuit_attributions()",
-                  DeprecationWarning, stacklevel=2)
-    return setting.circuit_attributions(method, neurons=neurons, progress=progress)
-
-
-def activation_baseline(setting: Setting, *, neurons=None, progress: bool = True) -> torch.Tensor:
-    """Former name of :meth:`Setting.activation_features` (deprecated)."""
-    warnings.warn("activation_baseline(setting) is now setting.activation_features()",
-                  DeprecationWarning, stacklevel=2)
-    return setting.activation_features(neurons=neurons, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,7 +309,7 @@ def reference_features_of(setting: Setting, neurons=None, *, dataset=None, refer
                           progress: bool = True) -> ReferenceFeatures:
     """What drives each reference sample, by intervention (the benchmark's ground truth).
 
-    :func:`pure_utils.ground_truth.reference_features` of the evaluated neurons (or
+    :func:`pure_utils.shapes.ground_truth.reference_features` of the evaluated neurons (or
     ``neurons``), on the reference set or on ``dataset`` / ``references`` (the held-out split);
     cached with the setting's cache.
     """
@@ -475,7 +459,7 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
     :func:`reference_features_of`), ARI / NMI on the polysemantic neurons for every attribution
     of ``profile["attributions"]`` and the test-phase purity on held-out images. Every
     comparison of PURE with another method is paired over the same neurons
-    (:func:`pure_utils.tables.paired_table`).
+    (:func:`pure_utils.study.tables.paired_table`).
 
     Returns
     -------
@@ -573,7 +557,7 @@ def purity_pairs(purity, attribution: str, **boot):
     Returns
     -------
     pandas.DataFrame
-        :func:`pure_utils.tables.paired_table` rows with ``b`` in ``"random assignment"``,
+        :func:`pure_utils.study.tables.paired_table` rows with ``b`` in ``"random assignment"``,
         ``"activations"``, ``"unit alone"``.
     """
     name = f"{PURE} ({attribution})"
@@ -586,13 +570,3 @@ def purity_pairs(purity, attribution: str, **boot):
     return paired_table(long, "value", [(name, "random assignment"), (name, ACTIVATIONS),
                                         (name, "unit alone")], **boot)
 
-
-# names that lived here before the tables got their own module
-__getattr__ = moved_names(__name__, {
-    **dict.fromkeys(["compare_clusterings", "summarize_frame", "correlation_table",
-                     "divergence_examples", "polysemanticity_table", "ground_truth_table",
-                     "heldout_purity", "cluster_composition", "random_labels",
-                     "ground_truth_labels"], "tables"),
-    **dict.fromkeys(["clustering_table", "choose_k_table", "variant_scores"], "ablations"),
-    "crops_from_boxes": "crops",
-})

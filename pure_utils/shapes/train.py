@@ -1,8 +1,8 @@
-"""Training the shipped models of the controlled benchmark (``python -m pure_utils.train``).
+"""Training the shipped models of the controlled benchmark (``python -m pure_utils.shapes.train``).
 
 Two small timm ResNets and one small timm ConvNeXt (the second architecture family, for the
 chapter "PURE beyond ResNets") are trained on the synthetic train split
-(:mod:`pure_utils.synthetic`) with one recipe and written to ``data/models`` with a model card
+(:mod:`pure_utils.shapes.generator`) with one recipe and written to ``data/models`` with a model card
 (``<name>.json`` beside the weights). The card records the architecture, generator version and
 dataset settings, seeds, hyperparameters, the training command, history and time, the machine,
 the held-out accuracy, the layers the model is studied at (``units``) and the share of the
@@ -29,12 +29,13 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from ._progress import tqdm
-from .data import SyntheticShapes
+from .._progress import tqdm
+from .dataset import SyntheticShapes
 from .ground_truth import layer_polysemanticity
-from .models import build_model, eval_mode, forward_until, machine_info
-from .paths import MODELS_DIR
-from .synthetic import GENERATOR_VERSION, SyntheticConfig
+from ..models import build_model, machine_info
+from ..layers import eval_mode, forward_until
+from ..paths import MODELS_DIR
+from .generator import GENERATOR_VERSION, SyntheticConfig
 
 __all__ = ["DEFAULT_ARCHITECTURES", "DEFAULT_TRAINING", "FAMILY", "UNITS", "evaluate_accuracy",
            "train_default_model", "planted_response", "polysemantic_record", "units_of", "main"]
@@ -178,7 +179,7 @@ def units_of(name: str, architecture: dict | None = None) -> tuple[str, str]:
         return UNITS[name]
     if architecture is not None and "timm_model" in architecture:
         raise ValueError(f"model {name!r} ({architecture['timm_model']}) has no studied layers; "
-                         f"add them to pure_utils.train.UNITS (known: {', '.join(UNITS)})")
+                         f"add them to pure_utils.shapes.train.UNITS (known: {', '.join(UNITS)})")
     return "layer4", "layer3"
 
 
@@ -348,7 +349,7 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     card = dict(
         name=name,
         description=(f"Small timm {type(model).__name__} trained on the synthetic shapes benchmark "
-                     f"of pure_utils (pure_utils.synthetic); {layer} is narrow so that its neurons "
+                     f"of pure_utils (pure_utils.shapes.generator); {layer} is narrow so that its neurons "
                      "are polysemantic."),
         architecture=architecture,
         n_parameters=sum(p.numel() for p in model.parameters()),
@@ -397,8 +398,8 @@ def family_kwargs(name: str) -> dict:
 
 
 def main(argv=None):
-    """Command line: ``python -m pure_utils.train --model NAME [...]``."""
-    parser = argparse.ArgumentParser(prog="python -m pure_utils.train",
+    """Command line: ``python -m pure_utils.shapes.train --model NAME [...]``."""
+    parser = argparse.ArgumentParser(prog="python -m pure_utils.shapes.train",
                                      description="Train a shipped model of the controlled benchmark and write "
                                                  "<out>/<name>.safetensors and its card <out>/<name>.json.")
     p = parser
@@ -438,7 +439,7 @@ def main(argv=None):
     if args.jobs > 1 and len(names) > 1:
         _train_in_processes(names, given, args.jobs)
         return
-    command = " ".join(["python -m pure_utils.train"] + [shlex.quote(a) for a in given])
+    command = " ".join(["python -m pure_utils.shapes.train"] + [shlex.quote(a) for a in given])
     for name in names:
         member = family_kwargs(name) if name in FAMILY else {}
         card = train_default_model(name, out_dir=out, progress=not args.no_progress,
@@ -472,7 +473,7 @@ def _train_in_processes(names, given, jobs):
     """Train ``names`` in up to ``jobs`` processes at once; each writes its own card and weights
     (the card's command is the single-model command, which reproduces it on its own)."""
     def one(name):
-        cmd = [sys.executable, "-m", "pure_utils.train"] + _member_argv(given, name)
+        cmd = [sys.executable, "-m", "pure_utils.shapes.train"] + _member_argv(given, name)
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith(name + ":")]

@@ -1,8 +1,8 @@
 """Benchmark: the PURE engine against a naive circuit-attribution pipeline.
 
-Run ``python -m pure_utils.bench`` (``--quick`` for a small sanity run, ``--help`` for knobs).
-``python -m pure_utils.bench --scale paper`` runs the paper-scale dry run of every stage
-instead (:mod:`pure_utils.scale`; ``--scale paper --help`` for its knobs).
+Run ``python -m pure_utils.perf`` (``--quick`` for a small sanity run, ``--help`` for knobs).
+``python -m pure_utils.perf --scale paper`` runs the paper-scale dry run of every stage
+instead (:mod:`pure_utils.perf.scale`; ``--scale paper --help`` for its knobs).
 
 The naive pipeline is how CRP-based pipelines compute PURE vectors: for each neuron, its
 reference images go through the *whole* model and the backward pass runs to the *input*, with
@@ -26,11 +26,12 @@ import timm
 import torch
 from torch import nn
 
-from ._progress import tqdm
-from .circuits import circuit_attributions
-from .data import GeneratedImages
-from .models import get_layer, randomize_batchnorm
-from .references import check_references, mine_references
+from .._progress import tqdm
+from ..circuits import circuit_attributions
+from ..data import GeneratedImages
+from ..models import randomize_batchnorm
+from ..layers import get_layer
+from ..references import check_references, mine_references
 from .scale import main as scale_main
 
 __all__ = ["GeneratedImages", "naive_attributions", "run_benchmark", "main"]
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a == "--scale" or a.startswith("--scale=") for a in argv):
         return scale_main(argv)
-    parser = argparse.ArgumentParser(prog="python -m pure_utils.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pure_utils.perf", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=["paper"],
                         help="run the paper-scale dry run of every stage instead (see "

@@ -1,4 +1,12 @@
-"""Layouts: where the channels (the units) and the positions of a layer's output lie.
+"""Layers: everything about one layer of a model.
+
+A layer is addressed by its module name (``"layer3"``, ``"layer4"``), as in timm.
+:func:`get_layer` finds it, :func:`forward_until` runs a model only as far as that layer
+(:func:`stop_after`, a hook that ends the forward pass once a module has run, and
+:func:`run_model`), :func:`eval_mode` and :func:`frozen_parameters` set the model's state for a
+stage and restore it, and the layer's :class:`Layout` says where its channels and positions lie.
+
+Layouts: where the channels (the units) and the positions of a layer's output lie.
 
 PURE reads a layer as channels over positions: mining takes each channel's maximum over the
 positions, a circuit sums the attributions at the lower layer over its positions, the activation
@@ -53,6 +61,7 @@ adjacent linear maps would leave equally valid. Circuits between two blocks
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -63,10 +72,126 @@ from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .models import get_layer
 
-__all__ = ["LAYOUTS", "TOKEN_SETS", "TOKEN_MODELS", "Layout", "layer_layout", "resolve_layout",
+__all__ = ["layer_names", "get_layer", "layer_order", "eval_mode", "frozen_parameters",
+           "StopForward", "stop_after", "run_model", "layer_output", "forward_until",
+           "LAYOUTS", "TOKEN_SETS", "TOKEN_MODELS", "Layout", "layer_layout", "resolve_layout",
            "layout_key", "patch_map"]
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the model's modules (``named_modules`` order, root excluded)."""
+    return [n for n, _ in model.named_modules() if n]
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name``; a ``ValueError`` lists the top-level names otherwise."""
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        top = [n for n, _ in model.named_children()]
+        raise ValueError(f"layer {name!r} not found; layers: {', '.join(top)}")
+    return modules[name]
+
+
+def layer_order(model: nn.Module, names) -> list[int]:
+    """Positions of ``names`` in the module order (used to check that a lower layer comes first)."""
+    order = {n: i for i, n in enumerate(layer_names(model))}
+    for n in names:
+        get_layer(model, n)
+    return [order[n] for n in names]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Evaluation mode (BatchNorm running statistics, no dropout), restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module):
+    """Switch off ``requires_grad`` of all parameters (restored afterwards).
+
+    Attribution only needs gradients with respect to activations; a parameter that requires
+    grad would make autograd record the whole forward pass and compute weight gradients.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class StopForward(Exception):
+    """Raised by the hook of :func:`stop_after` to end a forward pass early."""
+
+
+@contextlib.contextmanager
+def stop_after(module: nn.Module):
+    """Within the block, a forward pass ends right after ``module`` has run.
+
+    Yields a dict that receives the module's output under ``"out"``. Run the model with
+    :func:`run_model`, which swallows the :class:`StopForward` the hook raises. Register it
+    after other hooks on the same module (e.g. inside a zennit composite's context) so that
+    they run first.
+    """
+    captured: dict = {}
+
+    def hook(_module, _inputs, output):
+        captured["out"] = output
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def run_model(model: nn.Module, x: torch.Tensor) -> None:
+    """``model(x)``, ended early by a :func:`stop_after` hook (the output is in its dict)."""
+    try:
+        model(x)
+    except StopForward:
+        pass
+
+
+def layer_output(name: str, out) -> torch.Tensor:
+    """Check that the output of layer ``name`` is a feature tensor ``[B, C, ...]``."""
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"layer {name!r} returns a {type(out).__name__}, not a tensor; "
+                         "choose a module whose output is a feature map")
+    if out.ndim < 2:
+        raise ValueError(f"layer {name!r} output has shape {tuple(out.shape)}; need [B, C, ...]")
+    return out
+
+
+def forward_until(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
+    """Run ``model`` on ``x`` and return the output of ``layer``, skipping everything above it.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor[B, 3, H, W]
+    layer : str
+        Module name.
+
+    Returns
+    -------
+    Tensor[B, C, h, w]
+    """
+    with stop_after(get_layer(model, layer)) as captured:
+        run_model(model, x)
+    if "out" not in captured:
+        raise RuntimeError(f"layer {layer!r} was not called in the model's forward pass")
+    return layer_output(layer, captured["out"])
+
 
 #: Layout names and the output each one reads (every layout also reads ``[B, C]``).
 LAYOUTS = {"map": "[B, C, H, W]", "map_last": "[B, H, W, C]", "tokens": "[B, N, D]"}
@@ -301,7 +426,7 @@ def layer_layout(model: nn.Module, layer: str, layout=None, tokens: str | None =
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} for layer {layer!r} not known; layouts: "
                          + ", ".join(f"{k!r} {v}" for k, v in LAYOUTS.items())
-                         + " (or a pure_utils.layouts.Layout)")
+                         + " (or a pure_utils.layers.Layout)")
     kind, prefix = _detect(model, layer, module)
     if layout is not None and layout != kind:
         kind, prefix = layout, (prefix if layout == "tokens" else 0)

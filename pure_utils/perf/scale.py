@@ -1,7 +1,7 @@
 """The paper profile at full size, stage by stage: a dry run on random weights and generated images.
 
-    python -m pure_utils.bench --scale paper                  # this CPU, at a reduced size
-    python -m pure_utils.bench --scale paper --device cuda    # the paper's sizes on a GPU
+    python -m pure_utils.perf --scale paper                  # this CPU, at a reduced size
+    python -m pure_utils.perf --scale paper --device cuda    # the paper's sizes on a GPU
     make bench-scale / make bench-gpu                         # the same, with the table written
 
 Every stage of the paper's evaluation of one model, at the paper's sizes unless told otherwise:
@@ -51,17 +51,17 @@ import timm
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from ._machine import machine_info
+from .._machine import machine_info
 from ._measure import MIB, Stages, hwm, mapped_allocations, measured
-from .circuits import activation_features, circuit_attributions
-from .data import GeneratedImages
-from .embed import load_embedder
-from .metrics import kmeans_labels
-from .models import randomize_batchnorm
-from .pipeline import embed_boxes, reference_boxes
-from .references import mine_references
-from .stash import ActivationStash
-from .tables import compare_clusterings, correlation_table
+from ..circuits import activation_features, circuit_attributions
+from ..data import GeneratedImages
+from ..embed import load_embedder
+from ..metrics import kmeans_labels
+from ..models import randomize_batchnorm
+from ..pipeline import embed_boxes, reference_boxes
+from ..references import mine_references
+from ..stash import ActivationStash
+from ..study.tables import compare_clusterings, correlation_table
 
 __all__ = ["PAPER", "REDUCED_CPU", "run_scale", "main"]
 
@@ -233,7 +233,7 @@ def run_scale(log=print, checkpoint=None, **options) -> dict:
         files then: a run stopped by a time limit keeps what it measured).
     **options
         The command line's options by their Python names (``images=64``, ``device="cuda"``,
-        ``compare_precision="bf16"``, ...; see ``python -m pure_utils.bench --scale paper -h``).
+        ``compare_precision="bf16"``, ...; see ``python -m pure_utils.perf --scale paper -h``).
 
     Returns
     -------
@@ -421,7 +421,7 @@ def _memory_check(args, result, log) -> dict:
     high-water marks after attribution, and the CUDA peaks, side by side."""
     other = args.images // 4 if args.images >= 4096 else args.images * 4
     attributed = next(r for r in result["stages"] if r["key"] == "attribution")["items"]
-    cmd = [sys.executable, "-m", "pure_utils.scale", "--json-stdout", "--memory-child", "--stages",
+    cmd = [sys.executable, "-m", "pure_utils.perf.scale", "--json-stdout", "--memory-child", "--stages",
            "mining,attribution", "--images", str(other), "--compare-neurons", "0",
            "--attr-limit", str(attributed // args.n_ref)]
     for key in ("device", "neurons", "n_ref", "batch_size", "work_batch_size", "workers",
@@ -536,7 +536,7 @@ def write(result: dict, out) -> tuple[Path, Path]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pure_utils.bench --scale paper",
+    p = argparse.ArgumentParser(prog="python -m pure_utils.perf --scale paper",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument

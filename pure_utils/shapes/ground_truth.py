@@ -1,6 +1,6 @@
 """Ground truth on the controlled benchmark: what drives each reference sample of a unit.
 
-The generator (:mod:`pure_utils.synthetic`) knows every object of every image and can redraw any
+The generator (:mod:`pure_utils.shapes.generator`) knows every object of every image and can redraw any
 image with an object removed or changed. :func:`reference_features` asks the network instead of
 the pixels: which object's removal silences the unit, and does the unit care about that
 object's colour, its shape, or both. A unit's true features are the labels that hold a share of
@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._progress import tqdm
-from .cache import TensorSpec, cached
-from .models import eval_mode, forward_until, resolve_device
-from .data import SyntheticShapes
-from .layouts import layout_key, resolve_layout
-from .references import check_references, index_tensor, mine_references
-from .synthetic import counterfactual
+from .._progress import tqdm
+from ..cache import TensorSpec, cached
+from ..models import resolve_device
+from ..layers import eval_mode, forward_until
+from .dataset import SyntheticShapes
+from ..layers import layout_key, resolve_layout
+from ..references import check_references, index_tensor, mine_references
+from .generator import counterfactual
 
 __all__ = ["RULE", "ReferenceFeatures", "reference_features", "feature_names", "intervention_panels",
            "concept_at",
@@ -315,7 +316,7 @@ def _activations(model, dataset, jobs, layer: str, device, batch_size: int, layo
 
     ``jobs`` are ``(scene, objects)`` pairs (see :meth:`SyntheticShapes.render`); they are
     rendered batch by batch, so memory does not grow with their number. ``layout``
-    (:class:`pure_utils.layouts.Layout`) says which positions the maximum runs over, as in mining.
+    (:class:`pure_utils.layers.Layout`) says which positions the maximum runs over, as in mining.
     """
     out = []
     with torch.inference_mode(), eval_mode(model):
@@ -349,7 +350,7 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
        (objects that act only together) give ``"mixed"``.
     3. **Attribute.** The driver is redrawn with each other colour of the dataset (same shape,
        place, size, brightness) and with each other shape (same colour, place, rotation and
-       *area*: see :func:`pure_utils.synthetic.counterfactual`). The retention of an edit is
+       *area*: see :func:`pure_utils.shapes.generator.counterfactual`). The retention of an edit is
        ``(a_edit - a_j) / (a - a_j)``, the share of the driver's contribution that survives it,
        averaged over the alternatives. Colour matters when its retention is below 0.5, and so
        does shape. Colour only: the colour (``"red"``); shape only: the shape (``"circle"``);
@@ -546,7 +547,7 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
                 split=dataset.split, n=len(dataset), seed=dataset.seed,
                 rule=(f"top-{refs.indices.shape[1]} images per {layer} channel by spatial max; the "
                       "feature of a reference is found by editing its image (remove each object, "
-                      "change the driver's colour and shape; pure_utils.ground_truth."
+                      "change the driver's colour and shape; pure_utils.shapes.ground_truth."
                       f"reference_features, rule {RULE_VERSION}); polysemantic = at least two "
                       f"features with >= {min_share:.0%} of the references"))
 

@@ -44,10 +44,11 @@ import yaml
 from papermill.exceptions import PapermillExecutionError
 from papermill.iorw import NoDatesSafeLoader
 
-from . import pages, profiles
-from ._files import apply_umask
-from .paths import ROOT
-from .rendering import (INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_book,
+from . import decorate as pages
+from ..study import profile as profiles
+from .._files import apply_umask
+from ..paths import ROOT
+from .browser import (INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_book,
                         check_rendering, screenshot)
 
 KERNEL_NAME = "pure-utils"
@@ -143,7 +144,7 @@ def resolve_parameters(chapter_list: list[Chapter], profile: dict, overrides: di
 
     Every notebook receives ``profile`` (the profile's name or path) and all of the profile's
     keys, as ``papermill -f PROFILE.yaml`` does; the notebook builds its settings from them
-    (``pure_utils.profiles.from_parameters``). A profile key that the default profile does not
+    (``pure_utils.study.profile.from_parameters``). A profile key that the default profile does not
     define is an error, as is an override (``-p``) that is neither a profile key nor a
     parameter of every notebook being run.
     """

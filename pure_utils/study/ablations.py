@@ -1,6 +1,6 @@
 """Tables of the ablations beyond the paper: clustering algorithms, choosing k, variants.
 
-They share the per-neuron loop of :mod:`pure_utils.tables` (:func:`~pure_utils.tables.score_rows`).
+They share the per-neuron loop of :mod:`pure_utils.study.tables` (:func:`~pure_utils.study.tables.score_rows`).
 """
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import silhouette_score
 
-from ._arrays import as_numpy
-from .ground_truth import concept_counts
-from .metrics import kmeans_labels
+from .._arrays import as_numpy
+from ..shapes.ground_truth import concept_counts
+from ..metrics import kmeans_labels
 from .report import interval
 from .tables import (check_rows, compare_clusterings, ground_truth_score, ground_truth_table,
                      neuron_ids, paired_table, score_rows, summarize_frame)
@@ -87,7 +87,7 @@ def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float
     ``k`` with the largest silhouette score (Euclidean) is chosen. With ground-truth
     ``concepts`` the true count is added: the number of concepts holding at least
     ``min_share`` of the neuron's reference samples (at least 1;
-    :func:`pure_utils.ground_truth.concept_counts`, background is no concept).
+    :func:`pure_utils.shapes.ground_truth.concept_counts`, background is no concept).
 
     Parameters
     ----------

@@ -15,9 +15,9 @@ Images are deterministic per ``(seed, split, index)``: every image has its own r
 seeded from these numbers (NumPy ``SeedSequence`` + PCG64, identical on every platform), so random
 access works and the size of a split never changes its pixels.
 
-This module is the generator only; :class:`pure_utils.benchmark.SyntheticShapes` is the dataset
+This module is the generator only; :class:`pure_utils.shapes.dataset.SyntheticShapes` is the dataset
 over it. What drives a trained network's units on these images is worked out in
-:mod:`pure_utils.ground_truth`; the shipped models are trained by :mod:`pure_utils.train`.
+:mod:`pure_utils.shapes.ground_truth`; the shipped models are trained by :mod:`pure_utils.shapes.train`.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._compat import moved_names
 
 __all__ = ["GENERATOR_VERSION", "SHAPES", "COLOURS", "SPLITS", "DEFAULT_SPLIT_SIZES", "SHAPE_AREAS",
            "SyntheticConfig", "Scene", "sample_scene", "draw_scene", "counterfactual",
@@ -419,12 +418,3 @@ def render_image(config: SyntheticConfig, seed: int, split: str, index: int):
     image, object_map = draw_scene(scene)
     return image, object_map, [dict(o) for o in scene.objects]
 
-
-# names that lived here before the ground truth, the training and the dataset got their own homes
-__getattr__ = moved_names(__name__, {
-    "SyntheticShapes": "benchmark",
-    **dict.fromkeys(["reference_concepts", "concept_shares", "concept_counts",
-                     "polysemantic_by_concepts", "layer_polysemanticity"], "ground_truth"),
-    **dict.fromkeys(["train_default_model", "evaluate_accuracy", "DEFAULT_ARCHITECTURES",
-                     "DEFAULT_TRAINING"], "train"),
-})

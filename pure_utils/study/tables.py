@@ -6,7 +6,7 @@ clusterings compared are called *methods* in every table: ``"PURE"`` (or ``"PURE
 the embedders' labels, ``"random"`` (the lower bound) and ``"ground truth"`` (the upper bound).
 
 :func:`compare_clusterings` (Eq. 5) and :func:`ground_truth_table` (ARI / NMI), and the
-ablation tables of :mod:`pure_utils.ablations`, share one loop over neurons, ``k`` and methods
+ablation tables of :mod:`pure_utils.study.ablations`, share one loop over neurons, ``k`` and methods
 (:func:`score_rows`); the others are their own kind of table.
 """
 from __future__ import annotations
@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ._arrays import as_numpy
-from ._progress import tqdm
-from .metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,
+from .._arrays import as_numpy
+from .._progress import tqdm
+from ..metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,
                       kmeans_labels, paired_difference, pairwise_distances_upper, polysemanticity,
                       purity, random_assignment_purity, summarize)
-from .paths import DATA_DIR
-from .virtual import VirtualNeurons
+from ..paths import DATA_DIR
+from ..virtual import VirtualNeurons
 
 __all__ = [
     "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
@@ -346,7 +346,7 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
     Parameters
     ----------
     concepts : LongTensor[n_neurons, n_ref]
-        Concept of each reference sample (:func:`pure_utils.ground_truth.reference_concepts`).
+        Concept of each reference sample (:func:`pure_utils.shapes.ground_truth.reference_concepts`).
     features : dict of str -> Tensor[n_neurons, n_ref, d_m]
         What each method clusters (e.g. ``{"PURE (gxa)": ..., "PURE (epsilon_plus_flat)": ...,
         "activations": ...}``).

@@ -1,0 +1,16 @@
+"""The controlled benchmark: generated images of shapes with known concepts and masks.
+
+- :mod:`~pure_utils.shapes.generator`: scenes, masks and counterfactual edits (``SyntheticConfig``);
+- :mod:`~pure_utils.shapes.dataset`: ``SyntheticShapes``, the benchmark as a dataset
+  (``load_dataset("synthetic", ...)`` builds it by name);
+- :mod:`~pure_utils.shapes.ground_truth`: what drives each reference sample, by intervention;
+- :mod:`~pure_utils.shapes.train`: training the shipped models (``python -m pure_utils.shapes.train``).
+"""
+from .dataset import SyntheticShapes, load_synthetic
+from .generator import SyntheticConfig
+from .ground_truth import (ReferenceFeatures, concept_counts, concept_shares, layer_polysemanticity,
+                           polysemantic_by_concepts, reference_concepts, reference_features)
+
+__all__ = ["SyntheticShapes", "SyntheticConfig", "load_synthetic", "ReferenceFeatures",
+           "reference_features", "reference_concepts", "polysemantic_by_concepts",
+           "layer_polysemanticity", "concept_shares", "concept_counts"]
