@@ -71,6 +71,8 @@ _EXPORTS = {
     "crop_boxes": "crops",
     "feature_crops": "crops",
     "display_crops": "crops",
+    # pure.py
+    "PURE": "pure",
     # embed.py
     "Embedder": "embed",
     "load_embedder": "embed",
