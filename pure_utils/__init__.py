@@ -40,6 +40,7 @@ _EXPORTS = {
     "feature_heatmaps": "crops",
     "crop_boxes": "crops",
     "feature_crops": "crops",
+    "PURE": "pure",
     "load_embedder": "embed",
     "paired_difference": "metrics",
     "Cache": "cache",

@@ -61,7 +61,7 @@ from .references import References, check_references, index_tensor, neuron_ids
 from .stash import ActivationStash, feed_batches, stash_serves
 
 __all__ = ["ATTRIBUTIONS", "circuit_attributions", "activation_features",
-           "lrp_conservation"]
+           "lrp_conservation", "check_lower_layers"]
 
 #: Accepted ``attribution`` names: Gradient x Activation and zennit composite names (LRP).
 ATTRIBUTIONS = ("gxa", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat",
@@ -80,8 +80,9 @@ def _check_attribution(attribution: str) -> str:
     return attribution
 
 
-def _lower_layers(model: nn.Module, layer: str, lower_layer) -> list[str]:
-    """Validate ``lower_layer`` (a name or a list of names) against ``layer``."""
+def check_lower_layers(model: nn.Module, layer: str, lower_layer) -> list[str]:
+    """``lower_layer`` as a list of names, validated against ``layer``: every name a module that
+    runs before ``layer`` (a ``ValueError`` says which is not), none twice, not empty."""
     get_layer(model, layer)
     lowers = [lower_layer] if isinstance(lower_layer, str) else list(lower_layer)
     if not lowers:
@@ -304,7 +305,7 @@ def _circuits(model, dataset, references, layer, lower_layer, *, neurons, attrib
               layout=None, tokens=None):
     """``(lowers, tensors)``: the stored results, ``lower{i}`` Tensor[N, n_ref, C_i] (unnormalised)
     and ``initial`` Tensor[N, n_ref]."""
-    lowers = _lower_layers(model, layer, lower_layer)
+    lowers = check_lower_layers(model, layer, lower_layer)
     n = check_dataset(dataset)
     neurons, indices = _reference_rows(references, layer, neurons, model=model, dataset=dataset)
     if batch_size < 1:
