@@ -82,6 +82,11 @@ _EXPORTS = {
     "ground_truth_scores": "metrics",
     "bootstrap_ci": "metrics",
     "paired_difference": "metrics",
+    # stats.py
+    "sign_flip_test": "stats",
+    "stratified_sign_flip_test": "stats",
+    "smallest_reachable_p": "stats",
+    "minimum_detectable_difference": "stats",
     # cache.py
     "Cache": "cache",
     "CacheWarning": "cache",
