@@ -64,6 +64,7 @@ _EXPORTS = {
     "lrp_conservation": "circuits",
     "ATTRIBUTIONS": "circuits",
     "METHODS": "circuits",
+    "BASELINES": "circuits",
     # virtual.py
     "VirtualNeurons": "virtual",
     # crops.py
