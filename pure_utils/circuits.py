@@ -60,8 +60,12 @@ from .models import resolve_device
 from .references import References, check_references, index_tensor, neuron_ids
 from .stash import ActivationStash, feed_batches, stash_serves
 
-__all__ = ["ATTRIBUTIONS", "circuit_attributions", "activation_features",
+__all__ = ["ATTRIBUTIONS", "BASELINES", "circuit_attributions", "activation_features",
            "lrp_conservation", "check_lower_layers"]
+
+#: The activation baselines by name -> ``pooling`` of :func:`activation_features`: every channel's
+#: spatial mean (the paper's), or every channel where the unit itself peaks (a local baseline).
+BASELINES = {"activations (mean)": "mean", "activations (peak)": "peak"}
 
 #: Accepted ``attribution`` names: Gradient x Activation and zennit composite names (LRP).
 ATTRIBUTIONS = ("gxa", "epsilon_plus_flat", "epsilon_plus", "epsilon_alpha2_beta1_flat",
@@ -491,13 +495,16 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_la
 def activation_features(model: nn.Module, dataset, references, layer: str, *, neurons=None,
                         batch_size: int = 64, device=None, cache=None,
                         progress: bool = True, stash: ActivationStash | None = None,
-                        num_workers: int = 0, layout=None,
-                        tokens: str | None = None) -> torch.Tensor:
-    """The activation baseline: spatial mean of the clamped activations of all channels.
+                        num_workers: int = 0, layout=None, tokens: str | None = None,
+                        pooling: str = "mean") -> torch.Tensor:
+    """The activation baseline: the clamped activations of all channels, pooled over space.
 
     For each reference sample of each neuron, ``mean_s relu(A_c^L(s))`` for every channel ``c``
     of ``layer`` (after O'Mahony et al. 2023, as in the PURE paper's comparison); for a ViT's
-    tokens, the mean over the patch tokens (``tokens="patches"``).
+    tokens, the mean over the patch tokens (``tokens="patches"``). With ``pooling="peak"``,
+    ``relu(A_c^L(s*))`` at the position ``s*`` where neuron ``k`` itself is largest (the argmax
+    of its map over the positions mining uses - the patch tokens of a ViT -, the first one on
+    ties): what all channels do where ``k`` fires. :data:`BASELINES` names both.
 
     Parameters
     ----------
@@ -510,6 +517,8 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
         layer (the same features); images it does not hold are run as usual.
     num_workers : int
         DataLoader worker processes that read the images ahead.
+    pooling : {"mean", "peak"}
+        The spatial mean (default) or the vector at the neuron's peak.
 
     Returns
     -------
@@ -520,19 +529,27 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
     Under torch.distributed each rank computes its share of the images; every rank returns the
     whole result.
     """
+    if pooling not in BASELINES.values():
+        raise ValueError(f"pooling={pooling!r} not known; accepted: {', '.join(BASELINES.values())}")
     layer_module = get_layer(model, layer)
     n = check_dataset(dataset)
     neurons, indices = _reference_rows(references, layer, neurons, model=model, dataset=dataset)
     _check_indices(indices, n)
     recorded = references.layout if isinstance(references, References) else None
     lay = resolve_layout(model, layer, layout, tokens, recorded)
+    # what is computed once: an image (mean), or an image for one neuron (peak)
+    wanted = [i if pooling == "mean" else (i, neurons[r])
+              for r, row in enumerate(indices.tolist()) for i in row]
+    needs = {}
+    for i, k in set(wanted) if pooling == "peak" else ():
+        needs.setdefault(i, []).append(k)
     device = resolve_device(model, device)
     if not _stash_serves(stash, model, dataset, layer,
                          [stash.lower_layer] if stash is not None else [], None):
         stash = None
 
     def compute():
-        images = sorted(set(indices.flatten().tolist()))
+        images, keys = sorted(set(indices.flatten().tolist())), sorted(set(wanted))
         plan = [images[s:s + batch_size] for s in range(0, len(images), batch_size)]
         feats = {}
         bar = tqdm(total=sum(map(len, my_share(plan))), desc=f"activations {layer}", unit="img",
@@ -544,18 +561,20 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
                                 layer_module(lower), layer)
                 _check_channels(neurons, lay.n_channels(act), layer)
                 clamped = lay.channels(act.clamp(min=0))  # [B, C, positions]
-                mean = clamped.sum(-1).float().cpu() / clamped.shape[-1]
-                feats.update(zip(batch, mean))
+                if pooling == "mean":
+                    feats.update(zip(batch, clamped.sum(-1).float().cpu() / clamped.shape[-1]))
+                else:
+                    feats.update(_peaks(lay.channels(act), clamped, batch, needs))
                 bar.update(len(batch))
         bar.close()
         if is_distributed():  # each image was computed by one rank: the sum is every image
             (width,) = first_found([len(v) for v in feats.values()][:1] or None)
-            full = torch.zeros(len(images), width)
-            for j, i in enumerate(images):
+            full = torch.zeros(len(keys), width)
+            for j, i in enumerate(keys):
                 if i in feats:
                     full[j] = feats[i]
-            feats = dict(zip(images, sum_across_ranks(full)))
-        flat = torch.stack([feats[i] for i in indices.flatten().tolist()]).clone()
+            feats = dict(zip(keys, sum_across_ranks(full)))
+        flat = torch.stack([feats[i] for i in wanted]).clone()
         _check_finite(f"activations of layer {layer!r}", flat, neurons, indices)
         return {"features": flat.reshape(*indices.shape, -1)}
 
@@ -563,4 +582,12 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
                                      finite=True)}
     return cached("activation_features", cache, dataset, compute, model=model, expect=expect,
                   layer=layer, neurons=neurons, refs=_indices_digest(neurons, indices),
-                  **layout_key(lay))["features"]
+                  **layout_key(lay), **({} if pooling == "mean" else {"pooling": pooling}))["features"]
+
+
+def _peaks(raw: torch.Tensor, clamped: torch.Tensor, batch, needs: dict) -> dict:
+    """``{(image, k): Tensor[C]}``: ``clamped[b, :, s*]`` at the first argmax ``s*`` of ``raw[b, k]``
+    (where mining finds the peak) for each neuron ``k`` in ``needs[image]``, ``image = batch[b]``;
+    ``raw``, ``clamped``: ``Tensor[B, C, positions]``."""
+    return {(i, k): clamped[b, :, int(raw[b, k].float().argmax())].float().cpu()
+            for b, i in enumerate(batch) for k in needs.get(i, ())}

@@ -14,12 +14,19 @@ from scipy.stats import wilcoxon
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from ._arrays import as_numpy
+from .stats import TIE, minimum_detectable_difference, sign_flip_test, smallest_reachable_p
 from .virtual import VirtualNeurons
 
 __all__ = ["distance_matrix", "intra_inter", "polysemanticity", "kmeans_labels",
            "pairwise_distances_upper", "distance_correlation", "ground_truth_scores",
            "purity", "bootstrap_ci", "standard_error", "summarize", "paired_difference",
-           "random_assignment_purity"]
+           "random_assignment_purity", "PAIRED_KEYS", "DETECTION_KEYS"]
+
+#: The keys of :func:`paired_difference` that paired tables show.
+PAIRED_KEYS = ("mean", "ci_low", "ci_high", "p_value", "n", "n_excluded", "word")
+#: Its further keys: what the comparison can detect (ties, the smallest reachable p, a test
+#: that keeps ties, the minimum detectable difference).
+DETECTION_KEYS = ("n_tied", "min_p", "p_sign_flip", "p_zsplit", "mdd")
 
 
 def distance_matrix(embeddings) -> np.ndarray:
@@ -318,7 +325,13 @@ def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, level: float =
         ``p_value`` (two-sided Wilcoxon signed-rank test; 1 when every difference is 0, NaN
         below 2 neurons), ``n`` (neurons compared), ``n_excluded`` (neurons with a NaN in either
         method) and ``word``: ``"higher"`` when the interval lies above 0, ``"lower"`` when it lies
-        below, else ``"no detectable difference"``.
+        below, else ``"no detectable difference"``. Then what the comparison can detect
+        (:mod:`pure_utils.stats`; NaN below 2 neurons): ``n_tied`` (differences within 1e-12 of
+        0, which the Wilcoxon test drops), ``min_p`` (the smallest p its Wilcoxon test can reach
+        with this many non-zero differences), ``p_sign_flip`` (two-sided sign-flip test of the
+        mean, ties kept, Monte Carlo seeded by ``seed`` beyond 16 non-tied differences),
+        ``p_zsplit`` (Wilcoxon with ties split between the signs, ``zero_method="zsplit"``) and
+        ``mdd`` (the minimum detectable difference at ``level`` with power 0.8).
     """
     a, b = as_numpy(a).reshape(-1), as_numpy(b).reshape(-1)
     if a.shape != b.shape:
@@ -334,7 +347,21 @@ def paired_difference(a, b, *, n_boot: int = 1000, seed: int = 0, level: float =
         p = float(wilcoxon(d).pvalue)
     word = ("higher" if low > 0 else "lower" if high < 0 else "no detectable difference")
     return {"mean": float(d.mean()) if d.size else float("nan"), "ci_low": low, "ci_high": high,
-            "p_value": p, "n": int(d.size), "n_excluded": int((~keep).sum()), "word": word}
+            "p_value": p, "n": int(d.size), "n_excluded": int((~keep).sum()), "word": word,
+            **_detection(d, seed=seed, level=level)}
+
+
+def _detection(d: np.ndarray, *, seed: int, level: float) -> dict:
+    """The :data:`DETECTION_KEYS` of :func:`paired_difference` for finite differences ``d``."""
+    nan = float("nan")
+    if d.size < 2:
+        return {"n_tied": int((np.abs(d) <= TIE).sum()), "min_p": nan, "p_sign_flip": nan,
+                "p_zsplit": nan, "mdd": nan}
+    zsplit = float(wilcoxon(d, zero_method="zsplit").pvalue) if np.any(d != 0) else 1.0
+    return {"n_tied": int((np.abs(d) <= TIE).sum()),
+            "min_p": smallest_reachable_p(int(np.count_nonzero(d)), "wilcoxon"),
+            "p_sign_flip": sign_flip_test(d, seed=seed)["p"], "p_zsplit": zsplit,
+            "mdd": minimum_detectable_difference(d, level=level)}
 
 
 def random_assignment_purity(labels_pred, concepts, *, n_draws: int = 200, seed: int = 0) -> float:

@@ -71,6 +71,7 @@ def _run_all(folder) -> dict:
                                             **attr)
     out["acts"] = activation_features(model, data, refs, "layer4", **attr)
     out["acts_stash"] = activation_features(model, data, refs, "layer4", stash=stash, **attr)
+    out["acts_peak"] = activation_features(model, data, refs, "layer4", pooling="peak", **attr)
     boxes = reference_boxes(model, data, refs, "layer4", NEURONS, chunk_size=2, batch_size=3,
                             **quiet)
     out["boxes"] = boxes
@@ -144,7 +145,7 @@ def test_mining_shares_merge_into_the_single_process_result_ties_included(runs, 
         assert torch.equal(out[key], single[key])
 
 
-@pytest.mark.parametrize("key", ["gxa", "gxa_stash", "acts", "acts_stash", "boxes",
+@pytest.mark.parametrize("key", ["gxa", "gxa_stash", "acts", "acts_stash", "acts_peak", "boxes",
                                  "embeddings", "cached_gxa", "cached_gxa_again"])
 def test_shared_stages_equal_the_single_process_bit_for_bit(runs, key):
     single, ranks, _ = runs

@@ -17,8 +17,9 @@ import yaml
 
 from .._arrays import as_numpy
 from .._progress import tqdm
-from ..metrics import (distance_correlation, distance_matrix, ground_truth_scores, intra_inter,
-                      kmeans_labels, paired_difference, pairwise_distances_upper, polysemanticity,
+from ..metrics import (DETECTION_KEYS, PAIRED_KEYS, distance_correlation, distance_matrix,
+                       ground_truth_scores, intra_inter, kmeans_labels, paired_difference,
+                       pairwise_distances_upper, polysemanticity,
                       purity, random_assignment_purity, summarize)
 from ..paths import DATA_DIR
 from ..virtual import VirtualNeurons
@@ -215,7 +216,7 @@ def summarize_frame(frame: pd.DataFrame, value: str = "gap", by=("method", "k"),
 
 
 def paired_table(frame: pd.DataFrame, value: str, pairs, *, by=("k",), n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+                 seed: int = 0, level: float = 0.95, detection: bool = False) -> pd.DataFrame:
     """Paired comparisons of methods over the same neurons (:func:`metrics.paired_difference`).
 
     Parameters
@@ -228,6 +229,9 @@ def paired_table(frame: pd.DataFrame, value: str, pairs, *, by=("k",), n_boot: i
         ``(a, b)`` method pairs; each row reports ``a - b``.
     by : sequence of str
         Columns that split the comparison (each ``k`` on its own).
+    detection : bool
+        Also the columns ``n_tied, min_p, p_sign_flip, p_zsplit, mdd``: what each comparison
+        can detect (see :func:`~pure_utils.metrics.paired_difference`). Default False.
 
     Returns
     -------
@@ -237,6 +241,7 @@ def paired_table(frame: pd.DataFrame, value: str, pairs, *, by=("k",), n_boot: i
         p-value, the neurons compared and left out, and ``"higher"`` / ``"lower"`` / ``"no
         detectable difference"`` as the interval says.
     """
+    keys = PAIRED_KEYS + (DETECTION_KEYS if detection else ())
     rows = []
     groups = frame.groupby(list(by), sort=False) if by else [((), frame)]
     for key, group in groups:
@@ -249,7 +254,7 @@ def paired_table(frame: pd.DataFrame, value: str, pairs, *, by=("k",), n_boot: i
                 raise ValueError(f"method {missing[0]!r} not in the frame; methods: "
                                  f"{', '.join(map(str, wide.columns))}")
             stats = paired_difference(wide[a], wide[b], n_boot=n_boot, seed=seed, level=level)
-            rows.append({"a": a, "b": b, **dict(zip(by, key)), **stats})
+            rows.append({"a": a, "b": b, **dict(zip(by, key)), **{c: stats[c] for c in keys}})
     return pd.DataFrame(rows)
 
 
