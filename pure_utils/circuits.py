@@ -105,6 +105,16 @@ def _no_neurons(layer):
     return ValueError(f"neurons is empty; give at least one channel of layer {layer!r}")
 
 
+def _layer_of(references, layer):
+    """The neurons' layer: ``layer`` if given, else the one the references were mined for."""
+    if layer is not None:
+        return layer
+    if isinstance(references, References):
+        return references.layer
+    raise ValueError("layer must be given when references is an index tensor (References "
+                     "record their layer)")
+
+
 def _reference_rows(references, layer, neurons, *, model=None, dataset=None):
     """``(neurons list, LongTensor[N, n_ref] of dataset indices)``; mined references are checked
     against ``model`` and ``dataset``."""
@@ -360,7 +370,8 @@ def _ratios(tensors: dict, i: int) -> torch.Tensor:
     return torch.where(initial > 0, arrived / initial.clamp_min(1e-30), torch.nan)
 
 
-def circuit_attributions(model: nn.Module, dataset, references, layer: str, lower_layer, *,
+def circuit_attributions(model: nn.Module, dataset, references, layer: str | None = None,
+                         lower_layer=None, *,
                          neurons=None, attribution: str = "gxa", normalize: bool = True,
                          batch_size: int = 32, device=None, cache=None,
                          progress: bool = True,
@@ -380,8 +391,9 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         Mined references of ``layer`` (refused when mined on another model or dataset), or
         integer dataset indices per neuron (``neurons`` required; a single row is used for all
         neurons) - e.g. new samples in the test phase.
-    layer : str
-        Layer ``L`` of the neurons (must equal ``references.layer``).
+    layer : str, optional
+        Layer ``L`` of the neurons: by default ``references.layer``; given, it must equal it
+        (required when ``references`` is an index tensor).
     lower_layer : str or list of str
         Layer ``L-1``; a list gives the per-layer vectors, each normalised on its own,
         concatenated in the given order (the "fuller circuit" ablation).
@@ -433,6 +445,9 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
         (naming the neurons and samples), and for LRP on an uncovered model.
     """
     attribution = _check_attribution(attribution)
+    layer = _layer_of(references, layer)
+    if lower_layer is None:
+        raise ValueError("lower_layer must be given: the layer below the neurons (e.g. 'layer3')")
     lowers, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
                                 attribution=attribution, batch_size=batch_size, device=device,
                                 cache=cache, progress=progress, approximate=approximate,
@@ -454,7 +469,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str, lowe
     return torch.cat(parts, dim=-1)
 
 
-def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_layer: str, *,
+def lrp_conservation(model: nn.Module, dataset, references, layer: str | None = None,
+                     lower_layer: str | None = None, *,
                      neurons=None, attribution: str = "epsilon_plus_flat", approximate: bool = False,
                      batch_size: int = 32, device=None, cache=None,
                      progress: bool = False, layout=None,
@@ -485,6 +501,7 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_la
     if not isinstance(lower_layer, str):
         raise ValueError(f"lower_layer={lower_layer!r}: give one layer name")
     attribution = _check_attribution(attribution)
+    layer = _layer_of(references, layer)
     _, tensors = _circuits(model, dataset, references, layer, lower_layer, neurons=neurons,
                            attribution=attribution, batch_size=batch_size, device=device,
                            cache=cache, progress=progress, approximate=approximate,
@@ -492,7 +509,8 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str, lower_la
     return _ratios(tensors, 0)
 
 
-def activation_features(model: nn.Module, dataset, references, layer: str, *, neurons=None,
+def activation_features(model: nn.Module, dataset, references, layer: str | None = None, *,
+                        neurons=None,
                         batch_size: int = 64, device=None, cache=None,
                         progress: bool = True, stash: ActivationStash | None = None,
                         num_workers: int = 0, layout=None, tokens: str | None = None,
@@ -531,6 +549,7 @@ def activation_features(model: nn.Module, dataset, references, layer: str, *, ne
     """
     if pooling not in BASELINES.values():
         raise ValueError(f"pooling={pooling!r} not known; accepted: {', '.join(BASELINES.values())}")
+    layer = _layer_of(references, layer)
     layer_module = get_layer(model, layer)
     n = check_dataset(dataset)
     neurons, indices = _reference_rows(references, layer, neurons, model=model, dataset=dataset)

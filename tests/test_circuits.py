@@ -256,3 +256,21 @@ def test_lrp_conservation_is_one_on_a_covered_resnet_without_biases(name, data):
     assert torch.isfinite(biased).all() and (biased - 1).abs().max() > 1e-3
     with pytest.raises(ValueError, match="give one layer name"):
         lrp_conservation(model, data, refs, "layer4", ["layer2", "layer3"], neurons=[1])
+
+
+def test_the_layer_comes_from_the_references(r18, data, refs18):
+    """References record their layer: the stages take it from them unless it is given."""
+    explicit = circuit_attributions(r18, data, refs18, "layer4", "layer3", neurons=[1, 5],
+                                    progress=False)
+    implicit = circuit_attributions(r18, data, refs18, lower_layer="layer3", neurons=[1, 5],
+                                    progress=False)
+    assert torch.equal(explicit, implicit)
+    assert torch.equal(activation_features(r18, data, refs18, "layer4", neurons=[1], progress=False),
+                       activation_features(r18, data, refs18, neurons=[1], progress=False))
+    ratios = lrp_conservation(r18, data, refs18, lower_layer="layer3", neurons=[1])
+    assert ratios.shape == (1, refs18.n_ref)
+    with pytest.raises(ValueError, match="lower_layer must be given"):
+        circuit_attributions(r18, data, refs18, neurons=[1], progress=False)
+    with pytest.raises(ValueError, match="layer must be given when references is an index tensor"):
+        circuit_attributions(r18, data, torch.tensor([0, 1]), lower_layer="layer3", neurons=[1],
+                             progress=False)
