@@ -18,7 +18,8 @@ Embedders by name (:func:`load_embedder`):
     ``facebook/dinov2-base`` (transformers), mean of the ``last_hidden_state`` tokens (768-d).
 ``"attributes"``
     On the controlled benchmark: the colours and shapes visible in a crop, weighted by their
-    area - a perfect attribute reader in CLIP's role, see :class:`AttributeEmbedder`.
+    area - a perfect attribute reader in CLIP's role, see
+    :class:`pure_utils.shapes.reader.AttributeEmbedder`.
 
 ``pretrained=False`` builds the same architectures with small random-initialised
 configurations (no download), so tests and the smoke profile run the real code path. The
@@ -35,21 +36,25 @@ import torch
 import torch.nn.functional as F
 
 from ._progress import tqdm
+from .registry import Registry
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Embedder", "ImageEmbedder", "CLIPEmbedder", "OpenCLIPEmbedder", "DINOv2Embedder",
-           "AttributeEmbedder", "load_embedder", "EMBEDDERS", "preprocess"]
+           "load_embedder", "EMBEDDERS", "WEIGHTS", "preprocess"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-#: name -> (Hugging Face repository or open_clip model, what it is)
-EMBEDDERS = {
+#: The pretrained weights of each foundation model: Hugging Face repository or open_clip model.
+WEIGHTS = {
     "clip": "openai/clip-vit-base-patch32",
     "open_clip": "ViT-B-32",
     "dinov2": "facebook/dinov2-base",
-    "attributes": None,
 }
+#: Embedders by name (``EMBEDDERS.register(name, builder)`` adds one; a builder takes the keyword
+#: arguments of :func:`load_embedder` and returns an :class:`Embedder`). The attribute reader of
+#: the controlled benchmark is named by path: the engine does not import :mod:`pure_utils.shapes`.
+EMBEDDERS = Registry("embedder")
 
 
 def preprocess(image: torch.Tensor, *, resize: int, crop: int, mean, std) -> torch.Tensor:
@@ -193,65 +198,6 @@ class OpenCLIPEmbedder(ImageEmbedder):
         return self.model.encode_image(pixel_values)
 
 
-class AttributeEmbedder(Embedder):
-    """A perfect reader of object attributes, in CLIP's role on the controlled benchmark.
-
-    It embeds a crop (a box of a dataset image, as cut by the A.1 pipeline) by what the crop
-    shows: for each colour and each shape of the dataset, the share of the box's pixels covered
-    by visible objects of that colour (shape), and the share of background pixels. Distances
-    are graded: two crops of red objects of different shapes are nearer than a red circle and a
-    green square, and a crop that shows two objects lies between them. It is *not* CLIP: it
-    sees nothing but the annotated colours and shapes (no texture, no context, no semantics).
-
-    Parameters
-    ----------
-    colours, shapes : sequence of str
-        The dataset's colours and shapes (``dataset.config.colours``, ``dataset.config.shapes``).
-    """
-
-    input_kind = "boxes"
-
-    def __init__(self, colours, shapes):
-        self.colours, self.shapes = list(colours), list(shapes)
-        if not self.colours or not self.shapes:
-            raise ValueError("the attribute embedder needs the dataset's colours and shapes")
-        self.dim = len(self.colours) + len(self.shapes) + 1   # the last slot: background
-        self.name, self.pretrained = "attributes", False
-
-    def embed(self, items, *, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-        """Embed crops given as ``(dataset, index, box)`` triples.
-
-        Parameters
-        ----------
-        items : sequence of (SyntheticShapes, int, (y0, x0, y1, x1))
-            The box (ends exclusive, input pixels) of a dataset image.
-
-        Returns
-        -------
-        Tensor[n, len(colours) + len(shapes) + 1]
-        """
-        out = torch.zeros(len(items), self.dim)
-        n_col = len(self.colours)
-        for row, (dataset, index, box) in enumerate(items):
-            if not hasattr(dataset, "object_map"):
-                raise TypeError("the attribute embedder reads crops of the controlled benchmark: "
-                                "items are (SyntheticShapes, index, box) triples")
-            y0, x0, y1, x1 = (int(v) for v in box)
-            patch = np.asarray(dataset.object_map(int(index)))[y0:y1, x0:x1]
-            objects = dataset.annotations(int(index))["objects"]
-            total = max(patch.size, 1)
-            counts = np.bincount(patch[patch >= 0].astype(np.int64), minlength=len(objects))
-            for k, obj in enumerate(objects):
-                if counts[k]:
-                    out[row, self.colours.index(obj["colour"])] += counts[k] / total
-                    out[row, n_col + self.shapes.index(obj["shape"])] += counts[k] / total
-            out[row, -1] = float((patch < 0).sum()) / total
-        return out
-
-    def __repr__(self):
-        return f"AttributeEmbedder(colours={self.colours}, shapes={self.shapes})"
-
-
 # --------------------------------------------------------------------------------------------
 # loading
 # --------------------------------------------------------------------------------------------
@@ -297,7 +243,7 @@ def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size
         Overrides of the random-initialised configuration (e.g. ``{"hidden_size": 64}``).
     **kwargs
         ``"attributes"``: ``colours`` and ``shapes`` of the dataset (required; see
-        :class:`AttributeEmbedder`).
+        :class:`pure_utils.shapes.reader.AttributeEmbedder`).
 
     Returns
     -------
@@ -311,9 +257,8 @@ def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size
         ``pretrained=True`` and the weights cannot be loaded (offline, not cached); the message
         says what is missing, how to download it and which profile key to change.
     """
-    if name not in EMBEDDERS:
-        raise ValueError(f"embedder {name!r} not known; embedders: {', '.join(EMBEDDERS)}")
-    emb = _load(name, pretrained=pretrained, device=device, batch_size=batch_size,
+    build = EMBEDDERS.get(name)
+    emb = build(name=name, pretrained=pretrained, device=device, batch_size=batch_size,
                 image_size=image_size, pretrained_tag=pretrained_tag, config=config, **kwargs)
     # what identifies the embedding function (used in cache keys)
     emb.spec = dict(name=name, pretrained=bool(pretrained), image_size=image_size,
@@ -322,52 +267,58 @@ def load_embedder(name: str, *, pretrained: bool = True, device=None, batch_size
     return emb
 
 
-def _load(name, *, pretrained, device, batch_size, image_size, pretrained_tag, config,
-          **kwargs) -> Embedder:
-    if name == "attributes":
-        if set(kwargs) != {"colours", "shapes"}:
-            raise ValueError("embedder 'attributes' needs colours= and shapes= (the dataset's "
-                             "config.colours and config.shapes); it reads the annotations of the "
-                             f"controlled benchmark; got {', '.join(kwargs) or 'neither'}")
-        return AttributeEmbedder(**kwargs)
+def _no_extra(name, kwargs) -> None:
     if kwargs:
         raise ValueError(f"unexpected arguments for embedder {name!r}: {', '.join(kwargs)}")
+
+
+@EMBEDDERS.register("dinov2")
+@EMBEDDERS.register("clip")  # the lower decorator registers first: clip is listed first
+def _load_transformers(*, name, pretrained, device, batch_size, image_size, pretrained_tag,
+                       config, **kwargs) -> Embedder:
+    """CLIP or DINOv2 through transformers (tiny random configurations when not pretrained)."""
+    _no_extra(name, kwargs)
     config = dict(config or {})
     common = dict(batch_size=batch_size, device=device, name=name, pretrained=pretrained)
+    # heavy (several seconds): loaded only when a CLIP or DINOv2 embedder is built
+    from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
 
-    if name in ("clip", "dinov2"):
-        # heavy (several seconds): loaded only when a CLIP or DINOv2 embedder is built
-        from transformers import CLIPVisionConfig, CLIPVisionModel, Dinov2Config, Dinov2Model
+    is_clip = name == "clip"
+    model_cls = CLIPVisionModel if is_clip else Dinov2Model
+    cls = CLIPEmbedder if is_clip else DINOv2Embedder
+    mean, std = (CLIP_MEAN, CLIP_STD) if is_clip else (IMAGENET_MEAN, IMAGENET_STD)
+    if pretrained:
+        repo = WEIGHTS[name]
+        try:
+            model = model_cls.from_pretrained(repo)
+        except (OSError, ValueError) as err:
+            raise _missing(name, repo, err, f"huggingface-cli download {repo}") from err
+        # CLIP: 224 shortest side then 224 crop; DINOv2's processor: 256 then 224 crop
+        resize = 224 if is_clip else 256
+        return cls(model, resize=resize, crop=224, mean=mean, std=std, **common)
+    size = image_size or 32
+    cfg = _hf_tiny(CLIPVisionConfig if is_clip else Dinov2Config, size, **config)
+    # the random weights are the same on every call; the global RNG is left untouched
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = model_cls(cfg)
+    return cls(model, resize=size, crop=size, mean=mean, std=std, **common)
 
-        is_clip = name == "clip"
-        model_cls = CLIPVisionModel if is_clip else Dinov2Model
-        cls = CLIPEmbedder if is_clip else DINOv2Embedder
-        mean, std = (CLIP_MEAN, CLIP_STD) if is_clip else (IMAGENET_MEAN, IMAGENET_STD)
-        if pretrained:
-            repo = EMBEDDERS[name]
-            try:
-                model = model_cls.from_pretrained(repo)
-            except (OSError, ValueError) as err:
-                raise _missing(name, repo, err, f"huggingface-cli download {repo}") from err
-            # CLIP: 224 shortest side then 224 crop; DINOv2's processor: 256 then 224 crop
-            resize = 224 if is_clip else 256
-            return cls(model, resize=resize, crop=224, mean=mean, std=std, **common)
-        size = image_size or 32
-        cfg = _hf_tiny(CLIPVisionConfig if is_clip else Dinov2Config, size, **config)
-        # the random weights are the same on every call; the global RNG is left untouched
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = model_cls(cfg)
-        return cls(model, resize=size, crop=size, mean=mean, std=std, **common)
 
-    # open_clip
+@EMBEDDERS.register("open_clip")
+def _load_open_clip(*, name, pretrained, device, batch_size, image_size, pretrained_tag,
+                    config, **kwargs) -> Embedder:
+    """open_clip's ViT-B-32 (a tiny random CLIP when not pretrained)."""
+    _no_extra(name, kwargs)
+    config = dict(config or {})
+    common = dict(batch_size=batch_size, device=device, name=name, pretrained=pretrained)
     import open_clip  # heavy and optional: loaded only for the open_clip embedder
 
     if pretrained:
         try:
-            model = open_clip.create_model(EMBEDDERS[name], pretrained=pretrained_tag)
+            model = open_clip.create_model(WEIGHTS[name], pretrained=pretrained_tag)
         except (RuntimeError, OSError, ValueError) as err:
-            raise _missing(name, f"open_clip {EMBEDDERS[name]} / {pretrained_tag}", err,
+            raise _missing(name, f"open_clip {WEIGHTS[name]} / {pretrained_tag}", err,
                            "python -c \"import open_clip; open_clip.create_model('ViT-B-32', "
                            f"pretrained='{pretrained_tag}')\"") from err
         size = model.visual.image_size
@@ -385,3 +336,6 @@ def _load(name, *, pretrained, device, batch_size, image_size, pretrained_tag, c
                      text_cfg=CLIPTextCfg(context_length=8, vocab_size=64, width=16, heads=2,
                                           layers=1))
     return OpenCLIPEmbedder(model, resize=size, crop=size, mean=CLIP_MEAN, std=CLIP_STD, **common)
+
+
+EMBEDDERS.register("attributes", "pure_utils.shapes.reader:load_attribute_reader")

@@ -169,3 +169,25 @@ def test_imports_stand_at_the_top_but_for_heavy_packages_with_a_reason():
                 assert top.split(".")[0] in HEAVY, f"{where}: {top} imported inside a function"
                 reason = lines[node.lineno - 1] + lines[node.lineno - 2]
                 assert "#" in reason, f"{where}: a function-local import needs its reason"
+
+
+def test_registries_name_builders_lazily_and_list_them_in_errors():
+    """One idiom for named things: the engine names the benchmark's builders by path."""
+    import pytest
+
+    from pure_utils.data import DATASETS
+    from pure_utils.embed import EMBEDDERS
+    from pure_utils.registry import Registry
+
+    reg = Registry("thing")
+    reg.register("Lazy", "pure_utils.paths:ROOT")
+    assert "lazy" in reg and list(reg) == ["lazy"]
+    from pure_utils.paths import ROOT
+    assert reg.get("LAZY") is ROOT
+    with pytest.raises(ValueError, match="thing 'other' not known; things: lazy"):
+        reg.get("other")
+    with pytest.raises(ValueError, match="'module:attribute'"):
+        reg.register("bad", "no_colon")
+    assert {"synthetic", "imagefolder", "generated"} <= set(DATASETS)
+    assert list(EMBEDDERS) == ["clip", "dinov2", "open_clip", "attributes"]
+    assert DATASETS.get("synthetic").__module__ == "pure_utils.shapes.dataset"

@@ -4,6 +4,8 @@
 - :mod:`~pure_utils.shapes.dataset`: ``SyntheticShapes``, the benchmark as a dataset
   (``load_dataset("synthetic", ...)`` builds it by name);
 - :mod:`~pure_utils.shapes.ground_truth`: what drives each reference sample, by intervention;
+- :mod:`~pure_utils.shapes.reader`: the attribute reader, CLIP's role on the benchmark
+  (``load_embedder("attributes", ...)``);
 - :mod:`~pure_utils.shapes.train`: training the shipped models (``python -m pure_utils.shapes.train``).
 """
 from .dataset import SyntheticShapes, load_synthetic
