@@ -15,7 +15,7 @@ How the stages share their work (each rank ends with the full result):
   process forms, in turn (rank ``r`` of ``W`` takes batches ``r``, ``r + W``, ...): each image's
   forward pass runs on one rank, shared by all the neurons that need it, in the batch it has in
   a single process (convolutions round the last bits by batch size);
-- heatmaps and crop boxes (:mod:`pure_utils.pipeline`): whole chunks of neurons; embeddings:
+- heatmaps and crop boxes (:mod:`pure_utils.crops`): whole chunks of neurons; embeddings:
   whole batches of crops.
 
 Shares are put together with :func:`sum_across_ranks` (every entry is computed by exactly one

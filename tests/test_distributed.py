@@ -20,7 +20,7 @@ from pure_utils.data import GeneratedImages, UnreadableImageError
 from pure_utils.distributed import rank_and_size, shard_range
 from pure_utils.embed import load_embedder
 from pure_utils.models import build_resnet, randomize_batchnorm
-from pure_utils.pipeline import embed_boxes, reference_boxes
+from pure_utils.crops import embed_boxes, reference_boxes
 from pure_utils.references import mine_references
 from pure_utils.stash import ActivationStash
 

@@ -49,7 +49,7 @@ GROUPS = {"engine": 0, "shapes": 1, "study": 2, "book": 3, "perf": 3}
 #: The flow of data inside the engine, bottom to top: a module imports only modules before it.
 ENGINE = ["paths", "_machine", "_files", "_arrays", "_progress", "registry", "data", "distributed",
           "cache", "models", "layers", "stash", "canonizers", "references", "circuits", "virtual",
-          "crops", "pure", "embed", "pipeline", "stats", "metrics", "visualize"]
+          "embed", "crops", "pure", "stats", "metrics", "visualize"]
 #: Packages heavy enough to be imported inside the one function that needs them.
 HEAVY = {"transformers", "open_clip", "umap", "plotly", "torch", "myst_nb"}
 #: Lines of code (blank lines, comments and the docstring not counted) a function may have.

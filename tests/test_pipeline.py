@@ -1,4 +1,4 @@
-"""The streamed crop stages (pure_utils.pipeline) against the one-call functions they replace."""
+"""The streamed crop stages (pure_utils.crops) against the one-call functions they replace."""
 import time
 import warnings
 
@@ -9,7 +9,7 @@ from pure_utils.crops import crop_boxes, crops_from_boxes, feature_heatmaps
 from pure_utils.data import GeneratedImages
 from pure_utils.embed import load_embedder
 from pure_utils.models import build_resnet, randomize_batchnorm
-from pure_utils.pipeline import embed_boxes, reference_boxes
+from pure_utils.crops import embed_boxes, reference_boxes
 from pure_utils.references import mine_references
 
 NEURONS = [1, 4, 6, 9, 13]

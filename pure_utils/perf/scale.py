@@ -58,7 +58,7 @@ from ..data import GeneratedImages
 from ..embed import load_embedder
 from ..metrics import kmeans_labels
 from ..models import randomize_batchnorm
-from ..pipeline import embed_boxes, reference_boxes
+from ..crops import embed_boxes, reference_boxes
 from ..references import mine_references
 from ..stash import ActivationStash
 from ..study.tables import compare_clusterings, correlation_table

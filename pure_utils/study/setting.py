@@ -29,7 +29,7 @@ from ..data import load_dataset, shared_images
 from ..embed import ImageEmbedder, load_embedder
 from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from ..models import load_model, randomize_batchnorm
-from ..pipeline import embed_boxes, reference_boxes
+from ..crops import embed_boxes, reference_boxes
 from .profile import check_profile, resolve_device
 from ..references import References, mine_references
 from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
