@@ -45,11 +45,12 @@ from pathlib import Path  # noqa: E402
 PACKAGE = Path(pure_utils.__file__).parent
 #: The flow of data, bottom to top: a module imports only modules before it. The data layer
 #: (synthetic, data) sits right above the private helpers.
-LAYERS = ["paths", "_machine", "_files", "_arrays", "_progress", "_compat", "_measure", "report",
-          "synthetic", "benchmark", "data", "distributed", "cache", "models", "layouts", "stash",
-          "canonizers", "references", "circuits", "virtual", "crops", "embed", "pipeline",
-          "ground_truth", "metrics", "train", "tables", "ablations", "profiles", "experiments",
-          "prepare", "family", "visualize", "rendering", "pages", "book", "scale", "bench"]
+LAYERS = ["paths", "_machine", "_files", "_arrays", "_progress", "_compat", "_measure", "_images",
+          "report", "synthetic", "benchmark", "data", "disjoint", "distributed", "cache", "models",
+          "layouts", "stash", "canonizers", "checkpoints", "references", "circuits", "virtual",
+          "crops", "embed", "pipeline", "ground_truth", "metrics", "train", "tables", "ablations",
+          "profiles", "experiments", "prepare", "family", "visualize", "rendering", "pages", "book",
+          "scale", "bench"]
 #: Packages heavy enough to be imported inside the one function that needs them.
 HEAVY = {"transformers", "open_clip", "umap", "plotly", "torch", "myst_nb"}
 
