@@ -2,9 +2,15 @@
 
 Every artefact is stored as a pair of files under the cache folder:
 ``<key>.safetensors`` (the tensors) and ``<key>.json`` (metadata). The key is the SHA-256 of
-a canonical JSON description of *what* was computed - the kind of artefact, the model weights'
-fingerprint, the dataset's fingerprint, the layer, the parameters and the library version - so
-a change in any of them selects a different file and triggers a recomputation.
+a canonical JSON description of *what* was computed - the kind of artefact, the model's
+fingerprint (its structure and weights), the dataset's fingerprint, the layer, the parameters,
+the library version and a hash of the library's code (:func:`source_hash`) - so a change in any
+of them selects a different file and triggers a recomputation.
+
+The code hash covers the contents of every ``pure_utils/**/*.py`` file, read once per process.
+It is deliberately coarse: any change of the package's code, even a comment, invalidates every
+entry. That is safe - an entry is never served by other code than the one that computed it,
+without anyone having to remember a version bump - at the price of recomputing after each edit.
 
 Both files are written atomically (a temporary file in the same folder, then ``os.replace``),
 and the JSON file is written last: a run interrupted at any point leaves either no entry or a
@@ -23,6 +29,7 @@ once. The other ranks need no access to the cache folder.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,9 +48,11 @@ from .distributed import broadcast_object, is_distributed, is_main
 from .paths import ROOT
 
 __all__ = ["Cache", "CacheWarning", "TensorSpec", "resolve_cache", "default_cache_dir", "cached",
-           "cache_entry", "model_fingerprint", "dataset_fingerprint"]
+           "cache_entry", "model_fingerprint", "model_description", "model_identity",
+           "model_difference", "dataset_fingerprint", "source_hash"]
 
 _KIND_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]+")
 
 
 def default_cache_dir() -> Path:
@@ -152,18 +161,19 @@ class Cache:
             Artefact type (``"references"``, ``"circuits"``, ...); letters, digits, ``_.-``.
         **params
             Everything the result depends on (JSON-serialisable: str, numbers, lists, dicts,
-            tensors and arrays are converted to lists). ``pure_utils.__version__`` is added.
+            tensors and arrays are converted to lists). ``pure_utils.__version__`` and the
+            hash of the package's code (:func:`source_hash`) are added.
 
         Returns
         -------
         str
             The kind, a dash and the SHA-256 hex digest of the canonical JSON of
-            ``{"kind", "version", "params"}``; usable as a file name.
+            ``{"kind", "version", "code", "params"}``; usable as a file name.
         """
         if not _KIND_RE.match(kind):
             raise ValueError(f"cache kind {kind!r} is not valid; use letters, digits, '_', '.', '-'")
         payload = _canonical_json({"kind": kind, "version": pure_utils.__version__,
-                                   "params": params})
+                                   "code": source_hash(), "params": params})
         return f"{kind}-{_sha256(payload)}"
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -336,17 +346,123 @@ def resolve_cache(cache) -> Cache | None:
 # --------------------------------------------------------------------------------------------
 # fingerprints and the one helper every stage caches through
 # --------------------------------------------------------------------------------------------
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the model's class, name and weights, for cache keys."""
+@functools.lru_cache(maxsize=8)
+def source_hash(package=None) -> str:
+    """SHA-256 of the code of a package: every ``**/*.py`` file's relative path and bytes.
+
+    Parameters
+    ----------
+    package : str or Path, optional
+        The package folder (default: ``pure_utils`` itself).
+
+    Returns
+    -------
+    str
+        64 hex digits. Computed once per process and folder (``source_hash.cache_clear()``
+        forgets it); it enters every cache key, so that changed code never reads entries the
+        old code computed.
+    """
+    root = Path(package if package is not None else pure_utils.__file__).resolve()
+    root = root if root.is_dir() else root.parent
     h = hashlib.sha256()
-    h.update(type(model).__name__.encode())
-    h.update(str(getattr(model, "pure_name", "")).encode())
+    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+        if "__pycache__" in path.parts:
+            continue
+        data = path.read_bytes()
+        h.update(f"{path.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def _structure_digest(model: torch.nn.Module) -> tuple[str, int]:
+    """SHA-256 of every module's name, class and settings (``extra_repr``), in module order.
+
+    Memory addresses in a setting (``<function f at 0x7f...>``) are left out: they differ
+    between processes for the same model."""
+    h = hashlib.sha256()
+    n = 0
+    for name, module in model.named_modules():
+        kind = type(module)
+        settings = _ADDRESS_RE.sub("0x", module.extra_repr())
+        h.update(f"{name}\0{kind.__module__}.{kind.__qualname__}\0{settings}\n".encode())
+        n += 1
+    return h.hexdigest(), n
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the ``state_dict``: every name, dtype and the raw bytes (buffers included)."""
+    h = hashlib.sha256()
     for key, tensor in model.state_dict().items():
+        if tensor.is_meta:
+            raise ValueError(
+                f"the model's {key!r} is on the 'meta' device: it has a shape but no values "
+                "(a model built under torch.device('meta') or with empty weights). Give it "
+                "weights first: model.to_empty(device='cpu') then model.load_state_dict(...), "
+                "or build it on a real device")
         h.update(key.encode())
         t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def _model_digests(model: torch.nn.Module) -> tuple[str, str, str, int]:
+    """``(fingerprint, structure digest, weights digest, number of modules)``."""
+    structure, n = _structure_digest(model)
+    weights = _weights_digest(model)
+    h = hashlib.sha256()
+    for part in (type(model).__name__, str(getattr(model, "pure_name", "")), structure, weights):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16], structure, weights, n
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the model: its class, name, structure and weights, for cache keys.
+
+    The structure is every module's name, class and settings (its ``extra_repr()``: a
+    convolution's channels, kernel, stride, dilation and padding, an activation's type...), in
+    module order; the weights are the ``state_dict`` (parameters and buffers). So the same
+    weights in a dilated network, or with another activation function, are another model. Code
+    in a ``forward`` method (a functional call such as ``F.relu``) is not seen.
+
+    Returns
+    -------
+    str
+        16 hex digits.
+    """
+    return _model_digests(model)[0]
+
+
+def model_identity(model: torch.nn.Module) -> tuple[str, str]:
+    """``(model_fingerprint(model), model_description(model))``, the weights hashed once.
+
+    ``ValueError`` for a model without weights (on the ``meta`` device), naming what to do.
+    """
+    fp, structure, weights, n = _model_digests(model)
+    name = getattr(model, "pure_name", None)
+    head = f"{name}: {type(model).__name__}" if name else type(model).__name__
+    return fp, (f"{head} (fingerprint {fp}: {n} modules, structure {structure[:8]}, "
+                f"weights {weights[:8]})")
+
+
+def model_description(model: torch.nn.Module) -> str:
+    """The model in words for messages: name, class, fingerprint, and what it is made of.
+
+    ``"ResNet (fingerprint 0123456789abcdef: 62 modules, structure 1a2b3c4d, weights
+    5e6f7a8b)"``; two models that differ show whether their structure or their weights do.
+    """
+    return model_identity(model)[1]
+
+
+def model_difference(mined: str | None, given: str) -> str:
+    """Which parts of two :func:`model_description` differ, in words (``""`` if unknown)."""
+    def part(text, word):
+        found = re.search(rf"{word} (\w+)", text or "")
+        return found[1] if found else None
+
+    differ = [w for w in ("structure", "weights") if part(mined, w) not in (None, part(given, w))]
+    words = {"structure": "structure (module types or settings)", "weights": "weights"}
+    return f" (they differ in {' and '.join(words[w] for w in differ)})" if differ else ""
 
 
 def dataset_fingerprint(dataset) -> str | None:
@@ -370,8 +486,8 @@ def cache_entry(kind: str, cache, dataset, *, model=None, **params):
     if store is None:
         return None
     params = {"dataset": fp, **params}
-    if model is not None:
-        params["model"] = model_fingerprint(model)
+    if model is not None:  # a model, or its fingerprint computed already
+        params["model"] = model if isinstance(model, str) else model_fingerprint(model)
     return store, store.key(kind, **params), params
 
 
@@ -390,9 +506,9 @@ def cached(kind: str, cache, dataset, compute: Callable[[], dict], *, model=None
         with a warning.
     compute : callable
         ``compute() -> dict[str, Tensor]``, called on a miss.
-    model : nn.Module, optional
-        Its weights' fingerprint enters the key; leave it out for results that do not depend
-        on the model (crop embeddings).
+    model : nn.Module or str, optional
+        Its fingerprint (structure and weights; or the fingerprint itself) enters the key;
+        leave it out for results that do not depend on the model (crop embeddings).
     meta : dict, optional
         Extra metadata stored in the entry's JSON file.
     expect : dict[str, TensorSpec], optional

@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms import functional as F
 
+from ._images import BACKGROUND, read_image
 from .registry import Registry
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "DATASETS", "FINGERPRINTS",
            "ImageFolderDataset", "GeneratedImages", "DatasetPart",
-           "UnreadableImageError", "shared_images", "load_dataset", "check_dataset", "load_images",
-           "iter_samples", "iter_images", "iter_batches"]
+           "UnreadableImageError", "shared_images", "BACKGROUND", "load_dataset", "check_dataset",
+           "load_images", "iter_samples", "iter_images", "iter_batches"]
 
 #: ImageNet normalisation, as used by the timm ``*.a1_in1k`` weights and the PURE paper.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,18 +49,28 @@ FINGERPRINTS = ("stat", "content")
 
 
 class UnreadableImageError(OSError):
-    """An image of a dataset cannot be read (a damaged or truncated file); names the file."""
+    """An image of a dataset cannot be read (a damaged or truncated file, a header the decoder
+    refuses, values outside the range of the image's mode); names the file."""
+
+
+#: SHA-256 of image files' bytes, by path, with the (size, mtime, inode) they had: every
+#: dataset of a process shares it, so that a file is read once however many datasets see it.
+_FILE_DIGESTS: dict = {}
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Images of a folder, resized and centre-cropped as for ImageNet evaluation.
+
+    Files are read with the true range of their mode, EXIF orientation and transparency over
+    white (:mod:`pure_utils._images`), or raise :class:`UnreadableImageError` naming them.
 
     Parameters
     ----------
     root : path
         Either a folder of class sub-folders (``root/<class>/<image>``, the ImageNet val
         layout; sub-folders sorted by name give labels 0, 1, ...) or a flat folder of images
-        (every label -1).
+        (every label -1). Image files lying beside class folders are not read (their class is
+        unknown); a warning names them.
     image_size : int
         Side of the square centre crop (default 224).
     resize : int
@@ -76,6 +87,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         file's relative path and the SHA-256 of its bytes, so that copies of the same images
         on other machines share entries of a shared cache (each file is read once per process,
         and again only when its size or modification time changes).
+    exif : bool
+        Apply each file's EXIF orientation (default), or read the rows as stored (as
+        torchvision's loader does).
 
     Raises
     ------
@@ -84,7 +98,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, image_size: int = 224, resize: int = 256, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, class_names=None, fingerprint: str = "stat"):
+                 std=IMAGENET_STD, class_names=None, fingerprint: str = "stat", exif: bool = True):
         if root is None:
             raise FileNotFoundError(_missing_message(None))
         self.root = Path(root).expanduser()
@@ -98,7 +112,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                              f"{', '.join(map(repr, FINGERPRINTS))}")
         self.fingerprint_mode = fingerprint
         self._resolved_paths: list | None = None  # symlinks resolved on first use
-        self._digests: dict = {}  # path -> (stat signature, SHA-256 of the bytes)
+        self._digests = _FILE_DIGESTS  # path -> (stat signature, SHA-256 of the bytes)
+        self.exif = bool(exif)
         self.image_size, self.resize = int(image_size), int(resize)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
@@ -112,6 +127,13 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             for label, folder in enumerate(folders):
                 self.samples += [(p, label) for p in images_in(folder)]
             self.folder_names = [f.name for f in folders]
+            loose = [p.name for p in images_in(self.root)]
+            if loose:
+                warnings.warn(f"{len(loose)} image file(s) beside the class folders of "
+                              f"{self.root}: {', '.join(loose[:10])}"
+                              f"{', ...' if len(loose) > 10 else ''}; they "
+                              "are not read (their class is unknown): move them into a class "
+                              "folder", stacklevel=2)
         else:
             self.samples = [(p, -1) for p in images_in(self.root)]
             self.folder_names = []
@@ -144,7 +166,34 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             else:
                 h.update(f"{rel}:{self._content_digest(path, st)}:{label};".encode())
         return (f"imagefolder-{self.root.resolve().name}-{self.fingerprint_mode}-{h.hexdigest()[:16]}-"
-                f"n{len(self)}-{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}")
+                f"n{len(self)}-{self.resize}-{self.image_size}-{_digest(self.mean + self.std)}"
+                + ("" if self.exif else "-stored"))
+
+    def lineage(self) -> str:
+        """The dataset's identity but for its list of files (equal after a file is deleted)."""
+        where = self.root.resolve() if self.fingerprint_mode == "stat" else self.root.resolve().name
+        return (f"imagefolder-{where}-{self.fingerprint_mode}-{self.resize}-{self.image_size}-"
+                f"{_digest(self.mean + self.std)}-exif{int(self.exif)}")
+
+    def sample_ids(self) -> list[str]:
+        """Every sample's file as the fingerprint sees it, and its label (a gone file too)."""
+        ids = []
+        for i, (path, label) in enumerate(self.samples):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                ids.append(f"{path}:gone:{label}")
+                continue
+            if self.fingerprint_mode == "stat":
+                ids.append(f"{self._resolved(i)}:{st.st_size}:{st.st_mtime_ns}:{label}")
+            else:
+                digest = self._content_digest(path, st)
+                ids.append(f"{path.relative_to(self.root)}:{digest}:{label}")
+        return ids
+
+    def file_digest(self, i: int) -> str:
+        """SHA-256 of the bytes of image ``i``'s file (read once per process and file version)."""
+        return self._content_digest(self.samples[i][0], self._stat(i))
 
     def _resolved(self, i: int) -> Path:
         if self._resolved_paths is None:
@@ -174,14 +223,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """Image ``i`` resized and centre-cropped, Tensor[3, image_size, image_size] in [0, 1]."""
         path, _ = self.samples[i]
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for damaged files
+            img = read_image(path, exif=self.exif)
+        except Exception as err:  # a damaged file: PIL raises OSError, ValueError, SyntaxError,
+            # EOFError, DecompressionBombError, zlib and struct errors...
             raise UnreadableImageError(f"image {path} (index {i}) cannot be read: "
                                        f"{type(err).__name__}: {err}") from err
         img = F.resize(img, self.resize, interpolation=F.InterpolationMode.BILINEAR)
         img = F.center_crop(img, [self.image_size, self.image_size])
-        return F.to_tensor(img)
+        x = F.to_tensor(img)  # "F" images (high bit depth): one channel of floats in [0, 1]
+        return x if x.shape[0] == 3 else x.expand(3, -1, -1).clone()
 
     def __getitem__(self, i: int):
         x = self.image(i)
@@ -331,7 +381,8 @@ class _Guarded(torch.utils.data.Dataset):
         i = self.indices[j]
         try:
             return i, torch.as_tensor(self.dataset[i][0]), None
-        except OSError as err:  # a file that cannot be read; other errors are bugs and propagate
+        except Exception as err:  # any error reading one sample: a decoder's ValueError,
+            # SyntaxError or EOFError as much as an OSError (a bug shows in the reason)
             why = str(err) if isinstance(err, UnreadableImageError) else (
                 f"dataset[{i}] cannot be read: {type(err).__name__}: {err}")
             return i, None, why
@@ -342,6 +393,10 @@ def _collate(batch):
     batch is read (in a worker process when there are workers, so that pinning and the copy to a
     GPU can start from one tensor)."""
     good = [(i, x) for i, x, why in batch if why is None]
+    if len({tuple(x.shape) for _, x in good}) > 1:
+        raise ValueError("the images of a batch differ in size: " + ", ".join(
+            f"dataset[{i}] {tuple(x.shape)}" for i, x in good) + "; every image must have the "
+            "model's input size (resize and crop them in the dataset)")
     images = torch.stack([x for _, x in good]) if good else None
     return [i for i, _ in good], images, [(i, why) for i, _, why in batch if why is not None]
 
@@ -362,9 +417,10 @@ def iter_samples(dataset, batch_size: int, num_workers: int = 0, *, start: int =
     start, stop : int
         The range of indices (``stop``: default the end).
     skip_unreadable : bool
-        ``False``: a sample whose reading raises an ``OSError`` (a damaged image file) raises
-        :class:`UnreadableImageError` naming it. ``True``: it is left out of ``images`` and
-        listed in ``unreadable``.
+        ``False``: a sample whose reading raises any error (a damaged image file: an
+        ``OSError``, a decoder's ``ValueError``, ``SyntaxError``, ``EOFError``...) raises
+        :class:`UnreadableImageError` naming it and the error. ``True``: it is left out of
+        ``images`` and listed in ``unreadable``.
     pin_memory : bool
         Put the batches in page-locked memory (with workers), so that a copy to a GPU with
         ``non_blocking=True`` overlaps with computing.

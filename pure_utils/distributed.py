@@ -18,6 +18,11 @@ How the stages share their work (each rank ends with the full result):
 - heatmaps and crop boxes (:mod:`pure_utils.crops`): whole chunks of neurons; embeddings:
   whole batches of crops.
 
+Before a stage shares its work, the ranks compare what they were given
+(:func:`check_same_on_every_rank`: the dataset's length and fingerprint, the model's fingerprint):
+ranks that read other images or run other weights would merge shares of different
+computations into a result no single process gives.
+
 Shares are put together with :func:`sum_across_ranks` (every entry is computed by exactly one
 rank and is zero elsewhere, so the sum is that entry, bit for bit) or
 :func:`all_gather_objects`. The cache (:meth:`pure_utils.cache.Cache.get_or_compute`) is read and
@@ -25,11 +30,14 @@ written by rank 0 alone.
 """
 from __future__ import annotations
 
+import pickle
+
 import torch
 import torch.distributed as dist
 
 __all__ = ["rank_and_size", "is_distributed", "is_main", "shard_range", "my_share",
-           "all_gather_objects", "broadcast_object", "sum_across_ranks", "first_found", "barrier"]
+           "all_gather_objects", "broadcast_object", "sum_across_ranks", "first_found",
+           "check_same_on_every_rank", "portable_error", "barrier"]
 
 
 def rank_and_size() -> tuple[int, int]:
@@ -139,6 +147,50 @@ def first_found(local):
         if value is not None:
             return value
     raise ValueError("no rank had any item of the work to look at")
+
+
+def check_same_on_every_rank(values: dict, what: str = "the inputs") -> None:
+    """Refuse to go on unless every rank holds the same ``values`` (nothing without a group).
+
+    A collective: every rank calls it, and every rank raises the same error, so that none waits
+    for the others in a later collective.
+
+    Parameters
+    ----------
+    values : dict
+        Picklable values that must agree, by name (e.g. ``{"dataset length": 50000,
+        "model fingerprint": "..."}``).
+    what : str
+        What they describe, for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the first rank (in rank order) whose values differ from rank 0's, and every
+        entry that differs, with both values.
+    """
+    if not is_distributed():
+        return
+    parts = all_gather_objects(values)
+    for rank, other in enumerate(parts[1:], start=1):
+        diff = [f"{k}: {other.get(k)!r} on rank {rank}, {parts[0].get(k)!r} on rank 0"
+                for k in values if other.get(k) != parts[0].get(k)]
+        if diff:
+            raise ValueError(
+                f"{what} differ between the ranks ({'; '.join(diff)}); every rank must be given "
+                "the same dataset and model (the same files and weights; an image folder copied "
+                "to each machine has other modification times: use "
+                "ImageFolderDataset(..., fingerprint='content'))")
+
+
+def portable_error(err: Exception) -> Exception:
+    """``err`` if it survives pickling (to be sent to the other ranks), else a ``RuntimeError``
+    with its type and message (exceptions with other constructor arguments do not unpickle)."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # whatever pickling raises: the error is described instead
+        return RuntimeError(f"{type(err).__name__}: {err}")
 
 
 def barrier() -> None:

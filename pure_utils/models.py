@@ -19,7 +19,7 @@ from .cache import model_fingerprint
 from .paths import DATA_DIR, MODELS_DIR
 
 __all__ = ["DEFAULT_MODELS", "shipped_models", "build_resnet", "build_model", "read_card",
-           "load_model", "randomize_batchnorm", "model_fingerprint", "resolve_device",
+           "load_model", "input_dtype", "randomize_batchnorm", "model_fingerprint", "resolve_device",
            "machine_info", "DATA_DIR", "MODELS_DIR"]
 
 #: The models trained on the controlled benchmark and shipped with the project
@@ -215,14 +215,31 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def resolve_device(model: nn.Module, device=None) -> torch.device:
+def resolve_device(model: nn.Module, device=None, *, half: bool = False) -> torch.device:
     """The device to compute on; moves ``model`` there when a device is given.
 
-    ``None``: the device of the model's parameters (the CPU for a model without any).
+    ``None``: the device of the model's parameters (the CPU for a model without any). A model
+    without weights (on the ``meta`` device) is refused, and one in half precision (float16,
+    bfloat16) unless ``half`` (the stage runs it in its precision): ``ValueError`` saying what
+    to change.
     """
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise ValueError("the model is on the 'meta' device: it has shapes but no weights. Give it "
+                         "weights first: model.to_empty(device='cpu') then "
+                         "model.load_state_dict(...), or build it on a real device")
+    dtype = input_dtype(model)
+    if not half and dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the model's parameters are {dtype}; this stage computes gradients or "
+                         "relevances, in float32 (in half precision small contributions vanish): "
+                         "pass model.float() (mine_references accepts half precision)")
     if device is None:
         p = next(model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     model.to(device)
     return device
+def input_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's parameters (``None`` without any): a model in half
+    precision is given its inputs in half precision."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return None if p is None else p.dtype

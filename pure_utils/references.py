@@ -14,11 +14,15 @@ the patch tokens; references record the layout they were mined with.
 - ties are broken by the lower dataset index (a stable sort of candidates kept in index order);
 - a sample whose activations are not finite (NaN or inf) is never ranked: mining stops naming
   it, or, with ``on_nonfinite="skip"``, leaves it out and lists it in ``References.skipped``.
-  An image file that cannot be read is treated alike (``on_unreadable``); with a cache, the
-  work done before such a stop is kept, and the next run continues from there.
+  An image file that cannot be read (any error while reading it) is treated alike
+  (``on_unreadable``); with a cache, the work done before any stop - these, or a fault in the
+  model's forward pass - is kept, and the next run continues from there
+  (:mod:`pure_utils.checkpoints`, also after the damaged file was deleted);
+- a model in half precision gets inputs in its precision; one without weights (``meta``) is refused.
 
 References remember the model and dataset they were mined on (their fingerprints) and the input
 size; :func:`check_references` is how every stage that takes references refuses other ones.
+Under torch.distributed the ranks first check that they were given the same dataset and model.
 """
 from __future__ import annotations
 
@@ -30,12 +34,14 @@ import torch
 from torch import nn
 
 from ._progress import tqdm
-from .cache import TensorSpec, cache_entry, dataset_fingerprint, model_fingerprint
+from .cache import (TensorSpec, cache_entry, dataset_fingerprint, model_description,
+                    model_difference, model_fingerprint, model_identity)
+from .checkpoints import Stopped, resumable
 from .data import UnreadableImageError, check_dataset, iter_samples
-from .distributed import all_gather_objects, is_distributed, is_main, shard_range
-from .layers import Layout, layer_layout, layout_key
-from .models import resolve_device
-from .layers import eval_mode, forward_until
+from .distributed import (all_gather_objects, check_same_on_every_rank, is_distributed, is_main,
+                          portable_error, shard_range)
+from .layers import Layout, eval_mode, forward_until, layer_layout, layout_key
+from .models import input_dtype, resolve_device
 from .stash import ActivationStash, identity
 
 __all__ = ["References", "mine_references", "check_references", "neuron_ids", "index_tensor",
@@ -81,6 +87,9 @@ class References:
     layout : Layout or None
         How the layer's output was read (:mod:`pure_utils.layers`); ``None`` (built by hand):
         stages detect it from the model.
+    model_description : str or None
+        The model they were mined on in words (:func:`pure_utils.cache.model_description`),
+        for the message that refuses another model.
     """
 
     indices: torch.Tensor
@@ -94,6 +103,7 @@ class References:
     dataset_fingerprint: str | None = None
     skipped: dict = field(default_factory=dict)
     layout: Layout | None = None
+    model_description: str | None = None
 
     def __post_init__(self):
         if self.channels is None:
@@ -169,15 +179,16 @@ class References:
 
     @classmethod
     def from_tensors(cls, tensors: dict, layer: str, *, model_fingerprint: str | None = None,
-                     dataset_fingerprint: str | None = None,
-                     layout: Layout | None = None) -> "References":
+                     dataset_fingerprint: str | None = None, layout: Layout | None = None,
+                     model_description: str | None = None) -> "References":
         """Inverse of :meth:`to_tensors` (the layout is not stored: it comes from the model)."""
         return cls(indices=tensors["indices"].long(), values=tensors["values"],
                    positions=tensors["positions"].long(), channels=tensors["channels"].long(),
                    map_size=tuple(tensors["map_size"].tolist()),
                    input_size=tuple(tensors["input_size"].tolist()), layer=layer,
                    model_fingerprint=model_fingerprint, dataset_fingerprint=dataset_fingerprint,
-                   skipped={k: tensors.get(f"skipped_{k}", []) for k in _SKIPPED}, layout=layout)
+                   skipped={k: tensors.get(f"skipped_{k}", []) for k in _SKIPPED}, layout=layout,
+                   model_description=model_description)
 
 
 def neuron_ids(neurons) -> list[int]:
@@ -204,10 +215,6 @@ def index_tensor(indices, what: str = "reference indices") -> torch.Tensor:
     return t.long()
 
 
-def _describe_model(model) -> str:
-    return f"{getattr(model, 'pure_name', None) or type(model).__name__} [{model_fingerprint(model)}]"
-
-
 def check_references(references, *, model=None, dataset=None) -> None:
     """Refuse references mined on another model, dataset or input size.
 
@@ -217,7 +224,7 @@ def check_references(references, *, model=None, dataset=None) -> None:
         With ``model_fingerprint`` / ``dataset_fingerprint`` set by :func:`mine_references`.
         References without them (built by hand) pass unchecked.
     model : nn.Module, optional
-        Compared by its weights' fingerprint.
+        Compared by its fingerprint (structure and weights).
     dataset : Dataset, optional
         Compared by its ``fingerprint``, and by the size of its images against
         ``references.input_size``.
@@ -232,10 +239,12 @@ def check_references(references, *, model=None, dataset=None) -> None:
     if model is not None and want_model is not None:
         have = model_fingerprint(model)
         if have != want_model:
+            mined = getattr(references, "model_description", None)
+            given = model_description(model)
             raise ValueError(
-                f"references were mined on model [{want_model}], but the model given is "
-                f"{_describe_model(model)}; mine references with this model (mine_references) "
-                "or pass the model they were mined on")
+                f"references were mined on model {mined or f'[{want_model}]'}, but the model given "
+                f"is {given}{model_difference(mined, given)}; mine references with this model "
+                "(mine_references) or pass the model they were mined on")
     if dataset is None or (want_model is None and want_data is None):
         return
     if want_data is not None:
@@ -282,14 +291,6 @@ def _describe(indices: list, dataset=None, limit: int = 20) -> str:
     return ", ".join(items) + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
 
 
-class _Stopped(Exception):
-    """Mining stopped at a bad sample: ``error`` for the user, ``state`` to continue from."""
-
-    def __init__(self, error: Exception, state: dict | None):
-        super().__init__(str(error))
-        self.error, self.state = error, state
-
-
 def _merge_ranks(payload: tuple, n_ref: int):
     """Merge the top lists mined by all ranks: ``(best, n_valid, skipped, map_size, input_size)``.
 
@@ -303,7 +304,7 @@ def _merge_ranks(payload: tuple, n_ref: int):
                                (payload[0], *[_cpu(p) for p in payload[1:]]))
     stopped = [p[1] for p in parts if p[0] == "stopped"]
     if stopped:
-        stop = _Stopped(stopped[0], None)
+        stop = Stopped(stopped[0], None)
         stop.shared = True  # every rank knows: nothing left to tell the others
         raise stop
     best, n_valid, map_size, input_size = None, 0, None, None
@@ -330,17 +331,50 @@ def _mine_shared(*args, **kwargs) -> dict:
     (which wait in :func:`_merge_ranks`), and all of them raise the same error."""
     try:
         return _mine(*args, **kwargs)
-    except _Stopped as stop:
+    except Stopped as stop:
         if not is_distributed() or getattr(stop, "shared", False):
             raise
-        _merge_ranks(("stopped", stop.error), 0)
+        _merge_ranks(("stopped", portable_error(stop.error)), 0)
         raise  # not reached: _merge_ranks raises for every rank
 
 
+def _rank_batch(model, x, rows, best, n_ref, *, layer, layout, on_nonfinite, dataset, stash):
+    """One batch merged into the top lists ``best`` (left as they are): ``(new top lists, rows
+    ranked, rows left out as non-finite, map size, input size)``."""
+    act = layout.check(forward_until(model, x, layer), layer)
+    flat = layout.channels(act).float()  # [B, C, positions]; a vector: one position
+    c = flat.shape[1]
+    map_size, input_size = layout.positions_grid(act, x.shape[2:]), tuple(x.shape[2:])
+    finite = torch.isfinite(flat).flatten(1).all(1).cpu()
+    kept, bad = rows, []
+    if not finite.all():
+        bad = [i for i, ok in zip(rows, finite.tolist()) if not ok]
+        if on_nonfinite == "raise":
+            raise ValueError(
+                f"activations of layer {layer!r} are not finite (NaN or inf) on dataset "
+                f"indices {_describe(bad, dataset)}; such samples would rank first. Check "
+                "these inputs, or pass on_nonfinite='skip' to leave them out (they are "
+                "listed in References.skipped)")
+        kept = [i for i, ok in zip(rows, finite.tolist()) if ok]
+        flat = flat[finite.to(flat.device)]
+        if not kept:
+            return best, kept, bad, map_size, input_size
+    # argmax returns the first maximum: row-major order on ties
+    pos = flat.argmax(dim=2)
+    vals = torch.gather(flat, 2, pos[..., None])[..., 0]
+    idx = torch.tensor(kept, device=flat.device).expand(c, len(kept))
+    best = _merge_topk(best, {"values": vals.T, "indices": idx, "flat": pos.T}, n_ref)
+    if stash is not None:  # keep the lower layer's output of the new candidates
+        stash.update(rows, best["indices"])
+    return best, kept, bad, map_size, input_size
+
+
 def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, device, progress,
-          on_nonfinite, on_unreadable, resume=None, stash=None) -> dict:
+          on_nonfinite, on_unreadable, resume=None, stash=None, final=None) -> dict:
     """The streaming top-``n_ref`` pass (see :func:`mine_references`), from ``resume`` if given.
 
+    Any error stops it as :class:`Stopped`, with the state after the last batch merged (a
+    batch counts whole or not at all); ``final`` (a dict) receives the state at the end.
     Under torch.distributed this process mines its share of the images (whole batches, see
     :func:`pure_utils.distributed.shard_range`) and the shares are merged (:func:`_merge_ranks`).
     """
@@ -349,7 +383,7 @@ def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, devi
     best, n_valid = None, 0
     skipped = {k: [] for k in _SKIPPED}
     map_size = input_size = None
-    if resume is not None:  # the state saved when a previous run stopped at a bad sample
+    if resume is not None:  # the state saved when a previous run stopped
         best = {k: resume[k].to(device) for k in ("values", "indices", "flat")}
         start, n_valid = int(resume["next"]), int(resume["n_valid"])
         skipped = {k: resume[f"skipped_{k}"].tolist() for k in _SKIPPED}
@@ -370,55 +404,42 @@ def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, devi
                            pin_memory=torch.device(device).type == "cuda")
     recording = (stash.recording(model, layer) if stash is not None
                  else contextlib.nullcontext())
+    dtype, step = input_dtype(model), dict(layer=layer, layout=layout, on_nonfinite=on_nonfinite,
+                                            dataset=dataset, stash=stash)
     with torch.inference_mode(), eval_mode(model), recording:
         while True:
             first = start
             try:
-                kept, x, unreadable = next(batches)
+                rows, x, unreadable = next(batches)  # rows: the dataset index of each image
+                if x is not None:
+                    best, kept, bad, map_size, input_size = _rank_batch(
+                        model, x.to(device, dtype, non_blocking=True), rows, best, n_ref, **step)
+                    n_valid += len(kept)
+                    skipped["nonfinite"] += bad
             except StopIteration:
                 break
             except UnreadableImageError as err:
-                raise _Stopped(UnreadableImageError(
+                raise Stopped(UnreadableImageError(
                     f"{err}. Mining stopped there; pass on_unreadable='skip' to leave such files "
                     "out (they are listed in References.skipped)"), state(first)) from None
+            except Exception as err:  # a fault in the forward pass, non-finite values...
+                raise Stopped(err, state(first)) from None
             skipped["unreadable"] += [i for i, _ in unreadable]
-            start = max(kept + [i for i, _ in unreadable]) + 1
+            start = max(rows + [i for i, _ in unreadable]) + 1
             bar.update(start - first)
-            if x is None:
-                continue
-            act = layout.check(forward_until(model, x.to(device, non_blocking=True), layer), layer)
-            rows = kept  # the dataset index of each row of the batch
-            flat = layout.channels(act).float()  # [B, C, positions]; a vector: one position
-            c = flat.shape[1]
-            map_size, input_size = layout.positions_grid(act, x.shape[2:]), tuple(x.shape[2:])
-            finite = torch.isfinite(flat).flatten(1).all(1).cpu()
-            if not finite.all():
-                bad = [i for i, ok in zip(kept, finite.tolist()) if not ok]
-                if on_nonfinite == "raise":
-                    raise _Stopped(ValueError(
-                        f"activations of layer {layer!r} are not finite (NaN or inf) on dataset "
-                        f"indices {_describe(bad, dataset)}; such samples would rank first. Check "
-                        "these inputs, or pass on_nonfinite='skip' to leave them out (they are "
-                        "listed in References.skipped)"), state(first))
-                skipped["nonfinite"] += bad
-                kept = [i for i, ok in zip(kept, finite.tolist()) if ok]
-                flat = flat[finite.to(flat.device)]
-                if not kept:
-                    continue
-            n_valid += len(kept)
-            # argmax returns the first maximum: row-major order on ties
-            pos = flat.argmax(dim=2)
-            vals = torch.gather(flat, 2, pos[..., None])[..., 0]
-            idx = torch.tensor(kept, device=flat.device).expand(c, len(kept))
-            best = _merge_topk(best, {"values": vals.T, "indices": idx, "flat": pos.T}, n_ref)
-            if stash is not None:  # keep the lower layer's output of the new candidates
-                stash.update(rows, best["indices"])
     bar.close()
+    if final is not None and not is_distributed():
+        final.update(state(stop) or {})
     if is_distributed():
         best, n_valid, skipped, map_size, input_size = _merge_ranks(
             ("mined", best, n_valid, skipped, map_size, input_size), n_ref)
         if stash is not None and best is not None:
             stash.retain(best["indices"])  # candidates of this share that lost to another's
+    return _result(best, n_valid, skipped, map_size, input_size, n, n_ref, dataset)
+
+
+def _result(best, n_valid, skipped, map_size, input_size, n, n_ref, dataset) -> dict:
+    """The references' tensors from the final top lists (see :meth:`References.to_tensors`)."""
     if n_valid < n_ref:
         raise ValueError(
             f"only {n_valid} of {n} samples could be ranked (left out: non-finite "
@@ -495,9 +516,14 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
 
     Notes
     -----
-    With a cache, a run stopped by a bad sample keeps what it ranked before it: the next run
-    with the same model, dataset, layer and ``n_ref`` (e.g. with ``"skip"``) continues from
-    there and gives the result of an uninterrupted run.
+    With a cache, a run stopped by a bad sample or any other error (a fault in the model's
+    forward pass) keeps what it ranked before it: the next run with the same model, dataset,
+    layer and ``n_ref`` (e.g. with ``"skip"``) continues from there and gives the result of an
+    uninterrupted run; for an image folder also after the files it left out were deleted
+    (:mod:`pure_utils.checkpoints`).
+
+    A model in half precision gets its inputs in that precision; one in train mode is mined in
+    eval mode (and left in train mode).
 
     Under torch.distributed (``torchrun``) every rank mines its share of the images and the
     shares are merged into the single-process result, ties included; every rank returns it,
@@ -516,7 +542,13 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         if value not in ON_BAD_SAMPLE:
             raise ValueError(f"{name}={value!r} not known; use one of "
                              f"{', '.join(map(repr, ON_BAD_SAMPLE))}")
-    device = resolve_device(model, device)
+    fingerprint, description = model_identity(model)  # refuses a model without weights (meta)
+    if is_distributed():  # ranks given other data or weights would merge other computations
+        check_same_on_every_rank({"dataset length": n, "model fingerprint": fingerprint,
+                                  "dataset fingerprint": dataset_fingerprint(dataset),
+                                  "layer": layer, "n_ref": n_ref, "batch size": batch_size},
+                                 "the inputs of mining")
+    device = resolve_device(model, device, half=True)
     run = dict(layout=lay, batch_size=batch_size, num_workers=num_workers, device=device,
                progress=progress, on_nonfinite=on_nonfinite, on_unreadable=on_unreadable,
                stash=stash)
@@ -530,46 +562,26 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
               **{f"skipped_{k}": TensorSpec((None,), torch.int64, low=0, high=n) for k in _SKIPPED}}
     # the bad-sample policy is not part of the key: the ranking of the usable samples is the
     # same, and a stored "skip" result still raises below when asked to raise
-    entry = cache_entry("references", cache, dataset, model=model, layer=layer, n_ref=n_ref,
+    entry = cache_entry("references", cache, dataset, model=fingerprint, layer=layer, n_ref=n_ref,
                         **layout_key(lay))
     if entry is None:
         try:
             tensors = _mine_shared(model, dataset, layer, n_ref, **run)
-        except _Stopped as stop:
+        except Stopped as stop:
             raise stop.error from None
     else:
         store, _, params = entry
-        partial_key = store.key("references-partial", **params)
-
-        def compute():
-            # a distributed run has no single state to continue from: it starts from the beginning
-            hit = (None if is_distributed() else
-                   store.load(partial_key, {"next": TensorSpec((), low=0, high=n + 1)}))
-            try:
-                out = _mine_shared(model, dataset, layer, n_ref, resume=hit and hit[0], **run)
-            except _Stopped as stop:
-                kept = ""
-                if stop.state is not None:
-                    try:
-                        store.save(partial_key, stop.state, {"kind": "references-partial",
-                                                             "params": params})
-                        kept = (f" (the {int(stop.state['next'])} samples before it are kept "
-                                "in the cache: the next run continues from there)")
-                    except OSError:
-                        pass
-                raise type(stop.error)(f"{stop.error}{kept}") from None
-            if is_main():
-                store.discard(partial_key)
-            return out
-
+        compute = resumable(store, params, dataset, lambda resume, final: _mine_shared(
+            model, dataset, layer, n_ref, resume=resume, final=final, **run))
         # the identity travels in the entry too (the key is a one-way hash of it)
         tensors = store.get_or_compute("references", params, compute, expect=expect,
                                        meta={"model_fingerprint": params["model"],
                                              "dataset_fingerprint": params["dataset"]})
     fingerprints = ((params["model"], params["dataset"]) if entry is not None
-                    else (model_fingerprint(model), dataset_fingerprint(dataset)))
+                    else (fingerprint, dataset_fingerprint(dataset)))
     refs = References.from_tensors(tensors, layer, model_fingerprint=fingerprints[0],
-                                   dataset_fingerprint=fingerprints[1], layout=lay)
+                                   dataset_fingerprint=fingerprints[1], layout=lay,
+                                   model_description=description)
     if stash is not None:
         stash.identity = identity(model, dataset)
         if stash.problem is not None:

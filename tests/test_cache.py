@@ -179,3 +179,80 @@ def test_resolve_and_default_dir(tmp_cache):
         resolve_cache(3)
     with pytest.raises(TypeError):
         Cache(tmp_cache).save(c.key("demo"), {"a": [1, 2]})
+
+
+# --- a model's identity is its structure and its weights --------------------------------------
+def test_fingerprint_covers_the_structure_not_only_the_weights():
+    import timm
+
+    from pure_utils.cache import model_description, model_fingerprint
+
+    torch.manual_seed(0)
+    plain = timm.create_model("resnet18", pretrained=False)
+    weights = plain.state_dict()
+    # the same weights in a dilated network (output stride 8: strides become dilations)
+    dilated = timm.create_model("resnet18", pretrained=False, output_stride=8)
+    dilated.load_state_dict(weights)
+    assert dilated.layer4[0].conv1.dilation != plain.layer4[0].conv1.dilation
+    # the same weights with GELU in layer4 (no parameters of its own: the state_dict is the same)
+    gelu = timm.create_model("resnet18", pretrained=False)
+    gelu.load_state_dict(weights)
+    for block in gelu.layer4:
+        block.act1, block.act2 = torch.nn.GELU(), torch.nn.GELU()
+    twin = timm.create_model("resnet18", pretrained=False)
+    twin.load_state_dict(weights)
+    for other in (dilated, gelu, twin):
+        assert other.state_dict().keys() == weights.keys()
+        assert all(torch.equal(other.state_dict()[k], v) for k, v in weights.items())
+    prints = [model_fingerprint(m) for m in (plain, dilated, gelu)]
+    assert len(set(prints)) == 3, prints
+    assert model_fingerprint(twin) == prints[0]  # the same structure and weights: the same id
+    # the description says whether the structure or the weights differ
+    described = [model_description(m) for m in (plain, dilated, twin)]
+    assert described[0] == described[2] and described[0] != described[1]
+    assert described[0].startswith("ResNet (") and prints[0] in described[0]
+
+
+# --- a cache entry's key covers the code that computes it --------------------------------------
+def test_a_change_of_the_package_code_is_a_miss(tmp_path, monkeypatch):
+    c = Cache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": torch.arange(3)}
+
+    c.get_or_compute("demo", {"n": 1}, compute)
+    c.get_or_compute("demo", {"n": 1}, compute)
+    assert len(calls) == 1
+    key = c.key("demo", n=1)
+    # the attribution code changed, the version did not: another key, computed again
+    monkeypatch.setattr(cache_mod, "source_hash", lambda: "0" * 64)
+    assert c.key("demo", n=1) != key
+    c.get_or_compute("demo", {"n": 1}, compute)
+    assert len(calls) == 2
+
+
+def test_the_source_hash_follows_every_python_file_of_the_package(tmp_path):
+    from pure_utils.cache import source_hash
+
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    (pkg / "notes.txt").write_text("not code")
+    first = source_hash(pkg)
+    assert first == source_hash(pkg) and len(first) == 64
+    (pkg / "notes.txt").write_text("other notes")  # not code: the same hash
+    source_hash.cache_clear()
+    assert source_hash(pkg) == first
+    (pkg / "sub" / "b.py").write_text("y = 3\n")     # a changed line in a sub-package
+    source_hash.cache_clear()
+    changed = source_hash(pkg)
+    assert changed != first
+    (pkg / "sub" / "c.py").write_text("")            # a new, empty module
+    source_hash.cache_clear()
+    assert source_hash(pkg) not in (first, changed)
+    # the package's own hash: computed once per process, over its files
+    source_hash.cache_clear()
+    assert source_hash() == source_hash(os.path.dirname(pure_utils.__file__))

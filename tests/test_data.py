@@ -271,3 +271,175 @@ def test_mining_and_test_parts_of_an_image_folder_are_disjoint(tmp_path):
     assert other_seed.indices != test.indices and other_seed.fingerprint != test.fingerprint
     with pytest.raises(ValueError, match="part='train' not known"):
         load_dataset("imagefolder", part="train", **kw)
+
+
+# --- images read as they are -----------------------------------------------------------------
+def _one(tmp_path, img, name="a.png", **save):
+    """A flat folder holding one image, read at its own size (no resampling)."""
+    folder = tmp_path / f"one-{name}"
+    folder.mkdir()
+    img.save(folder / name, **save)
+    w, h = img.size
+    return ImageFolderDataset(folder, image_size=min(w, h), resize=min(w, h)), folder / name
+
+
+@pytest.mark.parametrize("mode, value, want", [
+    ("I;16", 32768, 32768 / 65535),     # 16-bit PNG, mid-grey (today: white)
+    ("I;16", 65535, 1.0),
+    ("I;16B", 16384, 16384 / 65535),    # big-endian 16 bit (TIFF)
+    ("I", 49152, 49152 / 65535),        # 32-bit integer holding 16-bit values
+    ("F", 0.25, 0.25),                  # float in [0, 1] (TIFF)
+    ("L", 128, 128 / 255),
+    ("1", 1, 1.0),
+])
+def test_every_grey_mode_reads_with_its_true_range(tmp_path, mode, value, want):
+    dtypes = {"I;16": np.uint16, "I;16B": ">u2", "I": np.int32, "F": np.float32, "L": np.uint8,
+              "1": bool}
+    img = Image.fromarray(np.full((4, 4), value, dtypes[mode]))
+    assert img.mode == mode
+    ds, path = _one(tmp_path, img, "a.tif" if mode in ("I;16B", "I", "F") else "a.png")
+    assert Image.open(path).mode == mode  # the file keeps the mode
+    x = ds.image(0)
+    assert x.shape == (3, 4, 4) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.full((3, 4, 4), want), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode, value, what", [("I", 70000, r"values 70000\.\.70000"),
+                                                ("I", -3, r"values -3\.\.-3"),
+                                                ("F", 2.5, r"values 2\.5\.\.2\.5"),
+                                                ("F", float("nan"), "NaN")])
+def test_values_outside_the_range_of_the_mode_are_refused_naming_file_and_mode(tmp_path, mode,
+                                                                               value, what):
+    dtypes = {"I": np.int32, "F": np.float32}
+    ds, path = _one(tmp_path, Image.fromarray(np.full((4, 4), value, dtypes[mode])), "a.tif")
+    with pytest.raises(UnreadableImageError, match=rf"a.tif \(index 0\).*mode '{mode}'.*{what}"):
+        ds.image(0)
+
+
+def test_colour_modes_palette_alpha_and_cmyk(tmp_path):
+    from pure_utils.data import BACKGROUND
+
+    bg = torch.tensor(BACKGROUND, dtype=torch.float32) / 255
+    # RGBA: an opaque red pixel, a transparent one (whatever colour it hides), a half-opaque blue
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)
+    rgba[0, 1] = (0, 255, 0, 0)
+    rgba[1, 0] = (0, 0, 255, 128)
+    rgba[1, 1] = (10, 20, 30, 255)
+    ds, _ = _one(tmp_path, Image.fromarray(rgba, "RGBA"), "rgba.png")
+    x = ds.image(0)
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([1.0, 0, 0]))
+    torch.testing.assert_close(x[:, 0, 1], bg, atol=1 / 255, rtol=0)
+    half = (128 * torch.tensor([0.0, 0, 1]) + (255 - 128) * bg) / 255  # alpha compositing
+    torch.testing.assert_close(x[:, 1, 0], half, atol=1.5 / 255, rtol=0)
+    # LA: grey with alpha
+    la = np.zeros((2, 2, 2), np.uint8)
+    la[..., 0], la[..., 1] = 200, 255
+    la[1, 1, 1] = 0
+    ds, _ = _one(tmp_path, Image.fromarray(la, "LA"), "la.png")
+    x = ds.image(0)
+    torch.testing.assert_close(x[:, 0, 0], torch.full((3,), 200 / 255))
+    torch.testing.assert_close(x[:, 1, 1], bg, atol=1 / 255, rtol=0)
+    # a palette image whose entry 1 is transparent
+    pal = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    pal.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    ds, path = _one(tmp_path, pal, "p.png", transparency=1)
+    assert Image.open(path).mode == "P" and "transparency" in Image.open(path).info
+    x = ds.image(0)
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([1.0, 0, 0]))
+    torch.testing.assert_close(x[:, 0, 1], bg, atol=1 / 255, rtol=0)
+    # CMYK (no black): R = 255 - C, G = 255 - M, B = 255 - Y
+    cmyk = Image.fromarray(np.full((2, 2, 4), (64, 0, 255, 0), np.uint8), "CMYK")
+    ds, _ = _one(tmp_path, cmyk, "c.tif")
+    torch.testing.assert_close(ds.image(0)[:, 0, 0], torch.tensor([191, 255, 0]) / 255)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # stored 8 wide x 4 high, left half red, right half blue; orientation 6: shown turned 90
+    # degrees clockwise, 4 wide x 8 high, red on top
+    arr = np.zeros((4, 8, 3), np.uint8)
+    arr[:, :4, 0] = 255
+    arr[:, 4:, 2] = 255
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    folder = tmp_path / "exif"
+    folder.mkdir()
+    img.save(folder / "a.png", exif=exif.tobytes())
+    assert Image.open(folder / "a.png").getexif().get(0x0112) == 6
+    x = ImageFolderDataset(folder, image_size=4, resize=4).image(0)  # the 4 x 4 centre
+    red, blue = torch.tensor([1.0, 0, 0]), torch.tensor([0, 0, 1.0])
+    assert torch.equal(x[:, :2].permute(1, 2, 0), red.expand(2, 4, 3))
+    assert torch.equal(x[:, 2:].permute(1, 2, 0), blue.expand(2, 4, 3))
+    # as stored (the choice of torchvision's reader): left red, right blue
+    x = ImageFolderDataset(folder, image_size=4, resize=4, exif=False).image(0)
+    assert torch.equal(x[:, :, :2].permute(1, 2, 0), red.expand(4, 2, 3))
+
+
+def test_loose_images_beside_class_folders_are_named(class_folder):
+    _save(class_folder / "stray.png", np.zeros((8, 8, 3)))
+    _save(class_folder / "other.jpg", np.zeros((8, 8, 3)))
+    with pytest.warns(UserWarning, match=r"2 image file\(s\) beside the class folders .*"
+                                         r"other\.jpg, stray\.png.*not read"):
+        ds = ImageFolderDataset(class_folder, image_size=16, resize=20)
+    assert len(ds) == 3
+
+
+# --- the test phase refuses images it has seen, in any guise ----------------------------------
+def test_test_images_are_compared_with_the_reference_images_by_content(tmp_path):
+    from pure_utils.disjoint import check_disjoint
+
+    rng = np.random.default_rng(0)
+    ref = tmp_path / "ref"
+    for i in range(6):
+        _save(ref / f"{i}.png", rng.integers(0, 255, (20, 24, 3)))
+    kw = dict(image_size=16, resize=16)
+    # another folder of other images: accepted, and the report says how many were compared
+    other = tmp_path / "other"
+    for i in range(4):
+        _save(other / f"{i}.png", rng.integers(0, 255, (20, 24, 3)))
+    report = check_disjoint(load_dataset("imagefolder", root=other, **kw),
+                            load_dataset("imagefolder", root=ref, **kw))
+    assert (report.shared, report.test, report.reference) == (0, 4, 6)
+    assert "compared 4 test images with 6 reference images by file content" in str(report)
+    # the same folder read with another resize
+    with pytest.raises(ValueError, match=r"shares 6 images with the reference set .*by file "
+                                         r"content"):
+        check_disjoint(load_dataset("imagefolder", root=ref, image_size=16, resize=20),
+                       load_dataset("imagefolder", root=ref, **kw))
+    # a byte-identical copy under another path
+    shutil.copy(ref / "3.png", other / "copy.png")
+    with pytest.raises(ValueError, match=r"shares 1 images with the reference set.*copy\.png"
+                                         r".*3\.png"):
+        check_disjoint(load_dataset("imagefolder", root=other, **kw),
+                       load_dataset("imagefolder", root=ref, **kw))
+    # duplicates inside one folder, split into the mining and test parts
+    dup = tmp_path / "dup"
+    for i in range(10):
+        _save(dup / f"{i}.png", rng.integers(0, 255, (20, 24, 3)))
+    parts = dict(root=dup, test_share=0.3, part_seed=0, **kw)
+    test = load_dataset("imagefolder", part="test", **parts)
+    mining = load_dataset("imagefolder", part="mining", **parts)
+    assert check_disjoint(test, mining).shared == 0
+    t, m = test.indices[0], mining.indices[0]
+    shutil.copy(dup / f"{t}.png", dup / f"{m}.png")  # the same names: the same split
+    test = load_dataset("imagefolder", part="test", **parts)
+    mining = load_dataset("imagefolder", part="mining", **parts)
+    assert (test.indices[0], mining.indices[0]) == (t, m)
+    with pytest.raises(ValueError, match=rf"shares 1 images.*{t}\.png.*{m}\.png"):
+        check_disjoint(test, mining)
+
+
+def test_datasets_without_files_are_compared_by_index():
+    from pure_utils.data import DatasetPart
+    from pure_utils.disjoint import check_disjoint
+
+    base = GeneratedImages(12, size=8)
+    report = check_disjoint(DatasetPart(base, part="test"), DatasetPart(base, part="mining"))
+    assert (report.shared, report.test, report.reference) == (0, 1, 11)
+    assert "by dataset index" in str(report)
+    with pytest.raises(ValueError, match="shares 12 images with the reference set"):
+        check_disjoint(base, GeneratedImages(12, size=8))
+    # other sources without files: nothing can be compared, and the report says so
+    report = check_disjoint(GeneratedImages(4, size=8, seed=1), base)
+    assert report.test == report.reference == 0 and "not compared" in str(report)

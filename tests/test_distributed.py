@@ -99,6 +99,18 @@ def _run_all(folder) -> dict:
         out["error"] = None
     except UnreadableImageError as err:
         out["error"] = str(err)
+    # inputs that differ between the ranks (one image more, other weights): refused before any
+    # work, by every rank, naming the rank that differs (one process: nothing to compare)
+    rank = rank_and_size()[0]
+    for what, run in (("dataset", lambda: mine_references(model, Repeated(n=22 + rank), "layer4",
+                                                          N_REF, batch_size=4, **quiet)),
+                      ("model", lambda: mine_references(randomize_batchnorm(_model(), rank), data,
+                                                        "layer4", N_REF, batch_size=4, **quiet))):
+        try:
+            run()
+            out[f"mismatch_{what}"] = None
+        except ValueError as err:
+            out[f"mismatch_{what}"] = str(err)
     return out
 
 
@@ -178,3 +190,13 @@ def test_a_bad_sample_on_one_rank_stops_every_rank_with_its_error(runs):
     single, ranks, _ = runs
     assert single["error"] and "image 17 is damaged" in single["error"]
     assert [out["error"] for out in ranks] == [single["error"]] * 2
+
+
+def test_ranks_with_other_data_or_weights_are_refused_naming_the_rank(runs):
+    single, ranks, _ = runs
+    assert single["mismatch_dataset"] is None and single["mismatch_model"] is None
+    for what, differs in (("dataset", "dataset length: 23 on rank 1, 22 on rank 0"),
+                          ("model", "model fingerprint: ")):
+        errors = [out[f"mismatch_{what}"] for out in ranks]
+        assert errors[0] is not None and errors[0] == errors[1], errors
+        assert differs in errors[0] and "rank 1" in errors[0]

@@ -47,8 +47,8 @@ PACKAGE = Path(pure_utils.__file__).parent
 #: stand on study, neither on the other): engine <- shapes <- study <- book, perf.
 GROUPS = {"engine": 0, "shapes": 1, "study": 2, "book": 3, "perf": 3}
 #: The flow of data inside the engine, bottom to top: a module imports only modules before it.
-ENGINE = ["paths", "_machine", "_files", "_arrays", "_progress", "registry", "data", "distributed",
-          "cache", "models", "layers", "stash", "canonizers", "references", "circuits", "virtual",
+ENGINE = ["paths", "_machine", "_files", "_arrays", "_progress", "_images", "registry", "data", "disjoint", "distributed",
+          "cache", "models", "layers", "stash", "canonizers", "checkpoints", "references", "circuits", "virtual",
           "embed", "crops", "pure", "stats", "metrics", "visualize"]
 #: Packages heavy enough to be imported inside the one function that needs them.
 HEAVY = {"transformers", "open_clip", "umap", "plotly", "torch", "myst_nb"}

@@ -24,14 +24,14 @@ import torch
 
 from ..cache import TensorSpec, cached, resolve_cache
 from ..circuits import activation_features, circuit_attributions
-from ..crops import crops_from_boxes
-from ..data import load_dataset, shared_images
+from ..crops import crops_from_boxes, embed_boxes, reference_boxes
+from ..data import load_dataset
+from ..disjoint import check_disjoint
 from ..embed import ImageEmbedder, load_embedder
-from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from ..models import load_model, randomize_batchnorm
-from ..crops import embed_boxes, reference_boxes
-from .profile import check_profile, resolve_device
 from ..references import References, mine_references
+from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
+from .profile import check_profile, resolve_device
 from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
                      divergence_examples, ground_truth_table, heldout_purity, paired_table,
                      polysemanticity_table, summarize_frame)
@@ -210,12 +210,7 @@ def heldout_references(setting: Setting, *, progress: bool = True) -> tuple[obje
         raise ValueError(f"profile {p['name']!r} names no held-out split "
                          "(heldout_dataset_kwargs: null); the test phase needs new samples")
     ds = load_dataset(p["dataset"], **dict(p["heldout_dataset_kwargs"]))
-    shared = shared_images(ds, setting.dataset)
-    if shared:
-        raise ValueError(f"profile {p['name']!r}: the held-out split ({ds!r}) shares {shared} "
-                         f"images with the reference set ({setting.dataset!r}); the test phase "
-                         "needs samples that played no part in the preparation (use part: mining / "
-                         "part: test of one dataset, or another split)")
+    check_disjoint(ds, setting.dataset, f"profile {p['name']!r}: the held-out split")
     refs = mine_references(setting.model, ds, p["layer"], min(int(p["n_ref"]), len(ds)),
                            batch_size=int(p["batch_size"]), device=setting.device,
                            cache=setting.cache, progress=progress)
