@@ -50,6 +50,10 @@ _EXPORTS = {
     "layer_polysemanticity": "ground_truth",
     "concept_shares": "ground_truth",
     "concept_counts": "ground_truth",
+    # grafting.py
+    "graft_unit": "grafting",
+    "Graft": "grafting",
+    "concept_split": "grafting",
     # train.py
     "train_default_model": "train",
     # references.py

@@ -48,7 +48,7 @@ PACKAGE = Path(pure_utils.__file__).parent
 LAYERS = ["paths", "_machine", "_files", "_arrays", "_progress", "_compat", "_measure", "report",
           "synthetic", "benchmark", "data", "distributed", "cache", "models", "layouts", "stash",
           "canonizers", "references", "circuits", "virtual", "crops", "embed", "pipeline",
-          "ground_truth", "metrics", "train", "tables", "ablations", "profiles", "experiments",
+          "ground_truth", "grafting", "metrics", "train", "tables", "ablations", "profiles", "experiments",
           "prepare", "family", "visualize", "rendering", "pages", "book", "scale", "bench"]
 #: Packages heavy enough to be imported inside the one function that needs them.
 HEAVY = {"transformers", "open_clip", "umap", "plotly", "torch", "myst_nb"}
