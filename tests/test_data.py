@@ -173,7 +173,10 @@ def test_folder_fingerprint_mode_and_vanished_file(class_folder):
 #: one changed value per parameter of SyntheticShapes and per field of SyntheticConfig
 _CONFIG_CHANGES = dict(n_concepts=9, image_size=64, object_scale=(0.2, 0.27),
                        distractor_scale=(0.07, 0.1), distractors_min=0, distractors_max=2,
-                       noise_std=0.05, colour_jitter=0.1, background_contrast=2.0)
+                       noise_std=0.05, colour_jitter=0.1, background_contrast=2.0,
+                       scene="two_objects")
+#: the fields that apply to the two-object scene, changed from it
+_SCENE_CHANGES = dict(second_scale=(0.2, 0.22), extra_colours=("magenta",))
 _SYNTHETIC_KNOBS = {"split": dict(split="val"), "n": dict(n=7), "seed": dict(seed=1),
                     "mean": dict(mean=(0.4, 0.5, 0.5)), "std": dict(std=(0.25, 0.3, 0.25)),
                     **{f"config.{k}": dict(config=SyntheticConfig(**{k: v}))
@@ -181,7 +184,15 @@ _SYNTHETIC_KNOBS = {"split": dict(split="val"), "n": dict(n=7), "seed": dict(see
 
 
 def test_every_config_field_has_a_knob_test():
-    assert set(_CONFIG_CHANGES) == {f.name for f in dataclasses.fields(SyntheticConfig)}
+    assert set(_CONFIG_CHANGES) | set(_SCENE_CHANGES) == {f.name for f in dataclasses.fields(SyntheticConfig)}
+
+
+@pytest.mark.parametrize("field, value", list(_SCENE_CHANGES.items()), ids=list(_SCENE_CHANGES))
+def test_synthetic_fingerprint_sees_the_two_object_knobs(field, value):
+    a = SyntheticShapes("test", n=6, config=SyntheticConfig(scene="two_objects"))
+    b = SyntheticShapes("test", n=6, config=SyntheticConfig(scene="two_objects", **{field: value}))
+    assert any(not torch.equal(a[i][0], b[i][0]) for i in range(6))
+    assert b.fingerprint != a.fingerprint
 
 
 @pytest.mark.parametrize("knob", list(_SYNTHETIC_KNOBS.values()), ids=list(_SYNTHETIC_KNOBS))

@@ -244,3 +244,37 @@ def test_counterfactual_keeps_area_and_appearance():
     # removing an object shows the background (and what the object hid) underneath
     img, omap = draw_scene(scene, [None] + list(scene.objects[1:]))
     assert not (omap == 0).any()
+
+
+def test_intervention_ground_truth_on_two_object_scenes():
+    from pure_utils.shapes.generator import SyntheticConfig
+
+    cfg = SyntheticConfig(scene="two_objects", extra_colours=("magenta",))
+    ds = SyntheticShapes("test", n=120, seed=4, config=cfg)
+    model = ColourUnits(ds.mean, ds.std).eval()
+    refs = mine_references(model, ds, "layer4", n_ref=15, progress=False)
+    feats = reference_features(model, ds, refs)
+    assert "magenta" in feats.names and "magenta circle" in feats.names
+    # channel 0 reads r - g - 0.4 > 0, which red (0.35) and magenta (0.25) pass: one driving
+    # object of either colour is labelled by its colour, two redundant ones are "mixed"
+    roles = set()
+    for slot in range(15):
+        objects = ds.annotations(int(refs.indices[0, slot]))["objects"]
+        name = feats.names[int(feats.labels[0, slot])]
+        passing = [o for o in objects if o["colour"] in ("red", "magenta")]
+        if len(passing) == 1:
+            driver = objects[int(feats.driver[0, slot])]
+            assert name == passing[0]["colour"] and driver is passing[0]
+            roles.add(driver["role"])
+        else:
+            assert name in ("red", "magenta", "mixed")
+    assert "second" in roles  # a large second object drives some references
+    # a tiny untrained ResNet runs through the same rule on these scenes
+    torch.manual_seed(0)
+    net = build_resnet(block="basic", layers=[1, 1, 1, 1], channels=[8, 8, 8, 4], stem_width=8,
+                       num_classes=16).eval()
+    small = SyntheticShapes("test", n=12, seed=4, config=cfg)
+    r = mine_references(net, small, "layer4", n_ref=3, progress=False)
+    f = reference_features(net, small, r)
+    assert f.labels.shape == (4, 3) and int(f.labels.min()) >= 0 and int(f.labels.max()) < len(f.names)
+    assert ((f.driver >= -1) & (f.driver < 6)).all()

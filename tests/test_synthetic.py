@@ -157,3 +157,88 @@ def test_background_contrast_scales_the_background_only():
         assert (flat.pixels(i)[fg] == base.pixels(i)[fg]).all()
     assert SyntheticConfig().digest() == SyntheticConfig(background_contrast=1.0).digest()
     assert SyntheticConfig().digest() != strong.config.digest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the two-object scene (the paper's mechanism)
+
+
+def test_default_scene_keeps_its_digest_fingerprint_and_pixels():
+    # digest and fingerprint as they were before scenes existed: caches and cards keep their keys
+    assert SyntheticConfig().digest() == "d265eef2dd"
+    assert SyntheticConfig(scene="natural", extra_colours=()).digest() == "d265eef2dd"
+    assert SyntheticShapes("test", n=10).fingerprint == "synthetic-shapes-1-d265eef2dd-seed0-test-n10-7da50b36"
+    assert not {"scene", "second_scale", "extra_colours"} & set(SyntheticConfig().to_dict())
+    two = SyntheticConfig(scene="two_objects")
+    assert two.digest() != SyntheticConfig().digest()
+    assert SyntheticConfig(**two.to_dict()) == two and two.second_scale == two.object_scale
+    # another scene draws other pixels; the default stays pinned (test above)
+    assert not np.array_equal(SyntheticShapes("test", n=1, config=two).pixels(0),
+                              SyntheticShapes("test", n=1).pixels(0))
+
+
+def test_two_object_scene_has_two_large_objects_apart_with_their_sizes():
+    cfg = SyntheticConfig(scene="two_objects", second_scale=(0.2, 0.25), distractors_min=0,
+                          distractors_max=0, noise_std=0)
+    ds = SyntheticShapes("val", n=60, seed=1, config=cfg)
+    size = cfg.image_size
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    seconds = set()
+    for i in range(len(ds)):
+        ann = ds.annotations(i)
+        label, second = ann["objects"]
+        assert (label["role"], second["role"]) == ("label", "second") and ann["label"] == label["concept"]
+        assert second["concept"] != label["concept"] and 0 <= second["concept"] < cfg.n_concepts
+        assert second["name"] == ds.concept_names[second["concept"]]
+        assert 0.17 * size <= label["radius"] <= 0.27 * size
+        assert 0.2 * size <= second["radius"] <= 0.25 * size
+        # independent geometry: the full silhouettes never meet, and each is wholly visible
+        full = [_shape_mask(o["shape"], yy - o["center"][0], xx - o["center"][1], o["radius"],
+                            round(math.cos(o["angle"]), 9), round(math.sin(o["angle"]), 9))
+                for o in (label, second)]
+        assert not (full[0] & full[1]).any()
+        for o, f in zip((label, second), full):
+            np.testing.assert_array_equal(o["mask"], f)
+            # the area of the drawn shape is that of its radius (pixelisation only)
+            assert abs(f.sum() - SHAPE_AREAS[o["shape"]] * o["radius"] ** 2) <= 0.06 * f.sum()
+        seconds.add(second["concept"])
+    assert len(seconds) >= 8  # the second object's concept varies between images
+
+
+def test_two_object_scene_keeps_distractors_and_extra_colours():
+    cfg = SyntheticConfig(scene="two_objects", extra_colours=("cyan", "magenta"))
+    assert cfg.colours == ["red", "green", "blue", "yellow", "magenta", "cyan"]
+    assert cfg.concept_names == SyntheticConfig().concept_names  # the classes do not change
+    ds = SyntheticShapes("test", n=80, config=cfg)
+    extra = 0
+    for i in range(len(ds)):
+        objs = ds.annotations(i)["objects"]
+        assert [o["role"] for o in objs[:2]] == ["label", "second"]
+        assert all(o["role"] == "distractor" for o in objs[2:]) and 1 <= len(objs) - 2 <= 3
+        concepts = [o["concept"] for o in objs]
+        assert len(set(concepts)) == len(concepts)  # distractors differ from both large objects
+        if objs[1]["colour"] in ("magenta", "cyan"):
+            extra += 1
+            assert objs[1]["concept"] == -1 and objs[1]["name"] == f"{objs[1]['colour']} {objs[1]['shape']}"
+            assert objs[1]["shape"] in cfg.shapes
+        else:
+            assert 0 <= objs[1]["concept"] < 16
+        assert all(o["colour"] not in ("magenta", "cyan") for o in objs if o["role"] != "second")
+        assert ds.label(i) == objs[0]["concept"]
+    # 8 of the 23 pairs the second object can take are in an extra colour
+    assert 0.15 < extra / len(ds) < 0.6
+
+
+def test_bad_scene_knobs_raise():
+    for bad, match in [(dict(scene="three"), "scene"),
+                       (dict(second_scale=(0.2, 0.3)), "two_objects"),
+                       (dict(extra_colours=("magenta",)), "two_objects"),
+                       (dict(scene="two_objects", second_scale=(0.3, 0.35)), "side by side"),
+                       (dict(scene="two_objects", second_scale=(0.2, 0.1)), "second_scale"),
+                       (dict(scene="two_objects", extra_colours=("red",)), "magenta, cyan"),
+                       (dict(scene="two_objects", extra_colours="magenta"), "sequence"),
+                       (dict(scene="two_objects", extra_colours=("pink",)), "pink"),
+                       (dict(scene="two_objects", extra_colours=("cyan", "cyan")), "twice"),
+                       (dict(scene="two_objects", n_concepts=4, distractors_max=3), "distractors_max")]:
+        with pytest.raises(ValueError, match=match):
+            SyntheticConfig(**bad)

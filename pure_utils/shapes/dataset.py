@@ -32,7 +32,9 @@ class SyntheticShapes(torch.utils.data.Dataset):
     seed : int
         Dataset seed (default 0).
     config : SyntheticConfig, optional
-        Generator knobs (default ``SyntheticConfig()``).
+        Generator knobs (default ``SyntheticConfig()``); ``SyntheticConfig(scene="two_objects")``
+        adds a second object of labelled size to every image. Knobs at their defaults stay out
+        of the fingerprint, so caches of the default scenes keep their keys.
     mean, std : tuple of 3 floats
         Normalisation applied in ``__getitem__`` (default 0.5 and 0.25 per channel).
 
@@ -186,12 +188,18 @@ class SyntheticShapes(torch.utils.data.Dataset):
             first, of dicts with ``concept`` (int), ``name`` (str), ``mask`` (ndarray[H, W] bool:
             the object's *visible* pixels; objects drawn later cut the masks of earlier ones),
             ``shape``, ``colour``, ``rgb``, ``center`` (y, x), ``radius``, ``angle``, ``role``.
+            A two-object scene (``SyntheticConfig(scene="two_objects")``) lists its second
+            object next, role ``"second"``; in an extra colour its ``concept`` is -1 and its
+            ``name`` ``"<colour> <shape>"``.
         """
         i = self._render(i)
         omap = self._maps[i]
         objects = []
         for k, obj in enumerate(self._objects[i]):
-            objects.append(dict(obj, name=self.concept_names[obj["concept"]], mask=omap == k))
+            # a second object in an extra colour is no concept (concept -1): named by its attributes
+            name = (self.concept_names[obj["concept"]] if obj["concept"] >= 0
+                    else f"{obj['colour']} {obj['shape']}")
+            objects.append(dict(obj, name=name, mask=omap == k))
         return dict(label=objects[0]["concept"], objects=objects)
 
     def __repr__(self) -> str:

@@ -11,6 +11,13 @@ which pixels each object covers.
 - The **background** is a low-saturation gradient, stripe pattern or smooth noise, so that colour
   alone never comes from the background.
 
+``SyntheticConfig(scene="two_objects")`` adds a **second object** as large as the labelled one
+(its radius from ``second_scale``), never touching it, whose concept varies independently of the
+label: a concept can then appear on a large object beside an unrelated labelled object that
+changes from image to image (the situation the PURE paper describes). With ``extra_colours`` the
+second object may also wear colours no concept uses, which a network trained on the default
+scenes never saw.
+
 Images are deterministic per ``(seed, split, index)``: every image has its own random generator
 seeded from these numbers (NumPy ``SeedSequence`` + PCG64, identical on every platform), so random
 access works and the size of a split never changes its pixels.
@@ -31,7 +38,7 @@ import numpy as np
 
 
 __all__ = ["GENERATOR_VERSION", "SHAPES", "COLOURS", "SPLITS", "DEFAULT_SPLIT_SIZES", "SHAPE_AREAS",
-           "SyntheticConfig", "Scene", "sample_scene", "draw_scene", "counterfactual",
+           "SCENES", "SyntheticConfig", "Scene", "sample_scene", "draw_scene", "counterfactual",
            "render_image"]
 
 #: Version of the image generator. It enters dataset fingerprints and model cards; bump it
@@ -56,6 +63,13 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SPLIT_SIZES = {"train": 20000, "val": 2000, "test": 3000}
 
 BACKGROUNDS = ("gradient", "stripes", "noise")
+#: Kinds of scene: the benchmark's own (one labelled object and distractors) and one with a second
+#: object of labelled size (see :class:`SyntheticConfig`).
+SCENES = ("natural", "two_objects")
+#: The labelled and the second object of a two-object scene lie at least this many times the sum
+#: of their radii apart (centre to centre): no shape reaches beyond 1.15 r (a square's corners lie
+#: at 0.8 * sqrt(2) r = 1.13 r), so the two never touch.
+_TWO_GAP = 1.15
 _SALT = 0x50555245  # fixed entropy word so that these streams differ from any other use of a seed
 
 
@@ -105,6 +119,22 @@ class SyntheticConfig:
         Standard deviation of Gaussian pixel noise added to the whole image (default 0.02).
     colour_jitter : float
         Maximum relative brightness change of an object's colour (default 0.15).
+    scene : {"natural", "two_objects"}
+        ``"natural"`` (default): the benchmark's scenes, one labelled object and the distractors.
+        ``"two_objects"``: besides them a *second object* whose concept is drawn uniformly from
+        the concepts other than the label (and, with ``extra_colours``, from every shape of the
+        concepts in each extra colour), with its radius from ``second_scale``; the two never
+        touch (centres at least 1.15 times the sum of their radii apart). It comes second in
+        :attr:`Scene.objects` with role ``"second"``; the distractors differ from both.
+    second_scale : (float, float), optional
+        ``"two_objects"`` only: range of the second object's radius as a fraction of
+        ``image_size`` (default: ``object_scale``, labelled size). Both objects must fit side
+        by side: ``object_scale[1] + second_scale[1] <= 0.55``.
+    extra_colours : tuple of str
+        ``"two_objects"`` only: colours of :data:`COLOURS` that no concept uses (default none),
+        which the second object may wear; such an object has ``concept`` -1. They join
+        :attr:`colours` (the ground truth's recolouring and vocabulary), never the concepts or
+        the labels.
     """
 
     n_concepts: int = 16
@@ -116,6 +146,9 @@ class SyntheticConfig:
     noise_std: float = 0.02
     colour_jitter: float = 0.15
     background_contrast: float = 1.0
+    scene: str = "natural"
+    second_scale: tuple | None = None
+    extra_colours: tuple = ()
 
     def __post_init__(self):
         # tuples (not lists) keep the dataclass hashable and its json canonical
@@ -146,6 +179,43 @@ class SyntheticConfig:
         if self.noise_std < 0 or not 0 <= self.colour_jitter < 1:
             raise ValueError(f"noise_std={self.noise_std} must be >= 0 and colour_jitter="
                              f"{self.colour_jitter} in [0, 1)")
+        self._check_scene()
+
+    def _check_scene(self):
+        """Validate (and complete) ``scene``, ``second_scale`` and ``extra_colours``."""
+        if self.scene not in SCENES:
+            raise ValueError(f"scene={self.scene!r} not known; scenes: {', '.join(SCENES)}")
+        if isinstance(self.extra_colours, str):
+            raise ValueError(f"extra_colours={self.extra_colours!r} must be a sequence of colour "
+                             "names, e.g. ('magenta', 'cyan')")
+        object.__setattr__(self, "extra_colours", tuple(str(c) for c in self.extra_colours))
+        if self.scene == "natural":
+            if self.second_scale is not None or self.extra_colours:
+                raise ValueError(f"second_scale={self.second_scale} and extra_colours="
+                                 f"{self.extra_colours} apply to scene='two_objects' only; "
+                                 f"scene={self.scene!r}")
+            return
+        second = self.object_scale if self.second_scale is None else self.second_scale
+        object.__setattr__(self, "second_scale", tuple(float(v) for v in second))
+        if len(self.second_scale) != 2 or not 0 < self.second_scale[0] <= self.second_scale[1] <= 0.5:
+            raise ValueError(f"second_scale={self.second_scale} not accepted; use (low, high) with "
+                             "0 < low <= high <= 0.5")
+        room = math.sqrt(2) / (math.sqrt(2) + _TWO_GAP)  # the diagonal: the most room for two
+        if self.object_scale[1] + self.second_scale[1] > room:
+            raise ValueError(f"object_scale[1] + second_scale[1] = {self.object_scale[1]} + "
+                             f"{self.second_scale[1]} exceeds {room:.4f}: the two largest objects "
+                             "would not fit side by side without touching")
+        if self.distractors_max > self.n_concepts - 2:
+            raise ValueError(f"distractors_max={self.distractors_max} needs at least "
+                             f"{self.distractors_max + 2} concepts in a two-object scene (distractors "
+                             f"differ from the label and the second object); n_concepts={self.n_concepts}")
+        used = {c for _, c in self.concepts}
+        for c in self.extra_colours:
+            if c not in COLOURS or c in used:
+                raise ValueError(f"extra colour {c!r} not accepted; use colours no concept uses: "
+                                 f"{', '.join(k for k in COLOURS if k not in used) or 'none left'}")
+        if len(set(self.extra_colours)) != len(self.extra_colours):
+            raise ValueError(f"extra_colours={self.extra_colours} names a colour twice")
 
     def to_dict(self) -> dict:
         """The knobs as plain JSON values; a knob at its default before it existed is left out,
@@ -153,6 +223,9 @@ class SyntheticConfig:
         out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
         if out["background_contrast"] == 1.0:
             del out["background_contrast"]
+        for key, default in (("scene", "natural"), ("second_scale", None), ("extra_colours", [])):
+            if out[key] == default:
+                del out[key]
         return out
 
     @property
@@ -174,9 +247,11 @@ class SyntheticConfig:
 
     @property
     def colours(self) -> list[str]:
-        """The colours the concepts use, in the order of :data:`COLOURS`."""
+        """The colours the concepts use, in the order of :data:`COLOURS`, then
+        ``extra_colours`` (in the same order)."""
         used = {c for _, c in self.concepts}
-        return [c for c in COLOURS if c in used]
+        return ([c for c in COLOURS if c in used]
+                + [c for c in COLOURS if c in self.extra_colours])
 
     def digest(self) -> str:
         """Short hash of the knobs (enters the dataset fingerprint)."""
@@ -278,7 +353,8 @@ class Scene:
         ``center`` ((y, x) pixels), ``radius`` (pixels), ``angle`` (radians), ``bright``
         (brightness factor), ``jitter`` (3 offsets added to the colour), ``rgb`` (the colour
         painted: ``clip(COLOURS[colour] * bright + jitter, 0, 1)``) and ``role``
-        ("label" or "distractor").
+        ("label", "second" in a two-object scene, or "distractor"). ``concept`` is -1 for a
+        second object in an extra colour (no concept).
     noise : ndarray[H, W, 3] float or None
         Pixel noise added after drawing.
     """
@@ -307,30 +383,34 @@ def sample_scene(config: SyntheticConfig, seed: int, split: str, index: int) -> 
     background, _ = _background(rng, size, config.background_contrast)
 
     label = int(rng.integers(config.n_concepts))
+    if config.scene == "two_objects":
+        specs = _two_objects(config, rng, label)
+        taken = {label, specs[1][0]}
+    else:
+        specs, taken = [], {label}
     n_dis = int(rng.integers(config.distractors_min, config.distractors_max + 1))
-    others = rng.permutation([c for c in range(config.n_concepts) if c != label])[:n_dis]
+    others = rng.permutation([c for c in range(config.n_concepts) if c not in taken])[:n_dis]
 
-    placed = []  # (cy, cx, r)
-    specs = []
-    r_main = rng.uniform(*config.object_scale) * size
-    cy, cx = rng.uniform(r_main, size - r_main, size=2)
-    placed.append((cy, cx, r_main))
-    specs.append((label, cy, cx, r_main, "label"))
+    if not specs:
+        r_main = rng.uniform(*config.object_scale) * size
+        cy, cx = rng.uniform(r_main, size - r_main, size=2)
+        specs.append((label, *concepts[label], cy, cx, r_main, "label"))
+    placed = [(y, x, r) for _, _, _, y, x, r, _ in specs]  # (cy, cx, r)
+    n_large = len(specs)
     for concept in others:
         r = rng.uniform(*config.distractor_scale) * size
         for _ in range(100):
             y, x = rng.uniform(r, size - r, size=2)
-            # distractors may touch the labelled object and each other but never hide much of them
-            if all(math.hypot(y - py, x - px) >= pr + 0.4 * r if k == 0 else
+            # distractors may touch the large objects and each other but never hide much of them
+            if all(math.hypot(y - py, x - px) >= pr + 0.4 * r if k < n_large else
                    math.hypot(y - py, x - px) >= pr + 0.8 * r
                    for k, (py, px, pr) in enumerate(placed)):
                 break
         placed.append((y, x, r))
-        specs.append((int(concept), y, x, r, "distractor"))
+        specs.append((int(concept), *concepts[concept], y, x, r, "distractor"))
 
     objects = []
-    for concept, y, x, r, role in specs:
-        shape, colour = concepts[concept]
+    for concept, shape, colour, y, x, r, role in specs:
         angle = round(rng.uniform(0, 2 * math.pi), 6)
         bright = 1 + rng.uniform(-config.colour_jitter, config.colour_jitter)
         jitter = tuple(float(v) for v in rng.uniform(-0.04, 0.04, 3))
@@ -340,6 +420,41 @@ def sample_scene(config: SyntheticConfig, seed: int, split: str, index: int) -> 
                             role=role))
     noise = rng.normal(0, config.noise_std, size=background.shape) if config.noise_std > 0 else None
     return Scene(size=size, background=background, objects=tuple(objects), noise=noise)
+
+
+def _two_objects(config: SyntheticConfig, rng: np.random.Generator, label: int) -> list:
+    """The labelled and the second object of a two-object scene, apart by at least
+    :data:`_TWO_GAP` times the sum of their radii: ``[(concept, shape, colour, y, x, r, role)]``.
+
+    The centres lie ``d`` apart along a direction ``u``; both fit in the image iff
+    ``d * max(|u_y|, |u_x|) <= size - r1 - r2`` on each axis, so ``u`` is drawn among the
+    directions that allow the smallest distance (all of them when there is room, else a cone
+    around the diagonals), ``d`` between that distance and the largest along ``u``, and the
+    midpoint uniformly where both objects stay inside.
+    """
+    size = config.image_size
+    pool = [(c, s, col) for c, (s, col) in enumerate(config.concepts) if c != label]
+    pool += [(-1, s, col) for col in COLOURS if col in config.extra_colours for s in config.shapes]
+    second = pool[int(rng.integers(len(pool)))]
+    r1 = rng.uniform(*config.object_scale) * size
+    r2 = rng.uniform(*config.second_scale) * size
+    free = size - r1 - r2
+    d_min = _TWO_GAP * (r1 + r2)
+    # max(|cos t|, |sin t|) = cos(pi/4 - |phi|) at t = pi/4 + phi: the cone where it is <= free/d_min
+    q = free / d_min
+    phi_max = math.pi / 4 if q >= 1 else math.pi / 4 - round(math.acos(q), 9)
+    theta = math.pi / 4 + int(rng.integers(4)) * math.pi / 2 + rng.uniform(-phi_max, phi_max)
+    uy, ux = round(math.sin(theta), 9), round(math.cos(theta), 9)
+    d = rng.uniform(d_min, max(d_min, free / max(abs(uy), abs(ux))))
+    centres = []
+    for u in (uy, ux):
+        a = d * u / 2  # the labelled object at mid + a, the second at mid - a
+        lo, hi = max(r1 - a, r2 + a), min(size - r1 - a, size - r2 + a)
+        mid = rng.uniform(lo, max(lo, hi))
+        centres.append((mid + a, mid - a))
+    (y1, y2), (x1, x2) = centres
+    shape, colour = config.concepts[label]
+    return [(label, shape, colour, y1, x1, r1, "label"), (*second, y2, x2, r2, "second")]
 
 
 def draw_scene(scene: Scene, objects=None) -> tuple[np.ndarray, np.ndarray]:
