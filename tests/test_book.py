@@ -25,15 +25,16 @@ def mini_book(tmp_path):
     (tmp_path / "notebooks" / "profiles").mkdir(parents=True)
     (tmp_path / "book").mkdir()
     (tmp_path / "book" / "intro.md").write_text("# Intro\n")
-    _notebook(tmp_path / "notebooks" / "one.ipynb", "profile = 'offline'\na = 1  # first\nb = 2  # second",
-              "c = a + b\nprint(c)")
+    _notebook(tmp_path / "notebooks" / "one.ipynb", "profile = 'offline'\nn_ref = 1  # first\nb = 2  # second",
+              "c = n_ref + b\nprint(c)")
     _notebook(tmp_path / "notebooks" / "two.ipynb", "profile = 'offline'\nd = 1  # own knob",
-              "assert a != 2, 'a changed'")
+              "assert n_ref != 2, 'n_ref changed'")
     (tmp_path / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nchapters:\n"
         "  - file: book/executed/one\n  - file: book/executed/two\n")
-    (tmp_path / "notebooks" / "profiles" / "offline.yaml").write_text("a: 1\nb: 2\n")
-    (tmp_path / "notebooks" / "profiles" / "p.yaml").write_text("a: 5\n")
+    # profile keys are the fields of pure_utils.study.profile.Profile; these files set a few
+    (tmp_path / "notebooks" / "profiles" / "offline.yaml").write_text("n_ref: 1\n")
+    (tmp_path / "notebooks" / "profiles" / "p.yaml").write_text("n_ref: 5\n")
     return tmp_path
 
 
@@ -51,30 +52,42 @@ def test_missing_source_notebook_is_named(mini_book):
 
 def test_every_notebook_gets_the_whole_profile(mini_book):
     chapters = book.chapters(mini_book)
-    params = book.resolve_parameters(chapters, {"a": 5}, profile_name="p", root=mini_book)
-    assert params == {"one": {"profile": "p", "a": 5}, "two": {"profile": "p", "a": 5}}
+    params = book.resolve_parameters(chapters, {"n_ref": 5}, profile_name="p")
+    assert params == {"one": {"profile": "p", "n_ref": 5}, "two": {"profile": "p", "n_ref": 5}}
+    # read_profile gives every key: the file's, the others at their default
+    whole = book.read_profile("p", mini_book)
+    assert whole["n_ref"] == 5 and whole["name"] == "p" and whole["batch_size"] == 64
+    assert set(whole) == book.schema_keys()
 
 
 def test_unknown_profile_key_is_rejected(mini_book):
     chapters = book.chapters(mini_book)
-    with pytest.raises(book.BookError, match=r"'zz' unknown; profile keys: a, b"):
-        book.resolve_parameters(chapters, {"a": 5, "zz": 1}, root=mini_book)
+    with pytest.raises(book.BookError, match=r"profile p: unknown key 'n_refs' \(did you mean 'n_ref'\?\)"):
+        book.resolve_parameters(chapters, {"n_ref": 5, "n_refs": 1}, profile_name="p")
+    (mini_book / "notebooks" / "profiles" / "p.yaml").write_text("batch_sise: 5\n")
+    with pytest.raises(book.BookError, match=r"p.yaml: unknown key 'batch_sise' \(did you mean 'batch_size'"):
+        book.read_profile("p", mini_book)
 
 
 def test_overrides_must_be_declared_or_profile_keys(mini_book):
     chapters = book.chapters(mini_book)
-    params = book.resolve_parameters(chapters, {}, overrides={"b": 3}, root=mini_book)
-    assert params["two"] == {"profile": "offline", "b": 3}
+    params = book.resolve_parameters(chapters, {}, overrides={"batch_size": 3})
+    assert params["two"] == {"profile": "offline", "batch_size": 3}
     with pytest.raises(book.BookError, match=r"two.ipynb: unknown parameter 'q'; its parameters: d, profile"):
-        book.resolve_parameters(chapters[1:], {}, overrides={"q": 3}, root=mini_book)
-    one_only = book.resolve_parameters(chapters[:1], {}, overrides={"a": 9}, root=mini_book)
-    assert one_only["one"]["a"] == 9
+        book.resolve_parameters(chapters[1:], {}, overrides={"q": 3})
+    one_only = book.resolve_parameters(chapters[:1], {}, overrides={"b": 9})
+    assert one_only["one"]["b"] == 9
+    # an override of a profile key is checked against its type before anything runs
+    with pytest.raises(book.BookError, match=r"overrides \(-p, -y, -r\): n_ref = 2.5 is a float, "
+                                             r"expected an integer"):
+        book.resolve_parameters(chapters, {}, overrides={"n_ref": 2.5})
+    assert book.resolve_parameters(chapters, {}, overrides={"cache": "false"})["two"]["cache"] is False
 
 
 def test_a_notebook_without_profile_parameter_is_rejected(mini_book):
     _notebook(mini_book / "notebooks" / "two.ipynb", "d = 1", "pass")
     with pytest.raises(book.BookError, match="two.ipynb: its parameters cell must declare 'profile'"):
-        book.resolve_parameters(book.chapters(mini_book), {}, root=mini_book)
+        book.resolve_parameters(book.chapters(mini_book), {})
 
 
 def test_unknown_profile_name_lists_profiles(mini_book):
@@ -116,11 +129,11 @@ def test_run_skips_unchanged_and_fails_with_notebook_name(mini_book):
     assert ran == ["one", "two"]
     out = json.loads((mini_book / "book" / "executed" / "one.ipynb").read_text())
     printed = "".join("".join(o.get("text", "")) for c in out["cells"] for o in c.get("outputs", []))
-    assert "7" in printed  # a=5 from the profile, b=2 from the notebook
+    assert "7" in printed  # n_ref=5 from the profile, b=2 from the notebook
     assert book.run_notebooks("p", root=mini_book, log=lambda m: None) == []
     # a notebook that raises: the build stops, naming the notebook and the error
-    with pytest.raises(book.BookError, match=r"notebook two.ipynb failed in cell \d+: AssertionError: a changed"):
-        book.run_notebooks("p", root=mini_book, overrides={"a": 2}, only=["two"], log=lambda m: None)
+    with pytest.raises(book.BookError, match=r"notebook two.ipynb failed in cell \d+: AssertionError: n_ref changed"):
+        book.run_notebooks("p", root=mini_book, overrides={"n_ref": 2}, only=["two"], log=lambda m: None)
     assert not list((mini_book / "book" / "executed").glob(".tmp-*")), "no half-written notebook left"
 
 
@@ -256,11 +269,11 @@ def test_parameters_are_parsed_as_papermill_does(mini_book, capsys, monkeypatch,
         expected, got = _resolve_type(text), book.papermill_value(text)
         assert type(got) is type(expected) and (got == expected or got != got), (text, got, expected)
     monkeypatch.chdir(mini_book)
-    code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "o.ipynb", "-p", "a", "012",
-                        "-p", "b", "no", "-y", "a: [1, 2]\nb: 3", "-r", "profile", "offline")
+    code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "o.ipynb", "-p", "n_ref", "012",
+                        "-p", "b", "no", "-y", "n_ref: [1, 2]\nb: 3", "-r", "profile", "offline")
     assert code == 0, err
     params = fake_papermill[0]["parameters"]
-    assert params["a"] == 12 and params["b"] == "no" and params["profile"] == "offline"
+    assert params["n_ref"] == 12 and params["b"] == "no" and params["profile"] == "offline"
     code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "o.ipynb", "-y", "[1, 2]")
     assert code == 1 and "must be a YAML mapping" in err
     with pytest.raises(SystemExit):

@@ -115,19 +115,19 @@ def profiles_dir(root: Path = ROOT) -> Path:
 
 
 def read_profile(profile: str, root: Path = ROOT) -> dict:
-    """A profile's keys as written in its YAML file (``BookError`` for a bad name or file)."""
+    """Every key of a profile: its file's values, the defaults for the keys it leaves out
+    (:func:`pure_utils.study.profile.load_profile`, checked; ``${VAR}`` left as written, the
+    notebooks expand them). ``BookError`` for a bad name, file, key or value."""
     try:
-        return profiles.read_profile(profile, profiles_dir(root))
+        return profiles.load_profile(profile, expand=False, profiles_dir=profiles_dir(root)).to_dict()
     except ValueError as err:
         raise BookError(str(err)) from None
 
 
-def schema_keys(root: Path = ROOT) -> set[str]:
-    """The parameter names a profile may set: the keys of the default profile (``offline.yaml``)."""
-    try:
-        return profiles.profile_keys(profiles_dir(root))
-    except ValueError as err:
-        raise BookError(str(err)) from None
+def schema_keys() -> set[str]:
+    """The parameter names a profile may set: the fields of
+    :class:`pure_utils.study.profile.Profile`."""
+    return profiles.profile_keys()
 
 
 def declared_parameters(notebook: Path) -> dict:
@@ -139,21 +139,23 @@ def declared_parameters(notebook: Path) -> dict:
 
 
 def resolve_parameters(chapter_list: list[Chapter], profile: dict, overrides: dict | None = None,
-                       *, profile_name: str = "offline", root: Path = ROOT) -> dict[str, dict]:
+                       *, profile_name: str = "offline") -> dict[str, dict]:
     """Parameters injected into each chapter; unknown names are rejected before anything runs.
 
     Every notebook receives ``profile`` (the profile's name or path) and all of the profile's
-    keys, as ``papermill -f PROFILE.yaml`` does; the notebook builds its settings from them
-    (``pure_utils.study.profile.from_parameters``). A profile key that the default profile does not
-    define is an error, as is an override (``-p``) that is neither a profile key nor a
-    parameter of every notebook being run.
+    keys (:func:`read_profile`: every key, also those at their default); the notebook builds
+    its settings from them (``pure_utils.study.profile.from_parameters``). A key that is not a
+    field of :class:`~pure_utils.study.profile.Profile` is an error, as is an override (``-p``)
+    that is neither a profile key nor a parameter of every notebook being run, or an override
+    of a profile key with a value of the wrong type.
     """
-    schema = schema_keys(root)
-    unknown = sorted(set(profile) - schema)
-    if unknown:
-        raise BookError(
-            f"profile parameter(s) {', '.join(map(repr, unknown))} unknown; profile keys: "
-            f"{', '.join(sorted(schema))}")
+    schema = schema_keys()
+    try:  # unknown keys (with the closest known ones) and values of the wrong type
+        profiles.Profile.from_dict(profile, source=profile_name)
+        checked = profiles.Profile.from_dict({k: v for k, v in (overrides or {}).items()
+                                              if k in schema}, source="overrides (-p, -y, -r)")
+    except ValueError as err:
+        raise BookError(str(err)) from None
     result = {}
     for c in chapter_list:
         declared = declared_parameters(c.source)
@@ -165,7 +167,7 @@ def resolve_parameters(chapter_list: list[Chapter], profile: dict, overrides: di
                 raise BookError(
                     f"{c.source.name}: unknown parameter {k!r}; its parameters: "
                     f"{', '.join(sorted(declared))}; profile keys: {', '.join(sorted(schema))}")
-            params[k] = v
+            params[k] = checked[k] if k in schema else v  # checked: "false" is False
         result[c.name] = params
     return result
 
@@ -309,7 +311,7 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
             raise BookError(f"unknown notebook(s) {missing}; notebooks: {', '.join(sorted(names))}")
         chapter_list = [c for c in chapter_list if c.name in only]
     params = resolve_parameters(chapter_list, read_profile(profile, root), overrides,
-                                profile_name=profile, root=root)
+                                profile_name=profile)
     lib = library_hash(root)
     executed, begin = [], time.perf_counter()
     for i, c in enumerate(chapter_list, 1):

@@ -17,6 +17,7 @@ from sklearn.metrics import silhouette_score
 
 from .._arrays import as_numpy
 from ..canonizers import lrp_support
+from .profile import Profile, as_profile
 from .setting import embed_references, load_setting, reference_features_of
 from .report import interval
 from .tables import (ACTIVATIONS, PURE, RANDOM, compare_clusterings, ground_truth_table,
@@ -64,7 +65,7 @@ def unit_predictors(activations, circuits, labels) -> dict:
             "circuit_separability": float(silhouette_score(R, y)) if several else float("nan")}
 
 
-def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> dict:
+def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = False) -> dict:
     """One model against its true features: ARI tables, paired differences, unit predictors.
 
     Scores the units with two or more true features (``polysemantic_min_share``) at ``k = 2``
@@ -83,19 +84,19 @@ def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> 
         of each attribution at ``k = 2``), ``attributions`` (those scored) and ``refused``
         (attribution -> what LRP would miss on this model).
     """
-    p = profile
+    p = as_profile(profile)
     s = load_setting(p, model_name=model_name, progress=progress)
-    layers = dict(layer=s.profile["layer"], lower_layer=s.profile["lower_layer"])
-    refused = {a: lrp_support(s.model, **layers) for a in p["attributions"] if a != "gxa"}
+    layers = dict(layer=s.profile.layer, lower_layer=s.profile.lower_layer)
+    refused = {a: lrp_support(s.model, **layers) for a in p.attributions if a != "gxa"}
     refused = {a: why for a, why in refused.items() if why}
-    if p["attribution"] in refused:
-        raise ValueError(f"attribution {p['attribution']!r} of profile {p.get('name')!r} is not "
-                         f"correct on {model_name}: {'; '.join(refused[p['attribution']])}; "
+    if p.attribution in refused:
+        raise ValueError(f"attribution {p.attribution!r} of profile {p.name!r} is not "
+                         f"correct on {model_name}: {'; '.join(refused[p.attribution])}; "
                          "use attribution: gxa")
     truth = reference_features_of(s, progress=progress)
-    min_share = float(p["polysemantic_min_share"])
+    min_share = p.polysemantic_min_share
     sel = torch.nonzero(truth.polysemantic(min_share)).flatten().tolist()
-    names = {f"{PURE} ({a})": a for a in p["attributions"] if a not in refused}
+    names = {f"{PURE} ({a})": a for a in p.attributions if a not in refused}
     feats = {m: s.circuit_attributions(a, progress=progress) for m, a in names.items()}
     feats[ACTIVATIONS] = s.activation_features(progress=progress)
     out = dict(setting=s, features=truth, ground_truth=None, pairs=None, units=None,
@@ -103,15 +104,15 @@ def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> 
     if not sel:
         return out
     neurons = [s.neurons[i] for i in sel]
-    kw = dict(random_state=int(p["random_state"]), n_init=int(p["n_init"]))
+    kw = dict(random_state=p.random_state, n_init=p.n_init)
     gt = ground_truth_table(truth.labels[sel], {m: f[sel] for m, f in feats.items()},
                             ks=[2, "true"], true_k=truth.counts(min_share)[sel], neurons=neurons,
                             progress=progress, **kw)
     out["ground_truth"] = gt
     out["pairs"] = paired_table(gt, "ari", [(m, ACTIVATIONS) for m in names],
-                                n_boot=int(p["n_boot"]), level=float(p["ci_level"]))
+                                n_boot=p.n_boot, level=p.ci_level)
     k2 = gt[gt.k == 2].pivot(index="neuron", columns="method", values="ari")
-    pure = feats[f"{PURE} ({p['attribution']})"]
+    pure = feats[f"{PURE} ({p.attribution})"]
     rows = []
     for j, (i, n) in enumerate(zip(sel, neurons)):
         rows.append({"neuron": n, "n_features": int(truth.counts(min_share)[i]),
@@ -121,7 +122,7 @@ def compare_model(profile: dict, model_name: str, *, progress: bool = False) -> 
     return out
 
 
-def family_comparison(profile: dict, names=None, *, progress: bool = False) -> dict:
+def family_comparison(profile: Profile | dict, names=None, *, progress: bool = False) -> dict:
     """:func:`compare_model` for every model of the family (or ``names``).
 
     Returns
@@ -169,7 +170,7 @@ def predictor_correlations(units: pd.DataFrame, target: str, *, n_boot: int = 10
     return pd.DataFrame(rows)
 
 
-def planted_check(run: dict, planted: dict, profile: dict) -> pd.DataFrame:
+def planted_check(run: dict, planted: dict, profile: Profile | dict) -> pd.DataFrame:
     """The controls: what the intervention finds on the planted units, and how the splits look.
 
     Parameters
@@ -186,15 +187,14 @@ def planted_check(run: dict, planted: dict, profile: dict) -> pd.DataFrame:
         match, and the Eq. 5 gap (attribute-reader embeddings of the crops) of PURE's split, the
         activations' split and a random split at ``k = 2``.
     """
-    s, truth = run["setting"], run["features"]
+    s, truth, p = run["setting"], run["features"], as_profile(profile)
     units = [int(u) for u in planted["units"]]
-    found = truth.subset(units).features(float(profile["polysemantic_min_share"]))
+    found = truth.subset(units).features(p.polysemantic_min_share)
     emb = embed_references(s, neurons=units, progress=False)
     pure = s.circuit_attributions(neurons=units, progress=False)
     acts = s.activation_features(neurons=units, progress=False)
     gaps = compare_clusterings(emb, {PURE: pure, ACTIVATIONS: acts}, ks=[2], neurons=units,
-                               random_state=int(profile["random_state"]),
-                               n_init=int(profile["n_init"]), progress=False)
+                               random_state=p.random_state, n_init=p.n_init, progress=False)
     gap = gaps.pivot(index="neuron", columns="method", values="gap")
     rows = []
     for u, f in zip(units, found):

@@ -14,6 +14,7 @@ writes the cache; ``PROFILE=paper make book`` on rank 0's machine then finds the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -22,17 +23,17 @@ import torch.distributed as dist
 
 from ..distributed import barrier, is_main, rank_and_size
 from .setting import embed_references, evaluation_boxes, load_embedders, load_setting
-from .profile import load_profile, resolve_device
+from .profile import Profile, as_profile, load_profile, profile_device
 
 __all__ = ["prepare", "main"]
 
 
-def prepare(profile: dict, *, models=None, progress: bool = True, log=print) -> list[dict]:
+def prepare(profile: Profile | dict, *, models=None, progress: bool = True, log=print) -> list[dict]:
     """Compute (or find in the cache) the heavy artefacts of ``profile`` for each model.
 
     Parameters
     ----------
-    profile : dict
+    profile : Profile or dict
         From :func:`~pure_utils.study.profile.load_profile`; its ``cache`` should be on, or nothing
         is kept for the book.
     models : list of str, optional
@@ -48,10 +49,11 @@ def prepare(profile: dict, *, models=None, progress: bool = True, log=print) -> 
         Per model: ``model`` and the seconds of each stage.
     """
     say = log if is_main() else (lambda line: None)
-    if not profile.get("cache"):
-        say(f"profile {profile['name']!r} has cache: false - nothing will be kept for the book")
+    profile = as_profile(profile)
+    if not profile.cache:
+        say(f"profile {profile.name!r} has cache: false - nothing will be kept for the book")
     out = []
-    for name in profile["model_names"] if models is None else models:
+    for name in profile.model_names if models is None else models:
         times, clock = {"model": name}, time.perf_counter()
 
         def lap(stage):
@@ -101,11 +103,11 @@ def main(argv=None) -> int:
     device = _start_group()
     profile = load_profile(args.profile)
     if device is not None:  # one GPU per rank
-        profile["device"] = device
+        profile = dataclasses.replace(profile, device=device)
     _, size = rank_and_size()
     if is_main():
-        print(f"prepare {profile['name']}: {size} process(es), device "
-              f"{resolve_device(profile['device'])}")
+        print(f"prepare {profile.name}: {size} process(es), device "
+              f"{profile_device(profile.device)}")
     prepare(profile, models=args.model, progress=not args.no_progress)
     barrier()
     if dist.is_initialized():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from ..embed import ImageEmbedder, load_embedder
 from ..models import load_model, randomize_batchnorm
 from ..references import References, mine_references
 from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
-from .profile import check_profile, resolve_device
+from .profile import Profile, as_profile, check_profile, profile_device
 from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
                      divergence_examples, ground_truth_table, heldout_purity, paired_table,
                      polysemanticity_table, summarize_frame)
@@ -53,7 +53,9 @@ class Setting:
 
     Attributes
     ----------
-    profile : dict
+    profile : Profile
+        With the model's own ``layer`` and ``lower_layer`` (``model_layers``); a mapping given
+        here is checked and completed with the defaults (:func:`~pure_utils.study.profile.as_profile`).
     model : torch.nn.Module
     dataset : Dataset
     references : References
@@ -64,7 +66,7 @@ class Setting:
     cache : Cache or None
     """
 
-    profile: dict
+    profile: Profile
     model: torch.nn.Module
     dataset: object
     references: object
@@ -72,9 +74,12 @@ class Setting:
     device: str
     cache: object = None
 
+    def __post_init__(self):
+        self.profile = as_profile(self.profile, source="of the setting")
+
     @property
     def model_name(self) -> str:
-        return getattr(self.model, "pure_name", self.profile["model_name"])
+        return getattr(self.model, "pure_name", self.profile.model_name)
 
     def neuron_list(self, neurons=None) -> list[int]:
         """``neurons`` as a list of ints; ``None``: the evaluated neurons."""
@@ -94,10 +99,10 @@ class Setting:
         p = self.profile
         return circuit_attributions(
             self.model, self.dataset if dataset is None else dataset,
-            self.references if references is None else references, p["layer"],
-            p["lower_layer"] if lower_layer is None else lower_layer,
-            neurons=self.neuron_list(neurons), attribution=attribution or p["attribution"],
-            batch_size=int(p["batch_size"]), device=self.device, cache=self.cache,
+            self.references if references is None else references, p.layer,
+            p.lower_layer if lower_layer is None else lower_layer,
+            neurons=self.neuron_list(neurons), attribution=attribution or p.attribution,
+            batch_size=p.batch_size, device=self.device, cache=self.cache,
             progress=progress)
 
     def activation_features(self, *, neurons=None, dataset=None, references=None,
@@ -110,8 +115,8 @@ class Setting:
         p = self.profile
         return activation_features(
             self.model, self.dataset if dataset is None else dataset,
-            self.references if references is None else references, p["layer"],
-            neurons=self.neuron_list(neurons), batch_size=int(p["batch_size"]),
+            self.references if references is None else references, p.layer,
+            neurons=self.neuron_list(neurons), batch_size=p.batch_size,
             device=self.device, cache=self.cache, progress=progress)
 
 
@@ -150,13 +155,14 @@ def model_layers(profile: dict, model_name: str) -> dict:
     return own
 
 
-def load_setting(profile: dict, *, model_name: str | None = None, progress: bool = True) -> Setting:
+def load_setting(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True) -> Setting:
     """Load the model and data of a profile and mine the reference samples.
 
     Parameters
     ----------
-    profile : dict
-        From :func:`~pure_utils.study.profile.load_profile`.
+    profile : Profile or dict
+        From :func:`~pure_utils.study.profile.load_profile` (a mapping is checked and completed
+        with the defaults).
     model_name : str, optional
         Overrides ``profile["model_name"]`` (e.g. one of ``profile["model_names"]``).
     progress : bool
@@ -174,19 +180,18 @@ def load_setting(profile: dict, *, model_name: str | None = None, progress: bool
         Missing data folder, unavailable weights, bad keys - with what to change.
     """
     p = check_profile(profile)
-    name = model_name or p["model_name"]
-    p = {**p, **model_layers(p, name)}
-    model = load_model(name, pretrained=bool(p["pretrained"]), checkpoint=p["checkpoint"])
-    if p["randomize_batchnorm"]:
+    name = model_name or p.model_name
+    p = replace(p, **model_layers(p, name))
+    model = load_model(name, pretrained=p.pretrained, checkpoint=p.checkpoint)
+    if p.randomize_batchnorm:
         randomize_batchnorm(model, seed=0)
-    device = resolve_device(p["device"])
+    device = profile_device(p.device)
     model.to(device)
-    dataset = load_dataset(p["dataset"], **dict(p["dataset_kwargs"] or {}))
-    cache = resolve_cache(p["cache"])
-    refs = mine_references(model, dataset, p["layer"], int(p["n_ref"]),
-                           batch_size=int(p["batch_size"]), device=device, cache=cache,
-                           progress=progress)
-    neurons = select_neurons(refs.n_channels, p["n_neurons"], int(p["neuron_seed"]))
+    dataset = load_dataset(p.dataset, **dict(p.dataset_kwargs or {}))
+    cache = resolve_cache(p.cache)
+    refs = mine_references(model, dataset, p.layer, p.n_ref, batch_size=p.batch_size,
+                           device=device, cache=cache, progress=progress)
+    neurons = select_neurons(refs.n_channels, p.n_neurons, p.neuron_seed)
     return Setting(profile=p, model=model, dataset=dataset, references=refs, neurons=neurons,
                    device=device, cache=cache)
 
@@ -206,13 +211,13 @@ def heldout_references(setting: Setting, *, progress: bool = True) -> tuple[obje
         When the profile names no held-out split (``heldout_dataset_kwargs: null``).
     """
     p = setting.profile
-    if not p["heldout_dataset_kwargs"]:
-        raise ValueError(f"profile {p['name']!r} names no held-out split "
+    if not p.heldout_dataset_kwargs:
+        raise ValueError(f"profile {p.name!r} names no held-out split "
                          "(heldout_dataset_kwargs: null); the test phase needs new samples")
-    ds = load_dataset(p["dataset"], **dict(p["heldout_dataset_kwargs"]))
-    check_disjoint(ds, setting.dataset, f"profile {p['name']!r}: the held-out split")
-    refs = mine_references(setting.model, ds, p["layer"], min(int(p["n_ref"]), len(ds)),
-                           batch_size=int(p["batch_size"]), device=setting.device,
+    ds = load_dataset(p.dataset, **dict(p.heldout_dataset_kwargs))
+    check_disjoint(ds, setting.dataset, f"profile {p.name!r}: the held-out split")
+    refs = mine_references(setting.model, ds, p.layer, min(p.n_ref, len(ds)),
+                           batch_size=p.batch_size, device=setting.device,
                            cache=setting.cache, progress=progress)
     return ds, refs
 
@@ -231,7 +236,7 @@ def load_embedders(setting_or_profile, dataset=None):
     if isinstance(setting_or_profile, Setting):
         profile, dataset = setting_or_profile.profile, setting_or_profile.dataset
     else:
-        profile = setting_or_profile
+        profile = as_profile(setting_or_profile)
     out = []
     for role in ("embedder", "visual_embedder"):
         name = profile[role]
@@ -242,12 +247,12 @@ def load_embedders(setting_or_profile, dataset=None):
         if name == "attributes":
             if dataset is None or not hasattr(dataset, "object_map"):
                 raise ValueError(f"{role}: 'attributes' reads the annotations of the controlled "
-                                 f"benchmark; dataset {profile['dataset']!r} has none - use clip / "
+                                 f"benchmark; dataset {profile.dataset!r} has none - use clip / "
                                  "dinov2")
             kwargs.update(colours=dataset.config.colours, shapes=dataset.config.shapes)
         else:
-            kwargs.setdefault("device", resolve_device(profile["device"]))
-        out.append(load_embedder(name, pretrained=bool(profile[f"{role}_pretrained"]), **kwargs))
+            kwargs.setdefault("device", profile_device(profile.device))
+        out.append(load_embedder(name, pretrained=profile[f"{role}_pretrained"], **kwargs))
     return tuple(out)
 
 
@@ -261,21 +266,21 @@ def evaluation_boxes(setting: Setting, *, neurons=None, display: bool = False,
     """
     p = setting.profile
     neurons = setting.neuron_list(neurons)
-    kernel = p["display_blur_kernel" if display else "crop_blur_kernel"]
-    thr = p["display_threshold" if display else "crop_threshold"]
-    composite = p["composite"]
+    kernel = p.display_blur_kernel if display else p.crop_blur_kernel
+    thr = p.display_threshold if display else p.crop_threshold
+    composite = p.composite
 
     def compute():
         # a few neurons per call: full batches, while the heatmaps (n_ref x H x W floats per
         # neuron) stay small in memory; shared by the ranks under torch.distributed
         return {"boxes": reference_boxes(
-            setting.model, setting.dataset, setting.references, p["layer"], neurons,
+            setting.model, setting.dataset, setting.references, p.layer, neurons,
             composite=composite, blur_kernel=kernel, threshold=thr, chunk_size=max(1, chunk_size),
-            batch_size=int(p["batch_size"]), device=setting.device, progress=progress)}
+            batch_size=p.batch_size, device=setting.device, progress=progress)}
 
     expect = {"boxes": TensorSpec((len(neurons), setting.references.n_ref, 4), torch.int64, low=0)}
     return cached("crop_boxes", setting.cache, setting.dataset, compute, model=setting.model,
-                  expect=expect, layer=p["layer"], composite=composite, blur=kernel, threshold=thr,
+                  expect=expect, layer=p.layer, composite=composite, blur=kernel, threshold=thr,
                   neurons=neurons,
                   refs=setting.references.indices[setting.references.rows(neurons)])["boxes"].long()
 
@@ -311,7 +316,7 @@ def reference_features_of(setting: Setting, neurons=None, *, dataset=None, refer
     refs = (setting.references if references is None else references)
     return reference_features(setting.model, setting.dataset if dataset is None else dataset,
                               refs.subset(setting.neuron_list(neurons)),
-                              batch_size=4 * int(setting.profile["batch_size"]),
+                              batch_size=4 * setting.profile.batch_size,
                               device=setting.device, cache=setting.cache, progress=progress)
 
 
@@ -325,13 +330,13 @@ def strongly_polysemantic(setting: Setting, polysemanticity=None) -> list[int]:
     """
     p = setting.profile
     if _has_concepts(setting):
-        flags = reference_features_of(setting).polysemantic(float(p["polysemantic_min_share"]))
+        flags = reference_features_of(setting).polysemantic(p.polysemantic_min_share)
         return [n for n, f in zip(setting.neurons, flags.tolist()) if f]
     if polysemanticity is None:
         raise ValueError("without ground truth the strongly polysemantic neurons come from the "
                          "polysemanticity table: pass polysemanticity=")
     gap = polysemanticity.set_index("neuron").polysemanticity
-    return [int(n) for n in gap[gap > float(p["strong_polysemanticity"])].index]
+    return [int(n) for n in gap[gap > p.strong_polysemanticity].index]
 
 
 def embed_references(setting: Setting, embedder=None, boxes=None, *, neurons=None,
@@ -382,7 +387,7 @@ def embed_references(setting: Setting, embedder=None, boxes=None, *, neurons=Non
 
 
 def _has_concepts(setting: Setting) -> bool:
-    return bool(setting.profile["has_concepts"]) and hasattr(setting.dataset, "object_map")
+    return setting.profile.has_concepts and hasattr(setting.dataset, "object_map")
 
 
 def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
@@ -406,8 +411,8 @@ def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
     """
     p = setting.profile
     neurons = setting.neuron_list(neurons)
-    frame = polysemanticity_table(embeddings, neurons=neurons, random_state=int(p["random_state"]),
-                                  n_init=int(p["n_init"])) if embeddings is not None else None
+    frame = polysemanticity_table(embeddings, neurons=neurons, random_state=p.random_state,
+                                  n_init=p.n_init) if embeddings is not None else None
     key = "polysemanticity"
     if _has_concepts(setting):
         shares = reference_features_of(setting, neurons, progress=False).shares()
@@ -445,7 +450,7 @@ class Evaluation:
     timings: dict = field(default_factory=dict)   # stage -> seconds of this run (cache hits: load time)
 
 
-def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = True) -> Evaluation:
+def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True) -> Evaluation:
     """Run the paper's whole evaluation for one profile and model.
 
     Steps: references; PURE circuits and the activation baseline; evaluation crops; embeddings
@@ -460,7 +465,7 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
     -------
     Evaluation
     """
-    p = profile
+    p = as_profile(profile)
     clock, timings = time.perf_counter(), {}
 
     def lap(stage):
@@ -471,10 +476,10 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
 
     s = load_setting(p, model_name=model_name, progress=progress)
     lap("model, data and references (mining)")
-    ks = [int(k) for k in p["ks"]]
-    label_main, label_visual = p["embedder_label"], p["visual_embedder_label"]
-    kw = dict(random_state=int(p["random_state"]), n_init=int(p["n_init"]))
-    boot = dict(n_boot=int(p["n_boot"]), level=float(p["ci_level"]))
+    ks = list(p.ks)
+    label_main, label_visual = p.embedder_label, p.visual_embedder_label
+    kw = dict(random_state=p.random_state, n_init=p.n_init)
+    boot = dict(n_boot=p.n_boot, level=p.ci_level)
 
     pure = s.circuit_attributions(progress=progress)
     lap("circuit attributions (PURE)")
@@ -497,14 +502,14 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
 
     comparison = compare_clusterings(e_main, features, ks=ks, neurons=s.neurons,
                                      concepts=labels, progress=progress, **kw)
-    n_samples = min(int(p["correlation_n_samples"]), s.references.n_ref)
+    n_samples = min(p.correlation_n_samples, s.references.n_ref)
     result = Evaluation(
         setting=s, comparison=comparison, features=truth,
         comparison_summary=summarize_frame(comparison, **boot),
         comparison_pairs=paired_table(comparison, "gap", [(PURE, ACTIVATIONS)], **boot),
         correlation=correlation_table(e_main, spaces, n_samples=n_samples,
-                                      n_subsets=int(p["correlation_n_subsets"]),
-                                      seed=int(p["correlation_seed"])),
+                                      n_subsets=p.correlation_n_subsets,
+                                      seed=p.correlation_seed),
         divergence=divergence_examples(e_main, pure, acts, neurons=s.neurons, n_samples=n_samples),
         polysemanticity=polysemanticity_table(e_main, neurons=s.neurons, **kw),
         tensors=dict(pure=pure, activations=acts, embeddings=e_main, visual_embeddings=e_visual,
@@ -513,11 +518,11 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
     if truth is None:
         return result
 
-    poly = truth.polysemantic(float(p["polysemantic_min_share"]))
+    poly = truth.polysemantic(p.polysemantic_min_share)
     sel = torch.nonzero(poly).flatten().tolist()
-    attributions = {f"{PURE} ({a})": a for a in p["attributions"]}
+    attributions = {f"{PURE} ({a})": a for a in p.attributions}
     pairs = [(name, ACTIVATIONS) for name in attributions]
-    gt_feats = {name: pure if a == p["attribution"] else s.circuit_attributions(a, progress=progress)
+    gt_feats = {name: pure if a == p.attribution else s.circuit_attributions(a, progress=progress)
                 for name, a in attributions.items()}
     gt_feats[ACTIVATIONS] = acts
     if sel:
@@ -528,7 +533,7 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
         result.ground_truth_pairs = paired_table(gt, "ari", pairs, **boot)
     result.tensors["polysemantic"] = poly
     lap("scores against ground truth")
-    if p["heldout_dataset_kwargs"]:
+    if p.heldout_dataset_kwargs:
         ds, refs = heldout_references(s, progress=progress)
         test_feats = {name: s.circuit_attributions(a, dataset=ds, references=refs, progress=progress)
                       for name, a in attributions.items()}
@@ -537,7 +542,7 @@ def evaluate(profile: dict, *, model_name: str | None = None, progress: bool = T
         test_truth = reference_features_of(s, dataset=ds, references=refs, progress=progress)
         result.purity = heldout_purity(gt_feats, test_feats, test_truth.labels,
                                        train_concepts=labels, ks=ks, neurons=s.neurons, **kw)
-        result.purity_pairs = purity_pairs(result.purity, p["attribution"], **boot)
+        result.purity_pairs = purity_pairs(result.purity, p.attribution, **boot)
         lap("test phase on the held-out split")
     return result
 
