@@ -131,8 +131,13 @@ def schema_keys(root: Path = ROOT) -> set[str]:
 
 
 def declared_parameters(notebook: Path) -> dict:
-    """Names (and inferred types/defaults) of the notebook's ``parameters`` cell."""
-    params = papermill.inspect_notebook(str(notebook))
+    """The notebook's ``parameters`` cell: ``{name: spec}``, each ``spec["default"]`` the value
+    the cell assigns (``2``, not papermill's source text ``"2"``; see
+    :func:`pure_utils.book.decorate.typed_parameters`)."""
+    try:
+        params = pages.typed_parameters(notebook)
+    except ValueError as err:
+        raise BookError(str(err)) from None
     if not params:
         raise BookError(f"{notebook}: no cell tagged 'parameters' (every notebook needs one)")
     return params
