@@ -113,6 +113,12 @@ class References:
         """Number of rows (channels) held."""
         return int(self.indices.shape[0])
 
+    @property
+    def dead(self) -> torch.Tensor:
+        """LongTensor[m]: the channels whose maximum activation over the data is <= 0 (their
+        "references" are arbitrary samples; nothing to explain there)."""
+        return self.channels[self.values[:, 0] <= 0] if self.n_ref else self.channels[:0]
+
     def __repr__(self) -> str:
         skipped = "".join(f", skipped_{k}={len(v)}" for k, v in self.skipped.items() if len(v))
         plain = self.layout is None or self.layout.kind == "map"
@@ -575,6 +581,11 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         if stash.problem is not None:
             warnings.warn(f"the stash keeps nothing: {stash.problem}; attribution runs the "
                           "reference images through the model again", stacklevel=2)
+    if len(dead := refs.dead):
+        warnings.warn(f"mining {layer!r}: {len(dead)} of {refs.n_channels} channels never "
+                      f"activate (maximum <= 0 on all {n} samples): "
+                      f"{_describe(dead.tolist(), limit=10)}; their references are arbitrary "
+                      "(References.dead lists them)", stacklevel=2)
     for kind, policy in (("nonfinite", on_nonfinite), ("unreadable", on_unreadable)):
         bad = refs.skipped[kind].tolist()
         if bad and policy == "raise":  # a result stored by a run that skipped them
