@@ -271,3 +271,21 @@ def test_mining_and_test_parts_of_an_image_folder_are_disjoint(tmp_path):
     assert other_seed.indices != test.indices and other_seed.fingerprint != test.fingerprint
     with pytest.raises(ValueError, match="part='train' not known"):
         load_dataset("imagefolder", part="train", **kw)
+
+
+def test_empty_image_folder_error_describes_that_folder(tmp_path):
+    empty = tmp_path / "my photos"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        ImageFolderDataset(empty)
+    text = str(err.value)
+    assert str(empty) in text and "no class sub-folder; no files" in text and ".png" in text
+    assert "ImageNet" not in text and "paper.yaml" not in text
+    (empty / "cats").mkdir()
+    (empty / "cats" / "a.gif").write_bytes(b"GIF89a")
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError) as err:
+        ImageFolderDataset(empty)
+    text = str(err.value)
+    assert "1 class sub-folder(s) without images" in text and ".gif, .txt" in text
+    assert "ImageNet" not in text
