@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import huggingface_hub
 import timm
 import torch
 from safetensors.torch import load_file
@@ -141,7 +142,6 @@ def _offline() -> bool:
 def _cached_weights(name: str) -> bool | None:
     """Whether timm's pretrained weights of ``name`` lie in a local cache (the Hugging Face
     cache or torch hub's); ``None`` when timm has no pretrained config for the name."""
-    from huggingface_hub import try_to_load_from_cache
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except (RuntimeError, ValueError):
@@ -152,7 +152,7 @@ def _cached_weights(name: str) -> bool | None:
     if hub:
         files = [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin",
                  "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        if any(isinstance(try_to_load_from_cache(hub, f), str) for f in files if f):
+        if any(isinstance(huggingface_hub.try_to_load_from_cache(hub, f), str) for f in files if f):
             return True
     url = getattr(cfg, "url", None) or ""
     return bool(url) and (Path(torch.hub.get_dir()) / "checkpoints" / url.split("/")[-1]).exists()
