@@ -45,6 +45,7 @@ from papermill.exceptions import PapermillExecutionError
 from papermill.iorw import NoDatesSafeLoader
 
 from . import decorate as pages
+from . import site
 from ..study import profile as profiles
 from .._files import apply_umask
 from ..paths import ROOT
@@ -131,9 +132,7 @@ def schema_keys(root: Path = ROOT) -> set[str]:
 
 
 def declared_parameters(notebook: Path) -> dict:
-    """The notebook's ``parameters`` cell: ``{name: spec}``, each ``spec["default"]`` the value
-    the cell assigns (``2``, not papermill's source text ``"2"``; see
-    :func:`pure_utils.book.decorate.typed_parameters`)."""
+    """The ``parameters`` cell: ``{name: spec}``, ``spec["default"]`` typed (``decorate.typed_parameters``)."""
     try:
         params = pages.typed_parameters(notebook)
     except ValueError as err:
@@ -375,7 +374,8 @@ def build_html(root: Path = ROOT) -> Path:
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
     if jb is None:
         raise BookError("jupyter-book is not installed in this environment (pip install 'jupyter-book>=1,<2')")
-    cmd = [jb, "build", str(root), "--builder", "html", "-W", "-n", "--keep-going"]
+    cmd = [jb, "build", str(root), "--builder", "html", "-W", "-n", "--keep-going",
+           *site.config_arguments(root)]  # the repository buttons, when $PURE_BOOK_REPOSITORY is set
     proc = subprocess.run(cmd, cwd=root)
     if proc.returncode != 0:
         raise BookError(f"jupyter-book build failed (exit {proc.returncode}); see the warnings above")
