@@ -138,9 +138,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             self.samples = [(p, -1) for p in images_in(self.root)]
             self.folder_names = []
         if not self.samples:
-            raise FileNotFoundError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {self.root} or its class "
-                f"sub-folders. {_HOW_TO_GET_IMAGENET}")
+            raise FileNotFoundError(_empty_message(self.root, folders))
         if class_names is not None and len(class_names) != len(self.folder_names):
             raise ValueError(f"class_names has {len(class_names)} entries but {self.root} has "
                              f"{len(self.folder_names)} class folders")
@@ -252,6 +250,18 @@ _HOW_TO_GET_IMAGENET = (
     "giving val/n01440764/*.JPEG, ...), and set dataset_kwargs.root in "
     "notebooks/profiles/paper.yaml (or pass root=... to load_dataset) to that val folder. "
     "Without ImageNet, use the default offline profile (dataset: synthetic).")
+
+
+def _empty_message(root: Path, folders: list) -> str:
+    """What an existing folder without images holds, and where images are looked for."""
+    where = [root] + list(folders)
+    others = sorted({p.suffix.lower() or p.name for f in where for p in f.iterdir()
+                     if p.is_file() and not p.name.startswith(".")})
+    held = (f"{len(folders)} class sub-folder(s) without images" if folders else "no class sub-folder")
+    found = f"; files found: {', '.join(others[:10])}" if others else "; no files"
+    return (f"no images in the image folder {root}: it holds {held}{found}. Images are files ending "
+            f"in {', '.join(IMAGE_EXTENSIONS)} (any case), either in one sub-folder per class "
+            f"({root}/<class>/<image>) or directly in {root}; give root= the folder that holds them")
 
 
 def _missing_message(root) -> str:

@@ -18,6 +18,8 @@ output through its :class:`Layout`:
   RegNet, MobileNet stages and blocks).
 - ``"map_last"``: ``[B, H, W, C]``, channels last (inside a ConvNeXt block whose MLP is made of
   Linear layers, the stages of timm's Swin).
+- ``"vector"``: ``[B, C]``, one position per channel: a pooled feature vector or a classifier
+  head (the model's classifier and what follows its global pooling).
 - ``"tokens"``: ``[B, N, D]``, a transformer's tokens. The channels are the ``D`` embedding
   dimensions and the positions are the patch tokens, on the patch grid. The tokens in front of
   them (class, register and distillation tokens, ``prefix_tokens``) are no patch: with
@@ -39,7 +41,10 @@ count). :func:`layer_layout` gives, in this order:
    ``Beit``): the patch embedding's submodules give maps (the convolution before flattening),
    the patch embedding itself gives tokens without prefix tokens, every other module tokens
    with the model's ``num_prefix_tokens``;
-3. elsewhere, a module that acts on the last axis - a ``Linear``, a ``LayerNorm`` or ``RmsNorm``
+3. the model's classifier (``get_classifier()``, the modules holding it or inside it), a
+   flattening global pool or ``Flatten``, the modules that follow one in the same container, and
+   a vision transformer's ``fc_norm``, ``head_drop`` and ``head``: vectors;
+4. elsewhere, a module that acts on the last axis - a ``Linear``, a ``LayerNorm`` or ``RmsNorm``
    that is not a channels-first (``2d``) one, or any module inside an MLP made of ``Linear``
    layers - gives channels-last maps (or ``[B, C]`` vectors, as a classifier does); inside a
    patch embedding, maps; a model that declares ``output_fmt = "NHWC"`` (Swin) channels-last
@@ -194,7 +199,8 @@ def forward_until(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor
 
 
 #: Layout names and the output each one reads (every layout also reads ``[B, C]``).
-LAYOUTS = {"map": "[B, C, H, W]", "map_last": "[B, H, W, C]", "tokens": "[B, N, D]"}
+LAYOUTS = {"map": "[B, C, H, W]", "map_last": "[B, H, W, C]", "tokens": "[B, N, D]",
+           "vector": "[B, C]"}
 #: Values of ``tokens``: the positions of a unit of a token layer.
 TOKEN_SETS = ("patches", "all")
 #: The vision transformers whose token layers are detected (subclasses included).
@@ -209,8 +215,8 @@ class Layout:
 
     Attributes
     ----------
-    kind : {"map", "map_last", "tokens"}
-        ``[B, C, H, W]``, ``[B, H, W, C]`` or ``[B, N, D]``.
+    kind : {"map", "map_last", "tokens", "vector"}
+        ``[B, C, H, W]``, ``[B, H, W, C]``, ``[B, N, D]`` or ``[B, C]`` (one position).
     prefix_tokens : int
         ``"tokens"``: the class, register and distillation tokens in front of the patch tokens.
     tokens : {"patches", "all"}
@@ -255,7 +261,7 @@ class Layout:
         if not isinstance(out, torch.Tensor):
             raise ValueError(f"layer {layer!r} returns a {type(out).__name__}, not a tensor; "
                              "choose a module whose output is a feature map or tokens")
-        want = 3 if self.kind == "tokens" else 4
+        want = {"tokens": 3, "vector": 2}.get(self.kind, 4)
         if out.ndim not in (2, want):
             raise ValueError(
                 f"layer {layer!r} outputs a tensor of shape {tuple(out.shape)}, which its layout "
@@ -371,10 +377,35 @@ def _patch_embed_layout(module) -> str:
     return "map_last" if str(getattr(module, "output_fmt", "NCHW")).endswith("NHWC") else "map"
 
 
+def _flattens(module: nn.Module) -> bool:
+    """A ``Flatten`` or a global pool that flattens (timm's ``SelectAdaptivePool2d(flatten=True)``)."""
+    return isinstance(module, nn.Flatten) or isinstance(getattr(module, "flatten", None), nn.Flatten)
+
+
+def _is_vector(model: nn.Module, parts: list, ancestors: list, module: nn.Module) -> bool:
+    """Whether the module's output is a ``[B, C]`` vector (see the module docstring, rule 3)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if isinstance(head, nn.Module) and not isinstance(head, nn.Identity):
+        if any(m is head for m in ancestors[1:] + [module]):
+            return True  # the classifier or a module inside it
+        if module is not model and any(m is head for m in module.modules()):
+            return True  # a head that holds the classifier
+    if _flattens(module):
+        return True
+    siblings = list(ancestors[-1].children())
+    index = next((i for i, m in enumerate(siblings) if m is module), 0)
+    if any(_flattens(m) for m in siblings[:index]):
+        return True  # after a flattening pool in the same container (ConvNeXt's head.fc)
+    return isinstance(model, TOKEN_MODELS) and parts[0] in ("fc_norm", "head_drop", "head")
+
+
 def _detect(model: nn.Module, layer: str, module: nn.Module) -> tuple[str, int]:
     """``(kind, prefix_tokens)`` of ``layer`` from the module types (see the module docstring)."""
     parts = layer.split(".")
     ancestors = [model] + [get_layer(model, ".".join(parts[:i])) for i in range(1, len(parts))]
+    if _is_vector(model, parts, ancestors, module):
+        return "vector", 0
     in_patch_embed = any(isinstance(m, PatchEmbed) for m in ancestors)
     last_axis = _last_axis(module) or any(_linear_mlp(m) for m in ancestors + [module])
     if isinstance(model, TOKEN_MODELS):

@@ -6,8 +6,10 @@ Everything about one layer of a model (lookup, layout, the truncated forward pas
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import huggingface_hub
 import timm
 import torch
 from safetensors.torch import load_file
@@ -132,6 +134,37 @@ def _load_state_dict(path: Path) -> dict:
     return state
 
 
+def _offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``, read at call time)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _cached_weights(name: str) -> bool | None:
+    """Whether timm's pretrained weights of ``name`` lie in a local cache (the Hugging Face
+    cache or torch hub's); ``None`` when timm has no pretrained config for the name."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except (RuntimeError, ValueError):
+        cfg = None
+    if cfg is None:
+        return None
+    hub = getattr(cfg, "hf_hub_id", None)
+    if hub:
+        files = [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin",
+                 "open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if any(isinstance(huggingface_hub.try_to_load_from_cache(hub, f), str) for f in files if f):
+            return True
+    url = getattr(cfg, "url", None) or ""
+    return bool(url) and (Path(torch.hub.get_dir()) / "checkpoints" / url.split("/")[-1]).exists()
+
+
+def _weights_error(name: str, reason) -> RuntimeError:
+    return RuntimeError(
+        f"could not load pretrained weights for {name!r}: {reason}. They come from the "
+        "Hugging Face hub: run once with internet access (the weights are then cached "
+        "in ~/.cache/huggingface), or pass checkpoint=<path to a local state dict>")
+
+
 def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
                num_classes: int | None = None) -> nn.Module:
     """Load a model in evaluation mode.
@@ -174,6 +207,8 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
         model.pure_card = card
     else:
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        if pretrained and _offline() and _cached_weights(name) is False:  # no retries offline
+            raise _weights_error(name, "HF_HUB_OFFLINE is set and they are not in the local cache")
         try:
             model = timm.create_model(name, pretrained=pretrained, **kwargs)
         except RuntimeError as err:
@@ -183,10 +218,7 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
                     "nor a timm model name (see timm.list_models())") from err
             raise
         except (OSError, ConnectionError) as err:
-            raise RuntimeError(
-                f"could not load pretrained weights for {name!r}: {err}. They come from the "
-                "Hugging Face hub: run once with internet access (the weights are then cached "
-                "in ~/.cache/huggingface), or pass checkpoint=<path to a local state dict>") from err
+            raise _weights_error(name, err) from err
         if checkpoint is not None:
             model.load_state_dict(_load_state_dict(checkpoint))
     model.eval()

@@ -123,6 +123,9 @@ class References:
         """Number of rows (channels) held."""
         return int(self.indices.shape[0])
 
+    dead = property(lambda self: self.channels[self.values[:, 0] <= 0] if self.n_ref else self.channels[:0],
+                    doc="LongTensor[m]: channels whose maximum activation over the data is <= 0.")
+
     def __repr__(self) -> str:
         skipped = "".join(f", skipped_{k}={len(v)}" for k, v in self.skipped.items() if len(v))
         plain = self.layout is None or self.layout.kind == "map"
@@ -455,6 +458,23 @@ def _result(best, n_valid, skipped, map_size, input_size, n, n_ref, dataset) -> 
             **{f"skipped_{k}": torch.tensor(sorted(v), dtype=torch.long) for k, v in skipped.items()}}
 
 
+def _check_mined(refs: References, dataset, policies: dict) -> None:
+    """Raise for stored left-out samples a policy refuses; warn naming skipped and dead ones."""
+    for kind, policy in policies.items():
+        bad = refs.skipped[kind].tolist()
+        if bad and policy == "raise":
+            what = "have non-finite activations" if kind == "nonfinite" else "cannot be read"
+            raise ValueError(f"dataset indices {_describe(bad, dataset)} {what} (left out of the "
+                             f"stored references); pass on_{kind}='skip' to accept that")
+        if bad:
+            warnings.warn(f"mining {refs.layer!r}: {len(bad)} sample(s) left out ({kind}): "
+                          f"{_describe(bad, dataset)}; see References.skipped", stacklevel=3)
+    if len(dead := refs.dead):
+        warnings.warn(f"mining {refs.layer!r}: {len(dead)} of {refs.n_channels} channels never activate "
+                      f"(max <= 0 on all {len(dataset)} samples): {_describe(dead.tolist(), limit=10)}; "
+                      "their references are arbitrary (References.dead)", stacklevel=3)
+
+
 def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
                     batch_size: int = 64, device=None, cache=None, progress: bool = True,
                     num_workers: int = 0, on_nonfinite: str = "raise",
@@ -587,13 +607,5 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         if stash.problem is not None:
             warnings.warn(f"the stash keeps nothing: {stash.problem}; attribution runs the "
                           "reference images through the model again", stacklevel=2)
-    for kind, policy in (("nonfinite", on_nonfinite), ("unreadable", on_unreadable)):
-        bad = refs.skipped[kind].tolist()
-        if bad and policy == "raise":  # a result stored by a run that skipped them
-            what = "have non-finite activations" if kind == "nonfinite" else "cannot be read"
-            raise ValueError(f"dataset indices {_describe(bad, dataset)} {what} (left out of the "
-                             f"stored references); pass on_{kind}='skip' to accept that")
-        if bad:
-            warnings.warn(f"mining {layer!r}: {len(bad)} sample(s) left out ({kind}): "
-                          f"{_describe(bad, dataset)}; see References.skipped", stacklevel=2)
+    _check_mined(refs, dataset, {"nonfinite": on_nonfinite, "unreadable": on_unreadable})
     return refs

@@ -107,8 +107,18 @@ class VirtualNeurons(ClusterMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ValueError
+            When every row of ``X`` is zero (a channel that never activates has no circuits).
         """
         X = _validated(self, X, reset=True)
+        if not np.any(X):
+            raise ValueError(
+                f"all {len(X)} circuit vectors are zero: nothing to cluster. The neuron does not "
+                "activate on its reference samples (a dead channel: see References.dead) or its "
+                "attribution vanished; leave this neuron out, or choose a layer where it fires")
         self._check_params(len(X))
         k, seed = int(self.n_clusters), self.random_state
         self.kmeans_ = None

@@ -454,3 +454,21 @@ def test_datasets_without_files_are_compared_by_index():
     # other sources without files: nothing can be compared, and the report says so
     report = check_disjoint(GeneratedImages(4, size=8, seed=1), base)
     assert report.test == report.reference == 0 and "not compared" in str(report)
+
+
+def test_empty_image_folder_error_describes_that_folder(tmp_path):
+    empty = tmp_path / "my photos"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        ImageFolderDataset(empty)
+    text = str(err.value)
+    assert str(empty) in text and "no class sub-folder; no files" in text and ".png" in text
+    assert "ImageNet" not in text and "paper.yaml" not in text
+    (empty / "cats").mkdir()
+    (empty / "cats" / "a.gif").write_bytes(b"GIF89a")
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError) as err:
+        ImageFolderDataset(empty)
+    text = str(err.value)
+    assert "1 class sub-folder(s) without images" in text and ".gif, .txt" in text
+    assert "ImageNet" not in text

@@ -401,3 +401,54 @@ def test_lrp_is_refused_on_a_vit_unless_approximate():
                              attribution="epsilon_plus_flat", progress=False)
     with pytest.raises(ValueError, match=re.escape("LRP would not be correct on this VisionTransformer")):
         feature_heatmaps(model, data, refs, layer, [0], progress=False)
+
+
+@pytest.mark.parametrize("name,kw,vectors,others", [
+    ("resnet18", {}, ["global_pool", "fc"], {"layer4": "map", "global_pool.pool": "map"}),
+    ("convnext_atto", {}, ["head", "head.flatten", "head.pre_logits", "head.fc"],
+     {"head.norm": "map", "stages.3": "map"}),
+    ("vit_tiny_patch16_224", dict(img_size=32, depth=1), ["fc_norm", "head"], {"norm": "tokens"}),
+])
+def test_vector_outputs_get_the_vector_layout(name, kw, vectors, others):
+    """The layout names what a forward pass shows: every layer detected as "vector" outputs
+    ``[B, C]`` (checked by running the model), and read as one position per channel."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=5, **kw).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for layer in vectors:
+        lay = layer_layout(model, layer)
+        with torch.no_grad():
+            out = forward_until(model, x, layer)
+        assert lay.kind == "vector" and out.ndim == 2, (layer, lay, tuple(out.shape))
+        assert torch.equal(lay.channels(lay.check(out, layer))[:, :, 0], out)
+        assert lay.positions_grid(out) == (1, 1) and lay.n_channels(out) == out.shape[1]
+    for layer, kind in others.items():
+        with torch.no_grad():
+            out = forward_until(model, x, layer)
+        assert layer_layout(model, layer).kind == kind and out.ndim > 2, layer
+    with pytest.raises(ValueError, match=r"\[B, C\]"):  # a vector layout refuses a map
+        Layout("vector").check(torch.zeros(1, 3, 2, 2), "layer4")
+
+
+def test_vector_layout_mines_a_classifier_head_against_brute_force():
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x = torch.randn(10, 3, 8, 8)
+
+    class Images:
+        fingerprint = "vector-test"
+
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], 0
+
+    refs = mine_references(model, Images(), "4", n_ref=3, batch_size=4, progress=False)
+    assert refs.layout.kind == "vector" and refs.map_size == (1, 1)
+    with torch.no_grad():
+        logits = model(x)  # [10, 3]
+    top = logits.T.argsort(dim=1, descending=True, stable=True)[:, :3]
+    assert torch.equal(refs.indices, top) and torch.allclose(refs.values, logits.T.gather(1, top))

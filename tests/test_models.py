@@ -106,3 +106,30 @@ def test_shipped_model_refuses_arguments_it_would_ignore():
     with pytest.raises(ValueError, match="pretrained=True"):
         load_model("synthetic_resnet_basic", pretrained=True)
     assert load_model("synthetic_resnet_basic", num_classes=16).fc.out_features == 16  # its own
+
+
+def test_pretrained_offline_fails_fast_without_cached_weights(monkeypatch, tmp_path):
+    import time
+
+    import huggingface_hub
+    import timm
+
+    from pure_utils import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # an empty torch hub cache
+    called = []
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: called.append(a) or torch.nn.Linear(1, 1))
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"'resnet18\.a1_in1k'.*HF_HUB_OFFLINE.*checkpoint="):
+        load_model("resnet18.a1_in1k", pretrained=True)
+    assert time.perf_counter() - start < 1 and not called  # no download attempted, no retries
+    # weights in the cache (or the hub switched on): timm is asked as before
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / timm.models.get_pretrained_cfg("resnet18.a1_in1k").url.split("/")[-1]
+     ).write_bytes(b"")
+    load_model("resnet18.a1_in1k", pretrained=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    load_model("resnet18.a1_in1k", pretrained=True)
+    assert len(called) == 2 and models._offline() is False

@@ -2,6 +2,7 @@
 identity references carry, non-finite activations and unreadable files."""
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -591,3 +592,29 @@ def test_images_of_another_size_in_a_batch_are_named_and_the_work_kept(model, tm
                                          r"the 4 samples before it are kept"):
         mine_references(model, ds, "layer3", n_ref=2, batch_size=4, cache=Cache(tmp_path),
                         progress=False)
+
+
+def test_dead_channels_are_marked_and_named():
+    """Channels whose bias keeps them below zero on every image never activate after the ReLU."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3)
+    with torch.no_grad():
+        conv.weight.mul_(0.01)
+        conv.bias.copy_(torch.tensor([1.0, -50.0, 1.0, -50.0, 0.5, -50.0]))
+    model = nn.Sequential()
+    model.add_module("conv", conv)
+    model.add_module("relu", nn.ReLU())
+    ds = TensorImages(torch.rand(9, 3, 12, 12))
+    with pytest.warns(UserWarning, match=r"3 of 6 channels never activate.*: 1, 3, 5;"):
+        refs = mine_references(model, ds, "relu", n_ref=3, batch_size=4, progress=False)
+    with torch.no_grad():  # independent: the maximum over every image and position
+        peak = model(torch.stack([ds[i][0] for i in range(len(ds))])).amax(dim=(0, 2, 3))
+    assert refs.dead.dtype == torch.long
+    assert refs.dead.tolist() == torch.nonzero(peak <= 0).flatten().tolist() == [1, 3, 5]
+    assert refs.subset([3, 4]).dead.tolist() == [3]
+    with torch.no_grad():
+        conv.bias.fill_(1.0)  # every channel positive somewhere: nothing to warn about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        live = mine_references(model, ds, "relu", n_ref=3, batch_size=4, progress=False)
+    assert live.dead.numel() == 0

@@ -106,3 +106,13 @@ def test_scikit_learn_estimator_checks(algorithm):
     assert not failed
     assert skipped <= {"check_array_api_input"}
     assert sum(r["status"] == "passed" for r in results) >= 40
+
+
+def test_all_zero_vectors_are_refused_with_what_to_do():
+    X = np.zeros((6, 4))
+    for algorithm in ("kmeans", "agglomerative"):
+        with pytest.raises(ValueError, match=r"all 6 circuit vectors are zero.*References\.dead"):
+            VirtualNeurons(n_clusters=2, algorithm=algorithm).fit(X)
+    X[3, 1] = 1e-6  # one non-zero row is something to cluster
+    assert VirtualNeurons(n_clusters=2, random_state=0).fit(X).labels_[3] != \
+        VirtualNeurons(n_clusters=2, random_state=0).fit(X).labels_[0]

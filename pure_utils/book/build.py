@@ -45,6 +45,7 @@ from papermill.exceptions import PapermillExecutionError
 from papermill.iorw import NoDatesSafeLoader
 
 from . import decorate as pages
+from . import site
 from ..study import profile as profiles
 from .._files import apply_umask
 from ..paths import ROOT
@@ -131,8 +132,11 @@ def schema_keys() -> set[str]:
 
 
 def declared_parameters(notebook: Path) -> dict:
-    """Names (and inferred types/defaults) of the notebook's ``parameters`` cell."""
-    params = papermill.inspect_notebook(str(notebook))
+    """The ``parameters`` cell: ``{name: spec}``, ``spec["default"]`` typed (``decorate.typed_parameters``)."""
+    try:
+        params = pages.typed_parameters(notebook)
+    except ValueError as err:
+        raise BookError(str(err)) from None
     if not params:
         raise BookError(f"{notebook}: no cell tagged 'parameters' (every notebook needs one)")
     return params
@@ -372,7 +376,8 @@ def build_html(root: Path = ROOT) -> Path:
     jb = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
     if jb is None:
         raise BookError("jupyter-book is not installed in this environment (pip install 'jupyter-book>=1,<2')")
-    cmd = [jb, "build", str(root), "--builder", "html", "-W", "-n", "--keep-going"]
+    cmd = [jb, "build", str(root), "--builder", "html", "-W", "-n", "--keep-going",
+           *site.config_arguments(root)]  # the repository buttons, when $PURE_BOOK_REPOSITORY is set
     proc = subprocess.run(cmd, cwd=root)
     if proc.returncode != 0:
         raise BookError(f"jupyter-book build failed (exit {proc.returncode}); see the warnings above")

@@ -9,6 +9,7 @@ statistics page of QuantEcon's books does).
 """
 from __future__ import annotations
 
+import ast
 import datetime
 import json
 import shlex
@@ -21,7 +22,66 @@ from .. import __version__
 from .._machine import machine_info
 from ..paths import ROOT
 
-__all__ = ["run_record", "decorate", "execution_page"]
+__all__ = ["run_record", "decorate", "execution_page", "typed_parameters", "rerun_commands"]
+
+
+def typed_parameters(notebook: Path) -> dict:
+    """The notebook's ``parameters`` cell, each default as the Python value it assigns.
+
+    ``papermill.inspect_notebook`` gives every default as the source text of its expression
+    (``k = 2`` has the default ``"2"``); quoting that text again turns numbers into strings.
+    Here ``default`` is the value (``2``, ``[1, 2]``, ``True``, ``"offline"``) and
+    ``source`` keeps papermill's text.
+
+    Returns
+    -------
+    dict
+        ``{name: {"name", "default", "source", "inferred_type_name", "help"}}`` in the cell's order.
+
+    Raises
+    ------
+    ValueError
+        naming the notebook and the parameter whose default is not a Python literal (a
+        rerun command could not pass it back).
+    """
+    declared = papermill.inspect_notebook(str(notebook))
+    out = {}
+    for name, spec in declared.items():
+        text = spec.get("default")
+        try:
+            value = ast.literal_eval(text) if isinstance(text, str) else text
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{notebook}: parameter {name!r} = {text!r} is not a Python literal "
+                             "(a number, string, bool, None, list, tuple or dict)") from None
+        out[name] = {**spec, "default": value, "source": text}
+    return out
+
+
+def rerun_commands(name: str, profile: str, params: dict) -> tuple[str, str]:
+    """The papermill and ``python -m pure_utils.book run`` command lines of a chapter.
+
+    Parameters
+    ----------
+    name : str
+        The notebook's name (``notebooks/<name>.ipynb``).
+    profile : str
+        The profile's name (``smoke``) or the path of its YAML file.
+    params : dict
+        The chapter's own parameters with their typed values; each becomes one
+        ``-y '{"name": value}'`` (JSON is YAML, so types survive: ``2`` stays an int).
+
+    Returns
+    -------
+    (str, str)
+        The papermill line and the ``book run`` line, shell-quoted.
+    """
+    profile = str(profile)
+    profile_arg = (str(Path("notebooks") / "profiles" / f"{profile}.yaml")
+                   if "/" not in profile and not profile.endswith((".yaml", ".yml")) else profile)
+    own = "".join(f" -y {shlex.quote(json.dumps({n: v}))}" for n, v in params.items())
+    nb, out = shlex.quote(f"notebooks/{name}.ipynb"), shlex.quote(f"{name}.ipynb")
+    return (f"papermill {nb} {out} -f {shlex.quote(profile_arg)}{own}",
+            f"python -m pure_utils.book run {nb} {out} -f {shlex.quote(profile)}{own}")
 
 
 def _commit(root: Path = ROOT) -> str:
@@ -74,7 +134,7 @@ def decorate(nb: dict, source: Path, record: dict) -> dict:
         after the title: the chapter's knobs and the rerun box.
     """
     params = record["parameters"]
-    declared = papermill.inspect_notebook(str(source))
+    declared = typed_parameters(source)
     knobs = [(name, params.get(name, spec.get("default")), spec.get("help", ""))
              for name, spec in declared.items() if name != "profile"]
     for cell in nb["cells"]:
@@ -89,17 +149,13 @@ def decorate(nb: dict, source: Path, record: dict) -> dict:
            f"Profile `{profile}`" + ("; the chapter's own parameters:\n\n| parameter | value | meaning |\n"
                                      f"|---|---|---|\n{rows}\n" if knobs else ".\n") + ":::")
     name = source.stem
-    profile_arg = (str(Path("notebooks") / "profiles" / f"{profile}.yaml")
-                   if "/" not in str(profile) and not str(profile).endswith((".yaml", ".yml"))
-                   else str(profile))
-    own = " ".join(f"-y {shlex.quote(json.dumps({n: v}))}" for n, v, _ in knobs)
+    papermill_line, run_line = rerun_commands(name, profile, {n: v for n, v, _ in knobs})
     rerun = (":::{dropdown} Rerun this chapter\n\n"
              f"This page ran on profile `{profile}` in {record['seconds']:.0f} s on "
              f"{_machine_text(record['machine'])}, with pure_utils {record['version']} at commit "
              f"`{record['commit']}`, finished {record['finished']}. From the repository root:\n\n"
              "```bash\n"
-             f"papermill notebooks/{name}.ipynb {name}.ipynb -f {profile_arg} {own}\n"
-             f"python -m pure_utils.book run notebooks/{name}.ipynb {name}.ipynb -f {profile} {own}\n"
+             f"{papermill_line}\n{run_line}\n"
              "```\n\n"
              f"{{download}}`Download this executed notebook <{name}.ipynb>`\n:::")
     title = next((i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "markdown"), -1)
