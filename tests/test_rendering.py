@@ -66,8 +66,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from pure_utils.book.browser import figure_problems, layout_problems, probed_page, remove_probe  # noqa: E402
-from pure_utils.book.numbering import (FIGURE_SCHEMES, NumberingError, figure_label,  # noqa: E402
-                                       number_figures)
+from pure_utils.book.numbering import (FIGURE_SCHEMES, NumberingError, figure_alt_texts,  # noqa: E402
+                                       figure_label, finish_pages, number_figures)
 from pure_utils.study.report import table_with_notes  # noqa: E402
 from pure_utils.study.tables import comparability, comparability_word  # noqa: E402
 
@@ -137,6 +137,17 @@ def test_a_figure_outside_the_scheme_or_a_dangling_reference_is_an_error(tmp_pat
         number_figures(root)
 
 
+def test_a_figure_image_named_by_its_file_gets_its_caption_as_alt_text(tmp_path):
+    root = _book(tmp_path)
+    page = root / "book/executed/setting.html"
+    page.write_text(page.read_text().replace('alt="a plot"', 'alt="../../_images/fig-s1.png"', 1))
+    finish_pages(root)
+    text = page.read_text()
+    assert 'alt="Figure S.1: Caption fig-s1."' in text and 'alt="a plot"' in text  # a real alt stays
+    assert figure_alt_texts(text) == text
+    assert figure_problems(text, "book/executed/setting") == []
+
+
 def test_figure_problems_finds_wrong_numbers_old_references_and_missing_alt_text():
     key = "book/executed/fig3_polysemanticity"
     good = _page(_figure("a", 1).replace("Fig. 1", "Figure 3") + _figure("b", 2).replace("Fig. 2", "Figure 3b"))
@@ -186,6 +197,7 @@ WIDE = """<!DOCTYPE html><html><head><meta charset="utf-8">
 </head><body><main><article class="bd-article">
 <div style="overflow-x: auto"><table><tr><td style="white-space: nowrap">SCROLLS{x}</td></tr></table></div>
 WIDE_TABLE<table><tr><td class="cut">CLIPPED cell text that is long</td></tr></table>
+TALL_TABLE
 </article></main></body></html>"""
 
 
@@ -200,14 +212,17 @@ def test_the_probe_finds_a_wide_table_and_a_clipped_cell_at_a_phone_width_in_dar
 
     wide = '<table class="wide"><tr><td style="white-space: nowrap">WIDE' + "b" * 200 + "</td></tr></table>"
     page = tmp_path / "p.html"
-    page.write_text(WIDE.replace("{x}", "a" * 200).replace("WIDE_TABLE", wide))
+    tall = "<table><tr><td>a</td><td>TALL " + "word " * 300 + "</td></tr></table>"
+    page.write_text(WIDE.replace("{x}", "a" * 200).replace("WIDE_TABLE", wide).replace("TALL_TABLE", tall))
     problems = layout_problems(_view_dom(page, 390, "dark", tmp_path / "shots"))
+    assert any("px tall" in p and "TALL" in p for p in problems), problems
     assert any("wider than the article column" in p and "table.wide" in p for p in problems), problems
     assert any("table cell clipped" in p for p in problems), problems
     assert not any("SCROLLS" in p for p in problems), problems   # in its own scroll box: fine
     assert (tmp_path / "shots" / "p-390-dark.png").exists()
     assert sorted(q.name for q in tmp_path.iterdir()) == ["p.html", "shots"]  # the probe's files are gone
-    page.write_text(WIDE.replace("{x}", "a" * 200).replace("WIDE_TABLE", "").replace('class="cut"', ""))
+    page.write_text(WIDE.replace("{x}", "a" * 200).replace("WIDE_TABLE", "").replace('class="cut"', "")
+                    .replace("TALL_TABLE", ""))
     assert layout_problems(_view_dom(page, 1280, "light", None)) == []
 
 

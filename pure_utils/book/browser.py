@@ -128,7 +128,8 @@ iframe {{ border: 0; display: block; }}</style></head><body>
   var d = document.createElement("div"); d.id = "pure-layout-probe"; d.hidden = true;
   d.setAttribute("data-problems", JSON.stringify(r.problems));
   d.setAttribute("data-theme", r.theme); d.setAttribute("data-width", String(r.width));
-  document.body.appendChild(d); }});</script></body></html>
+  var t = document.createElement("textarea"); t.id = "pure-framed-dom"; t.textContent = r.dom;
+  d.appendChild(t); document.body.appendChild(d); }});</script></body></html>
 """
 
 
@@ -243,7 +244,8 @@ def page_problems(dom: str, *, executed: bool, page: str | None = None) -> list[
 
 
 def _view_dom(page: Path, width: int, theme: str, shots: Path | None) -> str:
-    """The probed DOM of ``page`` at one view, and its screenshot into ``shots`` (when given)."""
+    """The DOM of ``page`` after its scripts and the layout probe ran, seen at one view (the
+    page's own DOM, from its frame), and its screenshot into ``shots`` (when given)."""
     height = 1600 if width > 600 else 844
     host = probed_page(page, theme, width, height)
     try:
@@ -261,7 +263,10 @@ def _view_dom(page: Path, width: int, theme: str, shots: Path | None) -> str:
     if probe.get("data-theme") != theme or probe.get("data-width") != str(width):
         raise RenderError(f"{page} did not open in the {theme} theme at {width} px (the page "
                           f"says: {probe.get('data-theme')!r} theme, {probe.get('data-width')} px)")
-    return dom
+    framed = probe.find("textarea", id="pure-framed-dom")
+    if framed is None:
+        raise RenderError(f"the layout probe sent no DOM of {page} at {width} px, {theme}")
+    return framed.get_text()
 
 
 def check_book(html_dir: Path, pages: list, executed: set, *, views=None,

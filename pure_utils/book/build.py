@@ -50,7 +50,7 @@ from .._files import apply_umask
 from ..paths import ROOT
 from .browser import (INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_book,
                         check_rendering, screenshot)
-from .numbering import number_figures
+from .numbering import finish_pages
 
 KERNEL_NAME = "pure-utils"
 EXECUTED_DIR = "book/executed"
@@ -378,7 +378,7 @@ def build_html(root: Path = ROOT) -> Path:
     index = Path(root) / "_build" / "html" / "index.html"
     if not index.exists():
         raise BookError(f"jupyter-book finished but {index} is missing")
-    number_figures(index.parent)  # the paper's figure numbers, per chapter (numbering.py)
+    finish_pages(index.parent)  # the paper's figure numbers per chapter, alt texts (numbering.py)
     return index
 
 

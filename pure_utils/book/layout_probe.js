@@ -3,6 +3,7 @@
 // <div id="pure-layout-probe" data-problems="[...]" data-theme="..." data-width="...">, and,
 // run in a frame, posts it to the host page, which writes the same element (browser.py).
 (function () {
+  var TALL_ROW = 200;  // px, a quarter of a phone screen: a row taller than this holds a paragraph
   function describe(el) {
     var s = el.tagName.toLowerCase();
     if (el.id) { s += "#" + el.id; }
@@ -56,6 +57,18 @@
         break;
       }
     }
+    var tables = art.querySelectorAll("table");
+    for (var k = 0; k < tables.length; k++) {  // a long text in a cell makes a row a screen tall
+      var rows = tables[k].querySelectorAll("tr");
+      for (var m = 0; m < rows.length; m++) {
+        var h = rows[m].getBoundingClientRect().height;
+        if (h > TALL_ROW) {
+          out.push("a table row " + Math.round(h) + " px tall (a long text in a cell; put it in a note): " +
+                   describe(rows[m]));
+          break;
+        }
+      }
+    }
     var doc = document.documentElement;
     if (doc.scrollWidth > window.innerWidth + 1) {
       out.push("the page scrolls sideways (" + doc.scrollWidth + " px wide in a " + window.innerWidth +
@@ -70,7 +83,8 @@
     document.body.appendChild(probe);
     if (window.parent !== window) {  // in the host page's frame of the view's width
       window.parent.postMessage({pureLayoutProbe: {problems: out, theme: probe.getAttribute("data-theme"),
-                                                   width: window.innerWidth}}, "*");
+                                                   width: window.innerWidth,
+                                                   dom: document.documentElement.outerHTML}}, "*");
     }
   }
   window.addEventListener("load", function () { setTimeout(run, 2000); });

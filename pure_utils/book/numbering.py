@@ -14,6 +14,10 @@ Both the captions (``<span class="caption-number">``) and the cross-references t
 (``{numref}`` links, ``<span class="std std-numref">``) in every page are rewritten, so a
 reference always reads like the caption it points to. A figure on a page without a scheme is an
 error (:class:`NumberingError`), not left with its book-wide number.
+
+A figure's image whose alt text is its file name (what Sphinx writes for a glued figure) gets
+its caption as alt text (:func:`figure_alt_texts`): a screen reader reads the caption, not a hash.
+:func:`finish_pages` does both; the build calls it once the HTML is written.
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ import posixpath
 import re
 from pathlib import Path
 
+import html as htmllib
+
 from bs4 import BeautifulSoup
 
 __all__ = ["FIGURE_SCHEMES", "NumberingError", "figure_label", "page_key", "page_figures",
-           "number_figures"]
+           "number_figures", "figure_alt_texts", "finish_pages"]
 
 #: page (path under the HTML root, without ``.html``) -> (prefix, style). ``"paper"``: the
 #: first figure is "Figure <prefix>", later ones add a letter ("Figure 3b"); ``"own"``: the
@@ -49,6 +55,7 @@ FIGURE_SCHEMES = {
     "book/execution": ("U2.", "own"),
 }
 
+_FIGURE_IMG = re.compile(r'(<figure\b[^>]*\bid="([^"]+)"[^>]*>\s*<img alt=")([^"]*)(")')
 _CAPTION = re.compile(r'(<span class="caption-number">)Fig\. (\d+)( </span>)')
 _NUMREF = re.compile(r'(<a\b[^>]*?href="([^"]*)"[^>]*>\s*<span class="std std-numref">)Fig\. (\d+)(</span>)')
 
@@ -142,3 +149,51 @@ def number_figures(html_root: Path) -> dict[str, list[str]]:
     for (key, _), label in sorted(labels.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
         out.setdefault(key, []).append(label)
     return out
+
+
+def _caption_texts(html: str) -> dict[str, str]:
+    """Figure id -> its caption's text with its number ("Figure 3: Channels #8 ...")."""
+    out = {}
+    for figure in BeautifulSoup(html, "html.parser").find_all("figure", id=True):
+        caption = figure.find("figcaption")
+        if caption is None:
+            continue
+        for link in caption.select("a.headerlink"):
+            link.extract()
+        number = caption.select_one(".caption-number")
+        label = number.get_text().strip() if number else ""
+        if number:
+            number.extract()
+        text = " ".join(caption.get_text(" ").split())
+        out[str(figure["id"])] = f"{label}: {text}" if label else text
+    return out
+
+
+def figure_alt_texts(html: str) -> str:
+    """``html`` with each figure image's alt text that is empty or a file name (Sphinx writes
+    the image's path) replaced by the figure's caption."""
+    captions = _caption_texts(html)
+
+    def alt(m):
+        old = htmllib.unescape(m.group(3)).strip()
+        if old and not re.search(r"\.(png|jpe?g|svg|gif|webp)$", old, re.I):
+            return m.group(0)
+        text = captions.get(m.group(2))
+        return m.group(0) if not text else m.group(1) + htmllib.escape(text, quote=True) + m.group(4)
+
+    return _FIGURE_IMG.sub(alt, html)
+
+
+def finish_pages(html_root: Path) -> dict[str, list[str]]:
+    """The post-build step: :func:`number_figures`, then :func:`figure_alt_texts` on every page
+    of ``html_root`` (so the alt texts carry the paper's numbers). Returns what
+    :func:`number_figures` returns."""
+    labels = number_figures(html_root)
+    for page in Path(html_root).rglob("*.html"):
+        if "_static" in page.parts or "_sources" in page.parts:
+            continue
+        text = page.read_text(errors="replace")
+        new = figure_alt_texts(text)
+        if new != text:
+            page.write_text(new)
+    return labels
