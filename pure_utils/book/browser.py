@@ -302,7 +302,9 @@ def check_book(html_dir: Path, pages: list, executed: set, *, views=None,
         for width, theme in (views or VIEWS):
             dom = _view_dom(html_dir / page, width, theme, shots)
             for problem in page_problems(dom, executed=page in executed, page=key):
-                found.setdefault(problem, []).append(f"{width} {theme}")
+                views_of = found.setdefault(problem, [])
+                if f"{width} {theme}" not in views_of:  # a problem may show twice in one view
+                    views_of.append(f"{width} {theme}")
         if found:
             out[str(page)] = [f"[{', '.join(v)}] {p}" for p, v in found.items()]
     return out

@@ -36,6 +36,9 @@
     for (var i = 0; i < all.length && out.length < 20; i++) {
       var el = all[i];
       if (seen.some(function (s) { return s.contains(el); })) { continue; }
+      // inside a drawing (an SVG clips its own parts) or MathJax's text for screen readers
+      if (el.parentElement && el.parentElement.closest("svg, mjx-assistive-mml")) { continue; }
+      if (el.tagName.toLowerCase() === "mjx-assistive-mml") { continue; }
       var r = el.getBoundingClientRect();
       if (!visible(el, r) || (r.right <= col.right + 1 && r.left >= col.left - 1)) { continue; }
       var b = box(el, art);
