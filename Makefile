@@ -74,6 +74,6 @@ clean:
 clean-cache:
 	rm -rf .cache/pure
 
-## screenshots: render the index and a figure page of the built book in headless Chromium
+## screenshots: render every page of the built book in headless Chromium (1280 and 390 px, light and dark) and check it
 screenshots: $(STAMP)
 	$(PY) -m pure_utils.book screenshots

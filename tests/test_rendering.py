@@ -56,3 +56,183 @@ def test_importing_the_package_imports_tqdm_auto_quietly_before_any_dependency()
             "print('tqdm.auto' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+# --- figure numbers as the paper has them (pure_utils.book.numbering) ------------------------
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from pure_utils.book.browser import figure_problems, layout_problems, probed_page, remove_probe  # noqa: E402
+from pure_utils.book.numbering import (FIGURE_SCHEMES, NumberingError, figure_alt_texts,  # noqa: E402
+                                       figure_label, finish_pages, number_figures)
+from pure_utils.study.report import table_with_notes  # noqa: E402
+from pure_utils.study.tables import comparability, comparability_word  # noqa: E402
+
+
+def _figure(fid, n):
+    return (f'<figure class="align-default" id="{fid}"><img alt="a plot" src="../../_images/{fid}.png"/>'
+            f'<figcaption><p><span class="caption-number">Fig. {n} </span><span class="caption-text">'
+            f'Caption {fid}.</span></p></figcaption></figure>')
+
+
+def _page(body):
+    return f"<html><head></head><body><main><article>{body}</article></main></body></html>"
+
+
+def _book(tmp_path):
+    """A built book in miniature: Sphinx's book-wide numbers, references across pages."""
+    ex = tmp_path / "book" / "executed"
+    ex.mkdir(parents=True)
+    (ex / "setting.html").write_text(_page(_figure("fig-s1", 1) + _figure("fig-s2", 2)))
+    (ex / "fig3_polysemanticity.html").write_text(_page(
+        _figure("fig-poly", 10) + _figure("fig-poly-b", 11)
+        + '<p>See <a class="reference internal" href="#fig-poly-b"><span class="std std-numref">Fig. 11</span></a>'
+        ' and <a class="reference internal" href="setting.html#fig-s2"><span class="std std-numref">Fig. 2</span></a>.</p>'))
+    (tmp_path / "book" / "intro.html").write_text(_page(
+        '<a class="reference internal" href="executed/fig3_polysemanticity.html#fig-poly">'
+        '<span class="std std-numref">Fig. 10</span></a>'))
+    return tmp_path
+
+
+def test_labels_follow_the_scheme_of_each_chapter():
+    assert [figure_label("book/executed/fig3_polysemanticity", i) for i in range(3)] == [
+        "Figure 3", "Figure 3b", "Figure 3c"]
+    assert figure_label("book/executed/appendix_a1_crops", 1) == "Figure A.1b"
+    assert [figure_label("book/executed/beyond_family", i) for i in range(2)] == ["Figure B2.1", "Figure B2.2"]
+    first = [figure_label(p, 0) for p in FIGURE_SCHEMES]
+    assert len(set(first)) == len(first)  # no two chapters share a number
+    with pytest.raises(NumberingError, match="book/other"):
+        figure_label("book/other", 0)
+
+
+def test_captions_and_references_are_renumbered_on_every_page(tmp_path):
+    root = _book(tmp_path)
+    labels = number_figures(root)
+    assert labels == {"book/executed/fig3_polysemanticity": ["Figure 3", "Figure 3b"],
+                      "book/executed/setting": ["Figure S.1", "Figure S.2"]}
+    fig3 = (root / "book/executed/fig3_polysemanticity.html").read_text()
+    assert '<span class="caption-number">Figure 3 </span>' in fig3
+    assert '<span class="caption-number">Figure 3b </span>' in fig3
+    assert '"std std-numref">Figure 3b</span>' in fig3 and '"std std-numref">Figure S.2</span>' in fig3
+    intro = (root / "book/intro.html").read_text()
+    assert '"std std-numref">Figure 3</span>' in intro and "Fig. " not in intro + fig3
+    assert figure_problems(fig3, "book/executed/fig3_polysemanticity") == []
+    again = {p: p.read_text() for p in root.rglob("*.html")}
+    number_figures(root)  # a second run changes nothing
+    assert {p: p.read_text() for p in root.rglob("*.html")} == again
+
+
+def test_a_figure_outside_the_scheme_or_a_dangling_reference_is_an_error(tmp_path):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "new.html").write_text(_page(_figure("fig-x", 1)))
+    with pytest.raises(NumberingError, match="book/new"):
+        number_figures(tmp_path)
+    root = _book(tmp_path / "b")
+    (root / "book/intro.html").write_text(_page(
+        '<a href="executed/setting.html#x"><span class="std std-numref">Fig. 7</span></a>'))
+    with pytest.raises(NumberingError, match="Fig. 7"):
+        number_figures(root)
+
+
+def test_a_figure_image_named_by_its_file_gets_its_caption_as_alt_text(tmp_path):
+    root = _book(tmp_path)
+    page = root / "book/executed/setting.html"
+    page.write_text(page.read_text().replace('alt="a plot"', 'alt="../../_images/fig-s1.png"', 1))
+    finish_pages(root)
+    text = page.read_text()
+    assert 'alt="Figure S.1: Caption fig-s1."' in text and 'alt="a plot"' in text  # a real alt stays
+    assert figure_alt_texts(text) == text
+    assert figure_problems(text, "book/executed/setting") == []
+
+
+def test_figure_problems_finds_wrong_numbers_old_references_and_missing_alt_text():
+    key = "book/executed/fig3_polysemanticity"
+    good = _page(_figure("a", 1).replace("Fig. 1", "Figure 3") + _figure("b", 2).replace("Fig. 2", "Figure 3b"))
+    assert figure_problems(good, key) == []
+    cases = {"'Figure 3c' where the chapter's scheme says 'Figure 3b'": good.replace("Figure 3b", "Figure 3c"),
+             "book-wide number 'Fig. 10'": good.replace("</article>", '<span class="std std-numref">Fig. 10</span></article>'),
+             "without alt text": good.replace('alt="a plot"', 'alt="../../_images/a.png"'),
+             "without a numbering scheme": None}
+    for what, html in cases.items():
+        problems = figure_problems(html or good, key if html else "book/unknown")
+        assert any(what in p for p in problems), (what, problems)
+    assert any("without alt text" in p for p in figure_problems(good.replace(' alt="a plot"', ""), key))
+
+
+def test_layout_problems_are_read_from_the_probe_result_in_the_dom():
+    probe = '<div id="pure-layout-probe" hidden data-problems=\'["a table cell clipped"]\'></div>'
+    assert layout_problems(_page("") + probe) == ["a table cell clipped"]
+    assert layout_problems(_page("")) == []
+
+
+# --- the results table: long reasons as numbered notes, the data unchanged -------------------
+def test_a_noted_table_shows_short_words_and_each_reason_once_without_changing_the_frame():
+    profile = dict(dataset="shapes", pretrained=False, embedder="dino", embedder_pretrained=True,
+                   embedder_label="DINO")
+    long = [comparability(profile, "resnet50", "resnet18"), comparability(profile, "resnet18", "resnet18"),
+            comparability(dict(profile, dataset="imagenet", pretrained=True, embedder="clip"), "r", "r")]
+    frame = pd.DataFrame({"quantity": ["a", "b", "c", "d"], "comparable": [long[0], long[1], long[0], long[2]]})
+    before = frame.copy()
+    shown = table_with_notes(frame, "comparable", comparability_word)
+    pd.testing.assert_frame_equal(frame, before)
+    assert long[2] == "yes"
+    assert list(shown.styler.data["comparable"]) == [
+        "no: model, data, judge [1]", "no: data, judge [2]", "no: model, data, judge [1]", "yes"]
+    assert shown.notes == long[:2]
+    html = shown._repr_html_()
+    assert html.startswith('<div class="pure-table-scroll">') and html.count("<li>") == 2
+    with pytest.raises(ValueError, match="unknown comparability reason"):
+        comparability_word("not comparable: the moon")
+    with pytest.raises(KeyError, match="nope"):
+        table_with_notes(frame, "nope", str)
+
+
+# --- the layout probe in a real browser --------------------------------------------------------
+WIDE = """<!DOCTYPE html><html><head><meta charset="utf-8">
+<script>document.documentElement.dataset.theme = localStorage.getItem("theme") || "light";</script>
+<style>article { max-width: 600px; } td.cut { overflow: hidden; max-width: 60px; white-space: nowrap; }</style>
+</head><body><main><article class="bd-article">
+<div style="overflow-x: auto"><table><tr><td style="white-space: nowrap">SCROLLS{x}</td></tr></table></div>
+WIDE_TABLE<table><tr><td class="cut">CLIPPED cell text that is long</td></tr></table>
+TALL_TABLE
+</article></main></body></html>"""
+
+
+def _chromium():
+    if not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("Chromium is not installed (make screenshots installs it)")
+
+
+def test_the_probe_finds_a_wide_table_and_a_clipped_cell_at_a_phone_width_in_dark_mode(tmp_path):
+    _chromium()
+    from pure_utils.book.browser import _view_dom
+
+    wide = '<table class="wide"><tr><td style="white-space: nowrap">WIDE' + "b" * 200 + "</td></tr></table>"
+    page = tmp_path / "p.html"
+    tall = "<table><tr><td>a</td><td>TALL " + "word " * 300 + "</td></tr></table>"
+    page.write_text(WIDE.replace("{x}", "a" * 200).replace("WIDE_TABLE", wide).replace("TALL_TABLE", tall))
+    problems = layout_problems(_view_dom(page, 390, "dark", tmp_path / "shots"))
+    assert any("px tall" in p and "TALL" in p for p in problems), problems
+    assert any("wider than the article column" in p and "table.wide" in p for p in problems), problems
+    assert any("table cell clipped" in p for p in problems), problems
+    assert not any("SCROLLS" in p for p in problems), problems   # in its own scroll box: fine
+    assert (tmp_path / "shots" / "p-390-dark.png").exists()
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["p.html", "shots"]  # the probe's files are gone
+    page.write_text(WIDE.replace("{x}", "a" * 200).replace("WIDE_TABLE", "").replace('class="cut"', "")
+                    .replace("TALL_TABLE", ""))
+    assert layout_problems(_view_dom(page, 1280, "light", None)) == []
+
+
+def test_probed_page_keeps_the_page_and_removes_its_copies(tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text(_page("x"))
+    host = probed_page(page, "dark", 390)
+    assert 'width="390"' in host.read_text() and "localStorage.setItem('mode', 'dark')" in (
+        tmp_path / ".probe-p.html").read_text()
+    remove_probe(host)
+    assert [q.name for q in tmp_path.iterdir()] == ["p.html"]
+    with pytest.raises(ValueError, match="'dim'"):
+        probed_page(page, "dim")

@@ -1,7 +1,11 @@
 """The rendering check of the built book: its pages in headless Chromium.
 
 A page that renders blank, or an interactive figure whose scripts do not draw it, fails the
-check (``python -m pure_utils.book screenshots``, ``make screenshots``).
+check (``python -m pure_utils.book screenshots``, ``make screenshots``). So does any page that a
+reader would see wrong (:func:`check_book`), rendered at each of :data:`VIEWS` (a laptop and a
+phone width, the theme's light and dark mode): raw TeX, unfolded code, an element wider than the
+article column without its own scroll box, a table cell clipped, a figure number that is not the
+chapter's (:mod:`.numbering`), an image without alt text.
 """
 from __future__ import annotations
 
@@ -12,17 +16,25 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import json
+
 import numpy as np
 from bs4 import BeautifulSoup
 from PIL import Image
 
+from .numbering import FIGURE_SCHEMES, figure_label, page_figures
+
 __all__ = ["SCREENSHOT_PAGES", "INTERACTIVE_PAGE", "RenderError", "ensure_chromium", "screenshot",
-           "rendered_dom", "blank_fraction", "check_rendering", "page_problems", "check_book"]
+           "rendered_dom", "blank_fraction", "check_rendering", "page_problems", "check_book",
+           "VIEWS", "probed_page", "remove_probe", "layout_problems", "figure_problems"]
 
 #: pages of the built book that the rendering check screenshots, and the page with the
 #: interactive (plotly) figure
 SCREENSHOT_PAGES = ["book/intro.html", "book/executed/fig3_polysemanticity.html"]
 INTERACTIVE_PAGE = "book/executed/fig2_method.html"
+#: the views every page is checked in: (window width in px, theme)
+VIEWS = [(1280, "light"), (1280, "dark"), (390, "light"), (390, "dark")]
+_PROBE = Path(__file__).with_name("layout_probe.js")
 
 
 class RenderError(RuntimeError):
@@ -66,49 +78,59 @@ def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1600,
     return png
 
 
-def rendered_dom(page: Path) -> str:
-    """The page's DOM after its scripts ran in headless Chromium."""
+def rendered_dom(page: Path, *, width: int | None = None, height: int = 1600) -> str:
+    """The page's DOM after its scripts ran in headless Chromium (``width``: the window's, in
+    px; Chromium's default when None)."""
     chromium = ensure_chromium()
+    size = [f"--window-size={width},{height}"] if width else []
     with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+        proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *size, "--dump-dom",
                                page.resolve().as_uri()], check=True, capture_output=True, text=True,
                               timeout=180)
     return proc.stdout
 
 
-def blank_fraction(png: Path) -> float:
-    """Fraction of the screenshot's pixels that equal its most common colour."""
-    px = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
-    _, counts = np.unique(px, axis=0, return_counts=True)
-    return float(counts.max() / len(px))
+def probed_page(page: Path, theme: str = "light", width: int = 1280, height: int = 1600) -> Path:
+    """A host page beside ``page`` that shows it in a frame ``width`` px wide (Chromium's
+    headless window is at least 500 px wide: a phone's width needs the frame), opened in the
+    theme's ``theme`` mode (``"light"`` or ``"dark"``: the pydata theme's stored choice) and
+    running the layout probe (``layout_probe.js``), whose result the host page keeps in its DOM.
+    Both files lie beside ``page`` (so that its links and images resolve): the host is
+    ``.probe-host-NAME``, the framed copy ``.probe-NAME``; :func:`remove_probe` deletes them."""
+    if theme not in ("light", "dark"):
+        raise ValueError(f"theme {theme!r}: 'light' or 'dark'")
+    page = Path(page)
+    text = page.read_text(errors="replace")
+    if "<head>" not in text or "</body>" not in text:
+        raise RenderError(f"{page}: not an HTML page with <head> and </body>")
+    head = ("<script>try { localStorage.setItem('mode', '%s'); localStorage.setItem('theme', '%s'); }"
+            " catch (e) {}</script>" % (theme, theme))
+    probe = f"<script>{_PROBE.read_text()}</script>"
+    framed = page.with_name(f".probe-{page.name}")
+    framed.write_text(text.replace("<head>", "<head>" + head, 1).replace("</body>", probe + "</body>", 1))
+    host = page.with_name(f".probe-host-{page.name}")
+    host.write_text(_HOST.format(src=framed.name, width=width, height=height))
+    return host
 
 
-def check_rendering(pages: dict[str, Path], out_dir: Path, *, interactive: Path | None = None,
-                    max_blank: float = 0.99) -> dict[str, float]:
-    """Screenshot each page and fail if one is blank; check the interactive figure renders.
+def remove_probe(host: Path) -> None:
+    """Delete a :func:`probed_page` host page and its framed copy."""
+    host = Path(host)
+    host.with_name(host.name.replace(".probe-host-", ".probe-", 1)).unlink(missing_ok=True)
+    host.unlink(missing_ok=True)
 
-    Parameters
-    ----------
-    pages : dict
-        Label -> HTML page.
-    interactive : Path, optional
-        A page with a plotly figure: its scripts must turn the figure into an SVG plot.
-    max_blank : float
-        A page whose most common colour covers more than this fraction counts as blank.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = {}
-    for label, page in pages.items():
-        png = screenshot(page, out_dir / f"{label}.png")
-        result[label] = blank_fraction(png)
-        if result[label] > max_blank:
-            raise RenderError(f"page {page} renders blank in Chromium ({result[label]:.1%} one colour; {png})")
-    if interactive is not None:
-        dom = rendered_dom(interactive)
-        if "main-svg" not in dom or "hovertext" not in dom and "hoverlayer" not in dom:
-            raise RenderError(f"the interactive figure on {interactive} did not render in Chromium "
-                            "(no plotly SVG in the page after its scripts ran)")
-    return result
+
+_HOST = """<!DOCTYPE html><html><head><meta charset="utf-8"><style>body {{ margin: 0; }}
+iframe {{ border: 0; display: block; }}</style></head><body>
+<iframe src="{src}" width="{width}" height="{height}"></iframe>
+<script>window.addEventListener("message", function (e) {{
+  var r = e.data && e.data.pureLayoutProbe; if (!r) return;
+  var d = document.createElement("div"); d.id = "pure-layout-probe"; d.hidden = true;
+  d.setAttribute("data-problems", JSON.stringify(r.problems));
+  d.setAttribute("data-theme", r.theme); d.setAttribute("data-width", String(r.width));
+  var t = document.createElement("textarea"); t.id = "pure-framed-dom"; t.textContent = r.dom;
+  d.appendChild(t); document.body.appendChild(d); }});</script></body></html>
+"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +152,42 @@ def _content(soup):
     return main.find("article") or main
 
 
-def page_problems(dom: str, *, executed: bool) -> list[str]:
+def layout_problems(dom: str) -> list[str]:
+    """What the layout probe found on a rendered page (``[]`` when the DOM holds no probe
+    result): elements wider than the article column without their own scroll box, content
+    clipped by ``overflow: hidden``, a page that scrolls sideways."""
+    probe = BeautifulSoup(dom, "html.parser").find(id="pure-layout-probe")
+    return [] if probe is None else list(json.loads(probe.get("data-problems", "[]")))
+
+
+def figure_problems(dom: str, page: str) -> list[str]:
+    """Figure numbers and images of a rendered page: every caption numbered as the chapter's
+    scheme says (:func:`.numbering.figure_label`; ``page``: the page's path under the book
+    without ``.html``), no reference left with Sphinx's book-wide "Fig. N", every image of the
+    article with an alt text (not empty, not its file name)."""
+    main = _content(BeautifulSoup(dom, "html.parser"))
+    problems = []
+    numbers = [num for _, num in page_figures(str(main))]
+    if numbers and page not in FIGURE_SCHEMES:
+        problems.append(f"figures on a page without a numbering scheme: {', '.join(numbers)}")
+    elif numbers:
+        expected = [figure_label(page, i) for i in range(len(numbers))]
+        for got, want in zip(numbers, expected):
+            if got != want:
+                problems.append(f"a figure caption numbered {got!r} where the chapter's scheme says {want!r}")
+    for ref in main.select("span.std-numref"):
+        if re.match(r"Fig\. \d", ref.get_text()):
+            problems.append(f"a reference with the book-wide number {ref.get_text()!r}")
+    for img in main.find_all("img"):
+        alt, src = str(img.get("alt", "")).strip(), str(img.get("src", ""))
+        if str(img.get("id", "")).endswith("-thumb"):
+            continue  # the hover image of the interactive figure, drawn by its scripts
+        if not alt or alt == src or re.search(r"\.(png|jpe?g|svg|gif|webp)$", alt, re.I):
+            problems.append(f"an image without alt text ({src[:60]})")
+    return problems
+
+
+def page_problems(dom: str, *, executed: bool, page: str | None = None) -> list[str]:
     """What a reader would see wrong on a rendered page (its DOM after the scripts ran).
 
     - raw TeX in the visible text (math that MathJax did not render), or math containers left
@@ -138,7 +195,10 @@ def page_problems(dom: str, *, executed: bool) -> list[str]:
     - on an executed chapter: code visible without clicking its toggle, a figure image without a
       numbered caption, text written to stderr (a warning), no rerun box;
     - a table with an index column (an empty first header) or a decimal number with more than 4
-      significant digits.
+      significant digits;
+    - what the layout probe found (:func:`layout_problems`, when the DOM holds its result);
+    - with ``page`` (the page's path under the book, without ``.html``): figure numbers off the
+      chapter's scheme, images without alt text (:func:`figure_problems`).
     """
     soup = BeautifulSoup(dom, "html.parser")
     main = _content(soup)
@@ -178,15 +238,73 @@ def page_problems(dom: str, *, executed: bool) -> list[str]:
                 if _significant_digits(token) > 4:
                     problems.append(f"a table number with more than 4 significant digits: {token}")
                     break
-    return problems
+    if page is not None:
+        problems += figure_problems(dom, page)
+    return problems + layout_problems(dom)
 
 
-def check_book(html_dir: Path, pages: list, executed: set) -> dict[str, list[str]]:
-    """:func:`page_problems` of every page of the built book (``pages``: paths under
-    ``html_dir``; ``executed``: those that are executed chapters). Returns page -> problems."""
+def _view_dom(page: Path, width: int, theme: str, shots: Path | None) -> str:
+    """The DOM of ``page`` after its scripts and the layout probe ran, seen at one view (the
+    page's own DOM, from its frame), and its screenshot into ``shots`` (when given)."""
+    height = 1600 if width > 600 else 844
+    host = probed_page(page, theme, width, height)
+    try:
+        if shots is not None:
+            shots.mkdir(parents=True, exist_ok=True)
+            png = shots / f"{page.stem}-{width}-{theme}.png"
+            screenshot(host, png, width=max(width, 500), height=height)
+            Image.open(png).crop((0, 0, width, height)).save(png)
+        dom = rendered_dom(host, width=max(width, 500), height=height)
+    finally:
+        remove_probe(host)
+    probe = BeautifulSoup(dom, "html.parser").find(id="pure-layout-probe")
+    if probe is None:
+        raise RenderError(f"the layout probe did not run on {page} at {width} px, {theme}")
+    if probe.get("data-theme") != theme or probe.get("data-width") != str(width):
+        raise RenderError(f"{page} did not open in the {theme} theme at {width} px (the page "
+                          f"says: {probe.get('data-theme')!r} theme, {probe.get('data-width')} px)")
+    framed = probe.find("textarea", id="pure-framed-dom")
+    if framed is None:
+        raise RenderError(f"the layout probe sent no DOM of {page} at {width} px, {theme}")
+    return framed.get_text()
+
+
+def check_book(html_dir: Path, pages: list, executed: set, *, views=None,
+               screenshots: Path | None = None) -> dict[str, list[str]]:
+    """:func:`page_problems` of every page of the built book, in every view.
+
+    Parameters
+    ----------
+    html_dir : Path
+        The built book's HTML folder.
+    pages : list
+        Paths under ``html_dir`` (``"book/intro.html"``).
+    executed : set
+        Those of ``pages`` that are executed chapters.
+    views : list of (int, str), optional
+        (window width in px, ``"light"`` or ``"dark"``); default :data:`VIEWS`.
+    screenshots : Path, optional
+        Folder for a screenshot of each page in each view (``NAME-1280-light.png``); default
+        ``screenshots`` beside ``html_dir``.
+
+    Returns
+    -------
+    dict
+        Page -> its problems, each prefixed with the views it shows in (``"[390 light, 390 dark]"``);
+        only pages with problems.
+    """
+    html_dir = Path(html_dir)
+    shots = Path(screenshots) if screenshots is not None else html_dir.parent / "screenshots"
     out = {}
     for page in pages:
-        problems = page_problems(rendered_dom(Path(html_dir) / page), executed=page in executed)
-        if problems:
-            out[str(page)] = problems
+        key = str(page).removesuffix(".html")
+        found: dict[str, list[str]] = {}
+        for width, theme in (views or VIEWS):
+            dom = _view_dom(html_dir / page, width, theme, shots)
+            for problem in page_problems(dom, executed=page in executed, page=key):
+                views_of = found.setdefault(problem, [])
+                if f"{width} {theme}" not in views_of:  # a problem may show twice in one view
+                    views_of.append(f"{width} {theme}")
+        if found:
+            out[str(page)] = [f"[{', '.join(v)}] {p}" for p, v in found.items()]
     return out

@@ -51,6 +51,7 @@ from .._files import apply_umask
 from ..paths import ROOT
 from .browser import (INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_book,
                         check_rendering, screenshot)
+from .numbering import finish_pages
 
 KERNEL_NAME = "pure-utils"
 EXECUTED_DIR = "book/executed"
@@ -384,6 +385,7 @@ def build_html(root: Path = ROOT) -> Path:
     index = Path(root) / "_build" / "html" / "index.html"
     if not index.exists():
         raise BookError(f"jupyter-book finished but {index} is missing")
+    finish_pages(index.parent)  # the paper's figure numbers per chapter, alt texts (numbering.py)
     return index
 
 

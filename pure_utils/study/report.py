@@ -2,6 +2,7 @@
 write intervals and paired comparisons in words chosen by the numbers."""
 from __future__ import annotations
 
+import html
 import numbers
 import sys
 
@@ -110,6 +111,62 @@ def table(frame, *, digits: int = 3, rename: dict | None = None):
     floats = [c for c in frame.columns if str(frame[c].dtype).startswith("float")]
     return (frame.style.hide(axis="index")
             .format({c: (lambda v: "n/a" if v != v else f"{v:.{digits}g}") for c in floats}))
+
+
+class NotedTable:
+    """A table whose long texts sit in numbered notes under it (shown as HTML in the book).
+
+    ``styler``: the table (:func:`table`); ``notes``: the notes' texts, note ``i`` numbered
+    ``i + 1``. The table sits in a ``pure-table-scroll`` box, which scrolls sideways when the
+    table is wider than the page.
+    """
+
+    def __init__(self, styler, notes: list[str]):
+        self.styler, self.notes = styler, list(notes)
+
+    def _repr_html_(self) -> str:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        notes = f'<ol class="pure-table-notes">{items}</ol>' if items else ""
+        return f'<div class="pure-table-scroll">{self.styler.to_html()}</div>{notes}'
+
+    def __repr__(self) -> str:
+        notes = "\n".join(f"[{i}] {n}" for i, n in enumerate(self.notes, 1))
+        return f"{self.styler.data.to_string(index=False)}\n{notes}"
+
+
+def table_with_notes(frame, column: str, short, *, digits: int = 3, rename: dict | None = None):
+    """:func:`table` with ``column``'s long texts moved into numbered notes under the table.
+
+    Each cell of ``column`` shows ``short(text)`` and, when ``short(text) != text``, the number
+    of its note (``"no: judge [1]"``); equal texts share one note. ``frame`` itself is not
+    changed: only what is shown differs.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+    column : str
+        The column whose texts are long (a name of ``frame``).
+    short : callable
+        Long text -> the cell's short text.
+
+    Returns
+    -------
+    NotedTable
+    """
+    if column not in frame.columns:
+        raise KeyError(f"no column {column!r} to move into notes (columns: {', '.join(map(str, frame.columns))})")
+    notes: list[str] = []
+    cells = []
+    for text in frame[column].astype(str):
+        word = short(text)
+        if word != text:
+            if text not in notes:
+                notes.append(text)
+            word = f"{word} [{notes.index(text) + 1}]"
+        cells.append(word)
+    shown = frame.copy()
+    shown[column] = cells
+    return NotedTable(table(shown, digits=digits, rename=rename), notes)
 
 
 def figure(name: str, fig) -> None:

@@ -11,6 +11,8 @@ ablation tables of :mod:`pure_utils.study.ablations`, share one loop over neuron
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import yaml
@@ -26,7 +28,7 @@ from ..virtual import VirtualNeurons
 
 __all__ = [
     "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
-    "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "comparability", "divergence_examples",
+    "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "comparability", "comparability_word", "divergence_examples",
     "polysemanticity_table", "ground_truth_table", "heldout_purity", "cluster_composition",
     "results_table", "paper_numbers",
 ]
@@ -489,6 +491,27 @@ def comparability(profile: dict, paper_model: str, build_model: str) -> str:
     if profile["embedder"] != "clip" or not profile["embedder_pretrained"]:
         reasons.append(f"another judge ({profile['embedder_label']} instead of CLIP)")
     return "yes" if not reasons else "not comparable: " + "; ".join(reasons)
+
+
+#: the start of each reason :func:`comparability` gives -> its word in :func:`comparability_word`
+_REASON_WORDS = {"another model": "model", "other data or weights": "data", "another judge": "judge"}
+
+
+def comparability_word(text: str) -> str:
+    """The short form of a :func:`comparability` text, for a table cell: ``"yes"``, or ``"no: "``
+    and the words of the reasons (``"no: model, judge"``). A text it does not know is an error."""
+    if text == "yes":
+        return "yes"
+    if not text.startswith("not comparable: "):
+        raise ValueError(f"not a comparability text: {text!r} (accepted: 'yes' or 'not comparable: ...')")
+    words = []
+    starts = "|".join(map(re.escape, _REASON_WORDS))  # a reason may hold "; " in its brackets
+    for reason in re.split(f"; (?={starts})", text.removeprefix("not comparable: ")):
+        word = next((w for start, w in _REASON_WORDS.items() if reason.startswith(start)), None)
+        if word is None:
+            raise ValueError(f"unknown comparability reason {reason!r} (known: {', '.join(_REASON_WORDS)})")
+        words.append(word)
+    return "no: " + ", ".join(words)
 
 
 def results_table(paper: dict, profile: dict, comparisons: dict, correlations: dict,
