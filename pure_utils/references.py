@@ -290,39 +290,30 @@ class _Stopped(Exception):
         self.error, self.state = error, state
 
 
-def _merge_ranks(payload: tuple, n_ref: int):
-    """Merge the top lists mined by all ranks: ``(best, n_valid, skipped, map_size, input_size)``.
-
-    ``payload`` is ``("mined", best, n_valid, skipped, map_size, input_size)``, or
-    ``("stopped", error)`` from a rank that stopped at a bad sample (see :func:`_mine_shared`):
-    then every rank raises the error of the first rank that stopped. Shares hold ascending
-    ranges of indices in rank order, so merging them in that order with the stable merge keeps
-    ties by the lower index: the result is the single-process one.
-    """
-    parts = all_gather_objects(payload if payload[0] == "stopped" else
-                               (payload[0], *[_cpu(p) for p in payload[1:]]))
+def _merge_ranks(payload: tuple, n_ref: int) -> "_Ranking":
+    """Merge the :class:`_Ranking` of every rank (``payload``: ``("mined", ranking)``) into one:
+    shares hold ascending ranges of indices in rank order, so the stable merge in that order keeps
+    ties by the lower index (the single-process result). A rank that stopped at a bad sample sends
+    ``("stopped", error)`` (:func:`_mine_shared`): every rank then raises the first such error."""
+    if payload[0] == "mined":  # tensors on the CPU, for sending to other ranks
+        best = payload[1].best
+        payload = ("mined", replace(payload[1], best=best and {k: v.cpu() for k, v in best.items()}))
+    parts = all_gather_objects(payload)
     stopped = [p[1] for p in parts if p[0] == "stopped"]
     if stopped:
         stop = _Stopped(stopped[0], None)
         stop.shared = True  # every rank knows: nothing left to tell the others
         raise stop
-    best, n_valid, map_size, input_size = None, 0, None, None
-    skipped = {k: [] for k in _SKIPPED}
-    for _, part, valid, bad, msize, isize in parts:
-        n_valid += valid
+    merged = _Ranking()
+    for _, part in parts:
+        merged.n_valid += part.n_valid
         for k in _SKIPPED:
-            skipped[k] += bad[k]
-        if part is not None:
-            best = part if best is None else _merge_topk(best, part, n_ref)
-            map_size, input_size = msize, isize
-    return best, n_valid, skipped, map_size, input_size
-
-
-def _cpu(value):
-    """Tensors (in a dict) on the CPU, for sending to other ranks."""
-    if isinstance(value, dict):
-        return {k: _cpu(v) for k, v in value.items()}
-    return value.cpu() if isinstance(value, torch.Tensor) else value
+            merged.skipped[k] += part.skipped[k]
+        if part.best is not None:
+            merged.best = (part.best if merged.best is None
+                           else _merge_topk(merged.best, part.best, n_ref))
+            merged.map_size, merged.input_size = part.map_size, part.input_size
+    return merged
 
 
 def _mine_shared(*args, **kwargs) -> dict:
@@ -337,6 +328,60 @@ def _mine_shared(*args, **kwargs) -> dict:
         raise  # not reached: _merge_ranks raises for every rank
 
 
+@dataclass
+class _Ranking:
+    """What mining has ranked so far: the top list ``best`` (``values``, ``indices``, ``flat``
+    positions: ``[C, <=n_ref]`` each), the samples ranked and skipped, the map's and input's size."""
+
+    best: dict | None = None
+    n_valid: int = 0
+    skipped: dict = field(default_factory=lambda: {k: [] for k in _SKIPPED})
+    map_size: tuple | None = None
+    input_size: tuple | None = None
+
+    @classmethod
+    def resumed(cls, saved: dict, device) -> "_Ranking":
+        """The ranking of a run that stopped at a bad sample (:meth:`state`)."""
+        return cls({k: saved[k].to(device) for k in ("values", "indices", "flat")},
+                   int(saved["n_valid"]), {k: saved[f"skipped_{k}"].tolist() for k in _SKIPPED},
+                   tuple(saved["map_size"].tolist()), tuple(saved["input_size"].tolist()))
+
+    def state(self, next_index: int) -> dict | None:
+        """The tensors a later run continues from at ``next_index`` (``None``: nothing ranked)."""
+        if self.best is None:
+            return None
+        return {**{k: v.cpu().clone() for k, v in self.best.items()}, "next": torch.tensor(next_index),
+                "n_valid": torch.tensor(self.n_valid), "map_size": torch.tensor(self.map_size),
+                "input_size": torch.tensor(self.input_size),
+                **{f"skipped_{k}": torch.tensor(v, dtype=torch.long) for k, v in self.skipped.items()}}
+
+    def add(self, flat: torch.Tensor, kept: list, n_ref: int) -> None:
+        """Rank a batch: ``flat`` ``[B, C, positions]`` (finite), rows the dataset indices ``kept``."""
+        self.n_valid += len(kept)
+        pos = flat.argmax(dim=2)  # the first maximum: row-major order on ties
+        vals = torch.gather(flat, 2, pos[..., None])[..., 0]
+        idx = torch.tensor(kept, device=flat.device).expand(flat.shape[1], len(kept))
+        self.best = _merge_topk(self.best, {"values": vals.T, "indices": idx, "flat": pos.T}, n_ref)
+
+    def tensors(self, n: int, n_ref: int, dataset) -> dict:
+        """The references' tensors (``ValueError`` when fewer than ``n_ref`` of ``n`` were ranked)."""
+        if self.n_valid < n_ref:
+            raise ValueError(
+                f"only {self.n_valid} of {n} samples could be ranked (left out: non-finite "
+                f"{_describe(self.skipped['nonfinite'], dataset)}; unreadable "
+                f"{_describe(self.skipped['unreadable'], dataset)}); n_ref={n_ref} needs at least {n_ref}")
+        best, map_size = self.best, self.map_size
+        w = map_size[-1] if len(map_size) else 1
+        positions = torch.stack([best["flat"] // w, best["flat"] % w], dim=-1)
+        # clones: ordinary tensors, not inference-mode ones, for the caller
+        return {"indices": best["indices"].cpu().clone(), "values": best["values"].cpu().clone(),
+                "positions": positions.cpu().clone(), "channels": torch.arange(best["values"].shape[0]),
+                "map_size": torch.tensor(map_size[-2:] if len(map_size) >= 2 else (1, 1)),
+                "input_size": torch.tensor(self.input_size[-2:]),
+                **{f"skipped_{k}": torch.tensor(sorted(v), dtype=torch.long)
+                   for k, v in self.skipped.items()}}
+
+
 def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, device, progress,
           on_nonfinite, on_unreadable, resume=None, stash=None) -> dict:
     """The streaming top-``n_ref`` pass (see :func:`mine_references`), from ``resume`` if given.
@@ -346,23 +391,9 @@ def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, devi
     """
     n = len(dataset)
     start, stop = shard_range(n, block=batch_size)
-    best, n_valid = None, 0
-    skipped = {k: [] for k in _SKIPPED}
-    map_size = input_size = None
+    ranking = _Ranking()
     if resume is not None:  # the state saved when a previous run stopped at a bad sample
-        best = {k: resume[k].to(device) for k in ("values", "indices", "flat")}
-        start, n_valid = int(resume["next"]), int(resume["n_valid"])
-        skipped = {k: resume[f"skipped_{k}"].tolist() for k in _SKIPPED}
-        map_size, input_size = tuple(resume["map_size"].tolist()), tuple(resume["input_size"].tolist())
-
-    def state(next_index):
-        if best is None:
-            return None
-        return {**{k: v.cpu().clone() for k, v in best.items()}, "next": torch.tensor(next_index),
-                "n_valid": torch.tensor(n_valid), "map_size": torch.tensor(map_size),
-                "input_size": torch.tensor(input_size),
-                **{f"skipped_{k}": torch.tensor(v, dtype=torch.long) for k, v in skipped.items()}}
-
+        ranking, start = _Ranking.resumed(resume, device), int(resume["next"])
     bar = tqdm(total=stop, initial=start, desc=f"mining {layer}", unit="img",
                disable=not progress or not is_main())
     batches = iter_samples(dataset, batch_size, num_workers, start=start, stop=stop,
@@ -380,8 +411,8 @@ def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, devi
             except UnreadableImageError as err:
                 raise _Stopped(UnreadableImageError(
                     f"{err}. Mining stopped there; pass on_unreadable='skip' to leave such files "
-                    "out (they are listed in References.skipped)"), state(first)) from None
-            skipped["unreadable"] += [i for i, _ in unreadable]
+                    "out (they are listed in References.skipped)"), ranking.state(first)) from None
+            ranking.skipped["unreadable"] += [i for i, _ in unreadable]
             start = max(kept + [i for i, _ in unreadable]) + 1
             bar.update(start - first)
             if x is None:
@@ -389,8 +420,8 @@ def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, devi
             act = layout.check(forward_until(model, x.to(device, non_blocking=True), layer), layer)
             rows = kept  # the dataset index of each row of the batch
             flat = layout.channels(act).float()  # [B, C, positions]; a vector: one position
-            c = flat.shape[1]
-            map_size, input_size = layout.positions_grid(act, x.shape[2:]), tuple(x.shape[2:])
+            ranking.map_size, ranking.input_size = (layout.positions_grid(act, x.shape[2:]),
+                                                    tuple(x.shape[2:]))
             finite = torch.isfinite(flat).flatten(1).all(1).cpu()
             if not finite.all():
                 bad = [i for i, ok in zip(kept, finite.tolist()) if not ok]
@@ -399,39 +430,21 @@ def _mine(model, dataset, layer, n_ref, *, layout, batch_size, num_workers, devi
                         f"activations of layer {layer!r} are not finite (NaN or inf) on dataset "
                         f"indices {_describe(bad, dataset)}; such samples would rank first. Check "
                         "these inputs, or pass on_nonfinite='skip' to leave them out (they are "
-                        "listed in References.skipped)"), state(first))
-                skipped["nonfinite"] += bad
+                        "listed in References.skipped)"), ranking.state(first))
+                ranking.skipped["nonfinite"] += bad
                 kept = [i for i, ok in zip(kept, finite.tolist()) if ok]
                 flat = flat[finite.to(flat.device)]
                 if not kept:
                     continue
-            n_valid += len(kept)
-            # argmax returns the first maximum: row-major order on ties
-            pos = flat.argmax(dim=2)
-            vals = torch.gather(flat, 2, pos[..., None])[..., 0]
-            idx = torch.tensor(kept, device=flat.device).expand(c, len(kept))
-            best = _merge_topk(best, {"values": vals.T, "indices": idx, "flat": pos.T}, n_ref)
+            ranking.add(flat, kept, n_ref)
             if stash is not None:  # keep the lower layer's output of the new candidates
-                stash.update(rows, best["indices"])
+                stash.update(rows, ranking.best["indices"])
     bar.close()
     if is_distributed():
-        best, n_valid, skipped, map_size, input_size = _merge_ranks(
-            ("mined", best, n_valid, skipped, map_size, input_size), n_ref)
-        if stash is not None and best is not None:
-            stash.retain(best["indices"])  # candidates of this share that lost to another's
-    if n_valid < n_ref:
-        raise ValueError(
-            f"only {n_valid} of {n} samples could be ranked (left out: non-finite "
-            f"{_describe(skipped['nonfinite'], dataset)}; unreadable "
-            f"{_describe(skipped['unreadable'], dataset)}); n_ref={n_ref} needs at least {n_ref}")
-    w = map_size[-1] if len(map_size) else 1
-    positions = torch.stack([best["flat"] // w, best["flat"] % w], dim=-1)
-    # clones: ordinary tensors, not inference-mode ones, for the caller
-    return {"indices": best["indices"].cpu().clone(), "values": best["values"].cpu().clone(),
-            "positions": positions.cpu().clone(), "channels": torch.arange(best["values"].shape[0]),
-            "map_size": torch.tensor(map_size[-2:] if len(map_size) >= 2 else (1, 1)),
-            "input_size": torch.tensor(input_size[-2:]),
-            **{f"skipped_{k}": torch.tensor(sorted(v), dtype=torch.long) for k, v in skipped.items()}}
+        ranking = _merge_ranks(("mined", ranking), n_ref)
+        if stash is not None and ranking.best is not None:
+            stash.retain(ranking.best["indices"])  # candidates of this share that lost to another's
+    return ranking.tensors(n, n_ref, dataset)
 
 
 def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
