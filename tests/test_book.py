@@ -9,6 +9,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from pure_utils.book import build as book
+from pure_utils.book import cli
 
 
 def _notebook(path: Path, params: str, body: str) -> None:
@@ -156,7 +157,7 @@ def test_check_pages_reports_missing_pages(mini_book):
 
 # --- the command line: every bad input gets a clear answer ------------------------------------
 def _cli(capsys, *argv):
-    code = book.main(list(map(str, argv)))
+    code = cli.main(list(map(str, argv)))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -266,7 +267,7 @@ def test_parameters_are_parsed_as_papermill_does(mini_book, capsys, monkeypatch,
 
     for text in ["012", "no", "yes", "True", "False", "None", "null", "1e3", "-3", "3.", "inf", "nan",
                  " 12 ", "1_000", "0x10", "[1, 2]", "", "off", "1:30"]:
-        expected, got = _resolve_type(text), book.papermill_value(text)
+        expected, got = _resolve_type(text), cli.papermill_value(text)
         assert type(got) is type(expected) and (got == expected or got != got), (text, got, expected)
     monkeypatch.chdir(mini_book)
     code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "o.ipynb", "-p", "n_ref", "012",
@@ -277,5 +278,5 @@ def test_parameters_are_parsed_as_papermill_does(mini_book, capsys, monkeypatch,
     code, _, err = _cli(capsys, "run", "notebooks/one.ipynb", "o.ipynb", "-y", "[1, 2]")
     assert code == 1 and "must be a YAML mapping" in err
     with pytest.raises(SystemExit):
-        book.main(["run", "--help"])
+        cli.main(["run", "--help"])
     assert "papermill" in capsys.readouterr().out.replace("\n", " ")

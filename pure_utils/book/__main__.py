@@ -1,6 +1,6 @@
 """Run as ``python -m pure_utils.book``."""
 import sys
 
-from .build import main
+from .cli import main
 
 sys.exit(main())

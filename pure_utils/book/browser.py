@@ -90,6 +90,41 @@ def rendered_dom(page: Path, *, width: int | None = None, height: int = 1600) ->
     return proc.stdout
 
 
+def blank_fraction(png: Path) -> float:
+    """Fraction of the screenshot's pixels that equal its most common colour."""
+    px = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3)
+    _, counts = np.unique(px, axis=0, return_counts=True)
+    return float(counts.max() / len(px))
+
+
+def check_rendering(pages: dict[str, Path], out_dir: Path, *, interactive: Path | None = None,
+                    max_blank: float = 0.99) -> dict[str, float]:
+    """Screenshot each page and fail if one is blank; check the interactive figure renders.
+
+    Parameters
+    ----------
+    pages : dict
+        Label -> HTML page.
+    interactive : Path, optional
+        A page with a plotly figure: its scripts must turn the figure into an SVG plot.
+    max_blank : float
+        A page whose most common colour covers more than this fraction counts as blank.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for label, page in pages.items():
+        png = screenshot(page, out_dir / f"{label}.png")
+        result[label] = blank_fraction(png)
+        if result[label] > max_blank:
+            raise RenderError(f"page {page} renders blank in Chromium ({result[label]:.1%} one colour; {png})")
+    if interactive is not None:
+        dom = rendered_dom(interactive)
+        if "main-svg" not in dom or "hovertext" not in dom and "hoverlayer" not in dom:
+            raise RenderError(f"the interactive figure on {interactive} did not render in Chromium "
+                            "(no plotly SVG in the page after its scripts ran)")
+    return result
+
+
 def probed_page(page: Path, theme: str = "light", width: int = 1280, height: int = 1600) -> Path:
     """A host page beside ``page`` that shows it in a frame ``width`` px wide (Chromium's
     headless window is at least 500 px wide: a phone's width needs the frame), opened in the

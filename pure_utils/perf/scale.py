@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import subprocess
@@ -42,8 +41,8 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,7 +51,8 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from .._machine import machine_info
-from ._measure import MIB, Stages, hwm, mapped_allocations, measured
+from ._measure import MIB, Stages, hwm, mapped_allocations
+from ._output import json_ready, markdown, summary, write
 from ..circuits import activation_features, circuit_attributions
 from ..data import GeneratedImages
 from ..embed import load_embedder
@@ -76,6 +76,8 @@ CLIP_B32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
 DINOV2_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14,
                    mlp_ratio=4)
 PIPELINE = ("mining", "attribution", "activations", "heatmaps", "embeddings", "eq5", "correlation")
+#: Reference vectors (and crops) of one model at the paper's size.
+_REFS = PAPER["neurons"] * PAPER["n_ref"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,25 +202,167 @@ def _chunked(fn, neurons, chunk, deadline):
     return torch.cat(out), sum(len(o) for o in out)
 
 
-def _mine_and_attribute(run, args, model, data, chosen, stash, attr, prec):
+@dataclass
+class _DryRun:
+    """What the stages of one dry run share: its options (``args``, as :func:`_resolve` gives
+    them), the model, the images, the chosen neurons of layer4 (sorted), the stash, the stage
+    records, the result so far, and the keyword arguments of every pass over the images
+    (``loop``) and of attribution and the activation features (``attr``)."""
+
+    args: argparse.Namespace
+    model: torch.nn.Module
+    data: GeneratedImages
+    chosen: list
+    stash: ActivationStash | None
+    stages: Stages
+    result: dict
+    loop: dict
+    attr: dict
+
+    def precision(self, name: str | None = None):
+        """The precision of a model stage: ``name``, by default the run's ``--precision``."""
+        return _precision(name or self.args.precision, self.model, self.args.device)
+
+    def deadline(self):
+        """When a chunked stage started now stops (``--stage-cap``; ``None``: never)."""
+        return _deadline(self.args.stage_cap)
+
+
+def _setting(args) -> dict:
+    """What the dry run runs, as its output and files state it."""
+    return dict(model="timm resnet50, random weights (BatchNorm re-randomised)",
+                layer="layer4", lower_layer="layer3", images=args.images, neurons=args.neurons,
+                n_ref=args.n_ref, image_size=224, device=str(torch.device(args.device)),
+                precision=args.precision, batch_size=args.batch_size,
+                work_batch_size=args.work_batch_size, heatmap_batch_size=args.heatmap_batch_size,
+                embed_batch_size=args.embed_batch_size, workers=args.workers,
+                torch_threads=torch.get_num_threads(), stash=None if args.no_stash else
+                dict(memory_bytes=args.stash_memory, disk_bytes=args.stash_disk),
+                stage_cap_s=args.stage_cap, torch=torch.__version__,
+                cudnn_tf32=torch.backends.cudnn.allow_tf32,
+                matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
+
+
+def _start(args, reduced: list, log, checkpoint) -> _DryRun:
+    """The model (random weights, BatchNorm re-randomised), the generated images, the chosen
+    neurons and the stash of a dry run; logs its setting."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = timm.create_model("resnet50", pretrained=False).eval()
+    randomize_batchnorm(model, args.seed)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.to(device)
+    data = GeneratedImages(args.images, size=224, seed=args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    chosen = sorted(torch.randperm(PAPER["neurons"], generator=gen)[:args.neurons].tolist())
+    setting = _setting(args)
+    log(f"setting: {json.dumps(setting)}")
+    log("reduced: " + ("; ".join(reduced) if reduced else "nothing (the paper's sizes)"))
+    stages = Stages(device, log, after=lambda: checkpoint and checkpoint(result))
+    result = dict(setting=setting, reduced=reduced, machine=machine_info(device),
+                  when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  stages=stages.records)
+    stash = (None if args.no_stash else
+             ActivationStash("layer3", memory_bytes=args.stash_memory, disk_bytes=args.stash_disk,
+                             folder=args.stash_folder))
+    loop = dict(num_workers=args.workers, device=device, progress=args.progress)
+    return _DryRun(args, model, data, chosen, stash, stages, result, loop,
+                   attr=dict(batch_size=args.work_batch_size, stash=stash, **loop))
+
+
+def _mine_and_attribute(run: _DryRun) -> tuple:
     """Stages 1 and 2: ``(references, attributions of the first neurons done, their number)``."""
-    refs_total = PAPER["neurons"] * PAPER["n_ref"]
-    with run.stage("mining", "mining layer4 (top-n_ref of 2048 channels)", "images",
-                   PAPER["images"]) as rec, prec():
-        refs = mine_references(model, data, "layer4", args.n_ref,
-                               **attr | {"batch_size": args.batch_size})
+    args, stash = run.args, run.stash
+    with run.stages.stage("mining", "mining layer4 (top-n_ref of 2048 channels)", "images",
+                          PAPER["images"]) as rec, run.precision():
+        refs = mine_references(run.model, run.data, "layer4", args.n_ref,
+                               **run.attr | {"batch_size": args.batch_size})
         rec["items"] = args.images
         if stash is not None:
             rec["note"] = (f"stash: {stash.stats['memory']} images in memory, "
                            f"{stash.stats['disk']} on disk, {stash.stats['dropped']} without room, "
                            f"{stash.update_s:.1f} s of the stage")
-    with run.stage("attribution", "attribution GxA layer4<-layer3" + (", from the stash" if stash
-                   else ""), "vectors", refs_total) as rec, prec():
+    with run.stages.stage("attribution", "attribution GxA layer4<-layer3" + (
+            ", from the stash" if stash else ""), "vectors", _REFS) as rec, run.precision():
         pure, done = _chunked(lambda part: circuit_attributions(
-            model, data, refs, "layer4", "layer3", neurons=part, **attr),
-            chosen[:args.attr_limit or args.neurons], args.attr_chunk, _deadline(args.stage_cap))
+            run.model, run.data, refs, "layer4", "layer3", neurons=part, **run.attr),
+            run.chosen[:args.attr_limit or args.neurons], args.attr_chunk, run.deadline())
         rec["items"] = done * args.n_ref
     return refs, pure, done
+
+
+def _activations(run: _DryRun, refs, done: int) -> tuple:
+    """Stage 3, the baseline: ``(activation features of the first neurons, neurons done)``."""
+    with run.stages.stage("activations", "activation features (baseline)", "vectors",
+                          _REFS) as rec, run.precision():
+        acts, n_acts = _chunked(lambda part: activation_features(
+            run.model, run.data, refs, "layer4", neurons=part, **run.attr), run.chosen[:done],
+            run.args.attr_chunk, run.deadline())
+        rec["items"] = n_acts * run.args.n_ref
+    return acts, min(done, n_acts)
+
+
+def _heatmaps(run: _DryRun, refs, done: int) -> tuple:
+    """Stage 4: ``(crop boxes of the first neurons' references, neurons done)``."""
+    args = run.args
+    with run.stages.stage("heatmaps", "LRP heatmaps + crop boxes (fp32)", "references",
+                          _REFS) as rec:
+        boxes = reference_boxes(run.model, run.data, refs, "layer4", run.chosen[:done],
+                                chunk_size=args.chunk_size, batch_size=args.heatmap_batch_size,
+                                deadline=run.deadline(), **run.loop)
+        rec["items"] = len(boxes) * args.n_ref
+    return boxes, len(boxes)
+
+
+def _embeddings(run: _DryRun, refs, boxes, done: int) -> tuple:
+    """Stage 5: ``(CLIP, DINOv2, neurons done)``, embeddings ``[neurons, n_ref, dim]`` of the
+    crops by the full-size architectures (random weights; building them is not timed)."""
+    args, n_ref = run.args, run.args.n_ref
+    t0 = time.perf_counter()
+    embedders = [load_embedder(name, pretrained=False, image_size=224, config=cfg,
+                               device=torch.device(args.device), batch_size=args.embed_batch_size)
+                 for name, cfg in (("clip", CLIP_B32), ("dinov2", DINOV2_BASE))]
+    built = time.perf_counter() - t0
+    with run.stages.stage("embeddings", "crops + CLIP ViT-B/32 + DINOv2-base", "crops",
+                          _REFS) as rec, run.precision():
+        idx = refs.indices[refs.rows(run.chosen[:done])]
+        clip, dino = embed_boxes(run.data, idx.reshape(-1), boxes.reshape(-1, 4), embedders,
+                                 batch_size=args.embed_batch_size, num_workers=args.workers,
+                                 progress=args.progress, deadline=run.deadline())
+        done = len(clip) // n_ref
+        rec["items"] = len(clip)
+        clip, dino = (e[:done * n_ref].reshape(done, n_ref, -1) for e in (clip, dino))
+        size = [sum(p.numel() for p in e.model.parameters()) / 1e6 for e in embedders]
+        rec["note"] = (f"{size[0]:.1f} M and {size[1]:.1f} M parameters, built in {built:.1f} s "
+                       "(not in the stage)")
+    return clip, dino, done
+
+
+def _eq5(run: _DryRun, clip, spaces: dict, done: int) -> None:
+    """Stage 6, Eq. 5 of the first ``done`` neurons in worker processes (``result["eq5_gap"]``)."""
+    with run.stages.stage("eq5", "Eq. 5, k in {2, 3, 4, 5}, 4 methods + random", "neurons",
+                          PAPER["neurons"]) as rec:
+        # parts of two neurons: a part running at the deadline ends soon after it
+        procs = _processes(run.args, done)
+        frames, rec["items"] = _in_parts(
+            _eq5_part, [clip, spaces["PURE"], spaces["activations"], spaces["DINOv2"],
+                        run.chosen[:done]], done, procs, run.deadline(), part=2)
+        rec["note"] = f"{procs} process{'es' if procs > 1 else ''}"
+    run.result["eq5_gap"] = (pd.concat(frames).groupby(["method", "k"]).gap.mean().unstack()
+                             .round(4).to_dict() if frames else {})
+
+
+def _correlation(run: _DryRun, clip, spaces: dict, done: int) -> None:
+    """Stage 7, the distance correlation against CLIP (``result["correlation"]``)."""
+    with run.stages.stage("correlation", "distance correlation (3 spaces against CLIP)", "neurons",
+                          PAPER["neurons"]) as rec:
+        corr = correlation_table(clip, spaces, n_samples=min(50, run.args.n_ref),
+                                 n_subsets=min(30, done))
+        rec["items"] = done
+    run.result["correlation"] = dict(zip(corr.method, corr["mean"].round(4)))
 
 
 def run_scale(log=print, checkpoint=None, **options) -> dict:
@@ -249,112 +393,35 @@ def run_scale(log=print, checkpoint=None, **options) -> dict:
         raise ValueError(f"unknown options {sorted(unknown)}; options: {sorted(vars(args))}")
     vars(args).update(options)
     args, reduced = _resolve(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device, stages = torch.device(args.device), set(args.stages.split(","))
-    torch.manual_seed(args.seed)
-    model = timm.create_model("resnet50", pretrained=False).eval()
-    randomize_batchnorm(model, args.seed)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.to(device)
-    data = GeneratedImages(args.images, size=224, seed=args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    chosen = sorted(torch.randperm(PAPER["neurons"], generator=gen)[:args.neurons].tolist())
-    n_ref, refs_total = args.n_ref, PAPER["neurons"] * PAPER["n_ref"]
-    setting = dict(model="timm resnet50, random weights (BatchNorm re-randomised)",
-                   layer="layer4", lower_layer="layer3", images=args.images, neurons=args.neurons,
-                   n_ref=n_ref, image_size=224, device=str(device), precision=args.precision,
-                   batch_size=args.batch_size, work_batch_size=args.work_batch_size,
-                   heatmap_batch_size=args.heatmap_batch_size, embed_batch_size=args.embed_batch_size, workers=args.workers,
-                   torch_threads=torch.get_num_threads(), stash=None if args.no_stash else
-                   dict(memory_bytes=args.stash_memory, disk_bytes=args.stash_disk),
-                   stage_cap_s=args.stage_cap, torch=torch.__version__,
-                   cudnn_tf32=torch.backends.cudnn.allow_tf32,
-                   matmul_tf32=torch.backends.cuda.matmul.allow_tf32)
-    log(f"setting: {json.dumps(setting)}")
-    log("reduced: " + ("; ".join(reduced) if reduced else "nothing (the paper's sizes)"))
-    run = Stages(device, log, after=lambda: checkpoint and checkpoint(result))
-    prec = lambda: _precision(args.precision, model, device)  # noqa: E731
-    loop = dict(num_workers=args.workers, device=device, progress=args.progress)
-    result = dict(setting=setting, reduced=reduced, machine=machine_info(device),
-                  when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                  stages=run.records)
-    stash = (None if args.no_stash else
-             ActivationStash("layer3", memory_bytes=args.stash_memory, disk_bytes=args.stash_disk,
-                             folder=args.stash_folder))
-
-    attr = dict(batch_size=args.work_batch_size, stash=stash, **loop)
+    run = _start(args, reduced, log, checkpoint)
+    result, stages = run.result, set(args.stages.split(","))
     # the memory check compares resident sets of runs of different lengths: see
     # mapped_allocations for why glibc's threshold is fixed for these two stages then
     with (mapped_allocations() if args.memory_check or args.memory_child
           else nullcontext(False)) as mapped:
-        refs, pure, done = _mine_and_attribute(run, args, model, data, chosen, stash, attr, prec)
-    setting["fixed_mmap_threshold"] = mapped
+        refs, pure, done = _mine_and_attribute(run)
+    result["setting"]["fixed_mmap_threshold"] = mapped
     if mapped:
         log("  (mining and attribution ran with glibc's mmap threshold fixed at 1 MiB, for the "
             "memory check: comparable resident sets, at some cost in speed on a CPU)")
     result["hwm_after_attribution_mib"] = hwm() / MIB
     if "activations" in stages:
-        with run.stage("activations", "activation features (baseline)", "vectors",
-                       refs_total) as rec, prec():
-            acts, n_acts = _chunked(lambda part: activation_features(
-                model, data, refs, "layer4", neurons=part, **attr), chosen[:done],
-                args.attr_chunk, _deadline(args.stage_cap))
-            rec["items"] = n_acts * n_ref
-            done = min(done, n_acts)
-    _comparisons(result, run, args, model, data, refs, chosen, pure, stash, attr)
-    if stash is not None:
-        stash.close()  # its room is needed by the heatmaps now
+        acts, done = _activations(run, refs, done)
+    _comparisons(run, refs, pure)
+    if run.stash is not None:
+        run.stash.close()  # its room is needed by the heatmaps now
     if "heatmaps" in stages:
-        with run.stage("heatmaps", "LRP heatmaps + crop boxes (fp32)", "references",
-                       refs_total) as rec:
-            boxes = reference_boxes(model, data, refs, "layer4", chosen[:done],
-                                    chunk_size=args.chunk_size, batch_size=args.heatmap_batch_size,
-                                    deadline=_deadline(args.stage_cap), **loop)
-            rec["items"] = len(boxes) * n_ref
-            done = len(boxes)
+        boxes, done = _heatmaps(run, refs, done)
     if "embeddings" in stages:
-        t0 = time.perf_counter()
-        embedders = [load_embedder(name, pretrained=False, image_size=224, config=cfg,
-                                   device=device, batch_size=args.embed_batch_size)
-                     for name, cfg in (("clip", CLIP_B32), ("dinov2", DINOV2_BASE))]
-        built = time.perf_counter() - t0
-        with run.stage("embeddings", "crops + CLIP ViT-B/32 + DINOv2-base", "crops",
-                       refs_total) as rec, prec():
-            idx = refs.indices[refs.rows(chosen[:done])]
-            clip, dino = embed_boxes(data, idx.reshape(-1), boxes.reshape(-1, 4), embedders,
-                                     batch_size=args.embed_batch_size, num_workers=args.workers,
-                                     progress=args.progress, deadline=_deadline(args.stage_cap))
-            done = len(clip) // n_ref
-            rec["items"] = len(clip)
-            clip, dino = (e[:done * n_ref].reshape(done, n_ref, -1) for e in (clip, dino))
-            rec["note"] = (f"{sum(p.numel() for p in embedders[0].model.parameters()) / 1e6:.1f} M "
-                           f"and {sum(p.numel() for p in embedders[1].model.parameters()) / 1e6:.1f}"
-                           f" M parameters, built in {built:.1f} s (not in the stage)")
-        del embedders
+        clip, dino, done = _embeddings(run, refs, boxes, done)
     if "eq5" in stages:
         spaces = {"PURE": pure[:done], "activations": acts[:done], "DINOv2": dino}
-        with run.stage("eq5", "Eq. 5, k in {2, 3, 4, 5}, 4 methods + random", "neurons",
-                       PAPER["neurons"]) as rec:
-            # parts of two neurons: a part running at the deadline ends soon after it
-            procs = _processes(args, done)
-            frames, rec["items"] = _in_parts(
-                _eq5_part, [clip, pure[:done], acts[:done], dino, chosen[:done]], done, procs,
-                _deadline(args.stage_cap), part=2)
-            rec["note"] = f"{procs} process{'es' if procs > 1 else ''}"
-        result["eq5_gap"] = (pd.concat(frames).groupby(["method", "k"]).gap.mean().unstack()
-                             .round(4).to_dict() if frames else {})
+        _eq5(run, clip, spaces, done)
     if "correlation" in stages:
-        with run.stage("correlation", "distance correlation (3 spaces against CLIP)", "neurons",
-                       PAPER["neurons"]) as rec:
-            corr = correlation_table(clip, spaces, n_samples=min(50, n_ref),
-                                     n_subsets=min(30, done))
-            rec["items"] = done
-        result["correlation"] = dict(zip(corr.method, corr["mean"].round(4)))
+        _correlation(run, clip, spaces, done)
     result["neurons_through_all_stages"] = done
-    run.close()
-    pipeline = [r for r in run.records if r["key"] in PIPELINE]
+    run.stages.close()
+    pipeline = [r for r in run.stages.records if r["key"] in PIPELINE]
     result["paper_total_s"] = (sum(r["paper_s"] for r in pipeline)
                                if {r["key"] for r in pipeline} == set(PIPELINE) else None)
     if args.memory_check:
@@ -362,58 +429,72 @@ def run_scale(log=print, checkpoint=None, **options) -> dict:
     return result
 
 
-def _comparisons(result, run, args, model, data, refs, chosen, pure, stash, attr):
+def _comparisons(run: _DryRun, refs, pure) -> None:
     """The stash against the re-forward, and the other precision against this one, on the
-    first ``compare_neurons`` neurons (adds ``end_to_end`` and ``precision`` to ``result``)."""
-    sub = chosen[:args.compare_neurons]
+    first ``compare_neurons`` neurons (adds ``end_to_end`` and ``precision`` to the result)."""
+    args = run.args
+    sub = run.chosen[:args.compare_neurons]
     if not sub:
         return
-    first = next(r for r in run.records if r["key"] == "attribution")
-    mining = next(r for r in run.records if r["key"] == "mining")
-    kw = dict(neurons=sub, **{k: v for k, v in attr.items() if k != "stash"})
-    prec = lambda name: _precision(name, model, args.device)  # noqa: E731
-    paper = PAPER["neurons"] * PAPER["n_ref"]
+    first = next(r for r in run.stages.records if r["key"] == "attribution")
     if first["items"] == len(sub) * args.n_ref:  # the attribution stage did exactly these
         base, base_s = pure, first["seconds"]
     else:
-        with run.stage("attribution-subset", "attribution, comparison neurons", "vectors",
-                       paper) as rec, prec(args.precision):
-            base = circuit_attributions(model, data, refs, "layer4", "layer3", stash=stash, **kw)
+        with run.stages.stage("attribution-subset", "attribution, comparison neurons", "vectors",
+                              _REFS) as rec, run.precision():
+            base = _attribution(run, refs, sub, run.stash)
             rec["items"] = len(sub) * args.n_ref
         base_s = rec["seconds"]
-    if stash is not None:
-        with run.stage("reforward", "attribution, re-forward (no stash)", "vectors",
-                       paper) as rec, prec(args.precision):
-            again = circuit_attributions(model, data, refs, "layer4", "layer3", stash=None, **kw)
-            rec["items"] = len(sub) * args.n_ref
-        with_stash = mining["seconds"] + base_s
-        # mining without the stash: less the time it spent keeping records
-        without = mining["seconds"] - stash.update_s + rec["seconds"]
-        e2e = dict(neurons=len(sub), with_stash_s=with_stash, without_stash_s=without,
-                   speedup=without / with_stash, stash_update_s=stash.update_s,
-                   max_abs_diff=float((again - base).abs().max()),
-                   bitwise_equal=bool(torch.equal(again, base)),
-                   stash=dict(stash.stats, reference_images=len(set(
-                       refs.indices[refs.rows(sub)].flatten().tolist()))))
-        result["end_to_end"] = e2e
-        run.log(summary(result, "end_to_end"))
+    if run.stash is not None:
+        _end_to_end(run, refs, sub, base, base_s)
     if args.compare_precision and args.compare_precision != args.precision:
-        other = args.compare_precision
-        with run.stage("precision", f"attribution, {other}" + (
-                " autocast + channels_last" if other == "bf16" else ""), "vectors",
-                paper) as rec, prec(other):
-            low = circuit_attributions(model, data, refs, "layer4", "layer3", stash=stash, **kw)
-            rec["items"] = len(sub) * args.n_ref
-        a, b = base[:len(sub)].numpy(), low.float().numpy()
-        parts, _ = _in_parts(_ari_part, [a, b], len(sub), _processes(args, len(sub)))
-        ari = np.asarray([row for part in parts for row in part])
-        result["precision"] = dict(
-            compared=f"{args.precision} against {other}", neurons=len(sub),
-            max_abs_diff=float(np.abs(a - b).max()), ari_mean=float(ari.mean()),
-            ari_min=float(ari.min()), share_identical_labels=float((ari == 1).mean()),
-            ari_mean_per_k=dict(zip(KS, ari.mean(0).round(4).tolist())),
-            time_ratio=rec["seconds"] / base_s)
-        run.log(summary(result, "precision"))
+        _other_precision(run, refs, sub, base, base_s)
+
+
+def _attribution(run: _DryRun, refs, neurons: list, stash) -> torch.Tensor:
+    """Attribution ``layer4 <- layer3`` of ``neurons`` in one call, from ``stash`` if given."""
+    return circuit_attributions(run.model, run.data, refs, "layer4", "layer3", neurons=neurons,
+                                **run.attr | {"stash": stash})
+
+
+def _end_to_end(run: _DryRun, refs, sub: list, base, base_s: float) -> None:
+    """Mining + attribution with the stash against re-forwarding: ``result["end_to_end"]``."""
+    stash, mining = run.stash, next(r for r in run.stages.records if r["key"] == "mining")
+    with run.stages.stage("reforward", "attribution, re-forward (no stash)", "vectors",
+                          _REFS) as rec, run.precision():
+        again = _attribution(run, refs, sub, None)
+        rec["items"] = len(sub) * run.args.n_ref
+    with_stash = mining["seconds"] + base_s
+    # mining without the stash: less the time it spent keeping records
+    without = mining["seconds"] - stash.update_s + rec["seconds"]
+    run.result["end_to_end"] = dict(
+        neurons=len(sub), with_stash_s=with_stash, without_stash_s=without,
+        speedup=without / with_stash, stash_update_s=stash.update_s,
+        max_abs_diff=float((again - base).abs().max()),
+        bitwise_equal=bool(torch.equal(again, base)),
+        stash=dict(stash.stats, reference_images=len(set(
+            refs.indices[refs.rows(sub)].flatten().tolist()))))
+    run.stages.log(summary(run.result, "end_to_end"))
+
+
+def _other_precision(run: _DryRun, refs, sub: list, base, base_s: float) -> None:
+    """Attribution in ``--compare-precision`` against this run's: ``result["precision"]``."""
+    args, other = run.args, run.args.compare_precision
+    with run.stages.stage("precision", f"attribution, {other}" + (
+            " autocast + channels_last" if other == "bf16" else ""), "vectors",
+            _REFS) as rec, run.precision(other):
+        low = _attribution(run, refs, sub, run.stash)
+        rec["items"] = len(sub) * args.n_ref
+    a, b = base[:len(sub)].numpy(), low.float().numpy()
+    parts, _ = _in_parts(_ari_part, [a, b], len(sub), _processes(args, len(sub)))
+    ari = np.asarray([row for part in parts for row in part])
+    run.result["precision"] = dict(
+        compared=f"{args.precision} against {other}", neurons=len(sub),
+        max_abs_diff=float(np.abs(a - b).max()), ari_mean=float(ari.mean()),
+        ari_min=float(ari.min()), share_identical_labels=float((ari == 1).mean()),
+        ari_mean_per_k=dict(zip(KS, ari.mean(0).round(4).tolist())),
+        time_ratio=rec["seconds"] / base_s)
+    run.stages.log(summary(run.result, "precision"))
 
 
 def _memory_check(args, result, log) -> dict:
@@ -451,88 +532,6 @@ def _memory_check(args, result, log) -> dict:
         out["cuda_ratio"] = four["cuda_peak_mib"] / one["cuda_peak_mib"]
     log(summary({"memory": out}, "memory"))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# output
-# --------------------------------------------------------------------------------------------
-def _num(x, digits=3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.{digits}g}"
-
-
-def summary(result: dict, key: str) -> str:
-    """The line of the dry run's output about ``key``: ``"end_to_end"``, ``"precision"`` or
-    ``"memory"`` (empty when the result has none)."""
-    r = result.get(key)
-    if not r:
-        return ""
-    neurons = f"{r.get('neurons')} neuron{'' if r.get('neurons') == 1 else 's'}"
-    if key == "end_to_end":
-        return (f"end to end, mining + attribution of {neurons}: "
-                f"{r['with_stash_s']:.1f} s with the stash, {r['without_stash_s']:.1f} s "
-                f"re-forwarding ({r['speedup']:.2f}x); largest difference of the normalised "
-                f"vectors {r['max_abs_diff']:.2e} (bitwise equal: {r['bitwise_equal']})")
-    if key == "precision":
-        return (f"precision, {r['compared']} on {neurons}: largest difference of "
-                f"the normalised attributions {r['max_abs_diff']:.3g}; ARI of the k-means labels "
-                f"(k = 2..5) mean {r['ari_mean']:.3f}, min {r['ari_min']:.3f}, identical "
-                f"{100 * r['share_identical_labels']:.0f}%; time {r['time_ratio']:.2f}x")
-    one, four = r["one_x"], r["four_x"]
-    return (f"memory, mining + attribution: peak RSS {one['hwm_mib']:.0f} MiB with "
-            f"{one['images']:,} images, {four['hwm_mib']:.0f} MiB with {four['images']:,} (4x): "
-            f"ratio {r['rss_ratio']:.3f} [target <= 1.10]" + (
-                f"; CUDA max allocated {one['cuda_peak_mib']:.0f} and "
-                f"{four['cuda_peak_mib']:.0f} MiB, ratio {r['cuda_ratio']:.3f}"
-                if r.get("cuda_ratio") else ""))
-
-
-def markdown(result: dict) -> str:
-    """The stage table of a :func:`run_scale` result, as markdown."""
-    lines = ["| stage | measured | wall (s) | per second | peak RSS (MiB) | peak CUDA (MiB) "
-             "| at the paper's size (s) |", "|---|---|---|---|---|---|---|"]
-    for r in result["stages"]:
-        full = r["items"] == r["paper_items"]
-        lines.append(f"| {r['stage']} | {measured(r)} | {_num(r['seconds'])} | "
-                     f"{_num(r['per_s'])} {r['unit']} | {_num(r['rss_peak_mib'])} | "
-                     f"{_num(r['cuda_peak_mib'])} | {'' if full else '~'}{_num(r['paper_s'])}"
-                     f"{' (measured)' if full else ''} |")
-    total = result.get("paper_total_s")
-    if total:
-        span = f"{total / 60:.1f} min" if total < 7200 else f"{total / 3600:.1f} h"
-        lines.append(f"| **one model, the pipeline's stages** | | | | | | ~{_num(total)} "
-                     f"(~{span}) |")
-    return "\n".join(lines)
-
-
-def _clean(obj):
-    """JSON-ready: NaN and inf become None, tuples lists, other objects their text."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
-
-
-def write(result: dict, out) -> tuple[Path, Path]:
-    """Write ``result`` as ``<out>.json`` and its table as ``<out>.md``; returns both paths."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    js, md = out.with_suffix(".json"), out.with_suffix(".md")
-    js.write_text(json.dumps(_clean(result), indent=1) + "\n")
-    m = result["machine"]
-    where = f"{m['cpu_count']} CPUs ({m['cpu']})" + (f", GPU {m['gpu']}" if m.get("gpu") else "")
-    extra = [f"Measured on {where}, {m['platform']}, Python {m['python']}, torch "
-             f"{result['setting']['torch']}; {result['when']}.",
-             "Reduced: " + ("; ".join(result["reduced"]) or "nothing") + "."]
-    extra += [summary(result, k) for k in ("end_to_end", "precision", "memory")]
-    md.write_text(markdown(result) + "\n\n" + "\n\n".join(e for e in extra if e) + "\n")
-    return js, md
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -592,7 +591,7 @@ def main(argv=None) -> int:
         js, md = write(result, args.out)
         log(f"written: {js}, {md}")
     if args.json_stdout:
-        print(json.dumps(_clean(result)))
+        print(json.dumps(json_ready(result)))
     return 0
 
 

@@ -13,6 +13,7 @@ is kept only to compare the two.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -31,8 +32,7 @@ from ..references import check_references, index_tensor, mine_references
 from .generator import counterfactual
 
 __all__ = ["RULE", "ReferenceFeatures", "reference_features", "feature_names", "intervention_panels",
-           "concept_at",
-           "reference_concepts", "concept_shares", "concept_counts", "polysemantic_by_concepts",
+           "concept_at", "reference_concepts", "concept_shares", "concept_counts", "polysemantic_by_concepts",
            "layer_polysemanticity"]
 
 
@@ -333,6 +333,107 @@ def _retention(edited: torch.Tensor, full: torch.Tensor, removed: torch.Tensor) 
     return ((edited - removed) / contribution).mean(0)
 
 
+def _removals(scene) -> list[tuple[str, tuple]]:
+    """``(title, job)`` of the scene as it is, without each object in turn and without any
+    object; a job is ``(scene, objects)`` as :func:`_activations` renders it."""
+    objs = list(scene.objects)
+    return ([("as it is", (scene, None))]
+            + [(f"without the {o['colour']} {o['shape']}", (scene, objs[:j] + [None] + objs[j + 1:]))
+               for j, o in enumerate(objs)]
+            + [("no objects", (scene, [None] * len(objs)))])
+
+
+def _edits(scene, j: int, colours, shapes) -> list[tuple[str, tuple]]:
+    """``(title, job)`` of object ``j`` redrawn with each other colour, then with each other
+    shape (area kept; :func:`~pure_utils.shapes.generator.counterfactual`)."""
+    objs, o = list(scene.objects), scene.objects[j]
+    redrawn = ([(f"{o['shape']} made {c}", counterfactual(o, colour=c)) for c in colours
+                if c != o["colour"]]
+               + [(f"{o['colour']} {s}", counterfactual(o, shape=s)) for s in shapes if s != o["shape"]])
+    return [(title, (scene, objs[:j] + [new] + objs[j + 1:])) for title, new in redrawn]
+
+
+def _edit_jobs(dataset, colours, shapes, pair: tuple) -> tuple[list, tuple]:
+    """The jobs of step 3 for object ``j`` of image ``i`` (``pair``), and its ``(colour, shape)``."""
+    scene, j = dataset.scene(pair[0]), pair[1]
+    return ([job for _, job in _edits(scene, j, colours, shapes)],
+            (scene.objects[j]["colour"], scene.objects[j]["shape"]))
+
+
+def _run_jobs(items: list, jobs_of, forward, desc: str, unit: str, progress: bool) -> dict:
+    """``forward`` on the jobs of every item, ``_CHUNK`` items at a time (a scene holds float
+    images): ``{item: (Tensor[n_jobs, C], info)}`` where ``jobs_of(item) -> (jobs, info)``."""
+    out = {}
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit=unit)
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start:start + _CHUNK]
+        jobs, info = zip(*[jobs_of(item) for item in chunk])
+        parts = forward([job for item_jobs in jobs for job in item_jobs]).split([len(j) for j in jobs])
+        out.update({item: (part, extra) for item, part, extra in zip(chunk, parts, info)})
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def _drivers(removals: dict, indices: torch.Tensor, channels: torch.Tensor, names: list):
+    """Steps 1 and 2 of the rule for every reference, from the activations of :func:`_removals`:
+    ``labels`` (but those step 3 sets), ``responsibility``, ``driver`` and ``activation``
+    (``[n_rows, n_ref]`` each), and ``{(row, slot): (image, driving object)}``."""
+    n_rows, n_ref = indices.shape
+    labels = torch.full((n_rows, n_ref), names.index(BACKGROUND), dtype=torch.long)
+    resp = torch.zeros(n_rows, n_ref)
+    driver = torch.full((n_rows, n_ref), -1, dtype=torch.long)
+    activation = torch.zeros(n_rows, n_ref)
+    drivers = {}
+    for row, ch in enumerate(channels.tolist()):
+        for slot, i in enumerate(indices[row].tolist()):
+            acts = removals[i][0]
+            a = float(acts[0, ch])
+            activation[row, slot] = a
+            if a <= 0 or float(acts[-1, ch]) >= RULE["background"] * a:
+                continue  # "background"
+            drops = (a - acts[1:-1, ch]) / a
+            resp[row, slot] = float(drops.max())
+            necessary = torch.nonzero(drops >= RULE["necessary"]).flatten().tolist()
+            if len(necessary) == 1:
+                driver[row, slot] = necessary[0]
+                drivers[(row, slot)] = (i, necessary[0])
+            else:
+                labels[row, slot] = names.index(MIXED)
+    return dict(labels=labels, responsibility=resp, driver=driver, activation=activation), drivers
+
+
+def _intervene(dataset, indices: torch.Tensor, channels: torch.Tensor, names: list, forward,
+               progress: bool) -> dict:
+    """The rule of :func:`reference_features` for every reference: the tensors of
+    :class:`ReferenceFeatures`, ``[n_rows, n_ref]`` each. ``forward(jobs)`` gives every unit's
+    activation on rendered ``(scene, objects)`` jobs (:func:`_activations`)."""
+    # pass 1, all units at once: every image whole, without each object, without any object
+    removals = _run_jobs(sorted(set(indices.flatten().tolist())),
+                         lambda i: ([job for _, job in _removals(dataset.scene(i))], None),
+                         forward, "interventions", "img", progress)
+    found, drivers = _drivers(removals, indices, channels, names)
+    # pass 2: each driver with its colour changed, and with its shape changed
+    colours, shapes = list(dataset.config.colours), list(dataset.config.shapes)
+    edits = _run_jobs(sorted(set(drivers.values())),
+                      functools.partial(_edit_jobs, dataset, colours, shapes), forward,
+                      "counterfactuals", "obj", progress)
+    n_col = len(colours) - 1
+    col_ret, shp_ret = (torch.full(indices.shape, float("nan")) for _ in range(2))
+    for (row, slot), (i, j) in drivers.items():
+        ch = int(channels[row])
+        a, a_j = found["activation"][row, slot], removals[i][0][1 + j, ch]
+        (e, (colour, shape)) = edits[(i, j)]
+        col_ret[row, slot] = _retention(e[:n_col, ch], a, a_j)
+        shp_ret[row, slot] = _retention(e[n_col:, ch], a, a_j)
+        by_colour = bool(col_ret[row, slot] < RULE["attribute"])
+        by_shape = bool(shp_ret[row, slot] < RULE["attribute"])
+        name = (f"{colour} {shape}" if by_colour and by_shape else colour if by_colour
+                else shape if by_shape else OBJECT)
+        found["labels"][row, slot] = names.index(name)
+    return {**found, "colour_retention": col_ret, "shape_retention": shp_ret}
+
+
 def reference_features(model: torch.nn.Module, dataset, references, *, batch_size: int = 128,
                        device=None, cache=None, progress: bool = False) -> ReferenceFeatures:
     """What drives each reference sample of each unit, by re-rendering the image (ground truth).
@@ -395,92 +496,9 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
                          "were the references mined on another dataset?")
     vocabulary = _vocabulary(dataset.config)
     names = [name for name, _ in vocabulary]
-    colours, shapes = list(dataset.config.colours), list(dataset.config.shapes)
-
-    def compute():
-        n_rows, n_ref = indices.shape
-        images = sorted(set(indices.flatten().tolist()))
-        # pass 1, a chunk of images at a time (a scene holds float images): every image whole,
-        # without each object in turn, and without any object; all units at once
-        whole, removed, empty = {}, {}, {}
-        bar = tqdm(total=len(images), desc="interventions", disable=not progress, unit="img")
-        for chunk in _chunks(images, _CHUNK):
-            jobs, n_objects = [], []
-            for i in chunk:
-                scene = dataset.scene(i)
-                objs = list(scene.objects)
-                n_objects.append(len(objs))
-                jobs += [(scene, None)]
-                jobs += [(scene, objs[:j] + [None] + objs[j + 1:]) for j in range(len(objs))]
-                jobs += [(scene, [None] * len(objs))]
-            acts = _activations(model, dataset, jobs, layer, device, batch_size, layout)
-            pos = 0
-            for i, n in zip(chunk, n_objects):
-                whole[i], removed[i], empty[i] = acts[pos], acts[pos + 1:pos + 1 + n], acts[pos + 1 + n]
-                pos += n + 2
-            bar.update(len(chunk))
-        bar.close()
-
-        labels = torch.full((n_rows, n_ref), names.index(BACKGROUND), dtype=torch.long)
-        resp = torch.zeros(n_rows, n_ref)
-        driver = torch.full((n_rows, n_ref), -1, dtype=torch.long)
-        activation = torch.zeros(n_rows, n_ref)
-        drivers = {}  # (row, slot) -> (image, driving object): their attribute is decided below
-        for row, ch in enumerate(channels.tolist()):
-            for slot, i in enumerate(indices[row].tolist()):
-                a = float(whole[i][ch])
-                activation[row, slot] = a
-                if a <= 0 or float(empty[i][ch]) >= RULE["background"] * a:
-                    continue  # "background"
-                drops = (a - removed[i][:, ch]) / a
-                resp[row, slot] = float(drops.max())
-                necessary = torch.nonzero(drops >= RULE["necessary"]).flatten().tolist()
-                if len(necessary) == 1:
-                    driver[row, slot] = necessary[0]
-                    drivers[(row, slot)] = (i, necessary[0])
-                else:
-                    labels[row, slot] = names.index(MIXED)
-
-        # pass 2: each driver with its colour changed, and with its shape changed
-        pairs = sorted(set(drivers.values()))
-        edits, attributes = {}, {}
-        bar = tqdm(total=len(pairs), desc="counterfactuals", disable=not progress, unit="obj")
-        for chunk in _chunks(pairs, _CHUNK):
-            jobs, kinds = [], []
-            for i, j in chunk:
-                scene = dataset.scene(i)
-                objs = list(scene.objects)
-                alternatives = ([counterfactual(objs[j], colour=c) for c in colours if c != objs[j]["colour"]]
-                                + [counterfactual(objs[j], shape=s) for s in shapes if s != objs[j]["shape"]])
-                jobs += [(scene, objs[:j] + [alt] + objs[j + 1:]) for alt in alternatives]
-                kinds.append(len(alternatives))
-                attributes[(i, j)] = (objs[j]["colour"], objs[j]["shape"])
-            acts = _activations(model, dataset, jobs, layer, device, batch_size, layout)
-            pos = 0
-            for pair, n in zip(chunk, kinds):
-                edits[pair] = acts[pos:pos + n]
-                pos += n
-            bar.update(len(chunk))
-        bar.close()
-
-        n_col = len(colours) - 1
-        col_ret = torch.full((n_rows, n_ref), float("nan"))
-        shp_ret = torch.full((n_rows, n_ref), float("nan"))
-        for (row, slot), (i, j) in drivers.items():
-            ch = int(channels[row])
-            a, a_j = activation[row, slot], removed[i][j, ch]
-            e = edits[(i, j)][:, ch]
-            col_ret[row, slot] = _retention(e[:n_col], a, a_j)
-            shp_ret[row, slot] = _retention(e[n_col:], a, a_j)
-            colour, shape = attributes[(i, j)]
-            by_colour = bool(col_ret[row, slot] < RULE["attribute"])
-            by_shape = bool(shp_ret[row, slot] < RULE["attribute"])
-            name = (f"{colour} {shape}" if by_colour and by_shape else colour if by_colour
-                    else shape if by_shape else OBJECT)
-            labels[row, slot] = names.index(name)
-        return dict(labels=labels, responsibility=resp, driver=driver, colour_retention=col_ret,
-                    shape_retention=shp_ret, activation=activation)
-
+    forward = functools.partial(_activations, model, dataset, layer=layer, device=device,
+                                batch_size=batch_size, layout=layout)
+    compute = functools.partial(_intervene, dataset, indices, channels, names, forward, progress)
     digest = hashlib.sha256(indices.contiguous().numpy().astype("int64").tobytes()
                             + channels.numpy().astype("int64").tobytes()).hexdigest()[:24]
     shape = tuple(indices.shape)
@@ -493,11 +511,6 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
                      **layout_key(layout))
     return ReferenceFeatures(names=names, kinds=[kind for _, kind in vocabulary], channels=channels,
                              **tensors)
-
-
-def _chunks(items: list, size: int):
-    for s in range(0, len(items), size):
-        yield items[s:s + size]
 
 
 def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, layer: str = "layer4",
@@ -579,19 +592,9 @@ def intervention_panels(model: torch.nn.Module, dataset, references, neuron: int
     row = int(references.rows([neuron])[0]) if hasattr(references, "rows") else int(neuron)
     i = int(references.indices[row, slot])
     scene = dataset.scene(i)
-    objs = list(scene.objects)
-    variants = [("as it is", None)]
-    variants += [(f"without the {o['colour']} {o['shape']}", objs[:j] + [None] + objs[j + 1:])
-                 for j, o in enumerate(objs)]
-    variants.append(("no objects", [None] * len(objs)))
-    o = objs[obj]
-    edit = lambda new: objs[:obj] + [new] + objs[obj + 1:]  # noqa: E731
-    variants += [(f"{o['shape']} made {c}", edit(counterfactual(o, colour=c)))
-                 for c in dataset.config.colours if c != o["colour"]]
-    variants += [(f"{o['colour']} {s}", edit(counterfactual(o, shape=s)))
-                 for s in dataset.config.shapes if s != o["shape"]]
+    variants = _removals(scene) + _edits(scene, obj, dataset.config.colours, dataset.config.shapes)
     layout = resolve_layout(model, references.layer, recorded=getattr(references, "layout", None))
-    acts = _activations(model, dataset, [(scene, o) for _, o in variants], references.layer,
+    acts = _activations(model, dataset, [job for _, job in variants], references.layer,
                         resolve_device(model, device), 64, layout)
-    return [dict(title=t, image=dataset.render(scene, o, normalize=False),
-                 activation=float(acts[k, neuron])) for k, (t, o) in enumerate(variants)]
+    return [dict(title=t, image=dataset.render(*job, normalize=False),
+                 activation=float(acts[k, neuron])) for k, (t, job) in enumerate(variants)]

@@ -193,6 +193,158 @@ def polysemantic_record(card: dict) -> dict:
                      "(keys polysemantic_units or layer4_polysemantic)")
 
 
+def _architecture(name: str, architecture: dict | None) -> dict:
+    """``architecture``, or the shipped one of ``name`` (a copy of ``DEFAULT_ARCHITECTURES[name]``)."""
+    if architecture is not None:
+        return architecture
+    if name not in DEFAULT_ARCHITECTURES:
+        raise ValueError(f"model {name!r} not known; models: {', '.join(DEFAULT_ARCHITECTURES)}, "
+                         f"{', '.join(FAMILY)}")
+    return dict(DEFAULT_ARCHITECTURES[name])
+
+
+def _hyperparameters(max_steps: int | None, **overrides) -> dict:
+    """``DEFAULT_TRAINING`` with the ``overrides`` that are not ``None``, and ``max_steps``."""
+    hp = dict(DEFAULT_TRAINING)
+    for key, value in overrides.items():
+        if value is not None:
+            hp[key] = value
+    hp["max_steps"] = max_steps
+    if hp["n_train"] < hp["batch_size"]:
+        raise ValueError(f"n_train={hp['n_train']} must be at least batch_size={hp['batch_size']}")
+    return hp
+
+
+def _warm_start(model: torch.nn.Module, init) -> dict | None:
+    """Load the weights ``init`` into ``model``; the card's ``warm_start`` record (``None``
+    without ``init``): the file, its SHA-256 and the card of the earlier run beside it."""
+    if init is None:
+        return None
+    init = Path(init)
+    model.load_state_dict(load_file(str(init)))
+    previous = init.with_suffix(".json")
+    return dict(weights=init.name, sha256=hashlib.sha256(init.read_bytes()).hexdigest(),
+                card=json.loads(previous.read_text()) if previous.exists() else None)
+
+
+def _schedule(opt: torch.optim.Optimizer, warmup: int, total: int):
+    """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at step ``total``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else
+        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
+
+
+def _fit(model: torch.nn.Module, train: SyntheticShapes, val: SyntheticShapes, hp: dict,
+         planted: dict | None, desc: str, progress: bool) -> dict:
+    """The training loop (``hp`` as :func:`_hyperparameters` gives it), scored on ``val`` after
+    every epoch; with ``planted``, the planted units' loss is added.
+
+    Returns ``history`` (loss and validation accuracy per epoch), ``steps``, ``warmup`` (steps)
+    and ``seconds`` (rendering the train split included).
+    """
+    t0 = time.time()
+    train.render_all(progress=progress)
+    # incomplete last batches are dropped (they only add noise to the BatchNorm statistics)
+    steps_per_epoch = hp["n_train"] // hp["batch_size"]
+    total = steps_per_epoch * hp["epochs"]
+    if hp["max_steps"] is not None:
+        total = min(total, int(hp["max_steps"]))
+    warmup = min(steps_per_epoch, max(total // 10, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    sched = _schedule(opt, warmup, total)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=hp["label_smoothing"])
+    gen = torch.Generator().manual_seed(hp["seed"])
+    step, history = 0, []
+    bar = tqdm(total=total, disable=not progress, desc=desc)
+    model.train()
+    captured, hook = {}, None
+    if planted:
+        units = [int(u) for u in planted["units"]]
+        hook = model.layer4.register_forward_hook(lambda m, i, o: captured.update(act=o))
+    while step < total:
+        order = torch.randperm(hp["n_train"], generator=gen).numpy()
+        running, seen = 0.0, 0
+        for x, y, idx in _batches(train, order, hp["batch_size"]):
+            if len(y) < hp["batch_size"]:
+                continue
+            x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model(x), y)
+            if planted:
+                response = captured["act"].flatten(2).amax(2)[:, units]
+                loss = loss + planted["weight"] * (
+                    response - _planted_targets(train, idx, planted)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.item() * len(y)
+            seen += len(y)
+            step += 1
+            bar.update(1)
+            if step >= total:
+                break
+        val_acc = evaluate_accuracy(model, val)
+        history.append(dict(loss=round(running / max(seen, 1), 4), val_accuracy=val_acc))
+        bar.set_postfix(loss=history[-1]["loss"], val=val_acc)
+        if progress:
+            print(f"epoch {len(history)}: {history[-1]}, {time.time() - t0:.0f} s", flush=True)
+    bar.close()
+    if hook is not None:
+        hook.remove()
+    return dict(history=history, steps=step, warmup=warmup, seconds=time.time() - t0)
+
+
+def _accuracies(model: torch.nn.Module, test: SyntheticShapes, hp: dict) -> dict:
+    """The card's accuracies on the test split: the first ``n_eval`` and ``n_check`` images."""
+    # one pass over the test images gives both accuracies (n_check is a prefix of the split)
+    hits = _correct(model, test)
+    return dict(accuracy=int(hits[:hp["n_eval"]].sum()) / min(hp["n_eval"], len(hits)),
+                accuracy_check=int(hits[:hp["n_check"]].sum()) / min(hp["n_check"], len(hits)))
+
+
+def _card(name: str, model: torch.nn.Module, run: dict, *, architecture: dict,
+          config: SyntheticConfig, hp: dict, planted: dict | None) -> dict:
+    """The model card of a finished run (``run``: what :func:`_fit` and :func:`_accuracies`
+    gave, with ``command``, ``warm_start``, ``layer``, ``lower_layer``, ``polysemantic`` and
+    ``planted_response``)."""
+    layer, seconds = run["layer"], run["seconds"]
+    card = dict(
+        name=name,
+        description=(f"Small timm {type(model).__name__} trained on the synthetic shapes benchmark "
+                     f"of pure_utils (pure_utils.shapes.generator); {layer} is narrow so that its neurons "
+                     "are polysemantic."),
+        architecture=architecture,
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        generator_version=GENERATOR_VERSION,
+        dataset=dict(name="synthetic", config=config.to_dict(), seed=hp["data_seed"],
+                     train_split="train", n_train=hp["n_train"], concept_names=config.concept_names),
+        seed=hp["seed"],
+        hyperparameters=dict(optimizer="AdamW", schedule="linear warm-up + cosine",
+                             augmentation="random horizontal and vertical flips",
+                             steps=run["steps"], warmup_steps=run["warmup"], n_val=hp["n_val"],
+                             **{k: hp[k] for k in ("epochs", "batch_size", "lr", "weight_decay",
+                                                   "label_smoothing", "max_steps")}),
+        accuracy=dict(split="test", seed=hp["data_seed"], n=hp["n_eval"], value=run["accuracy"]),
+        accuracy_check=dict(split="test", seed=hp["data_seed"], n=hp["n_check"],
+                            value=run["accuracy_check"],
+                            note="first n images of the same test split, used by the quick test"),
+        history=run["history"],
+        command=run["command"],
+        training_time_s=round(seconds, 1),
+        training_time_total_s=round(seconds + _previous_time(run["warm_start"]), 1),
+        warm_start=run["warm_start"],
+        training_threads=int(hp["threads"]),
+        machine=machine_info(),
+        versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
+        units=dict(layer=layer, lower_layer=run["lower_layer"]),
+        **{"layer4_polysemantic" if layer == "layer4" else "polysemantic_units": run["polysemantic"]},
+    )
+    if planted:
+        card.update(planted={**planted, "units": {str(k): v for k, v in planted["units"].items()}},
+                    planted_response=run["planted_response"])
+    return card
+
+
 def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, epochs: int | None = None,
                         n_train: int | None = None, n_eval: int | None = None,
                         n_check: int | None = None, n_val: int | None = None, batch_size: int | None = None,
@@ -243,19 +395,9 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     dict
         The model card that was written.
     """
-    if architecture is None:
-        if name not in DEFAULT_ARCHITECTURES:
-            raise ValueError(f"model {name!r} not known; models: {', '.join(DEFAULT_ARCHITECTURES)}, "
-                             f"{', '.join(FAMILY)}")
-        architecture = dict(DEFAULT_ARCHITECTURES[name])
-    hp = dict(DEFAULT_TRAINING)
-    for key, value in dict(epochs=epochs, n_train=n_train, n_eval=n_eval, n_check=n_check, n_val=n_val,
-                           batch_size=batch_size, lr=lr, seed=seed, threads=threads).items():
-        if value is not None:
-            hp[key] = value
-    hp["max_steps"] = max_steps
-    if hp["n_train"] < hp["batch_size"]:
-        raise ValueError(f"n_train={hp['n_train']} must be at least batch_size={hp['batch_size']}")
+    architecture = _architecture(name, architecture)
+    hp = _hyperparameters(max_steps, epochs=epochs, n_train=n_train, n_eval=n_eval, n_check=n_check,
+                          n_val=n_val, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     config = config or SyntheticConfig()
     if architecture.get("num_classes") != config.n_concepts:
         architecture["num_classes"] = config.n_concepts
@@ -267,118 +409,26 @@ def train_default_model(name: str = "synthetic_resnet_basic", *, out_dir=None, e
     try:
         torch.manual_seed(hp["seed"])
         model = build_model(architecture)
-        warm_start = None
-        if init is not None:
-            init = Path(init)
-            model.load_state_dict(load_file(str(init)))
-            previous = init.with_suffix(".json")
-            warm_start = dict(weights=init.name, sha256=hashlib.sha256(init.read_bytes()).hexdigest(),
-                              card=json.loads(previous.read_text()) if previous.exists() else None)
+        warm_start = _warm_start(model, init)
         # channels_last is about 1.5x faster for these small convolutions on CPU
         model = model.to(memory_format=torch.channels_last)
         train = SyntheticShapes("train", n=hp["n_train"], seed=hp["data_seed"], config=config)
         test = SyntheticShapes("test", n=max(hp["n_eval"], hp["n_check"]), seed=hp["data_seed"],
                                config=config)
         val = SyntheticShapes("val", n=hp["n_val"], seed=hp["data_seed"], config=config)
-        t0 = time.time()
-        train.render_all(progress=progress)
-        # incomplete last batches are dropped (they only add noise to the BatchNorm statistics)
-        steps_per_epoch = hp["n_train"] // hp["batch_size"]
-        total = steps_per_epoch * hp["epochs"]
-        if max_steps is not None:
-            total = min(total, int(max_steps))
-        warmup = min(steps_per_epoch, max(total // 10, 1))
-        opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warmup if s < warmup else
-            0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1))))
-        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=hp["label_smoothing"])
-        gen = torch.Generator().manual_seed(hp["seed"])
-        step = 0
-        bar = tqdm(total=total, disable=not progress, desc=f"training {name}")
-        model.train()
-        history = []
-        captured, hook = {}, None
-        if planted:
-            units = [int(u) for u in planted["units"]]
-            hook = model.layer4.register_forward_hook(lambda m, i, o: captured.update(act=o))
-        while step < total:
-            order = torch.randperm(hp["n_train"], generator=gen).numpy()
-            running, seen = 0.0, 0
-            for x, y, idx in _batches(train, order, hp["batch_size"]):
-                if len(y) < hp["batch_size"]:
-                    continue
-                x = _augment(x, gen).contiguous(memory_format=torch.channels_last)
-                loss = loss_fn(model(x), y)
-                if planted:
-                    response = captured["act"].flatten(2).amax(2)[:, units]
-                    loss = loss + planted["weight"] * (
-                        response - _planted_targets(train, idx, planted)).pow(2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                running += loss.item() * len(y)
-                seen += len(y)
-                step += 1
-                bar.update(1)
-                if step >= total:
-                    break
-            val_acc = evaluate_accuracy(model, val)
-            history.append(dict(loss=round(running / max(seen, 1), 4), val_accuracy=val_acc))
-            bar.set_postfix(loss=history[-1]["loss"], val=val_acc)
-            if progress:
-                print(f"epoch {len(history)}: {history[-1]}, {time.time() - t0:.0f} s", flush=True)
-        bar.close()
-        train_time = time.time() - t0
-        # one pass over the test images gives both accuracies (n_check is a prefix of the split)
-        hits = _correct(model, test)
-        acc = int(hits[:hp["n_eval"]].sum()) / min(hp["n_eval"], len(hits))
-        acc_check = int(hits[:hp["n_check"]].sum()) / min(hp["n_check"], len(hits))
+        run = _fit(model, train, val, hp, planted, f"training {name}", progress)
+        run.update(_accuracies(model, test, hp), command=command, warm_start=warm_start)
         model.eval()
-        if hook is not None:
-            hook.remove()
-        layer, lower_layer = units_of(name, architecture)
-        poly = layer_polysemanticity(model, test, layer, n_ref=100, progress=False)
-        response = planted_response(model, test, planted) if planted else None
+        run["layer"], run["lower_layer"] = units_of(name, architecture)
+        run["polysemantic"] = layer_polysemanticity(model, test, run["layer"], n_ref=100,
+                                                    progress=False)
+        run["planted_response"] = planted_response(model, test, planted) if planted else None
     finally:
         torch.set_num_threads(old_threads)
 
-    weights = out_dir / f"{name}.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
-    card = dict(
-        name=name,
-        description=(f"Small timm {type(model).__name__} trained on the synthetic shapes benchmark "
-                     f"of pure_utils (pure_utils.shapes.generator); {layer} is narrow so that its neurons "
-                     "are polysemantic."),
-        architecture=architecture,
-        n_parameters=sum(p.numel() for p in model.parameters()),
-        generator_version=GENERATOR_VERSION,
-        dataset=dict(name="synthetic", config=config.to_dict(), seed=hp["data_seed"],
-                     train_split="train", n_train=hp["n_train"], concept_names=config.concept_names),
-        seed=hp["seed"],
-        hyperparameters=dict(optimizer="AdamW", schedule="linear warm-up + cosine",
-                             augmentation="random horizontal and vertical flips",
-                             steps=step, warmup_steps=warmup, n_val=hp["n_val"],
-                             **{k: hp[k] for k in ("epochs", "batch_size", "lr", "weight_decay",
-                                                   "label_smoothing", "max_steps")}),
-        accuracy=dict(split="test", seed=hp["data_seed"], n=hp["n_eval"], value=acc),
-        accuracy_check=dict(split="test", seed=hp["data_seed"], n=hp["n_check"], value=acc_check,
-                            note="first n images of the same test split, used by the quick test"),
-        history=history,
-        command=command,
-        training_time_s=round(train_time, 1),
-        training_time_total_s=round(train_time + _previous_time(warm_start), 1),
-        warm_start=warm_start,
-        training_threads=int(hp["threads"]),
-        machine=machine_info(),
-        versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
-        units=dict(layer=layer, lower_layer=lower_layer),
-        **{"layer4_polysemantic" if layer == "layer4" else "polysemantic_units": poly},
-    )
-    if planted:
-        card.update(planted={**planted, "units": {str(k): v for k, v in planted["units"].items()}},
-                    planted_response=response)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              str(out_dir / f"{name}.safetensors"))
+    card = _card(name, model, run, architecture=architecture, config=config, hp=hp, planted=planted)
     (out_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
