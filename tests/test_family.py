@@ -125,3 +125,56 @@ def test_differences_by_model_gives_one_row_per_model():
     assert wide.loc[0, "gxa, k = 2"] == "0.01 [-0.02, 0.05] (p 0.46)"
     assert wide.loc[1, "gxa, k = 2"] == "0.50 [0.40, 0.60] (p 1e-05)"
     assert wide.loc[1, "epsilon_plus_flat, k = 2"] == "not scored"
+
+
+def _features(labels):
+    from pure_utils.shapes.ground_truth import ReferenceFeatures
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    z = torch.zeros(labels.shape)
+    return ReferenceFeatures(labels=labels, names=["red", "blue"], kinds=["colour", "colour"],
+                             responsibility=z, driver=z.long(), colour_retention=z,
+                             shape_retention=z, activation=z, channels=torch.arange(len(labels)))
+
+
+def test_overview_table_is_the_chapters_former_loop():
+    from types import SimpleNamespace
+    names = ["family_planted", "family_width_16", "synthetic_resnet_basic"]
+    feats = [_features([[0] * 5 + [1] * 5, [0] * 10]), _features([[0] * 10]), _features([[0] * 5 + [1] * 5] * 3)]
+    result = {"runs": {m: {"setting": SimpleNamespace(neurons=list(range(len(f.labels)))), "features": f}
+                       for m, f in zip(names, feats)}}
+    rows = []
+    for m in names:  # the former cell of beyond_family.ipynb, verbatim
+        card = pu.models.read_card(m)
+        spec = pu.shapes.train.FAMILY.get(m, {})
+        run = result["runs"][m]
+        rows.append({"model": m, "knob": spec.get("knob", "-"), "setting": spec.get("level", "-"),
+                     "units": len(run["setting"].neurons),
+                     "polysemantic units": int(run["features"].polysemantic(0.2).sum()),
+                     "test accuracy": card["accuracy"]["value"]})
+    import pandas as pd
+    overview = family.overview_table(names, result, 0.2)
+    pd.testing.assert_frame_equal(overview, pd.DataFrame(rows))
+    assert overview["polysemantic units"].tolist() == [1, 0, 3]
+    assert overview.knob.iloc[2] == "-" and overview.knob.iloc[1] == FAMILY["family_width_16"]["knob"]
+
+
+def test_models_table_says_where_lrp_is_refused():
+    from types import SimpleNamespace
+    layers = {"synthetic_resnet_basic": ("layer4", "layer3"), "synthetic_convnext": ("stages.3", "stages.2")}
+    settings = {m: SimpleNamespace(model=pu.load_model(m), profile={"layer": a, "lower_layer": b},
+                                   neurons=[0, 1, 2]) for m, (a, b) in layers.items()}
+    runs = {"synthetic_resnet_basic": {"features": _features([[0] * 5 + [1] * 5, [0] * 10, [1] * 10])}}
+    table, uncovered = family.models_table(settings, runs, 0.2)
+    assert table.model.tolist() == list(layers) and table.LRP.tolist() == ["correct", "refused"]
+    assert table.family.tolist() == ["ResNet", "ConvNeXt"]
+    assert table["polysemantic units"].tolist() == [1, "n/a"]
+    assert uncovered["synthetic_resnet_basic"] == [] and uncovered["synthetic_convnext"]
+    convnext = settings["synthetic_convnext"]
+    missing = pu.lrp_support(convnext.model, layer="stages.3", lower_layer="stages.2")
+    # the module names, each once, as the chapter's former cell cut them
+    assert uncovered["synthetic_convnext"] == list(dict.fromkeys(line.split(" (")[0] for line in missing))
+    types = {type(module).__name__ for module in convnext.model.modules()}
+    assert set(uncovered["synthetic_convnext"]) <= types and "LayerNorm2d" in uncovered["synthetic_convnext"]
+    card = pu.models.read_card("synthetic_convnext")
+    assert table["test accuracy"].iloc[1] == card["accuracy"]["value"]
+    assert table.parameters.iloc[1] == sum(p.numel() for p in convnext.model.parameters())

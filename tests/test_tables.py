@@ -215,3 +215,16 @@ def test_heldout_purity_has_a_chance_baseline():
     out = heldout_purity({"PURE": emb}, {"PURE": test_emb}, concepts, ks=(2,), neurons=[0, 5])
     assert (out.purity_virtual == 1.0).all()
     assert ((out.purity_random > 0.5) & (out.purity_random < 0.65)).all()
+
+
+def test_paper_gaps_are_inter_minus_intra():
+    import yaml
+    from pure_utils.paths import DATA_DIR
+    from pure_utils.study.tables import paper_gaps, paper_numbers
+    raw = yaml.safe_load((DATA_DIR / "paper_numbers.yaml").read_text())["eq5_k2"]["methods"]
+    gaps = paper_gaps(paper_numbers())
+    assert list(gaps) == list(raw) and "PURE" in gaps
+    for m, v in raw.items():
+        assert gaps[m] == pytest.approx(float(v["inter"]) - float(v["intra"]), abs=1e-12)
+    with pytest.raises(ValueError, match="no entry 'eq5_k3'"):
+        paper_gaps(paper_numbers(), "eq5_k3")

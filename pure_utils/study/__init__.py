@@ -1,5 +1,5 @@
 """The paper's study and the chapters' logic: profiles, the setting of a profile, tables,
-ablations, the model family, report sentences."""
+ablations, the model family, report helpers and the verdicts (sentences chosen by the numbers)."""
 import importlib
 
 

@@ -17,6 +17,7 @@ from sklearn.metrics import silhouette_score
 
 from .._arrays import as_numpy
 from ..canonizers import lrp_support
+from ..models import read_card
 from .profile import Profile, as_profile
 from .setting import embed_references, load_setting, reference_features_of
 from .report import interval
@@ -25,7 +26,8 @@ from .tables import (ACTIVATIONS, PURE, RANDOM, compare_clusterings, ground_trut
 from ..shapes.train import FAMILY
 
 __all__ = ["compare_model", "family_comparison", "unit_predictors", "predictor_correlations",
-           "planted_check", "differences_by_model", "PREDICTORS"]
+           "planted_check", "differences_by_model", "overview_table", "models_table",
+           "uncovered_modules", "showcase_unit", "PREDICTORS"]
 
 #: The per-unit predictors (:func:`unit_predictors`), fixed before any result was looked at.
 PREDICTORS = {
@@ -222,3 +224,104 @@ def differences_by_model(pairs: pd.DataFrame) -> pd.DataFrame:
     wide = wide[list(dict.fromkeys(cells.column))].fillna("not scored")
     wide.insert(0, "units", pairs.groupby("model").n.max().reindex(order))
     return wide.reset_index().rename_axis(columns=None)
+
+
+def overview_table(names, result: dict, min_share: float) -> pd.DataFrame:
+    """The family's models, one row each, from their cards and :func:`family_comparison`.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The models, in the order of the rows.
+    result : dict
+        :func:`family_comparison` of (at least) these models.
+    min_share : float
+        Share of the references a true feature needs (``polysemantic_min_share``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``model, knob, setting`` (:data:`~pure_utils.shapes.train.FAMILY`; ``"-"`` outside it),
+        ``units`` (evaluated), ``polysemantic units`` (two or more true features) and ``test
+        accuracy`` (the card's).
+    """
+    rows = []
+    for m in names:
+        card = read_card(m)
+        spec = FAMILY.get(m, {})
+        run = result["runs"][m]
+        rows.append({"model": m, "knob": spec.get("knob", "-"), "setting": spec.get("level", "-"),
+                     "units": len(run["setting"].neurons),
+                     "polysemantic units": int(run["features"].polysemantic(min_share).sum()),
+                     "test accuracy": card["accuracy"]["value"]})
+    return pd.DataFrame(rows)
+
+
+def uncovered_modules(missing: list[str]) -> list[str]:
+    """The module types of :func:`~pure_utils.canonizers.lrp_support`'s lines, each once, in
+    order (``"LayerNorm2d (stages.3.blocks.0.norm): no LRP rule"`` -> ``"LayerNorm2d"``)."""
+    return list(dict.fromkeys(line.split(" (")[0] for line in missing))
+
+
+def models_table(settings: dict, runs: dict, min_share: float) -> tuple[pd.DataFrame, dict]:
+    """The models of the architecture chapter, one row each, and what LRP would miss on each.
+
+    Parameters
+    ----------
+    settings : dict
+        Model name -> its :class:`~pure_utils.study.setting.Setting` (at its own layers).
+    runs : dict
+        Model name -> :func:`compare_model`; a model not in it (no ground truth) shows ``"n/a"``
+        polysemantic units.
+    min_share : float
+        ``polysemantic_min_share``.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        ``model, family`` (the model's class), ``parameters, layers, units, polysemantic units,
+        test accuracy`` (the card's; NaN without one) and ``LRP`` (``"refused"`` where a
+        canonizer is missing, else ``"correct"``); and model -> the module types no canonizer covers
+        (:func:`uncovered_modules`, empty where LRP is correct).
+    """
+    rows, uncovered = [], {}
+    for m, s in settings.items():
+        card = getattr(s.model, "pure_card", None) or {}
+        missing = lrp_support(s.model, layer=s.profile["layer"], lower_layer=s.profile["lower_layer"])
+        uncovered[m] = uncovered_modules(missing)
+        rows.append({"model": m, "family": type(s.model).__name__,
+                     "parameters": sum(p.numel() for p in s.model.parameters()),
+                     "layers": f"{s.profile['layer']} from {s.profile['lower_layer']}",
+                     "units": len(s.neurons),
+                     "polysemantic units": (int(runs[m]["features"].polysemantic(min_share).sum())
+                                            if m in runs else "n/a"),
+                     "test accuracy": card.get("accuracy", {}).get("value", float("nan")),
+                     "LRP": "refused" if missing else "correct"})
+    return pd.DataFrame(rows), uncovered
+
+
+def showcase_unit(truth, order, min_share: float) -> tuple[int, list[str]]:
+    """The unit a chapter shows: the first of ``order`` with two or more true features that are
+    all objects' attributes (neither ``"background"`` nor ``"mixed"``), else the first of
+    ``order``.
+
+    Parameters
+    ----------
+    truth : ReferenceFeatures
+        The true features of (at least) the units of ``order``.
+    order : sequence of int
+        Units, most mixed first (:func:`~pure_utils.study.setting.rank_neurons`).
+    min_share : float
+        ``polysemantic_min_share``.
+
+    Returns
+    -------
+    (int, list of str)
+        The unit and its true features.
+    """
+    if not len(order):
+        raise ValueError("order is empty: no unit to choose from")
+    feats = dict(zip(truth.channels.tolist(), truth.features(min_share)))
+    named = [n for n in order if len(feats[n]) >= 2 and not {"background", "mixed"} & set(feats[n])]
+    unit = int((named or order)[0])
+    return unit, feats[unit]

@@ -57,7 +57,7 @@ def interval(mean: float, low: float, high: float, fmt: str = ".2f") -> str:
     return f"{m} [{lo}, {hi}]"
 
 
-def difference_sentence(row, what: str, *, fmt: str = ".2f") -> str:
+def difference_sentence(row, what: str, *, fmt: str = ".2f", units: str = "neurons") -> str:
     """A paired comparison in words, the word chosen by its interval.
 
     Parameters
@@ -67,6 +67,11 @@ def difference_sentence(row, what: str, *, fmt: str = ".2f") -> str:
         ``ci_high``, ``n``, ``n_excluded``, ``p_value``, ``word``).
     what : str
         The score compared, e.g. ``"ARI"``.
+    fmt : str
+        Format of the mean and its interval.
+    units : str
+        What the comparison is paired over (``"groups of units"`` for the distance correlation,
+        whose values are one per random group of units).
 
     Returns
     -------
@@ -82,7 +87,7 @@ def difference_sentence(row, what: str, *, fmt: str = ".2f") -> str:
         row["word"], "no detectable difference")
     return (f"{row['a']} minus {row['b']}, {what}: "
             f"{interval(row['mean'], row['ci_low'], row['ci_high'], fmt)} over {int(row['n'])} "
-            f"neurons{left} ({p_text}): {word}")
+            f"{units}{left} ({p_text}): {word}")
 
 
 def table(frame, *, digits: int = 3, rename: dict | None = None):

@@ -30,7 +30,7 @@ __all__ = [
     "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
     "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "comparability", "comparability_word", "divergence_examples",
     "polysemanticity_table", "ground_truth_table", "heldout_purity", "cluster_composition",
-    "results_table", "paper_numbers",
+    "results_table", "paper_numbers", "paper_gaps",
 ]
 
 PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
@@ -583,3 +583,14 @@ def results_table(paper: dict, profile: dict, comparisons: dict, correlations: d
 def paper_numbers() -> dict:
     """The numbers the paper reports (``data/paper_numbers.yaml``), with the setting of each."""
     return yaml.safe_load((DATA_DIR / "paper_numbers.yaml").read_text())
+
+
+def paper_gaps(paper: dict, key: str = "eq5_k2") -> dict:
+    """The paper's gap ``inter - intra`` (Eq. 5) of each method: ``{method: gap}``.
+
+    ``paper``: :func:`paper_numbers`; ``key`` the reported Eq. 5 entry (``methods``: method ->
+    ``intra``, ``inter``).
+    """
+    if key not in paper:
+        raise ValueError(f"the paper's numbers have no entry {key!r}; entries: {', '.join(paper)}")
+    return {m: v["inter"] - v["intra"] for m, v in paper[key]["methods"].items()}

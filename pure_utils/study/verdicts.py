@@ -1,0 +1,487 @@
+"""The chapters' verdicts: finished sentences whose words the numbers choose, and the
+multiplicity rule.
+
+The sentences the book states about a result are written here rather than in a notebook, so
+that the words chosen in each case are tested: an interval above, below or around zero, a
+p-value below or above the Bonferroni cut, a model below the accuracy bar, a profile with or
+without ground truth. Each function takes the library's tables (:mod:`pure_utils.study.tables`,
+:mod:`pure_utils.study.family`, :func:`pure_utils.study.setting.evaluate`) and returns the text a
+notebook glues; the notebooks only call, display and glue.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from ..metrics import ground_truth_scores, paired_difference
+from .report import difference_sentence, interval
+from .tables import cluster_composition
+from ..shapes.train import polysemantic_record
+
+__all__ = [
+    "ATTRIBUTION_NAMES", "bonferroni_threshold", "family_verdict", "accuracy_sentence",
+    "planted_sentence", "predictor_label", "predictor_list", "predictor_sentence",
+    "differences_sentence", "model_differences", "correlation_sentence", "strong_rule",
+    "example_description", "polysemantic_units_sentence", "kind_sentence", "pixel_rule_sentence",
+    "lrp_sentence", "card_sentence", "ground_truth_note", "virtual_neuron_names",
+    "ablation_score_sentence", "choose_k_sentence", "mix_sentence", "composition_sentence",
+    "circuit_sentence", "test_phase_sentence", "split_sentence", "upper_bound_clause",
+    "width_sentence", "polysemantic_fractions", "polysemantic_medians_sentence",
+]
+
+#: The attributions' names in prose (any other is written as it is named in the profile).
+ATTRIBUTION_NAMES = {"gxa": "Gradient x Activation"}
+
+
+# --------------------------------------------------------------------------------------------
+# multiplicity: many models compared at once
+# --------------------------------------------------------------------------------------------
+def bonferroni_threshold(level: float, n_tests: int) -> float:
+    """The Bonferroni cut for ``n_tests`` comparisons at a family-wise error of ``1 - level``.
+
+    Each of ``n_tests`` intervals with coverage ``level`` errs with probability ``1 - level``,
+    so about ``n_tests * (1 - level)`` of them exclude zero by chance alone when no difference
+    exists. A p-value below ``(1 - level) / n_tests`` keeps the chance of *any* false "higher"
+    among them at most ``1 - level``.
+
+    Parameters
+    ----------
+    level : float
+        Coverage of each interval, in (0, 1) (the profile's ``ci_level``, 0.95).
+    n_tests : int
+        Number of comparisons (models), at least 0.
+
+    Returns
+    -------
+    float
+        ``(1 - level) / n_tests``; NaN when nothing is compared (``n_tests == 0``).
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level={level!r}: a coverage between 0 and 1 (e.g. 0.95)")
+    if int(n_tests) != n_tests or n_tests < 0:
+        raise ValueError(f"n_tests={n_tests!r}: the number of comparisons, an integer >= 0")
+    return (1 - level) / n_tests if n_tests else float("nan")
+
+
+def _listed(names: list) -> str:
+    return f" ({', '.join(names)})" if names else ""
+
+
+def family_verdict(pairs: pd.DataFrame, attribution: str, level: float, *, k=2) -> str:
+    """The family chapter's verdict: in how many models PURE beats the activations, and whether
+    any advantage survives the number of models compared.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        ``pairs`` of :func:`pure_utils.study.family.family_comparison`: one row per model,
+        attribution and ``k`` with ``model, a, k, p_value, word``.
+    attribution : str
+        The profile's attribution; its rows (``a == "PURE (<attribution>)"``) are judged.
+    level : float
+        Coverage of each model's interval (the profile's ``ci_level``).
+    k : int or str
+        The number of virtual neurons judged (the chapter: 2).
+
+    Returns
+    -------
+    str
+        How many models are detectably higher, lower and not different (each named); when
+        some are higher, how many would be so by chance alone and how many remain below the
+        Bonferroni cut (:func:`bonferroni_threshold`, Wilcoxon p); when none remains, that the
+        paper's claim is not confirmed on these networks.
+    """
+    main = pairs[(pairs.k == k) & (pairs.a == f"PURE ({attribution})")]
+    higher = main[main.word == "higher"].model.tolist()
+    lower = main[main.word == "lower"].model.tolist()
+    name = ATTRIBUTION_NAMES.get(attribution, attribution)
+    verdict = ", ".join([
+        f"With k = {k} and {name}, PURE's ARI is detectably higher than the activations' in "
+        f"{len(higher)} of {len(main)} models" + _listed(higher),
+        f"detectably lower in {len(lower)}" + _listed(lower),
+        f"and not detectably different in {len(main) - len(higher) - len(lower)}"]) + "."
+    # each model's interval has `level` coverage: with many models some "higher" arise by chance
+    cut = bonferroni_threshold(level, len(main))
+    kept = main[(main.word == "higher") & (main.p_value < cut)].model.tolist()
+    if higher:
+        verdict += (f" With {len(main)} models compared, about {len(main) * (1 - level):.1f} would "
+                    f"show a difference by chance alone if there were none; after a Bonferroni "
+                    f"correction (Wilcoxon p below {cut:.3g}) {len(kept)} of the {len(higher)} "
+                    f"remain" + (f" ({', '.join(kept)})." if kept else "."))
+    if not kept:
+        verdict += (" No setting of this family gives PURE an advantage that the data can detect "
+                    "once the number of models is taken into account: on these networks the "
+                    "paper's claim that circuits separate features better than activations is "
+                    "not confirmed.")
+    return verdict
+
+
+def accuracy_sentence(overview: pd.DataFrame, bar: float = 0.9) -> str:
+    """Whether every model reaches the accuracy bar, or which stay below it.
+
+    ``overview``: one row per model with ``model`` and ``test accuracy`` (a missing accuracy,
+    NaN, is not counted as below). Returns ``"every model reaches at least 90% test accuracy"``
+    or ``"2 of them stay below 90% test accuracy: a, b"``.
+    """
+    low = overview[overview["test accuracy"] < bar].model.tolist()
+    return (f"every model reaches at least {bar:.0%} test accuracy" if not low else
+            f"{len(low)} of them stay below {bar:.0%} test accuracy: {', '.join(low)}")
+
+
+def planted_sentence(check: pd.DataFrame) -> str:
+    """The controls in words: how many planted units the intervention recovers, and on how
+    many PURE's split has a larger Eq. 5 gap than the activations' split and than a random one.
+
+    ``check``: :func:`pure_utils.study.family.planted_check` (``recovered``, ``gap PURE``,
+    ``gap activations``, ``gap random split``).
+    """
+    better = int((check["gap PURE"] > check["gap activations"]).sum())
+    above_random = int((check["gap PURE"] > check["gap random split"]).sum())
+    return (f"The intervention recovers the planted features of {int(check.recovered.sum())} of "
+            f"the {len(check)} planted units; PURE's split has a larger gap than the activations' "
+            f"split on {better} of them and a larger gap than a random split on {above_random}.")
+
+
+def predictor_label(name: str) -> str:
+    """A predictor's column name in words: ``"off_feature_variance"`` -> ``"off feature variance"``."""
+    return name.replace("_", " ")
+
+
+def predictor_list(predictors: Mapping[str, str]) -> str:
+    """``"name: what it measures; ..."`` of :data:`pure_utils.study.family.PREDICTORS`."""
+    return "; ".join(f"{predictor_label(k)}: {v}" for k, v in predictors.items())
+
+
+def predictor_sentence(corr: pd.DataFrame) -> str:
+    """Each predictor's Spearman rho with its interval and ``n``, ``"; "``-separated.
+
+    ``corr``: :func:`pure_utils.study.family.predictor_correlations` (``predictor, rho, ci_low,
+    ci_high, n``). E.g. ``"circuit separability: rho = 0.31 [0.02, 0.55] (n = 40)."``.
+    """
+    return "; ".join(f"{predictor_label(r.predictor)}: rho = {interval(r.rho, r.ci_low, r.ci_high)} "
+                     f"(n = {r.n})" for _, r in corr.iterrows()) + "."
+
+
+# --------------------------------------------------------------------------------------------
+# paired differences in words
+# --------------------------------------------------------------------------------------------
+def differences_sentence(pairs: pd.DataFrame, what: str, *, k=2, a: str | None = None,
+                         prefix: str = "") -> str:
+    """Every paired comparison at ``k`` (of method ``a``, if given) as a sentence, space-joined.
+
+    ``pairs``: :func:`pure_utils.study.tables.paired_table`. Each sentence is ``prefix`` and
+    :func:`pure_utils.study.report.difference_sentence` with a full stop; ``""`` when no row
+    matches.
+    """
+    rows = pairs[pairs.k == k] if a is None else pairs[(pairs.k == k) & (pairs.a == a)]
+    return " ".join(f"{prefix}{difference_sentence(row, what)}." for _, row in rows.iterrows())
+
+
+def model_differences(pairs_by_model: Mapping, what: str, *, k=2, a: str | None = None,
+                      labels: Mapping | None = None, absent: str | None = None,
+                      empty: str = "n/a") -> str:
+    """:func:`differences_sentence` of several models, each sentence led by the model.
+
+    Parameters
+    ----------
+    pairs_by_model : mapping
+        Model name -> its :func:`~pure_utils.study.tables.paired_table`, or None where nothing
+        was scored.
+    what, k, a
+        As in :func:`differences_sentence`.
+    labels : mapping, optional
+        Model -> how its sentences name it (default: the model name).
+    absent : str, optional
+        Said of a model without pairs (``"m: <absent>"``); None leaves such models out.
+    empty : str
+        The text when no sentence results.
+    """
+    lines = []
+    for m, pairs in pairs_by_model.items():
+        if pairs is None:
+            if absent is not None:
+                lines.append(f"{m}: {absent}")
+            continue
+        label = (labels or {}).get(m, m)
+        sentence = differences_sentence(pairs, what, k=k, a=a, prefix=f"{label}: ")
+        if sentence:
+            lines.append(sentence)
+    return " ".join(lines) or empty
+
+
+def correlation_sentence(correlation: pd.DataFrame, *, n_boot: int, level: float,
+                         a: str = "PURE", b: str = "activations") -> str:
+    """The distance correlation of ``a`` minus that of ``b``, paired over the random groups of
+    units (:func:`pure_utils.metrics.paired_difference`), in words.
+
+    ``correlation``: :func:`pure_utils.study.tables.correlation_table` (``method``, ``values``:
+    one Pearson r per group). E.g. ``"PURE minus activations, Pearson r: 0.05 [0.01, 0.09] over
+    30 groups of units (Wilcoxon p = 0.01): PURE is higher"``.
+    """
+    corr = correlation.set_index("method")
+    row = {"a": a, "b": b, **paired_difference(corr.loc[a, "values"], corr.loc[b, "values"],
+                                               n_boot=n_boot, level=level)}
+    return difference_sentence(row, "Pearson r", units="groups of units")
+
+
+def strong_rule(profile: Mapping) -> str:
+    """What "strongly polysemantic" means in this build: by ground truth where the profile has
+    it, else the Eq. 5 gap of the embeddings above ``strong_polysemanticity``."""
+    if profile["has_concepts"]:
+        return "two or more true features (by intervention)"
+    return (f"a polysemanticity (Eq. 5 gap of the {profile['embedder_label']} embeddings) above "
+            f"{profile['strong_polysemanticity']}")
+
+
+# --------------------------------------------------------------------------------------------
+# ground truth by intervention
+# --------------------------------------------------------------------------------------------
+def example_description(features, row: int, neuron: int, min_share: float) -> str:
+    """``"#n, whose reference is labelled red and whose true features are red, blue"``: a unit
+    and the label of its most activating reference.
+
+    ``features``: :class:`~pure_utils.shapes.ground_truth.ReferenceFeatures`; ``row`` the unit's
+    row in it (``features.rows([neuron])[0]``).
+    """
+    return (f"#{neuron}, whose reference is labelled "
+            f"{features.names[int(features.labels[row, 0])]} and whose true "
+            f"features are {', '.join(features.features(min_share)[row])}")
+
+
+def polysemantic_units_sentence(runs: Mapping, min_share: float) -> str:
+    """``"Units with two or more true features: m1: 5 of 32; m2: 7 of 32."``
+
+    ``runs``: model -> :class:`~pure_utils.study.setting.Evaluation` with ground truth (its
+    ``features`` and ``setting.neurons``).
+    """
+    counts = {m: (int(r.features.polysemantic(min_share).sum()), len(r.setting.neurons))
+              for m, r in runs.items()}
+    return "Units with two or more true features: " + "; ".join(
+        f"{m}: {c} of {n}" for m, (c, n) in counts.items()) + "."
+
+
+def kind_sentence(shares: Mapping[str, float]) -> str:
+    """``"colour 40%, shape 10%, ..."`` of :meth:`ReferenceFeatures.kind_shares`."""
+    return ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+
+
+def pixel_rule_sentence(model_name: str, pixel, truth) -> str:
+    """How the pixel rule and the intervention agree on which units are polysemantic.
+
+    ``pixel``, ``truth``: BoolTensor[C] (or arrays) of the same units, by the pixel rule and by
+    intervention.
+    """
+    agree = int((pixel == truth).sum())
+    return (f"On {model_name}, the pixel rule calls {int(pixel.sum())} of {len(pixel)} units "
+            f"polysemantic and the intervention {int(truth.sum())}; the two agree on {agree} "
+            f"units and disagree on {len(pixel) - agree}.")
+
+
+# --------------------------------------------------------------------------------------------
+# other architectures
+# --------------------------------------------------------------------------------------------
+def lrp_sentence(uncovered: Mapping[str, list]) -> str:
+    """Which module types no canonizer covers, model by model, or that the canonizers cover all.
+
+    ``uncovered``: model -> module types (:func:`pure_utils.study.family.models_table`).
+    """
+    return (" ".join(f"On {m}, no canonizer covers {', '.join(u)}." for m, u in uncovered.items() if u)
+            or "The canonizers cover every model of the profile.")
+
+
+def card_sentence(name: str, card: Mapping | None) -> str:
+    """A shipped model's card in one sentence (accuracy, size, training time and machine, its
+    polysemantic units), or that the model has no card of this project (``card`` None or empty).
+    """
+    if not card:
+        return f"{name} is a timm model without a card of this project."
+    poly = polysemantic_record(card)
+    threads = card["training_threads"]
+    return (f"The card of {name} (written by `python -m pure_utils.shapes.train`, "
+            f"trained by `make models`): {card['accuracy']['value']:.1%} test accuracy on "
+            f"{card['accuracy']['n']} images, {card['n_parameters']} parameters, "
+            f"{card['training_time_s'] / 60:.0f} minutes of training on {threads} "
+            f"CPU thread{'s' if threads > 1 else ''} ({card['machine']['cpu']}), and "
+            f"{poly['count']} of the {poly['n_neurons']} channels of {poly['layer']} polysemantic "
+            f"by ground truth.")
+
+
+def ground_truth_note(profile_name: str, has_ground_truth: bool) -> str:
+    """``""``, or that the profile has no ground truth and so scores no unit."""
+    return "" if has_ground_truth else (f"Profile {profile_name} has no ground truth, so no unit "
+                                        "is scored on this page.")
+
+
+def virtual_neuron_names(labels, features, unit: int) -> list[str]:
+    """Each virtual neuron named by the true feature most of its references have.
+
+    Parameters
+    ----------
+    labels : ndarray[n_ref]
+        The virtual neuron of each reference of ``unit`` (``VirtualNeurons.labels_``).
+    features : ReferenceFeatures
+        The true features of the references (a row for ``unit``).
+
+    Returns
+    -------
+    list of str
+        ``"virtual neuron c (n=...): <feature> <share>"`` for each virtual neuron, in order.
+    """
+    ref_features = pd.Series([features.names[i]
+                              for i in features.labels[int(features.rows([unit])[0])].tolist()])
+    out = []
+    for c in sorted(set(labels.tolist())):
+        shares = ref_features[labels == c].value_counts(normalize=True)
+        out.append(f"virtual neuron {c} (n={int((labels == c).sum())}): {shares.index[0]} "
+                   f"{shares.iloc[0]:.0%}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# ablations
+# --------------------------------------------------------------------------------------------
+def ablation_score_sentence(n_scored: int, has_ground_truth: bool, embedder_label: str) -> str:
+    """How every variant of the ablations is scored: ARI against the true features over the
+    polysemantic channels, or (without ground truth) the Eq. 5 gap on the embeddings."""
+    if has_ground_truth:
+        return (f"Every variant is scored by its adjusted Rand index against the true features "
+                f"(by intervention), averaged over the {n_scored} channels with two or more of "
+                f"them (95% bootstrap intervals, every variant over the same channels); the "
+                f"paired difference from the default (PURE: gxa, layer3, k-means) is given beside it.")
+    return (f"Without ground truth, every variant is scored by the Eq. 5 gap on {embedder_label} "
+            f"embeddings, averaged over the {n_scored} evaluated channels.")
+
+
+def choose_k_sentence(choice: pd.DataFrame, min_share: float) -> str:
+    """How often the silhouette's ``k`` equals the number of true features.
+
+    ``choice``: :func:`pure_utils.study.ablations.choose_k_table`; without its ``true_k``
+    column (no ground truth) the sentence says there is nothing to compare with.
+    """
+    if "true_k" not in choice:
+        return "without ground truth there is no true k to compare with."
+    agree = float((choice.chosen_k == choice.true_k).mean())
+    return (f"the chosen k equals the number of true features with at least {min_share:.0%} of "
+            f"the reference samples for {agree:.0%} of the {len(choice)} channels.")
+
+
+# --------------------------------------------------------------------------------------------
+# the paper's figures and appendices
+# --------------------------------------------------------------------------------------------
+def mix_sentence(shown: list[str]) -> str:
+    """How mixed a row of reference samples is: each true feature's count, and how often the
+    feature changes from one sample to the next. ``shown``: the samples' features, in order."""
+    changes = sum(a != b for a, b in zip(shown, shown[1:]))
+    return (f"By their true features the samples shown are "
+            f"{', '.join(f'{shown.count(f)} {f}' for f in dict.fromkeys(shown))}; the feature "
+            f"changes {changes} times from one sample to the next.")
+
+
+def composition_sentence(labels, concepts, names) -> str:
+    """The largest share of one feature in a virtual neuron, averaged over the virtual
+    neurons, against that share in the whole channel.
+
+    ``labels``: ndarray[n_ref], each reference's virtual neuron; ``concepts``: LongTensor[n_ref],
+    its true feature (an index into ``names``).
+    """
+    composition = cluster_composition(labels, concepts, names)
+    whole = cluster_composition([0] * len(concepts), concepts, names)
+    return (f"On data with ground truth the content of each virtual neuron can be read off "
+            f"directly (table below: the true features of each group's samples). The largest "
+            f"share of a feature in a virtual neuron is "
+            f"{composition.groupby('cluster').share.max().mean():.0%} on average, against "
+            f"{whole.share.max():.0%} in the channel as a whole.")
+
+
+def circuit_sentence(cluster_centers, labels, concepts=None) -> str:
+    """The two virtual neurons' circuits compared (cosine of their mean vectors; only for two
+    virtual neurons), and, with ground truth, the ARI of the split against the true features.
+
+    Parameters
+    ----------
+    cluster_centers : ndarray[k, C_lower]
+        ``VirtualNeurons.cluster_centers_``.
+    labels : ndarray[n_ref]
+        ``VirtualNeurons.labels_``.
+    concepts : LongTensor[n_ref], optional
+        The references' true features; None leaves the ARI out.
+    """
+    import torch  # heavy: the cosine as the chapter has always computed it
+
+    centres = torch.as_tensor(cluster_centers)
+    k = len(centres)
+    match = (f" Against the channel's true features (by intervention; see the chapter on ground "
+             f"truth) the groups reach an ARI of {ground_truth_scores(labels, concepts)['ari']:.2f}."
+             if concepts is not None else "")
+    if k != 2:
+        return match
+    cosine = float(torch.nn.functional.cosine_similarity(centres[0], centres[1], dim=0))
+    return (f"The two virtual neurons' mean vectors have a cosine similarity of {cosine:.2f} "
+            f"(1: the same circuit, 0: circuits on disjoint channels).") + match
+
+
+def test_phase_sentence(purity) -> str:
+    """The test phase's purity after assignment, for a random assignment and for the channel.
+
+    ``purity``: a row of :func:`pure_utils.study.tables.heldout_purity` (``purity_virtual``,
+    ``purity_random``, ``purity_neuron``).
+    """
+    return (f"Against the true features of the held-out samples, the purity (the share of the most "
+            f"frequent feature in each group, averaged over samples) is {purity.purity_virtual:.0%} "
+            f"after the assignment, {purity.purity_random:.0%} for a random assignment of the same "
+            f"group sizes and {purity.purity_neuron:.0%} for the channel as a whole; "
+            f"the chapter on ground truth compares them over all channels.")
+
+
+def split_sentence(gaps: pd.Series) -> str:
+    """PURE's gaps on the channels shown, the first half ranked most, the rest least
+    polysemantic. ``gaps``: gap per channel, indexed by channel, in the order shown."""
+    half = len(gaps) // 2
+    return ("PURE's split gives gaps of " + ", ".join(f"{g:.2f} (#{n})" for n, g in gaps.items())
+            + f" for the channels shown, the first {half} ranked most and the last "
+            f"{len(gaps) - half} least polysemantic; with so few channels the numbers describe "
+            "these examples only (Fig. 4 compares all channels).")
+
+
+def upper_bound_clause(methods) -> str:
+    """``", the true features (by intervention) the upper bound"`` when ``"ground truth"`` is
+    among the methods compared, else ``""``."""
+    return ", the true features (by intervention) the upper bound" if "ground truth" in list(methods) else ""
+
+
+def width_sentence(rows: list[Mapping], dataset=None) -> str:
+    """The width of ``layer4`` of each model, and (with the benchmark's ``dataset``) for how
+    many concepts of how many colours and shapes.
+
+    ``rows``: dicts with ``model`` and ``channels of layer4``; ``dataset`` None where the data
+    have no concepts.
+    """
+    return ", ".join(f"{r['channels of layer4']} channels in {r['model']}" for r in rows) + (
+        f" for {dataset.n_concepts} concepts built from {len(dataset.config.colours)} colours and "
+        f"{len(dataset.config.shapes)} shapes." if dataset is not None else ".")
+
+
+def polysemantic_fractions(truths: Mapping, min_share: float) -> str:
+    """``"m1: 25%; m2: 19%"``: the share of polysemantic units of each model.
+
+    ``truths``: model -> :class:`~pure_utils.shapes.ground_truth.ReferenceFeatures` of all its
+    units; empty gives ``"n/a (no ground truth)"``.
+    """
+    fractions = {m: float(t.polysemantic(min_share).float().mean()) for m, t in truths.items()}
+    return "; ".join(f"{m}: {f:.0%}" for m, f in fractions.items()) or "n/a (no ground truth)"
+
+
+def polysemantic_medians_sentence(poly: pd.DataFrame, flag, min_share: float, *,
+                                  column: str = "polysemantic by ground truth") -> str:
+    """The median polysemanticity (Eq. 5 gap) of the channels polysemantic by ground truth
+    against the others.
+
+    ``poly``: :func:`~pure_utils.study.tables.polysemanticity_table` with a boolean ``column``;
+    ``flag``: BoolTensor[C] of the same channels.
+    """
+    m = poly.groupby(column).polysemanticity.median()
+    return (f"Channels that are polysemantic by ground truth (at least two true "
+            f"features, found by intervention, with {min_share:.0%} of the reference "
+            f"samples each; {int(flag.sum())} of {len(flag)}) have a median of "
+            f"{m.get(True, float('nan')):.2f}, the others {m.get(False, float('nan')):.2f}.")
