@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import pure_utils as pu
+from pure_utils.cache import model_fingerprint
 from pure_utils.shapes.dataset import SyntheticShapes
 from pure_utils.shapes.grafting import (concept_split, graft_unit, parse_concept, selectivity,
                                  unseen_colours_config)
@@ -118,7 +119,7 @@ def test_positive_graft_reads_two_disjoint_selective_sets(base, positive):
         torch.testing.assert_close(grafted(x), model(x))
         assert not hasattr(model, "graft") and not model.layer4._forward_hooks
         torch.testing.assert_close(forward_until(copy.deepcopy(grafted), x, "layer4"), out)
-    assert pu.model_fingerprint(grafted) != pu.model_fingerprint(model)
+    assert model_fingerprint(grafted) != model_fingerprint(model)
 
 
 def test_gradient_x_activation_of_the_unit_lives_on_its_channels(base, positive):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pure_utils.book import cli
 from pure_utils.embed import load_embedder
 from pure_utils.study.profile import (PROFILE_KEYS, PROFILES_DIR, Profile, ProfileError,
                                       as_profile, check_profile, from_parameters, load_profile,
@@ -287,11 +288,11 @@ def test_params_prints_the_resolved_profile(capsys, monkeypatch):
     from pure_utils.book import build as book
 
     monkeypatch.setattr(book, "chapters", lambda root=None: [])  # the profile line only
-    assert book.main(["params", "--profile", "paper"]) == 0
+    assert cli.main(["params", "--profile", "paper"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("profile paper: ")
     _same(json.loads(line[len("profile paper: "):]), BEFORE["paper"], "paper")
-    assert book.main(["params", "--profile", "nope"]) == 1
+    assert cli.main(["params", "--profile", "nope"]) == 1
 
 
 def test_the_paper_profile_holds_the_papers_choices():

@@ -16,6 +16,7 @@ import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from papermill import cli as papermill_cli
 
+from pure_utils.book import cli
 from pure_utils.book import build as book
 from pure_utils.book import decorate
 from pure_utils.paths import ROOT
@@ -63,14 +64,16 @@ def _book_parameters(argv: list[str], monkeypatch, tmp_path) -> dict:
         seen.update(book.resolve_parameters(chapters, book.read_profile(profile), overrides,
                                             profile_name=profile))
 
-    monkeypatch.setattr(book, "execute", lambda src, out, params, **kw: seen.update(
-        {Path(src).stem: params}) or 0.0)
-    monkeypatch.setattr(book, "run_notebooks", run_notebooks)
-    monkeypatch.setattr(book, "build_html", lambda *a, **k: tmp_path / "index.html")
-    monkeypatch.setattr(book, "check_pages", lambda *a, **k: [])
+    fakes = {"execute": lambda src, out, params, **kw: seen.update({Path(src).stem: params}) or 0.0,
+             "run_notebooks": run_notebooks,
+             "build_html": lambda *a, **k: tmp_path / "index.html",
+             "check_pages": lambda *a, **k: []}
+    for name, fake in fakes.items():  # the command line calls the names it imported from build
+        for module in (book, cli):
+            monkeypatch.setattr(module, name, fake, raising=module is book)
     if argv[0] == "run":
         argv = [argv[0], argv[1], str(tmp_path / "out.ipynb"), *argv[3:]]
-    code = book.main(argv)
+    code = cli.main(argv)
     assert code == 0, f"python -m pure_utils.book {shlex.join(argv)} exits {code}"
     return seen
 
@@ -106,7 +109,7 @@ def test_rerun_box_commands_parse_back_to_typed_parameters(tmp_path, monkeypatch
     assert injected["n_ref"] == book.read_profile("smoke")["n_ref"]  # the profile file, then -y
     argv = shlex.split(lines[1])
     assert argv[:4] == ["python", "-m", "pure_utils.book", "run"] and argv[argv.index("-f") + 1] == "smoke"
-    overrides = book._parse_overrides(type("A", (), {"yaml": [a for i, a in enumerate(argv)
+    overrides = cli._parse_overrides(type("A", (), {"yaml": [a for i, a in enumerate(argv)
                                                               if argv[i - 1] == "-y"]})())
     assert overrides == TYPED and all(type(overrides[k]) is type(v) for k, v in TYPED.items())
 
@@ -125,7 +128,7 @@ def test_every_chapters_rerun_line_is_accepted_by_the_cli(chapter, tmp_path, mon
 
 
 def test_params_command_shows_typed_defaults(capsys):
-    assert book.main(["params"]) == 0
+    assert cli.main(["params"]) == 0
     out = capsys.readouterr().out
     fig1 = json.loads(next(line for line in out.splitlines() if line.startswith("fig1_virtual_neurons:"))
                       .split(":", 1)[1])
@@ -194,7 +197,7 @@ def test_documented_command_is_accepted(doc, line, tmp_path, monkeypatch):
     argv = argv[3:]
     if argv[0] not in ("run", "build", "params"):
         with pytest.raises(SystemExit) as exit_:
-            book.main([argv[0], "--help"])
+            cli.main([argv[0], "--help"])
         assert exit_.value.code == 0
         return
     seen = _book_parameters(argv, monkeypatch, tmp_path)
@@ -205,7 +208,7 @@ def test_documented_command_is_accepted(doc, line, tmp_path, monkeypatch):
 
 def test_the_checks_catch_what_reproduce_md_used_to_say(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    code = book.main(["run", "notebooks/fig3_polysemanticity.ipynb", str(tmp_path / "o.ipynb"),
+    code = cli.main(["run", "notebooks/fig3_polysemanticity.ipynb", str(tmp_path / "o.ipynb"),
                       "-f", "paper", "-p", "neurons", "[1929, 1506]"])
     assert code == 1 and "unknown parameter 'neurons'" in capsys.readouterr().err
     with pytest.raises(AssertionError, match="fig3_neurons"):
