@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "lazy_submodules"]
 
 
 class Registry:
@@ -71,3 +71,20 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self)})"
+
+
+def lazy_submodules(package: str):
+    """A module ``__getattr__`` for ``package`` that imports its modules on first use.
+
+    ``pu.study.tables`` then works after ``import pure_utils as pu`` alone; an unknown name is an
+    ``AttributeError`` as usual.
+    """
+    def __getattr__(name: str):
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{package}.{name}":
+                raise
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__

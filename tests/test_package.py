@@ -191,3 +191,17 @@ def test_registries_name_builders_lazily_and_list_them_in_errors():
     assert {"synthetic", "imagefolder", "generated"} <= set(DATASETS)
     assert list(EMBEDDERS) == ["clip", "dinov2", "open_clip", "attributes"]
     assert DATASETS.get("synthetic").__module__ == "pure_utils.shapes.dataset"
+
+
+def test_sub_packages_import_their_modules_on_first_use():
+    import subprocess
+    import sys
+
+    import pytest
+
+    code = ("import sys, pure_utils as pu; assert 'pure_utils.study.tables' not in sys.modules; "
+            "m = pu.study.tables; print(m.__name__, 'pure_utils.perf.scale' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["pure_utils.study.tables", "False"]
+    with pytest.raises(AttributeError, match="module 'pure_utils.study' has no attribute 'nope'"):
+        pure_utils.study.nope
