@@ -280,3 +280,38 @@ def test_parameters_are_parsed_as_papermill_does(mini_book, capsys, monkeypatch,
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     assert "papermill" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_a_stopped_build_leaves_nothing_read_as_a_chapter(tmp_path):
+    """A half-executed notebook (``.tmp-*.ipynb``) is no chapter for ``glue``, and SIGTERM
+    unwinds the command line like Ctrl-C, so the executing notebook's file is removed."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from pure_utils.book.build import glue_values
+
+    good = {"cells": [{"cell_type": "code", "outputs": [{"metadata": {"scrapbook": {"name": "x"}},
+                                                         "data": {"text/plain": "1"}}]}]}
+    (tmp_path / "fig1.ipynb").write_text(json.dumps(good))
+    (tmp_path / ".tmp-abc.ipynb").write_text("{ half written")
+    assert glue_values(tmp_path) == {"fig1": {"x": "1"}}
+    code = textwrap.dedent(f"""
+        import os, signal, time, pathlib
+        from pure_utils.book import cli
+        def slow(args):
+            tmp = pathlib.Path({str(tmp_path)!r}) / ".tmp-run.ipynb"
+            tmp.write_text("{{}}")
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+            except BaseException:
+                tmp.unlink()
+                raise
+        cli._COMMANDS["params"] = slow
+        cli.main(["params"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr
+    assert not (tmp_path / ".tmp-run.ipynb").exists()

@@ -325,10 +325,13 @@ def glue_values(executed_dir: Path = ROOT / EXECUTED_DIR) -> dict[str, dict[str,
     """Every glued value of the executed notebooks: ``{chapter: {key: text}}``.
 
     The text is what the page shows (the ``text/plain`` of the glued output), so two builds
-    whose pages read the same give equal dicts.
+    whose pages read the same give equal dicts. Hidden files (a notebook being executed, or
+    left half-executed by a build that was killed) are no chapter.
     """
     out = {}
     for path in sorted(Path(executed_dir).glob("*.ipynb")):
+        if path.name.startswith("."):
+            continue
         nb = json.loads(path.read_text())
         values = {}
         for cell in nb["cells"]:

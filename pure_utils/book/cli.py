@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -246,6 +247,8 @@ def main(argv=None) -> int:
     """Run a sub-command of ``python -m pure_utils.book``; returns the exit status (1 on an
     error, with its message on stderr)."""
     args = _parser().parse_args(argv)
+    # a build stopped by SIGTERM unwinds like Ctrl-C: a half-executed notebook is removed
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         return _COMMANDS[args.cmd](args)
     except (BookError, RenderError) as err:
@@ -254,6 +257,12 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:  # a file that cannot be read or written, a bad JSON file
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop(signum, _frame):
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
