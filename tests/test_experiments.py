@@ -21,6 +21,14 @@ def test_select_neurons():
     assert sub == sorted(sub) and len(set(sub)) == 10 and sub == select_neurons(100, 10, seed=1)
     with pytest.raises(ValueError, match="n_neurons=0"):
         select_neurons(5, 0)
+    # channels that never activate are never chosen; without any, the subset is the old one
+    import numpy as np
+    old = sorted(int(k) for k in np.random.default_rng(1).choice(100, size=10, replace=False))
+    assert sub == old == select_neurons(100, 10, seed=1, exclude=[])
+    dead = sub[:3]
+    living = select_neurons(100, 10, seed=1, exclude=dead)
+    assert len(living) == 10 and not set(living) & set(dead)
+    assert select_neurons(5, None, exclude=[1, 3]) == [0, 2, 4]
 
 
 def test_rank_neurons_orders_by_the_embedding_gap_without_concepts():

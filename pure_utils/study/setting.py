@@ -120,7 +120,8 @@ class Setting:
             device=self.device, cache=self.cache, progress=progress)
 
 
-def select_neurons(n_channels: int, n_neurons: int | None = None, seed: int = 0) -> list[int]:
+def select_neurons(n_channels: int, n_neurons: int | None = None, seed: int = 0, *,
+                   exclude=()) -> list[int]:
     """All channels, or a seeded random subset of ``n_neurons`` of them (sorted).
 
     Parameters
@@ -131,17 +132,23 @@ def select_neurons(n_channels: int, n_neurons: int | None = None, seed: int = 0)
         Subset size (``None``: all).
     seed : int
         Seed of the subset.
+    exclude : collection of int
+        Channels never chosen (those that never activate); without any, the subset is the
+        same as before this option existed.
 
     Returns
     -------
     list of int
     """
-    if n_neurons is None or n_neurons >= n_channels:
-        return list(range(n_channels))
+    exclude = set(exclude)
+    candidates = [k for k in range(n_channels) if k not in exclude]
+    if n_neurons is None or n_neurons >= len(candidates):
+        return candidates
     if n_neurons < 1:
         raise ValueError(f"n_neurons={n_neurons} must be >= 1 (or null for all {n_channels})")
     rng = np.random.default_rng(seed)
-    return sorted(int(k) for k in rng.choice(n_channels, size=n_neurons, replace=False))
+    return sorted(candidates[int(i)] for i in rng.choice(len(candidates), size=n_neurons,
+                                                         replace=False))
 
 
 def model_layers(profile: dict, model_name: str) -> dict:
@@ -172,7 +179,9 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
     -------
     Setting
         Its ``profile`` holds the model's own ``layer`` and ``lower_layer`` where
-        ``profile["model_layers"]`` names them (a model of another architecture family).
+        ``profile["model_layers"]`` names them (a model of another architecture family). Its
+        ``neurons`` are the profile's (all channels, or a seeded subset) less the channels that
+        never activate on the data (``references.dead``).
 
     Raises
     ------
@@ -191,7 +200,13 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
     cache = resolve_cache(p.cache)
     refs = mine_references(model, dataset, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=progress)
-    neurons = select_neurons(refs.n_channels, p.n_neurons, p.neuron_seed)
+    # a channel that never activates on the data has no references to study (References.dead,
+    # named by mine_references' warning): it is never among the evaluated neurons
+    dead = refs.dead.tolist()
+    neurons = select_neurons(refs.n_channels, p.n_neurons, p.neuron_seed, exclude=dead)
+    if not neurons:
+        raise ValueError(f"no channel of {p.layer!r} of {name} activates on the data "
+                         f"({len(dead)} of {refs.n_channels} never do): choose another layer")
     return Setting(profile=p, model=model, dataset=dataset, references=refs, neurons=neurons,
                    device=device, cache=cache)
 
