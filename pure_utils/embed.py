@@ -31,7 +31,6 @@ from __future__ import annotations
 import abc
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

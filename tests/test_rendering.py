@@ -60,7 +60,6 @@ def test_importing_the_package_imports_tqdm_auto_quietly_before_any_dependency()
 
 # --- figure numbers as the paper has them (pure_utils.book.numbering) ------------------------
 import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402

@@ -15,7 +15,6 @@ into a model, data, references and features.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
