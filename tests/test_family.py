@@ -178,3 +178,32 @@ def test_models_table_says_where_lrp_is_refused():
     card = pu.models.read_card("synthetic_convnext")
     assert table["test accuracy"].iloc[1] == card["accuracy"]["value"]
     assert table.parameters.iloc[1] == sum(p.numel() for p in convnext.model.parameters())
+
+
+def _distractor_counts(dataset):
+    """Objects besides the labelled one in every image, read from the annotations."""
+    return {len(dataset.annotations(i)["objects"]) - 1 for i in range(len(dataset))}
+
+
+def test_every_family_member_is_scored_on_its_own_distribution():
+    from pure_utils.study.setting import load_setting, model_distribution
+    profile = load_profile("offline", dataset_kwargs={"n": 60}, n_ref=4, n_neurons=2, cache=False)
+    for name in FAMILY:
+        card = json.loads(shipped_models()[name].with_suffix(".json").read_text())
+        kwargs, images = model_distribution(profile, name)
+        own = SyntheticConfig(**card["dataset"]["config"])
+        assert SyntheticConfig(**kwargs.get("config", {})) == own, name
+        assert kwargs["split"] == "test" and kwargs["n"] == 60 and "test split" in images
+        others = [m for m in FAMILY if SyntheticConfig(**json.loads(shipped_models()[m].with_suffix(
+            ".json").read_text())["dataset"]["config"]) != own]
+        assert all(model_distribution(profile, m)[0].get("config") != kwargs.get("config")
+                   for m in others), name
+    # the images themselves, read from the annotations: 0 distractors against 4-6
+    few = load_setting(profile, model_name="family_distractors_0", progress=False)
+    many = load_setting(profile, model_name="family_distractors_4-6", progress=False)
+    assert _distractor_counts(few.dataset) == {0}
+    assert _distractor_counts(many.dataset) <= {4, 5, 6} and "distractors_min=4" in many.images
+    # switched off, or for a model trained on the defaults: the profile's images
+    off = model_distribution(load_profile("offline", own_distribution=False), "family_distractors_0")
+    assert "config" not in off[0] and "profile's" in off[1]
+    assert "config" not in model_distribution(profile, "synthetic_resnet_bottleneck")[0]

@@ -262,3 +262,25 @@ def test_unseen_colours_config():
         assert second["colour"] == "magenta" and second["concept"] == -1
     with pytest.raises(ValueError, match="every colour"):
         unseen_colours_config(SyntheticConfig(n_concepts=36, distractors_max=3))
+
+
+def test_several_units_in_one_model_are_each_the_unit_grafted_alone(base, positive, negative):
+    from pure_utils.shapes.grafting import graft_units
+    model, ds = base
+    grafted, recs = graft_units(model, "layer4", "layer3", [(A, B), (A, B)], ds, shared=[False, True],
+                                n_channels=None)
+    # alone: the positive fixture used n_channels=4, so rebuild the positive with the default
+    alone_pos = graft_unit(model, "layer4", "layer3", A, B, ds)
+    for rec, (one, single) in zip(recs, [alone_pos, negative]):
+        torch.testing.assert_close(rec.weights, single.weights)
+        assert rec.bias == pytest.approx(single.bias) and rec.shared == single.shared
+    assert [r.unit for r in recs] == [32, 33] and "2 units" in grafted.pure_name
+    x = _batch(ds, range(16))
+    with torch.no_grad():
+        out = forward_until(grafted, x, "layer4")
+        assert out.shape[1] == 34
+        torch.testing.assert_close(out[:, 32], forward_until(alone_pos[0], x, "layer4")[:, 32])
+        torch.testing.assert_close(out[:, 33], forward_until(negative[0], x, "layer4")[:, 32])
+        torch.testing.assert_close(grafted(x), model(x))
+    with pytest.raises(ValueError, match="2 pairs but 1"):
+        graft_units(model, "layer4", "layer3", [(A, B), (A, "green")], ds, shared=[True])

@@ -48,7 +48,7 @@ from ..layers import eval_mode, get_layer, layer_layout, layer_order, run_model,
 from ..models import resolve_device
 from .generator import COLOURS, SyntheticConfig
 
-__all__ = ["Graft", "GraftedUnit", "graft_unit", "concept_split", "parse_concept", "selectivity",
+__all__ = ["Graft", "GraftedUnit", "graft_unit", "graft_units", "design_units", "install_units", "concept_split", "parse_concept", "selectivity",
            "unseen_colours_config"]
 
 
@@ -149,36 +149,41 @@ def unseen_colours_config(config: SyntheticConfig | None = None, colours=None, *
 # the unit and its hooks
 # --------------------------------------------------------------------------------------------
 class GraftedUnit(nn.Module):
-    """The new unit: a 1 x 1 convolution of the lower layer, pooled to the layer's positions, ReLU.
+    """The new units: a 1 x 1 convolution of the lower layer, pooled to the layer's positions, ReLU.
 
     It reads the lower layer as the *input* of the layer (so that whatever replaced the lower
     layer's output, e.g. the detached leaf of the attribution engine, is what it reads), appends
-    its map to the layer's output, and removes it again from the input of every other module.
+    its maps to the layer's output, and removes them again from the input of every other module.
 
     Parameters
     ----------
-    weights : Tensor[C_lower]
-        One weight per lower channel (0 off the unit's channels).
-    bias : float
+    weights : Tensor[C_lower] or Tensor[U, C_lower]
+        One weight per lower channel (0 off the unit's channels), one row per unit.
+    bias : float or sequence of U floats
     n_channels : int
-        ``C``, the layer's own channels (the new unit's index).
+        ``C``, the layer's own channels (the first new unit's index).
     size : (int, int)
         The layer's positions ``(h, w)``.
     """
 
-    def __init__(self, weights: torch.Tensor, bias: float, n_channels: int, size):
+    def __init__(self, weights: torch.Tensor, bias, n_channels: int, size):
         super().__init__()
-        self.conv = nn.Conv2d(len(weights), 1, 1)
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        weights = weights[None] if weights.dim() == 1 else weights
+        bias = torch.as_tensor(bias, dtype=torch.float32).reshape(-1)
+        if len(bias) != len(weights):
+            raise ValueError(f"{len(weights)} units but {len(bias)} biases")
+        self.conv = nn.Conv2d(weights.shape[1], len(weights), 1)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.as_tensor(weights, dtype=torch.float32).view(1, -1, 1, 1))
-            self.conv.bias.fill_(float(bias))
+            self.conv.weight.copy_(weights[:, :, None, None])
+            self.conv.bias.copy_(bias)
         self.conv.requires_grad_(False)
         self.n_channels, self.size = int(n_channels), tuple(int(s) for s in size)
         self._lower = None
         self._out = None  # a weak reference to the last appended output
 
     def forward(self, lower: torch.Tensor) -> torch.Tensor:
-        """``Tensor[B, C_lower, H', W']`` -> the unit's map ``Tensor[B, 1, h, w]``."""
+        """``Tensor[B, C_lower, H', W']`` -> the units' maps ``Tensor[B, U, h, w]``."""
         z = self.conv(lower)
         if tuple(z.shape[-2:]) != self.size:
             z = F.adaptive_avg_pool2d(z, self.size)
@@ -360,6 +365,8 @@ class Graft:
         Share of the neither-images on which the unit is 0.
     n_images : dict
         Images per group (``a``, ``b``, ``neither``, ``both``) that chose and scaled the unit.
+    size : (int, int)
+        The layer's positions ``(h, w)``.
     """
 
     layer: str
@@ -378,6 +385,7 @@ class Graft:
     mean_b: float
     silent: float
     n_images: dict = field(default_factory=dict)
+    size: tuple = ()
 
 
 def graft_unit(model: nn.Module, layer: str, lower_layer: str, concept_a: str, concept_b: str,
@@ -426,43 +434,151 @@ def graft_unit(model: nn.Module, layer: str, lower_layer: str, concept_a: str, c
         The grafted copy (``layer`` outputs ``[B, C + 1, h, w]``; its logits are the original's)
         and the record.
     """
-    n_channels = (1 if shared else 8) if n_channels is None else int(n_channels)
-    _check_arguments(model, layer, lower_layer, n_channels, min_d, max_other, quantile)
-    groups = concept_split(dataset, concept_a, concept_b, indices=indices)
-    for key in ("a", "b", "neither"):
-        if len(groups[key]) < 2:
-            raise ValueError(f"only {len(groups[key])} images of group {key!r} among the dataset's "
-                             f"images ({ {k: len(v) for k, v in groups.items()} }); use more images")
-    used = torch.cat([groups["a"], groups["b"], groups["neither"]])
-    rows = {k: torch.arange(len(groups[k])) + off for k, off in
-            (("a", 0), ("b", len(groups["a"])), ("neither", len(groups["a"]) + len(groups["b"])))}
+    grafted, (record,) = graft_units(model, layer, lower_layer, [(concept_a, concept_b)], dataset,
+                                     n_channels=n_channels, min_d=min_d, max_other=max_other,
+                                     quantile=quantile, shared=shared, indices=indices,
+                                     batch_size=batch_size, device=device)
+    return grafted, record
+
+
+def graft_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset, *,
+                n_channels: int | None = None, min_d: float = 1.0, max_other: float = 0.5,
+                quantile: float = 0.95, shared=False, indices=None, batch_size: int = 64,
+                device=None) -> tuple[nn.Module, list]:
+    """:func:`graft_unit` for several pairs of concepts at once, into ONE copy of ``model``.
+
+    Unit ``j`` (index ``C + j`` of ``layer``) reads ``pairs[j]``, designed exactly as
+    :func:`graft_unit` would design it alone on the same images; the lower layer's maps are
+    computed once. One grafted model serves every pair: one mining pass finds the references of
+    all units.
+
+    Parameters
+    ----------
+    pairs : sequence of (str, str)
+        ``(concept_a, concept_b)`` of each unit.
+    shared : bool or sequence of bool
+        The negative control for every unit, or per unit.
+    Others
+        As in :func:`graft_unit`.
+
+    Returns
+    -------
+    (nn.Module, list of Graft)
+        The grafted copy (``layer`` outputs ``[B, C + U, h, w]``) and one record per unit.
+    """
+    pairs = [tuple(p) for p in pairs]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"pairs={pairs!r}: give one or more (concept_a, concept_b) pairs")
+    kinds = [bool(shared)] * len(pairs) if isinstance(shared, bool) else [bool(k) for k in shared]
+    if len(kinds) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(kinds)} values of shared")
+    records = design_units(model, layer, lower_layer, pairs, dataset, n_channels=n_channels,
+                           min_d=min_d, max_other=max_other, quantile=quantile, shared=kinds,
+                           indices=indices, batch_size=batch_size, device=device)
+    return install_units(model, layer, records, device=device), records
+
+
+def design_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset, *,
+                 n_channels: int | None = None, min_d: float = 1.0, max_other: float = 0.5,
+                 quantile: float = 0.95, shared=False, indices=None, batch_size: int = 64,
+                 device=None, skip: bool = False) -> list:
+    """The records of :func:`graft_units` without building the model (:func:`install_units`).
+
+    ``skip=True``: a pair that cannot be built (no qualifying channel, too few images, no
+    balance) gives its ``ValueError`` in its place in the list instead of raising it, so that a
+    fixed design can report which of its pairs the model does not support.
+    """
+    pairs = [tuple(p) for p in pairs]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"pairs={pairs!r}: give one or more (concept_a, concept_b) pairs")
+    kinds = [bool(shared)] * len(pairs) if isinstance(shared, bool) else [bool(k) for k in shared]
+    if len(kinds) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(kinds)} values of shared")
+    counts = [(1 if k else 8) if n_channels is None else int(n_channels) for k in kinds]
+    for n in set(counts):
+        _check_arguments(model, layer, lower_layer, n, min_d, max_other, quantile)
+    splits = [concept_split(dataset, a, b, indices=indices) for a, b in pairs]
+    used = sorted({int(i) for g in splits for k in ("a", "b", "neither") for i in g[k].tolist()})
+    position = {i: r for r, i in enumerate(used)}
     device = resolve_device(model, device)
-    lower, (n_ch, *size) = _lower_maps(model, dataset, used, layer, lower_layer, batch_size, device)
+    lower, (n_ch, *size) = _lower_maps(model, dataset, torch.tensor(used), layer, lower_layer,
+                                       batch_size, device)
     peak = lower.flatten(2).amax(2)                                   # [N, C_lower]
+    records = []
+    for (a, b), groups, kind, n in zip(pairs, splits, kinds, counts):
+        rows = {k: torch.tensor([position[int(i)] for i in groups[k].tolist()], dtype=torch.long)
+                for k in ("a", "b", "neither")}
+        names = dict(layer=layer, lower_layer=lower_layer, unit=n_ch + sum(
+            isinstance(r, Graft) for r in records), concept_a=a, concept_b=b, shared=kind)
+        try:
+            few = [k for k in ("a", "b", "neither") if len(rows[k]) < 2]
+            if few:
+                raise ValueError(f"only {len(rows[few[0]])} images of group {few[0]!r} for {a!r} | "
+                                 f"{b!r} among the dataset's images "
+                                 f"({ {k: len(v) for k, v in groups.items()} }); use more images")
+            records.append(_design(lower, peak, rows, names, {k: len(v) for k, v in groups.items()},
+                                   size, n_channels=n, min_d=min_d, max_other=max_other,
+                                   quantile=quantile))
+        except ValueError as err:
+            if not skip:
+                raise
+            records.append(err)
+    return records
+
+
+def install_units(model: nn.Module, layer: str, records, *, device=None) -> nn.Module:
+    """A copy of ``model`` with the units of ``records`` (:class:`Graft`, in the order of their
+    ``unit`` indices; anything else, e.g. a skipped pair's error, is left out) appended to
+    ``layer``."""
+    records = [r for r in records if isinstance(r, Graft)]
+    if not records:
+        raise ValueError("no unit to graft: every pair was refused")
+    n_ch = records[0].unit
+    if [r.unit for r in records] != list(range(n_ch, n_ch + len(records))):
+        raise ValueError(f"units {[r.unit for r in records]} are not consecutive from {n_ch}")
+    unit = GraftedUnit(torch.stack([r.weights for r in records]), [r.bias for r in records],
+                       n_ch, records[0].size)
+    grafted = _install(copy.deepcopy(model), layer, unit.to(resolve_device(model, device)))
+    base = getattr(model, "pure_name", type(model).__name__)
+    if len(records) == 1:
+        r = records[0]
+        kind = "shared" if r.shared else "separate"
+        grafted.pure_name = f"{base}+graft({layer}, {r.concept_a} | {r.concept_b}, {kind})"
+    else:
+        grafted.pure_name = f"{base}+graft({layer}, {len(records)} units)"
+    return grafted
+    unit = GraftedUnit(torch.stack([r.weights for r in records]), [r.bias for r in records],
+                       n_ch, size)
+    grafted = _install(copy.deepcopy(model), layer, unit.to(device))
+    base = getattr(model, "pure_name", type(model).__name__)
+    if len(records) == 1:
+        kind = "shared" if kinds[0] else "separate"
+        grafted.pure_name = f"{base}+graft({layer}, {pairs[0][0]} | {pairs[0][1]}, {kind})"
+    else:
+        grafted.pure_name = f"{base}+graft({layer}, {len(records)} units)"
+    return grafted, records
+
+
+def _design(lower, peak, rows, names: dict, n_images: dict, size, *, n_channels, min_d,
+            max_other, quantile) -> Graft:
+    """One unit's channels, weights and bias from the lower maps of its images (``rows``: the
+    positions of its A-, B- and neither-images in ``lower``)."""
     d_a = selectivity(peak, rows["a"], rows["neither"])
     d_b = selectivity(peak, rows["b"], rows["neither"])
+    shared = names["shared"]
     even = _evenness(lower, rows, size, quantile) if shared else None
     set_a, set_b = _choose(d_a, d_b, n_channels=n_channels, min_d=min_d,
                            max_other=max_other, balance=even)
     for which, chosen in (("a", set_a), ("b", set_b)):
         if not len(chosen):
             raise _no_channels(which, d_a, d_b, min_d, max_other, shared,
-                               {"a": concept_a, "b": concept_b})
+                               {"a": names["concept_a"], "b": names["concept_b"]})
     weights, bias = _calibrate(lower, peak, rows, set_a, set_b, size, quantile, shared)
-    unit = GraftedUnit(weights, bias, n_ch, size)
-    maps = _pooled(lower, weights, size)
-    act = _unit_max(maps, bias)
-    record = Graft(layer=layer, lower_layer=lower_layer, unit=n_ch, concept_a=concept_a,
-                   concept_b=concept_b, shared=bool(shared), channels_a=set_a, channels_b=set_b,
-                   d_a=d_a, d_b=d_b, weights=weights, bias=bias,
-                   mean_a=float(act[rows["a"]].mean()), mean_b=float(act[rows["b"]].mean()),
-                   silent=float((act[rows["neither"]] == 0).float().mean()),
-                   n_images={k: len(v) for k, v in groups.items()})
-    grafted = _install(copy.deepcopy(model), layer, unit.to(device))
-    kind = "shared" if shared else "separate"
-    grafted.pure_name = (f"{getattr(model, 'pure_name', type(model).__name__)}"
-                         f"+graft({layer}, {concept_a} | {concept_b}, {kind})")
-    return grafted, record
+    act = _unit_max(_pooled(lower, weights, size), bias)
+    return Graft(**names, channels_a=set_a, channels_b=set_b, d_a=d_a, d_b=d_b, weights=weights,
+                 bias=bias, mean_a=float(act[rows["a"]].mean()), mean_b=float(act[rows["b"]].mean()),
+                 silent=float((act[rows["neither"]] == 0).float().mean()), n_images=n_images,
+                 size=tuple(int(v) for v in size))
 
 
 def _check_arguments(model, layer, lower_layer, n_channels, min_d, max_other, quantile):

@@ -104,6 +104,9 @@ class Profile(Mapping):
                                                "held-out images for the test phase (null: skip)")
     has_concepts: bool = _key(True, "the dataset can be edited and annotated: ground truth by "
                               "intervention")
+    own_distribution: bool = _key(True, "a shipped model whose card records its generator settings "
+                                  "is evaluated on images of those settings (same split, size and "
+                                  "seed); false: every model on the profile's dataset")
 
     # --- neurons and circuits ------------------------------------------------------------------
     layer: str = _key("layer4", "layer L of the studied neurons")

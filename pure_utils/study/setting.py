@@ -27,7 +27,7 @@ from ..crops import crops_from_boxes, embed_boxes, reference_boxes
 from ..data import load_dataset
 from ..disjoint import check_disjoint
 from ..embed import ImageEmbedder, load_embedder
-from ..models import load_model, randomize_batchnorm
+from ..models import load_model, randomize_batchnorm, read_card, shipped_models
 from ..references import References, mine_references
 from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from .profile import Profile, as_profile, check_profile, profile_device
@@ -38,7 +38,7 @@ from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
 __all__ = [
     "Setting", "load_setting", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
     "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
-    "heldout_references", "strongly_polysemantic",
+    "heldout_references", "model_distribution", "strongly_polysemantic",
     "rank_neurons", "Evaluation", "evaluate", "purity_pairs",
 ]
 
@@ -63,6 +63,8 @@ class Setting:
         The evaluated channels (all, or a seeded subset).
     device : str
     cache : Cache or None
+    images : str
+        Which images the references come from (:func:`model_distribution`), for tables.
     """
 
     profile: Profile
@@ -72,6 +74,7 @@ class Setting:
     neurons: list
     device: str
     cache: object = None
+    images: str = "the profile's dataset"
 
     def __post_init__(self):
         self.profile = as_profile(self.profile, source="of the setting")
@@ -161,6 +164,52 @@ def model_layers(profile: dict, model_name: str) -> dict:
     return own
 
 
+def _generator_changes(config: dict) -> str:
+    """The knobs of a generator configuration that differ from the defaults, as text."""
+    from ..shapes.generator import SyntheticConfig
+    own, default = SyntheticConfig(**config).to_dict(), SyntheticConfig().to_dict()
+    changed = {k: v for k, v in own.items() if default.get(k) != v}
+    return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in changed.items())
+
+
+def model_distribution(profile: Profile | dict, model_name: str, kwargs=None) -> tuple[dict, str]:
+    """The dataset keywords a model is evaluated with, and which images they give.
+
+    A shipped model is scored on the images it was trained for: when ``own_distribution`` is
+    on and the model's card records generator settings for the profile's dataset (the family
+    of "When do circuits beat activations?": more distractors, larger ones, another
+    background), those settings replace the ``config`` of the profile's keywords; the split,
+    size and seed stay the profile's. Any other model (a timm name, a card of another dataset)
+    uses the profile's keywords unchanged.
+
+    Parameters
+    ----------
+    profile : Profile or dict
+    model_name : str
+    kwargs : dict, optional
+        The keywords to adapt (default ``profile["dataset_kwargs"]``; the test phase gives
+        ``heldout_dataset_kwargs``).
+
+    Returns
+    -------
+    (dict, str)
+        The keywords for :func:`~pure_utils.data.load_dataset` and a description of the images
+        for tables ("test split, own settings: distractors_min=4, distractors_max=6").
+    """
+    p = as_profile(profile)
+    kwargs = dict(p.dataset_kwargs or {}) if kwargs is None else dict(kwargs)
+    split = kwargs.get("split", "the profile's")
+    card = read_card(model_name) if model_name in shipped_models() else {}
+    data = card.get("dataset") or {}
+    if not (p.own_distribution and data.get("name") == p.dataset and data.get("config")):
+        return kwargs, f"{split} split, the profile's settings"
+    changes = _generator_changes(data["config"])
+    if not changes and "config" not in kwargs:  # trained on the defaults: nothing to replace
+        return kwargs, f"{split} split, own settings: the defaults"
+    kwargs["config"] = dict(data["config"])
+    return kwargs, f"{split} split, own settings: {changes or 'the defaults'}"
+
+
 def load_setting(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True) -> Setting:
     """Load the model and data of a profile and mine the reference samples.
 
@@ -180,7 +229,9 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
         Its ``profile`` holds the model's own ``layer`` and ``lower_layer`` where
         ``profile["model_layers"]`` names them (a model of another architecture family). Its
         ``neurons`` are the profile's (all channels, or a seeded subset) less the channels that
-        never activate on the data (``references.dead``).
+        never activate on the data (``references.dead``). Its ``dataset`` holds the images
+        of :func:`model_distribution` (a shipped model's own generator settings) and
+        ``images`` says which.
 
     Raises
     ------
@@ -195,7 +246,8 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
         randomize_batchnorm(model, seed=0)
     device = profile_device(p.device)
     model.to(device)
-    dataset = load_dataset(p.dataset, **dict(p.dataset_kwargs or {}))
+    kwargs, images = model_distribution(p, name)
+    dataset = load_dataset(p.dataset, **kwargs)
     cache = resolve_cache(p.cache)
     refs = mine_references(model, dataset, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=progress)
@@ -207,7 +259,7 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
         raise ValueError(f"no channel of {p.layer!r} of {name} activates on the data "
                          f"({len(dead)} of {refs.n_channels} never do): choose another layer")
     return Setting(profile=p, model=model, dataset=dataset, references=refs, neurons=neurons,
-                   device=device, cache=cache)
+                   device=device, cache=cache, images=images)
 
 
 def heldout_references(setting: Setting, *, progress: bool = True) -> tuple[object, References]:
@@ -228,7 +280,8 @@ def heldout_references(setting: Setting, *, progress: bool = True) -> tuple[obje
     if not p.heldout_dataset_kwargs:
         raise ValueError(f"profile {p.name!r} names no held-out split "
                          "(heldout_dataset_kwargs: null); the test phase needs new samples")
-    ds = load_dataset(p.dataset, **dict(p.heldout_dataset_kwargs))
+    kwargs, _ = model_distribution(p, setting.model_name, p.heldout_dataset_kwargs)
+    ds = load_dataset(p.dataset, **kwargs)
     check_disjoint(ds, setting.dataset, f"profile {p.name!r}: the held-out split")
     refs = mine_references(setting.model, ds, p.layer, min(p.n_ref, len(ds)),
                            batch_size=p.batch_size, device=setting.device,
