@@ -194,7 +194,7 @@ def distance_correlation(reference, compared, *, n_samples: int = 50, n_subsets:
             "sem": standard_error(values), "values": values, "groups": groups}
 
 
-def ground_truth_scores(labels_pred, concepts) -> dict:
+def ground_truth_scores(labels_pred, concepts, certain=None) -> dict:
     """Agreement of a clustering of reference samples with their ground-truth concepts.
 
     Adjusted Rand index (0: chance, 1: identical partitions) and normalised mutual information
@@ -207,6 +207,11 @@ def ground_truth_scores(labels_pred, concepts) -> dict:
         Cluster (virtual neuron) of each reference sample.
     concepts : array-like of the same shape
         Ground-truth concept of each reference sample.
+    certain : bool array-like of the same shape, optional
+        The references whose truth is certain (``ReferenceFeatures.certain``). Only those are
+        compared: the clustering was made on all references, but a reference inside the
+        uncertainty band has no truth to agree with. A neuron without a certain reference
+        scores NaN. Default: all references.
 
     Returns
     -------
@@ -218,12 +223,22 @@ def ground_truth_scores(labels_pred, concepts) -> dict:
     if pred.shape != true.shape or pred.ndim not in (1, 2):
         raise ValueError(f"labels_pred {pred.shape} and concepts {true.shape} need the same shape "
                          "[n_ref] or [n_neurons, n_ref]")
+    keep = (np.ones(true.shape, dtype=bool) if certain is None
+            else np.asarray(as_numpy(certain)).astype(bool))
+    if keep.shape != true.shape:
+        raise ValueError(f"certain {keep.shape} must have the shape of concepts {true.shape}")
+
+    def one(t, p, m):
+        if not m.any():
+            return float("nan"), float("nan")
+        return (float(adjusted_rand_score(t[m], p[m])),
+                float(normalized_mutual_info_score(t[m], p[m])))
+
     if pred.ndim == 1:
-        return {"ari": float(adjusted_rand_score(true, pred)),
-                "nmi": float(normalized_mutual_info_score(true, pred))}
-    ari = np.array([adjusted_rand_score(t, p) for t, p in zip(true, pred)])
-    nmi = np.array([normalized_mutual_info_score(t, p) for t, p in zip(true, pred)])
-    return {"ari": ari, "nmi": nmi}
+        ari, nmi = one(true, pred, keep)
+        return {"ari": ari, "nmi": nmi}
+    scores = np.array([one(t, p, m) for t, p, m in zip(true, pred, keep)]).reshape(-1, 2)
+    return {"ari": scores[:, 0], "nmi": scores[:, 1]}
 
 
 def purity(labels_pred, concepts) -> float:

@@ -5,7 +5,9 @@ image with an object removed or changed. :func:`reference_features` asks the net
 the pixels: which object's removal silences the unit, and does the unit care about that
 object's colour, its shape, or both. A unit's true features are the labels that hold a share of
 its references (:class:`ReferenceFeatures`); :func:`layer_polysemanticity` counts the
-polysemantic units of a layer.
+polysemantic units of a layer. A reference whose driver's colour or shape retention lies within
+``RULE["band"]`` of the attribute cut is ``"uncertain"``: the intervention cannot decide it, so it
+is neither a feature of its unit nor scored.
 
 The older pixel rule (:func:`reference_concepts`: the object under the unit's strongest cell)
 is kept only to compare the two.
@@ -32,6 +34,7 @@ from ..references import check_references, index_tensor, mine_references
 from .generator import counterfactual
 
 __all__ = ["RULE", "ReferenceFeatures", "reference_features", "feature_names", "intervention_panels",
+           "attribute_label", "feature_shares",
            "concept_at", "reference_concepts", "concept_shares", "concept_counts", "polysemantic_by_concepts",
            "layer_polysemanticity"]
 
@@ -191,31 +194,77 @@ def concept_counts(concepts: torch.Tensor, min_share: float = 0.2) -> torch.Tens
 #: by at least this share; ``background``: a reference is "background" when the unit keeps at
 #: least this share of its activation with every object removed; ``attribute``: an attribute
 #: matters when changing it keeps less than this share of the driver's contribution.
-RULE = dict(necessary=0.5, background=0.5, attribute=0.5)
+#: ``band``: the uncertainty band around the attribute cut, fixed (like the other thresholds)
+#: before any comparison was looked at: a reference with a driver whose colour or shape
+#: retention lies in ``[attribute - band, attribute + band)`` is ``"uncertain"``. A retention
+#: within 0.1 of the cut is a decision the intervention cannot make reliably (the retention,
+#: averaged over the alternative colours or shapes, moves by about that much between edits), so
+#: such a reference is neither one attribute nor the conjunction; without the band one feature
+#: is often scored as two nested ones (``"yellow"`` and ``"yellow circle"``) by retentions
+#: that sit right at the cut.
+RULE = dict(necessary=0.5, background=0.5, attribute=0.5, band=0.1)
 #: Version of the rule; it enters cache keys.
-RULE_VERSION = "intervention-1"
+RULE_VERSION = "intervention-2"
 #: Images whose scenes are held at once (each scene holds two float images).
 _CHUNK = 64
 #: Labels that are not an attribute of an object.
-OBJECT, MIXED, BACKGROUND = "object", "mixed", "background"
+OBJECT, MIXED, BACKGROUND, UNCERTAIN = "object", "mixed", "background", "uncertain"
 
 
 def feature_names(config) -> list[str]:
     """The vocabulary of reference features for a generator configuration.
 
     Colours, shapes, then ``"<colour> <shape>"`` conjunctions (the dataset's concepts), then
-    ``"object"``, ``"mixed"``, ``"background"``. The ids of :class:`ReferenceFeatures` index
-    this list.
+    ``"object"``, ``"mixed"``, ``"background"`` and ``"uncertain"`` (an attribute retention
+    inside the band, ``RULE["band"]``). The ids of :class:`ReferenceFeatures` index this list.
     """
     return [name for name, _ in _vocabulary(config)]
 
 
 def _vocabulary(config) -> list[tuple[str, str]]:
     """``(name, kind)`` of every feature; kinds: colour, shape, conjunction, object, mixed,
-    background."""
+    background, uncertain."""
     return ([(c, "colour") for c in config.colours] + [(s, "shape") for s in config.shapes]
             + [(f"{c} {s}", "conjunction") for c in config.colours for s in config.shapes]
-            + [(OBJECT, OBJECT), (MIXED, MIXED), (BACKGROUND, BACKGROUND)])
+            + [(OBJECT, OBJECT), (MIXED, MIXED), (BACKGROUND, BACKGROUND), (UNCERTAIN, UNCERTAIN)])
+
+
+def attribute_label(colour_retention: float, shape_retention: float, colour: str, shape: str,
+                    band: float | None = None) -> str:
+    """Step 3 of the rule (:func:`reference_features`) for one driver: the name of its label.
+
+    Colour matters when its retention is below ``RULE["attribute"]``, and so does shape: colour
+    only gives ``colour``, shape only ``shape``, both ``"<colour> <shape>"``, neither
+    ``"object"``. Before that, a retention in ``[attribute - band, attribute + band)`` (either
+    of the two) gives ``"uncertain"``: the cut cannot be decided there. ``band`` defaults to
+    ``RULE["band"]``; ``band=0`` is the rule without the band (intervention-1).
+    """
+    cut = RULE["attribute"]
+    band = RULE["band"] if band is None else float(band)
+    if band < 0:
+        raise ValueError(f"band={band} not accepted; use a width >= 0")
+    if any(cut - band <= r < cut + band for r in (colour_retention, shape_retention)):
+        return UNCERTAIN
+    by_colour, by_shape = colour_retention < cut, shape_retention < cut
+    return (f"{colour} {shape}" if by_colour and by_shape else colour if by_colour
+            else shape if by_shape else OBJECT)
+
+
+def feature_shares(labels: torch.Tensor, certain: torch.Tensor, n_names: int) -> torch.Tensor:
+    """Share of each feature among each unit's *certain* references: ``Tensor[C, n_names]``.
+
+    ``labels`` LongTensor[C, n_ref] (ids in ``0..n_names-1``); ``certain`` BoolTensor of the
+    same shape. Uncertain references count neither as a feature nor in the total; a unit
+    without a certain reference has shares 0.
+    """
+    labels = torch.as_tensor(labels).long()
+    certain = torch.as_tensor(certain, dtype=torch.bool)
+    if labels.ndim != 2 or certain.shape != labels.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} and certain {tuple(certain.shape)} must "
+                         "both be [C, n_ref]")
+    counts = torch.zeros(labels.shape[0], max(int(n_names), 1))
+    counts.scatter_add_(1, labels, certain.to(counts.dtype))
+    return counts / certain.sum(1, keepdim=True).clamp(min=1).to(counts.dtype)
 
 
 @dataclass
@@ -228,10 +277,10 @@ class ReferenceFeatures:
         The feature of each reference sample, an index into ``names``.
     names : list of str
         The feature names (:func:`feature_names`): ``"red"``, ``"circle"``, ``"red circle"``,
-        ``"object"``, ``"mixed"``, ``"background"``, ...
+        ``"object"``, ``"mixed"``, ``"background"``, ``"uncertain"``, ...
     kinds : list of str
         The kind of each name: ``"colour"``, ``"shape"``, ``"conjunction"``, ``"object"``,
-        ``"mixed"`` or ``"background"``.
+        ``"mixed"``, ``"background"`` or ``"uncertain"``.
     responsibility : Tensor[C, n_ref]
         The largest drop of the unit's activation when one object is removed, as a share of the
         activation (0 for an inactive unit).
@@ -245,6 +294,13 @@ class ReferenceFeatures:
         The unit's activation (spatial maximum) on the reference sample as rendered here.
     channels : LongTensor[C]
         The unit of each row.
+    driver_concept : LongTensor[C, n_ref] or None
+        The driver's own ``"<colour> <shape>"`` (an index into ``names``), -1 without a driver;
+        with the retentions it lets :meth:`relabel` apply step 3 with another band.
+
+    An ``"uncertain"`` reference (a retention inside ``RULE["band"]``) is no feature of its
+    unit: :meth:`shares`, :meth:`features`, :meth:`counts` and :meth:`polysemantic` count the
+    :attr:`certain` references only, and scores against the truth leave it out.
     """
 
     labels: torch.Tensor
@@ -256,6 +312,7 @@ class ReferenceFeatures:
     shape_retention: torch.Tensor
     activation: torch.Tensor
     channels: torch.Tensor
+    driver_concept: torch.Tensor | None = None
 
     def rows(self, neurons) -> torch.Tensor:
         """Row positions of the units ``neurons``."""
@@ -269,13 +326,23 @@ class ReferenceFeatures:
     def subset(self, neurons) -> "ReferenceFeatures":
         """The rows of the units ``neurons``, in that order."""
         r = self.rows(neurons)
-        return ReferenceFeatures(**{f.name: (getattr(self, f.name) if f.name in ("names", "kinds")
+        return ReferenceFeatures(**{f.name: (getattr(self, f.name)
+                                             if f.name in ("names", "kinds") or getattr(self, f.name) is None
                                              else getattr(self, f.name)[r])
                                     for f in dataclasses.fields(self)})
 
+    @property
+    def certain(self) -> torch.Tensor:
+        """``BoolTensor[C, n_ref]``: the references whose label is not ``"uncertain"``."""
+        if UNCERTAIN not in self.names:
+            return torch.ones(self.labels.shape, dtype=torch.bool)
+        return self.labels != self.names.index(UNCERTAIN)
+
     def shares(self) -> torch.Tensor:
-        """Share of each feature among each unit's references: ``Tensor[C, len(names)]``."""
-        return concept_shares(self.labels, len(self.names))
+        """Share of each feature among each unit's certain references: ``Tensor[C, len(names)]``
+        (:func:`feature_shares`: ``"uncertain"`` has share 0, a unit without a certain
+        reference has shares 0)."""
+        return feature_shares(self.labels, self.certain, len(self.names))
 
     def features(self, min_share: float = 0.2) -> list[list[str]]:
         """Each unit's true features: the labels holding at least ``min_share`` of its references,
@@ -289,25 +356,68 @@ class ReferenceFeatures:
         return out
 
     def counts(self, min_share: float = 0.2) -> torch.Tensor:
-        """Number of true features of each unit: ``LongTensor[C]``."""
-        return concept_counts(self.labels, min_share)
+        """Number of true features of each unit (``"uncertain"`` is none): ``LongTensor[C]``."""
+        if not 0 < min_share <= 1:
+            raise ValueError(f"min_share={min_share} not accepted; use a value in (0, 1]")
+        return (self.shares() >= min_share - 1e-9).sum(dim=1)
 
     def polysemantic(self, min_share: float = 0.2) -> torch.Tensor:
         """Units with two or more true features: ``BoolTensor[C]``."""
-        return polysemantic_by_concepts(self.labels, min_share)
+        if not 0 < min_share <= 0.5:
+            raise ValueError(f"min_share={min_share} not accepted; use a value in (0, 0.5]")
+        return self.counts(min_share) >= 2
+
+    def relabel(self, band: float) -> "ReferenceFeatures":
+        """The same references with step 3 applied again with another ``band`` (the retentions
+        are kept, so nothing is rendered again); ``band=0`` gives the rule without the band.
+
+        Only references with a driver change; the others (background, mixed) keep their label.
+        """
+        if self.driver_concept is None:
+            raise ValueError("these reference features hold no driver_concept (computed before "
+                             "the band, or built by hand), so step 3 cannot be applied again")
+        first = self.kinds.index("conjunction")
+        colours = [n for n, k in zip(self.names, self.kinds) if k == "colour"]
+        shapes = [n for n, k in zip(self.names, self.kinds) if k == "shape"]
+        labels = self.labels.clone()
+        for row, slot in torch.nonzero(self.driver_concept >= 0).tolist():
+            q = int(self.driver_concept[row, slot]) - first
+            name = attribute_label(float(self.colour_retention[row, slot]),
+                                   float(self.shape_retention[row, slot]),
+                                   colours[q // len(shapes)], shapes[q % len(shapes)], band)
+            labels[row, slot] = self.names.index(name)
+        return dataclasses.replace(self, labels=labels)
+
+    def band_effect(self, min_share: float = 0.2) -> dict:
+        """What the uncertainty band (``RULE["band"]``) changes, for a reader.
+
+        Returns
+        -------
+        dict
+            ``n_uncertain`` (references labelled ``"uncertain"``), ``n_references``,
+            ``n_changed`` (units whose true features differ from those without the band,
+            :meth:`relabel` with ``band=0``) and ``n_units``.
+        """
+        without = self.relabel(0.0).features(min_share)
+        changed = sum(set(a) != set(b) for a, b in zip(self.features(min_share), without))
+        return dict(n_uncertain=int((~self.certain).sum()), n_references=int(self.labels.numel()),
+                    n_changed=int(changed), n_units=int(self.labels.shape[0]))
 
     def kind_shares(self) -> dict:
-        """Share of all references of each kind of feature (colour, shape, conjunction, ...)."""
+        """Share of all references of each kind of feature (colour, shape, conjunction, ...,
+        ``"uncertain"`` included: this describes the labels, it scores nothing)."""
         kinds = [self.kinds[i] for i in self.labels.flatten().tolist()]
         return {k: kinds.count(k) / max(len(kinds), 1) for k in dict.fromkeys(self.kinds)}
 
     def table(self, min_share: float = 0.2):
-        """One row per unit: ``neuron``, ``features`` (its true features), ``n_features`` and the
-        mean ``responsibility`` of its drivers."""
+        """One row per unit: ``neuron``, ``features`` (its true features), ``n_features``,
+        ``n_uncertain`` (its references inside the band) and the mean ``responsibility`` of its
+        drivers."""
         feats = self.features(min_share)
         return pd.DataFrame({"neuron": self.channels.tolist(),
                              "features": [", ".join(f) for f in feats],
                              "n_features": [len(f) for f in feats],
+                             "n_uncertain": (~self.certain).sum(1).tolist(),
                              "responsibility": self.responsibility.mean(1).numpy()})
 
 
@@ -420,18 +530,19 @@ def _intervene(dataset, indices: torch.Tensor, channels: torch.Tensor, names: li
                       "counterfactuals", "obj", progress)
     n_col = len(colours) - 1
     col_ret, shp_ret = (torch.full(indices.shape, float("nan")) for _ in range(2))
+    concept = torch.full(indices.shape, -1, dtype=torch.long)
     for (row, slot), (i, j) in drivers.items():
         ch = int(channels[row])
         a, a_j = found["activation"][row, slot], removals[i][0][1 + j, ch]
         (e, (colour, shape)) = edits[(i, j)]
         col_ret[row, slot] = _retention(e[:n_col, ch], a, a_j)
         shp_ret[row, slot] = _retention(e[n_col:, ch], a, a_j)
-        by_colour = bool(col_ret[row, slot] < RULE["attribute"])
-        by_shape = bool(shp_ret[row, slot] < RULE["attribute"])
-        name = (f"{colour} {shape}" if by_colour and by_shape else colour if by_colour
-                else shape if by_shape else OBJECT)
+        # step 3, with the uncertainty band (RULE["band"]): the retentions stay stored
+        name = attribute_label(float(col_ret[row, slot]), float(shp_ret[row, slot]), colour, shape)
         found["labels"][row, slot] = names.index(name)
-    return {**found, "colour_retention": col_ret, "shape_retention": shp_ret}
+        concept[row, slot] = names.index(f"{colour} {shape}")
+    return {**found, "colour_retention": col_ret, "shape_retention": shp_ret,
+            "driver_concept": concept}
 
 
 def reference_features(model: torch.nn.Module, dataset, references, *, batch_size: int = 128,
@@ -456,6 +567,13 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
        averaged over the alternatives. Colour matters when its retention is below 0.5, and so
        does shape. Colour only: the colour (``"red"``); shape only: the shape (``"circle"``);
        both: the conjunction (``"red circle"``); neither: ``"object"`` (any object there).
+       **Uncertainty band.** If either retention lies in ``[0.4, 0.6)`` (within
+       ``RULE["band"]`` = 0.1 of the cut) the label is ``"uncertain"`` instead: the averaged
+       retention moves by about that much between edits, so the intervention cannot decide the
+       cut there, and the reference is neither one attribute nor the conjunction. Uncertain
+       references are no feature of their unit and are left out of every score against the
+       truth (:attr:`ReferenceFeatures.certain`); their retentions are still stored, and
+       :meth:`ReferenceFeatures.relabel` with ``band=0`` gives the rule without the band.
 
     Keeping the area when the shape changes is what lets a unit that counts red pixels come out
     as ``"red"``: with the radius kept instead, a triangle has 41% of a circle's area and the
@@ -505,7 +623,8 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
     expect = {name: TensorSpec(shape, torch.float32) for name in
               ("responsibility", "activation", "colour_retention", "shape_retention")}
     expect.update(labels=TensorSpec(shape, torch.int64, low=0, high=len(names)),
-                  driver=TensorSpec(shape, torch.int64, low=-1))
+                  driver=TensorSpec(shape, torch.int64, low=-1),
+                  driver_concept=TensorSpec(shape, torch.int64, low=-1, high=len(names)))
     tensors = cached("reference_features", cache, dataset, compute, model=model, expect=expect,
                      layer=layer, refs=digest, rule=RULE, rule_version=RULE_VERSION,
                      **layout_key(layout))
@@ -515,7 +634,7 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
 
 def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, layer: str = "layer4",
                           n_ref: int = 100, min_share: float = 0.2, *, batch_size: int = 250,
-                          progress: bool = False) -> dict:
+                          band: float | None = None, progress: bool = False) -> dict:
     """How many channels of ``layer`` are polysemantic by ground truth (by intervention).
 
     Mines the ``n_ref`` most activating images of every channel of ``layer`` on ``dataset``
@@ -537,6 +656,9 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
         Minimal share of each true feature.
     batch_size : int
         Images per forward pass.
+    band : float, optional
+        The uncertainty band of step 3 (default ``RULE["band"]``); ``0`` gives the rule without
+        it (:meth:`ReferenceFeatures.relabel`), as the cards written before the band state.
     progress : bool
         Show a progress bar.
 
@@ -545,24 +667,28 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
     dict
         ``count``, ``n_neurons``, ``fraction``, ``neurons`` (ids of the polysemantic channels),
         ``features`` (each channel's true features) and the settings (``layer``, ``n_ref``,
-        ``min_share``, ``split``, ``n``, ``seed``, ``rule``), as stored in the model cards under
-        ``layer4_polysemantic``.
+        ``min_share``, ``split``, ``n``, ``seed``, ``band``, ``rule``), as stored in the model
+        cards under ``layer4_polysemantic`` (cards written before the band have no ``band``).
     """
     refs = mine_references(model, dataset, layer, n_ref=min(int(n_ref), len(dataset)),
                            batch_size=batch_size, progress=progress)
     feats = reference_features(model, dataset, refs, batch_size=batch_size, progress=progress)
+    band = RULE["band"] if band is None else float(band)
+    if band != RULE["band"]:
+        feats = feats.relabel(band)
     poly = feats.polysemantic(min_share)
     return dict(count=int(poly.sum()), n_neurons=int(poly.numel()),
                 fraction=round(float(poly.float().mean()), 4),
                 neurons=[int(i) for i in torch.nonzero(poly).flatten()],
                 features=feats.features(min_share),
                 layer=layer, n_ref=refs.indices.shape[1], min_share=min_share,
-                split=dataset.split, n=len(dataset), seed=dataset.seed,
+                split=dataset.split, n=len(dataset), seed=dataset.seed, band=band,
                 rule=(f"top-{refs.indices.shape[1]} images per {layer} channel by spatial max; the "
                       "feature of a reference is found by editing its image (remove each object, "
                       "change the driver's colour and shape; pure_utils.shapes.ground_truth."
-                      f"reference_features, rule {RULE_VERSION}); polysemantic = at least two "
-                      f"features with >= {min_share:.0%} of the references"))
+                      f"reference_features, rule {RULE_VERSION}, uncertainty band {band:g} around "
+                      f"the attribute cut); polysemantic = at least two features with >= "
+                      f"{min_share:.0%} of the references"))
 
 
 def intervention_panels(model: torch.nn.Module, dataset, references, neuron: int, slot: int, *,

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import silhouette_score
 
 from .._arrays import as_numpy
-from ..shapes.ground_truth import concept_counts
+from ..shapes.ground_truth import concept_counts, feature_shares
 from ..metrics import kmeans_labels
 from .report import interval
-from .tables import (check_rows, compare_clusterings, ground_truth_score, ground_truth_table,
-                     neuron_ids, paired_table, score_rows, summarize_frame)
+from .tables import (certain_mask, check_rows, compare_clusterings, ground_truth_score,
+                     ground_truth_table, neuron_ids, paired_table, score_rows, summarize_frame)
 
 __all__ = ["clustering_table", "variant_scores", "choose_k_table", "compare_variants"]
 
 
 def clustering_table(concepts, features: dict, *, algorithms=("kmeans",), k: int = 2,
-                     neurons=None, random_state: int = 0, n_init: int = 10,
+                     neurons=None, certain=None, random_state: int = 0, n_init: int = 10,
                      progress: bool = True) -> pd.DataFrame:
     """ARI / NMI against ground truth for several clustering algorithms (ablation).
 
@@ -30,6 +31,9 @@ def clustering_table(concepts, features: dict, *, algorithms=("kmeans",), k: int
     algorithms : sequence of str
         :data:`pure_utils.virtual.ALGORITHMS` names.
     k : int
+    certain : BoolTensor[n_neurons, n_ref], optional
+        References whose truth is certain (``ReferenceFeatures.certain``): all are clustered,
+        only these are scored. Default: all.
 
     Returns
     -------
@@ -40,14 +44,15 @@ def clustering_table(concepts, features: dict, *, algorithms=("kmeans",), k: int
     n = concepts.shape[0]
     neurons = neuron_ids(neurons, n)
     check_rows(features, concepts.shape, "concepts")
-    rows = score_rows(concepts.shape, neurons, features, ground_truth_score(concepts), ks=[k],
+    rows = score_rows(concepts.shape, neurons, features,
+                       ground_truth_score(concepts, certain_mask(certain, concepts.shape)), ks=[k],
                        algorithms=algorithms, include_random=False, random_state=random_state,
                        n_init=n_init, desc="algorithms", progress=progress)
     return pd.DataFrame(rows, columns=["neuron", "method", "algorithm", "k", "ari", "nmi"])
 
 
 def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None, neurons=None,
-                   random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
+                   certain=None, random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
     """Score clusterings of several feature variants per neuron (for ablations).
 
     With ground-truth ``concepts`` the score is the ARI of k-means labels against them; without,
@@ -60,6 +65,9 @@ def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None
     concepts : LongTensor[n_neurons, n_ref], optional
     embeddings : Tensor[n_neurons, n_ref, d], optional
         Needed when ``concepts`` is not given.
+    certain : BoolTensor[n_neurons, n_ref], optional
+        With ``concepts``: the references whose truth is certain, the only ones the ARI
+        compares (``ReferenceFeatures.certain``; every reference is clustered).
 
     Returns
     -------
@@ -69,7 +77,8 @@ def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None
     if concepts is not None:
         frame = ground_truth_table(concepts, features, ks=[k], neurons=neurons,
                                    include_random=True, include_ground_truth=False,
-                                   random_state=random_state, n_init=n_init, progress=False)
+                                   certain=certain, random_state=random_state, n_init=n_init,
+                                   progress=False)
         return frame.rename(columns={"ari": "score"}).drop(columns="nmi").assign(metric="ARI")
     if embeddings is None:
         raise ValueError("variant_scores needs concepts (ground truth) or embeddings (Eq. 5)")
@@ -80,14 +89,17 @@ def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None
 
 
 def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float = 0.2,
-                   neurons=None, random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
+                   neurons=None, certain=None, random_state: int = 0,
+                   n_init: int = 10) -> pd.DataFrame:
     """Pick the number of virtual neurons per neuron by the silhouette of k-means.
 
     For each neuron, k-means runs for every ``k`` in ``ks`` on its attribution vectors and the
     ``k`` with the largest silhouette score (Euclidean) is chosen. With ground-truth
     ``concepts`` the true count is added: the number of concepts holding at least
     ``min_share`` of the neuron's reference samples (at least 1;
-    :func:`pure_utils.shapes.ground_truth.concept_counts`, background is no concept).
+    :func:`pure_utils.shapes.ground_truth.concept_counts`, background is no concept); with
+    ``certain`` (``ReferenceFeatures.certain``) the shares are of the certain references only,
+    as in ``ReferenceFeatures.counts``.
 
     Parameters
     ----------
@@ -102,7 +114,7 @@ def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float
         ``silhouette_k{k}`` column per ``k``.
     """
     n = len(features)
-    true_k = None if concepts is None else concept_counts(concepts, min_share).clamp(min=1)
+    true_k = None if concepts is None else _true_counts(concepts, certain, min_share)
     neurons = neuron_ids(neurons, n)
     rows = []
     for i in range(n):
@@ -123,6 +135,16 @@ def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float
         row.update({f"silhouette_k{k}": v for k, v in scores.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _true_counts(concepts, certain, min_share: float) -> torch.Tensor:
+    """Concepts with at least ``min_share`` of each neuron's (certain) references, at least 1."""
+    if certain is None:
+        return concept_counts(concepts, min_share).clamp(min=1)
+    c = torch.as_tensor(as_numpy(concepts, np.int64))
+    mask = torch.as_tensor(certain_mask(certain, c.shape))
+    shares = feature_shares(c + 1, mask, int(c.max()) + 2)[:, 1:]  # -1 (background): no concept
+    return (shares >= min_share - 1e-9).sum(1).clamp(min=1)
 
 
 def compare_variants(frame: pd.DataFrame, value: str, reference: str, *, by=(), n_boot: int = 1000,

@@ -107,9 +107,10 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
         return out
     neurons = [s.neurons[i] for i in sel]
     kw = dict(random_state=p.random_state, n_init=p.n_init)
+    # every reference is clustered; only those outside the uncertainty band are scored
     gt = ground_truth_table(truth.labels[sel], {m: f[sel] for m, f in feats.items()},
                             ks=[2, "true"], true_k=truth.counts(min_share)[sel], neurons=neurons,
-                            progress=progress, **kw)
+                            certain=truth.certain[sel], progress=progress, **kw)
     out["ground_truth"] = gt
     out["pairs"] = paired_table(gt, "ari", [(m, ACTIVATIONS) for m in names],
                                 n_boot=p.n_boot, level=p.ci_level)

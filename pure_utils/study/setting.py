@@ -593,8 +593,10 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
                 for name, a in attributions.items()}
     gt_feats[ACTIVATIONS] = acts
     if sel:
+        # clusterings use every reference; the scores only the certain ones (outside the band)
         gt = ground_truth_table(labels[sel], {m: f[sel] for m, f in gt_feats.items()}, ks=ks,
-                                neurons=[s.neurons[i] for i in sel], progress=progress, **kw)
+                                neurons=[s.neurons[i] for i in sel], certain=truth.certain[sel],
+                                progress=progress, **kw)
         result.ground_truth = gt
         result.ground_truth_summary = summarize_frame(gt, "ari", **boot)
         result.ground_truth_pairs = paired_table(gt, "ari", pairs, **boot)
@@ -608,7 +610,9 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
                                                         progress=progress)
         test_truth = reference_features_of(s, dataset=ds, references=refs, progress=progress)
         result.purity = heldout_purity(gt_feats, test_feats, test_truth.labels,
-                                       train_concepts=labels, ks=ks, neurons=s.neurons, **kw)
+                                       train_concepts=labels, ks=ks, neurons=s.neurons,
+                                       test_certain=test_truth.certain,
+                                       train_certain=truth.certain, **kw)
         result.purity_pairs = purity_pairs(result.purity, p.attribution, **boot)
         lap("test phase on the held-out split")
     return result

@@ -30,7 +30,7 @@ __all__ = [
     "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
     "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "comparability", "comparability_word", "divergence_examples",
     "polysemanticity_table", "ground_truth_table", "heldout_purity", "cluster_composition",
-    "results_table", "paper_numbers", "paper_gaps",
+    "results_table", "paper_numbers", "paper_gaps", "certain_mask",
 ]
 
 PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
@@ -44,7 +44,7 @@ def random_labels(n: int, k: int, seed) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, k, size=n)
 
 
-def ground_truth_labels(concepts, k: int) -> np.ndarray:
+def ground_truth_labels(concepts, k: int, certain=None) -> np.ndarray:
     """The ground-truth concepts restricted to ``k`` clusters (the upper bound).
 
     The ``k - 1`` most frequent concepts keep their own cluster; all others share the last
@@ -56,17 +56,23 @@ def ground_truth_labels(concepts, k: int) -> np.ndarray:
     concepts : array-like[n]
         Concept ids (``-1``: background, a concept of its own).
     k : int
+    certain : bool array-like[n], optional
+        References whose truth is certain (``ReferenceFeatures.certain``): only they are
+        counted, and the uncertain ones, which no score compares, join the last cluster.
 
     Returns
     -------
     ndarray[n] of int
     """
     c = as_numpy(concepts, np.int64).reshape(-1)
-    values, counts = np.unique(c, return_counts=True)
+    keep_mask = np.ones(len(c), bool) if certain is None else as_numpy(certain).reshape(-1) > 0
+    values, counts = np.unique(c[keep_mask], return_counts=True)
     order = values[np.lexsort((values, -counts))]
     keep = order if len(order) <= k else order[:k - 1]
     lookup = {v: i for i, v in enumerate(keep)}
-    return np.array([lookup.get(v, len(keep)) for v in c], dtype=int)
+    last = min(len(keep), max(k - 1, 0))
+    return np.array([lookup.get(v, len(keep)) if m else last for v, m in zip(c, keep_mask)],
+                    dtype=int)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,15 +87,18 @@ def neuron_ids(neurons, n: int) -> list[int]:
 
 
 def score_rows(shape, neurons, features: dict, score, *, ks=(2,), algorithms=("kmeans",),
-                include_random: bool = True, truth=None, true_k=None, random_state: int = 0,
-                n_init: int = 10, desc: str = "", progress: bool = False) -> list[dict]:
+                include_random: bool = True, truth=None, true_k=None, certain=None,
+                random_state: int = 0, n_init: int = 10, desc: str = "",
+                progress: bool = False) -> list[dict]:
     """One row per neuron, ``k``, clustering algorithm and method, scored by ``score(i, labels)``.
 
     ``shape`` is ``(n_neurons, n_ref)``. For neuron ``i`` every entry of ``features`` is
     clustered (``VirtualNeurons`` with ``algorithm``); ``"random"`` labels and, with ``truth``
     (``[n_neurons, n_ref]`` labels), the ground truth restricted to ``k`` clusters are added.
     ``ks`` may hold ``"true"``: each neuron's own number of true features, ``true_k[i]`` (the
-    ``k`` column then reads ``"true"``). ``score`` returns a dict of columns.
+    ``k`` column then reads ``"true"``). ``score`` returns a dict of columns. ``certain``
+    (``[n_neurons, n_ref]`` booleans) tells the upper bound which references' truth counts
+    (:func:`ground_truth_labels`); every clustering uses all references.
     """
     n, n_ref = shape[:2]
     if "true" in ks and true_k is None:
@@ -104,7 +113,8 @@ def score_rows(shape, neurons, features: dict, score, *, ks=(2,), algorithms=("k
                 if include_random:
                     labelings[RANDOM] = random_labels(n_ref, k, [random_state, neurons[i], k])
                 if truth is not None:
-                    labelings[GROUND_TRUTH] = ground_truth_labels(truth[i], k)
+                    labelings[GROUND_TRUTH] = ground_truth_labels(
+                        truth[i], k, None if certain is None else certain[i])
                 for name, labels in labelings.items():
                     rows.append(dict(neuron=neurons[i], method=name, k=k_name if k_name == "true"
                                      else k, algorithm=algorithm, **score(i, labels)))
@@ -337,18 +347,24 @@ def polysemanticity_table(embeddings, *, neurons=None, random_state: int = 0,
 # --------------------------------------------------------------------------------------------
 # scores against ground truth (controlled benchmark)
 # --------------------------------------------------------------------------------------------
-def ground_truth_score(concepts):
+def ground_truth_score(concepts, certain=None):
+    """``score(i, labels)`` for :func:`score_rows`: ARI and NMI of neuron ``i``'s clustering
+    against ``concepts[i]``, over the references with ``certain[i]`` only (all by default)."""
     def score(i, labels):
-        s = ground_truth_scores(labels, concepts[i])
+        s = ground_truth_scores(labels, concepts[i], None if certain is None else certain[i])
         return dict(ari=s["ari"], nmi=s["nmi"])
     return score
 
 
 def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=None,
                        include_random: bool = True, include_ground_truth: bool = True,
-                       true_k=None, random_state: int = 0, n_init: int = 10,
+                       true_k=None, certain=None, random_state: int = 0, n_init: int = 10,
                        progress: bool = True) -> pd.DataFrame:
     """ARI and NMI between each method's clusters and the ground-truth concepts, per neuron.
+
+    Every method clusters all of a neuron's references; the score compares only those whose
+    truth is ``certain`` (the references inside the uncertainty band of
+    :func:`pure_utils.shapes.ground_truth.reference_features` have no truth to agree with).
 
     Parameters
     ----------
@@ -367,27 +383,41 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
     include_random, include_ground_truth : bool
         Add the lower bound (random labels) and the upper bound (the concepts restricted to
         ``k`` clusters, :func:`ground_truth_labels`).
+    certain : BoolTensor[n_neurons, n_ref], optional
+        The references whose truth is certain (``ReferenceFeatures.certain``): only they are
+        scored. Default: all.
 
     Returns
     -------
     pandas.DataFrame
-        ``neuron, method, k, ari, nmi``.
+        ``neuron, method, k, ari, nmi`` (NaN for a neuron without a certain reference).
     """
     concepts = as_numpy(concepts, np.int64)
     n = concepts.shape[0]
     neurons = neuron_ids(neurons, n)
     check_rows(features, concepts.shape, "concepts")
-    rows = score_rows(concepts.shape, neurons, features, ground_truth_score(concepts), ks=ks,
-                       include_random=include_random,
+    certain = certain_mask(certain, concepts.shape)
+    rows = score_rows(concepts.shape, neurons, features, ground_truth_score(concepts, certain),
+                       ks=ks, include_random=include_random,
                        truth=concepts if include_ground_truth else None, true_k=true_k,
-                       random_state=random_state, n_init=n_init, desc="ground truth",
-                       progress=progress)
+                       certain=certain, random_state=random_state, n_init=n_init,
+                       desc="ground truth", progress=progress)
     return pd.DataFrame(rows, columns=["neuron", "method", "k", "ari", "nmi"])
 
 
+def certain_mask(certain, shape):
+    """``certain`` as a boolean array of ``shape`` (None stays None)."""
+    if certain is None:
+        return None
+    mask = as_numpy(certain) > 0
+    if mask.shape != tuple(shape[:2]):
+        raise ValueError(f"certain {mask.shape} must have the shape of the concepts {tuple(shape[:2])}")
+    return mask
+
+
 def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
-                   train_concepts=None, ks=(2,), neurons=None, random_state: int = 0,
-                   n_init: int = 10) -> pd.DataFrame:
+                   train_concepts=None, ks=(2,), neurons=None, test_certain=None,
+                   train_certain=None, random_state: int = 0, n_init: int = 10) -> pd.DataFrame:
     """Purity of held-out samples assigned to virtual neurons (the test phase, Fig. 2).
 
     Per neuron and method, virtual neurons are fitted on the reference samples
@@ -407,6 +437,10 @@ def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
     train_concepts : LongTensor[n_neurons, n_ref], optional
         Adds ``purity_train`` (purity of the fitted clusters on the reference samples).
     ks : sequence of int
+    test_certain, train_certain : BoolTensor of the shape of ``test_concepts`` (``train_concepts``), optional
+        The samples whose truth is certain (``ReferenceFeatures.certain``). Virtual neurons are
+        fitted on, and assign, all samples; every purity counts only the certain ones (NaN for a
+        neuron without any). Default: all.
 
     Returns
     -------
@@ -419,21 +453,28 @@ def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
     neurons = neuron_ids(neurons, n)
     if set(train_features) != set(test_features):
         raise ValueError(f"methods differ: train {sorted(train_features)}, test {sorted(test_features)}")
+    test_certain = certain_mask(test_certain, test_concepts.shape)
+    if train_certain is not None and train_concepts is not None:
+        train_certain = certain_mask(train_certain, as_numpy(train_concepts, np.int64).shape)
     rows = []
     for i in range(n):
-        c = test_concepts[i]
+        m = slice(None) if test_certain is None else test_certain[i]
+        c = test_concepts[i][m]
         base = purity(np.zeros(len(c), dtype=int), c)
         for k in ks:
             for name in train_features:
                 Xtr, Xte = as_numpy(train_features[name][i]), as_numpy(test_features[name][i])
                 vn = VirtualNeurons(n_clusters=k, random_state=random_state, n_init=n_init).fit(Xtr)
-                assigned = vn.predict(Xte)
+                assigned = vn.predict(Xte)[m]
                 row = dict(neuron=neurons[i], method=name, k=int(k), purity_neuron=base,
                            purity_random=random_assignment_purity(
-                               assigned, c, seed=[random_state, neurons[i], int(k)]),
+                               assigned, c, seed=[random_state, neurons[i], int(k)])
+                           if len(c) else float("nan"),
                            purity_virtual=purity(assigned, c))
                 if train_concepts is not None:
-                    row["purity_train"] = purity(vn.labels_, as_numpy(train_concepts[i], np.int64))
+                    mt = slice(None) if train_certain is None else train_certain[i]
+                    row["purity_train"] = purity(vn.labels_[mt],
+                                                 as_numpy(train_concepts[i], np.int64)[mt])
                 rows.append(row)
     return pd.DataFrame(rows)
 

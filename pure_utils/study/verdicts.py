@@ -27,7 +27,7 @@ __all__ = [
     "lrp_sentence", "card_sentence", "ground_truth_note", "virtual_neuron_names",
     "ablation_score_sentence", "choose_k_sentence", "mix_sentence", "composition_sentence",
     "circuit_sentence", "test_phase_sentence", "split_sentence", "upper_bound_clause",
-    "width_sentence", "polysemantic_fractions", "polysemantic_medians_sentence",
+    "width_sentence", "polysemantic_fractions", "polysemantic_medians_sentence", "band_sentence",
 ]
 
 #: The attributions' names in prose (any other is written as it is named in the profile).
@@ -266,6 +266,26 @@ def kind_sentence(shares: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
 
 
+def band_sentence(truths: Mapping, min_share: float) -> str:
+    """What the uncertainty band of the intervention rule changes, model by model.
+
+    ``truths``: model -> :class:`~pure_utils.shapes.ground_truth.ReferenceFeatures` (counts from
+    :meth:`~pure_utils.shapes.ground_truth.ReferenceFeatures.band_effect`); empty gives
+    ``"n/a (no ground truth)"``.
+    """
+    parts = []
+    for m, t in truths.items():
+        e = t.band_effect(min_share)
+        parts.append(f"on {m}, {e['n_uncertain']} of {e['n_references']} references "
+                     f"({e['n_uncertain'] / max(e['n_references'], 1):.0%}) are uncertain and "
+                     f"{e['n_changed']} of {e['n_units']} units have other true features than "
+                     "without the band")
+    if not parts:
+        return "n/a (no ground truth)"
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
+
+
 def pixel_rule_sentence(model_name: str, pixel, truth) -> str:
     """How the pixel rule and the intervention agree on which units are polysemantic.
 
@@ -314,7 +334,8 @@ def ground_truth_note(profile_name: str, has_ground_truth: bool) -> str:
 
 
 def virtual_neuron_names(labels, features, unit: int) -> list[str]:
-    """Each virtual neuron named by the true feature most of its references have.
+    """Each virtual neuron named by the true feature most of its references have (among its
+    references outside the uncertainty band, ``ReferenceFeatures.certain``).
 
     Parameters
     ----------
@@ -328,13 +349,14 @@ def virtual_neuron_names(labels, features, unit: int) -> list[str]:
     list of str
         ``"virtual neuron c (n=...): <feature> <share>"`` for each virtual neuron, in order.
     """
-    ref_features = pd.Series([features.names[i]
-                              for i in features.labels[int(features.rows([unit])[0])].tolist()])
+    row = int(features.rows([unit])[0])
+    ref_features = pd.Series([features.names[i] for i in features.labels[row].tolist()])
+    certain = features.certain[row].numpy()
     out = []
     for c in sorted(set(labels.tolist())):
-        shares = ref_features[labels == c].value_counts(normalize=True)
-        out.append(f"virtual neuron {c} (n={int((labels == c).sum())}): {shares.index[0]} "
-                   f"{shares.iloc[0]:.0%}")
+        shares = ref_features[(labels == c) & certain].value_counts(normalize=True)
+        named = f"{shares.index[0]} {shares.iloc[0]:.0%}" if len(shares) else "all uncertain"
+        out.append(f"virtual neuron {c} (n={int((labels == c).sum())}): {named}")
     return out
 
 
@@ -394,7 +416,7 @@ def composition_sentence(labels, concepts, names) -> str:
             f"{whole.share.max():.0%} in the channel as a whole.")
 
 
-def circuit_sentence(cluster_centers, labels, concepts=None) -> str:
+def circuit_sentence(cluster_centers, labels, concepts=None, certain=None) -> str:
     """The two virtual neurons' circuits compared (cosine of their mean vectors; only for two
     virtual neurons), and, with ground truth, the ARI of the split against the true features.
 
@@ -406,13 +428,16 @@ def circuit_sentence(cluster_centers, labels, concepts=None) -> str:
         ``VirtualNeurons.labels_``.
     concepts : LongTensor[n_ref], optional
         The references' true features; None leaves the ARI out.
+    certain : BoolTensor[n_ref], optional
+        The references whose truth is certain (``ReferenceFeatures.certain``): the ARI compares
+        only those (all references were clustered).
     """
     import torch  # heavy: the cosine as the chapter has always computed it
 
     centres = torch.as_tensor(cluster_centers)
     k = len(centres)
     match = (f" Against the channel's true features (by intervention; see the chapter on ground "
-             f"truth) the groups reach an ARI of {ground_truth_scores(labels, concepts)['ari']:.2f}."
+             f"truth) the groups reach an ARI of {ground_truth_scores(labels, concepts, certain)['ari']:.2f}."
              if concepts is not None else "")
     if k != 2:
         return match
