@@ -119,15 +119,42 @@ def test_planted_units_respond_as_planted():
 
 def test_differences_by_model_gives_one_row_per_model():
     import pandas as pd
-    pairs = pd.DataFrame({"model": ["m1", "m1", "m2"], "a": ["PURE (gxa)", "PURE (epsilon_plus_flat)", "PURE (gxa)"],
-                          "k": [2, 2, 2], "mean": [0.012, -0.03, 0.5], "ci_low": [-0.02, -0.07, 0.4],
-                          "ci_high": [0.05, 0.01, 0.6], "p_value": [0.4632, 0.58, 1e-5], "n": [15, 15, 9]})
-    wide = family.differences_by_model(pairs)
-    assert list(wide.columns) == ["model", "units", "gxa, k = 2", "epsilon_plus_flat, k = 2"]
+    pairs = pd.DataFrame({"model": ["m1", "m1", "m2", "m2"],
+                          "a": ["PURE (gxa)", "PURE (epsilon_plus_flat)", "PURE (gxa)", "PURE (gxa)"],
+                          "b": ["activations (mean)"] * 3 + ["activations (peak)"],
+                          "k": [2, 2, 2, 2], "mean": [0.012, -0.03, 0.5, 0.1],
+                          "ci_low": [-0.02, -0.07, 0.4, 0.0], "ci_high": [0.05, 0.01, 0.6, 0.2],
+                          "p_sign_flip": [0.4632, 0.58, 1e-5, 0.2], "n_tied": [3, 0, 1, 2],
+                          "n": [15, 15, 9, 9]})
+    extra = pairs.assign(k="true", mean=9.0)  # another k is left out
+    wide = family.differences_by_model(pd.concat([pairs, extra]))
+    assert list(wide.columns) == ["model", "units", "gxa - activations (mean)",
+                                  "epsilon_plus_flat - activations (mean)", "gxa - activations (peak)"]
     assert wide.model.tolist() == ["m1", "m2"] and wide.units.tolist() == [15, 9]
-    assert wide.loc[0, "gxa, k = 2"] == "0.01 [-0.02, 0.05] (p 0.46)"
-    assert wide.loc[1, "gxa, k = 2"] == "0.50 [0.40, 0.60] (p 1e-05)"
-    assert wide.loc[1, "epsilon_plus_flat, k = 2"] == "not scored"
+    assert wide.loc[0, "gxa - activations (mean)"] == "0.01 [-0.02, 0.05] (p 0.46, 3 tied)"
+    assert wide.loc[1, "gxa - activations (mean)"] == "0.50 [0.40, 0.60] (p 1e-05, 1 tied)"
+    assert wide.loc[1, "epsilon_plus_flat - activations (mean)"] == "not scored"
+    assert wide.loc[0, "gxa - activations (peak)"] == "not scored"
+
+
+def test_pooled_table_is_the_stratified_test_of_the_unit_differences():
+    import pandas as pd
+    from pure_utils.stats import stratified_sign_flip_test
+    rng = np.random.default_rng(0)
+    units = pd.DataFrame({"model": ["a"] * 5 + ["b"] * 3,
+                          "difference PURE (gxa)": rng.normal(0.3, 0.1, 8),
+                          "difference PURE (gxa) - peak": [0.0] * 8})
+    table = family.pooled_table(units, ["gxa", "epsilon_plus_flat"], n_perm=2000)
+    assert table[["a", "b"]].values.tolist() == [["PURE (gxa)", "activations (mean)"],
+                                                 ["PURE (gxa)", "activations (peak)"]]
+    d = units["difference PURE (gxa)"].to_numpy()
+    expect = stratified_sign_flip_test({"a": d[:5], "b": d[5:]}, n_perm=2000)
+    row = table.iloc[0]
+    # every model counts once: the mean of the two models' means, not of the eight units
+    assert row.statistic == pytest.approx((d[:5].mean() + d[5:].mean()) / 2)
+    assert row.p == pytest.approx(expect["p"]) and row.n_groups == 2 and row.n == 8
+    assert row.p <= 2 / 2 ** 8 + 1e-12  # every difference positive: the smallest reachable p
+    assert table.iloc[1].p == 1.0 and table.iloc[1].n_tied == 8
 
 
 def _features(labels):

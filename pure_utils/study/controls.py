@@ -57,10 +57,11 @@ from ..shapes.grafting import (Graft, concept_split, design_units, install_units
 from ..shapes.ground_truth import reference_features
 from ..cache import resolve_cache
 from .profile import Profile, as_profile, profile_device
+from .report import interval
 from .tables import PURE, ground_truth_table, paired_table
 
 __all__ = ["REGIMES", "DESIGNS", "PASS", "regime_pairs", "SEEN_PAIRS", "UNSEEN_PAIRS", "design_table", "controls_comparison",
-           "design_agreement", "activation_separation", "criteria_table"]
+           "design_agreement", "activation_separation", "criteria_table", "regime_table", "score_summary"]
 
 _SHAPES = SyntheticConfig().shapes
 #: The pairs of R1, R2 and the negative control: every pair of colours, and six pairs of
@@ -217,13 +218,16 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
     truth = reference_features(grafted, images, refs, device=device, cache=cache)
     feats = _features(p, grafted, images, refs, units, n_original, device, cache)
     scores = ground_truth_table(truth.labels, feats, ks=[2], neurons=units, include_random=True,
-                                include_ground_truth=False, random_state=p.random_state,
-                                n_init=p.n_init, progress=False)
+                                include_ground_truth=False, certain=truth.certain,
+                                random_state=p.random_state, n_init=p.n_init, progress=False)
     agree = {r.unit: design_agreement(truth.names, truth.labels[i], r.concept_a, r.concept_b,
                                       images.config) for i, r in enumerate(built)}
+    # as everywhere in the book, a unit is scored when its truth holds two or more features
+    poly = dict(zip(units, truth.polysemantic(p.polysemantic_min_share).tolist()))
+    found = dict(zip(units, (", ".join(f) for f in truth.features(p.polysemantic_min_share))))
     pairs = {r.unit: f"{r.concept_a} | {r.concept_b}" for r in built}
-    return scores.assign(regime=name, pair=scores.neuron.map(pairs),
-                         agreement=scores.neuron.map(agree))
+    return scores.assign(regime=name, pair=scores.neuron.map(pairs), truth=scores.neuron.map(found),
+                         agreement=scores.neuron.map(agree), scored=scores.neuron.map(poly))
 
 
 def controls_comparison(profile: Profile | dict, *, progress: bool = False) -> dict:
@@ -257,11 +261,13 @@ def controls_comparison(profile: Profile | dict, *, progress: bool = False) -> d
 
 
 def regime_pairs(scores: pd.DataFrame, profile: Profile | dict) -> pd.DataFrame:
-    """Every PURE attribution minus each baseline, per regime (paired over its units)."""
+    """Every PURE attribution minus each baseline, per regime, paired over its scored units (those
+    whose truth holds two or more features)."""
     p = as_profile(profile)
     methods = list(dict.fromkeys(scores.method))
     pure = [m for m in methods if m.startswith(PURE)]
     wanted = [(a, b) for a in pure for b in BASELINES]
+    scores = scores[scores.scored]
     out = [paired_table(scores[scores.regime == name].assign(k=2), "ari", wanted,
                         n_boot=p.n_boot, level=p.ci_level, detection=True).assign(regime=name)
            for name in dict.fromkeys(scores.regime)]
@@ -285,15 +291,43 @@ def _precondition(p: Profile, model, records, device) -> pd.DataFrame:
 def criteria_table(result: dict) -> pd.DataFrame:
     """The pass criteria of :data:`PASS`, each with its value and whether it is met."""
     scores, pre = result["scores"], result["precondition"]
-    pure = scores[scores.method == f"{PURE} (gxa)"]
-    mean = lambda regime, col="ari": float(pure[pure.regime == regime][col].mean())  # noqa: E731
-    rows = [(f"truth agrees with the design ({r}), mean share of references", mean(r, "agreement"),
+    pure = scores[(scores.method == f"{PURE} (gxa)")]
+    scored = pure[pure.scored]
+    agreement = lambda r: float(pure[pure.regime == r].agreement.mean())  # noqa: E731
+    ari = lambda r: float(scored[scored.regime == r].ari.mean())  # noqa: E731
+    rows = [(f"truth agrees with the design ({r}), mean share of references", agreement(r),
              ">=", PASS["truth_agreement"]) for r in ("R1", "R2", "R3")]
-    rows += [(f"PURE (gxa) mean ARI, {r}", mean(r), ">=", PASS["pure_ari"]) for r in ("R2", "R3")]
-    rows.append(("PURE (gxa) mean ARI, negative control", mean("negative"), "<=", PASS["negative_ari"]))
+    rows += [(f"PURE (gxa) mean ARI, {r}", ari(r), ">=", PASS["pure_ari"]) for r in ("R2", "R3")]
+    rows.append(("PURE (gxa) mean ARI, negative control", ari("negative"), "<=", PASS["negative_ari"]))
     rows.append(("R3 precondition: ARI of the averaged activations, A- against B-images (mean)",
                  float(pre["ARI, averaged activations"].mean()), "<", PASS["precondition_ari"]))
     ok = {">=": np.greater_equal, "<=": np.less_equal, "<": np.less}
     return pd.DataFrame([{"criterion": c, "value": v, "needed": f"{op} {t}",
                           "met": bool(ok[op](v, t)) if np.isfinite(v) else False}
                          for c, v, op, t in rows])
+
+
+def regime_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The paired differences of :func:`regime_pairs` for a reader: one row per regime and
+    comparison, with what each test can detect."""
+    rows = []
+    for _, r in pairs.iterrows():
+        rows.append({"regime": REGIMES[r.regime]["label"], "PURE": r.a.removeprefix(f"{PURE} "),
+                     "minus": r.b, "difference": interval(r["mean"], r.ci_low, r.ci_high),
+                     "units": int(r.n), "tied": int(r.n_tied), "sign-flip p": f"{r.p_sign_flip:.2g}",
+                     "smallest reachable p": f"{r.min_p:.2g}", "detectable difference": f"{r.mdd:.2f}",
+                     "reading": r.word})
+    return pd.DataFrame(rows)
+
+
+def score_summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean ARI of every method per regime over the scored units, and how many units each regime
+    built and scored (a unit is scored when its truth holds two or more features)."""
+    scored = scores[scores.scored]
+    wide = scored.pivot_table(index="regime", columns="method", values="ari", aggfunc="mean",
+                              sort=False).round(2)
+    counts = scores.groupby("regime", sort=False).agg(built=("neuron", "nunique"))
+    counts["scored"] = scored.groupby("regime", sort=False).neuron.nunique()
+    out = counts.join(wide).reindex([r for r in REGIMES if r in counts.index])
+    out.index = [REGIMES[r]["label"] for r in out.index]
+    return out.fillna({"scored": 0}).astype({"scored": int}).reset_index(names="regime")

@@ -16,6 +16,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import silhouette_score
 
 from .._arrays import as_numpy
+from ..circuits import BASELINES, activation_features
+from ..stats import stratified_sign_flip_test
 from ..canonizers import lrp_support
 from ..models import read_card
 from .profile import Profile, as_profile
@@ -27,7 +29,10 @@ from ..shapes.train import FAMILY
 
 __all__ = ["compare_model", "family_comparison", "unit_predictors", "predictor_correlations",
            "planted_check", "differences_by_model", "overview_table", "models_table",
-           "uncovered_modules", "showcase_unit", "PREDICTORS"]
+           "uncovered_modules", "showcase_unit", "pooled_table", "PREDICTORS", "PEAK"]
+
+#: The local baseline beside the paper's averaged one (:data:`pure_utils.circuits.BASELINES`).
+PEAK = [name for name, pooling in BASELINES.items() if pooling == "peak"][0]
 
 #: The per-unit predictors (:func:`unit_predictors`), fixed before any result was looked at.
 PREDICTORS = {
@@ -81,9 +86,10 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
     -------
     dict
         ``setting``, ``features`` (:class:`~pure_utils.shapes.ground_truth.ReferenceFeatures` of all
-        evaluated units), ``ground_truth`` (per-unit ARI / NMI), ``pairs`` (PURE minus
-        activations, paired per ``k``), ``units`` (per unit: predictors and the ARI difference
-        of each attribution at ``k = 2``), ``attributions`` (those scored) and ``refused``
+        evaluated units), ``ground_truth`` (per-unit ARI / NMI), ``pairs`` (PURE minus each
+        baseline, averaged and peak activations, paired per ``k``, with what each test can
+        detect), ``units`` (per unit: predictors and the ARI difference of each attribution at
+        ``k = 2`` from the averaged activations, and ``... - peak`` from the peak ones), ``attributions`` (those scored) and ``refused``
         (attribution -> what LRP would miss on this model).
     """
     p = as_profile(profile)
@@ -101,6 +107,10 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
     names = {f"{PURE} ({a})": a for a in p.attributions if a not in refused}
     feats = {m: s.circuit_attributions(a, progress=progress) for m, a in names.items()}
     feats[ACTIVATIONS] = s.activation_features(progress=progress)
+    feats[PEAK] = activation_features(s.model, s.dataset, s.references, s.profile.layer,
+                                      neurons=s.neurons, pooling="peak",
+                                      batch_size=p.batch_size, device=s.device, cache=s.cache,
+                                      progress=progress)
     out = dict(setting=s, features=truth, ground_truth=None, pairs=None, units=None,
                attributions=list(names.values()), refused=refused)
     if not sel:
@@ -112,15 +122,16 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
                             ks=[2, "true"], true_k=truth.counts(min_share)[sel], neurons=neurons,
                             certain=truth.certain[sel], progress=progress, **kw)
     out["ground_truth"] = gt
-    out["pairs"] = paired_table(gt, "ari", [(m, ACTIVATIONS) for m in names],
-                                n_boot=p.n_boot, level=p.ci_level)
+    out["pairs"] = paired_table(gt, "ari", [(m, b) for m in names for b in (ACTIVATIONS, PEAK)],
+                                n_boot=p.n_boot, level=p.ci_level, detection=True)
     k2 = gt[gt.k == 2].pivot(index="neuron", columns="method", values="ari")
     pure = feats[f"{PURE} ({p.attribution})"]
     rows = []
     for j, (i, n) in enumerate(zip(sel, neurons)):
         rows.append({"neuron": n, "n_features": int(truth.counts(min_share)[i]),
                      **unit_predictors(feats[ACTIVATIONS][i], pure[i], truth.labels[i]),
-                     **{f"difference {m}": k2.loc[n, m] - k2.loc[n, ACTIVATIONS] for m in names}})
+                     **{f"difference {m}": k2.loc[n, m] - k2.loc[n, ACTIVATIONS] for m in names},
+                     **{f"difference {m} - peak": k2.loc[n, m] - k2.loc[n, PEAK] for m in names}})
     out["units"] = pd.DataFrame(rows)
     return out
 
@@ -209,22 +220,61 @@ def planted_check(run: dict, planted: dict, profile: Profile | dict) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def differences_by_model(pairs: pd.DataFrame) -> pd.DataFrame:
-    """The paired differences of several models, one row per model.
+def differences_by_model(pairs: pd.DataFrame, *, k=2) -> pd.DataFrame:
+    """The paired differences of several models at one ``k``, one row per model.
 
     ``pairs``: the ``pairs`` of :func:`compare_model` with a ``model`` column. Columns: ``model``,
-    ``units`` (the units scored), then one per attribution and ``k`` (``"gxa, k = 2"``, ...), in
-    the order they first appear, each ``"mean [low, high] (p p_value)"`` (95% bootstrap interval,
-    Wilcoxon p), or ``"not scored"``.
+    ``units`` (the units scored), then one per attribution and baseline (``"gxa - activations
+    (mean)"``, ...), in the order they first appear, each ``"mean [low, high] (p, t tied)"``
+    (95% bootstrap interval, the sign-flip p that keeps ties, the tied units), or ``"not
+    scored"``.
     """
+    pairs = pairs[pairs.k == k]
     cells = pairs.assign(
-        column=[f"{a.removeprefix('PURE (').removesuffix(')')}, k = {k}" for a, k in zip(pairs.a, pairs.k)],
-        cell=[f"{interval(r['mean'], r.ci_low, r.ci_high)} (p {r.p_value:.2g})" for _, r in pairs.iterrows()])
+        column=[f"{a.removeprefix('PURE (').removesuffix(')')} - {b}" for a, b in zip(pairs.a, pairs.b)],
+        cell=[f"{interval(r['mean'], r.ci_low, r.ci_high)} (p {r.p_sign_flip:.2g}, "
+              f"{int(r.n_tied)} tied)" for _, r in pairs.iterrows()])
     order = list(dict.fromkeys(pairs.model))
     wide = cells.pivot(index="model", columns="column", values="cell").reindex(order)
     wide = wide[list(dict.fromkeys(cells.column))].fillna("not scored")
     wide.insert(0, "units", pairs.groupby("model").n.max().reindex(order))
     return wide.reset_index().rename_axis(columns=None)
+
+
+def pooled_table(units: pd.DataFrame, attributions, *, n_perm: int = 10_000) -> pd.DataFrame:
+    """Across models: each attribution against each baseline, units nested in models.
+
+    A stratified sign-flip test (:func:`pure_utils.stats.stratified_sign_flip_test`) of the
+    per-unit ARI differences at ``k = 2``: the statistic is the mean of the models' mean
+    differences (every model counts once), signs flipped unit by unit within each model.
+
+    Parameters
+    ----------
+    units : pandas.DataFrame
+        ``units`` of :func:`family_comparison` (``model`` and the ``difference ...`` columns).
+    attributions : sequence of str
+        The attributions scored (``"gxa"``, ...).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``a, b, statistic, p, n, n_groups, n_tied, min_p``.
+    """
+    rows = []
+    for a in attributions:
+        for b, column in ((ACTIVATIONS, f"difference {PURE} ({a})"),
+                          (PEAK, f"difference {PURE} ({a}) - peak")):
+            if column not in units:
+                continue
+            d = units[["model", column]].dropna()
+            if d.empty:
+                continue
+            test = stratified_sign_flip_test({m: g[column].to_numpy() for m, g in d.groupby("model")},
+                                             n_perm=n_perm)
+            rows.append({"a": f"{PURE} ({a})", "b": b,
+                         **{key: test[key] for key in ("statistic", "p", "n", "n_groups", "n_tied",
+                                                       "min_p")}})
+    return pd.DataFrame(rows)
 
 
 def overview_table(names, result: dict, min_share: float) -> pd.DataFrame:
@@ -243,7 +293,7 @@ def overview_table(names, result: dict, min_share: float) -> pd.DataFrame:
     -------
     pandas.DataFrame
         ``model, knob, setting`` (:data:`~pure_utils.shapes.train.FAMILY`; ``"-"`` outside it),
-        ``units`` (evaluated), ``polysemantic units`` (two or more true features) and ``test
+        ``images`` (which images it is scored on: its own generator settings), ``units`` (evaluated), ``polysemantic units`` (two or more true features) and ``test
         accuracy`` (the card's).
     """
     rows = []
@@ -252,7 +302,7 @@ def overview_table(names, result: dict, min_share: float) -> pd.DataFrame:
         spec = FAMILY.get(m, {})
         run = result["runs"][m]
         rows.append({"model": m, "knob": spec.get("knob", "-"), "setting": spec.get("level", "-"),
-                     "units": len(run["setting"].neurons),
+                     "images": run["setting"].images, "units": len(run["setting"].neurons),
                      "polysemantic units": int(run["features"].polysemantic(min_share).sum()),
                      "test accuracy": card["accuracy"]["value"]})
     return pd.DataFrame(rows)

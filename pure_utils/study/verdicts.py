@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..metrics import ground_truth_scores, paired_difference
 from .report import difference_sentence, interval
-from .tables import cluster_composition
+from .tables import ACTIVATIONS, cluster_composition
 from ..shapes.train import polysemantic_record
 
 __all__ = [
@@ -93,11 +93,13 @@ def family_verdict(pairs: pd.DataFrame, attribution: str, level: float, *, k=2) 
         paper's claim is not confirmed on these networks.
     """
     main = pairs[(pairs.k == k) & (pairs.a == f"PURE ({attribution})")]
+    if "b" in main:  # the paper's baseline, the averaged activations
+        main = main[main.b == ACTIVATIONS]
     higher = main[main.word == "higher"].model.tolist()
     lower = main[main.word == "lower"].model.tolist()
     name = ATTRIBUTION_NAMES.get(attribution, attribution)
     verdict = ", ".join([
-        f"With k = {k} and {name}, PURE's ARI is detectably higher than the activations' in "
+        f"With k = {k} and {name}, PURE's ARI is detectably higher than the averaged activations' in "
         f"{len(higher)} of {len(main)} models" + _listed(higher),
         f"detectably lower in {len(lower)}" + _listed(lower),
         f"and not detectably different in {len(main) - len(higher) - len(lower)}"]) + "."
@@ -510,3 +512,140 @@ def polysemantic_medians_sentence(poly: pd.DataFrame, flag, min_share: float, *,
             f"features, found by intervention, with {min_share:.0%} of the reference "
             f"samples each; {int(flag.sum())} of {len(flag)}) have a median of "
             f"{m.get(True, float('nan')):.2f}, the others {m.get(False, float('nan')):.2f}.")
+
+
+# --------------------------------------------------------------------------------------------
+# the grafted units (pure_utils.study.controls)
+# --------------------------------------------------------------------------------------------
+def _comparison(pairs: pd.DataFrame, regime: str, a: str, b: str) -> dict | None:
+    rows = pairs[(pairs.regime == regime) & (pairs.a == a) & (pairs.b == b)]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def _said(row: dict | None, baseline: str) -> str:
+    """``"higher than the peak activations' (+0.31 [0.14, 0.53], 8 units)"`` and the like."""
+    if row is None or not row["n"]:
+        return f"not comparable with the {baseline} (no scored unit)"
+    word = {"higher": "detectably higher than", "lower": "detectably lower than"}.get(
+        row["word"], "not detectably different from")
+    return (f"{word} the {baseline}' ({interval(row['mean'], row['ci_low'], row['ci_high'])}, "
+            f"{int(row['n'])} units, sign-flip p {row['p_sign_flip']:.2g}, smallest reachable "
+            f"{row['min_p']:.2g})")
+
+
+def criteria_sentence(criteria: pd.DataFrame) -> str:
+    """Which of the pass criteria stated before the run were met."""
+    failed = criteria[~criteria.met].criterion.tolist()
+    if not failed:
+        return f"All {len(criteria)} criteria stated before the run are met."
+    return (f"{len(criteria) - len(failed)} of the {len(criteria)} criteria stated before the run "
+            f"are met; not met: {'; '.join(failed)}. The comparisons below are reported as "
+            "measured, on these units.")
+
+
+def controls_verdict(pairs: pd.DataFrame, criteria: pd.DataFrame, attribution: str = "gxa") -> str:
+    """The chapter's verdict from the grafted units: localisation (R2: PURE against the averaged
+    and the peak activations) and circuit (R3: PURE against the peak activations, when its
+    precondition holds).
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        :func:`pure_utils.study.controls.regime_pairs`: ``regime, a, b, mean, ci_low, ci_high,
+        n, word, p_sign_flip, min_p``.
+    criteria : pandas.DataFrame
+        :func:`pure_utils.study.controls.criteria_table` (its last row: R3's precondition).
+    attribution : str
+        The PURE attribution judged.
+    """
+    a = f"PURE ({attribution})"
+    mean2, peak2 = (_comparison(pairs, "R2", a, f"activations ({p})") for p in ("mean", "peak"))
+    peak3 = _comparison(pairs, "R3", a, "activations (peak)")
+    text = (f"Where an unrelated object varies beside the unit's concept (R2), PURE's ARI is "
+            f"{_said(mean2, 'averaged activations')} and {_said(peak2, 'peak activations')}.")
+    gain = mean2 is not None and mean2["word"] == "higher"
+    beyond = peak2 is not None and peak2["word"] == "higher"
+    if gain and not beyond:
+        text += (" What PURE gains there over the paper's baseline, the activations at the "
+                 "unit's peak gain too: it is location, not the circuit.")
+    elif gain and beyond:
+        text += (" Part of that gain survives against the activations at the unit's peak: "
+                 "there the circuit adds to location.")
+    pre = criteria.iloc[-1]
+    if not pre.met:
+        return text + (f" R3 cannot test the circuit: its precondition failed ({pre.criterion}: "
+                       f"{pre.value:.2f}, needed {pre.needed}).")
+    text += (f" Where the layer's averaged activations barely tell the two concepts apart "
+             f"(R3, ARI {pre.value:.2f}), PURE is {_said(peak3, 'peak activations')}")
+    if peak3 is not None and peak3["word"] == "higher":
+        return text + ": there the circuit carries what the activations do not."
+    return text + ": on this model no advantage of the circuit over location is detectable."
+
+
+def thresholds_text(thresholds: Mapping) -> str:
+    """``"d' at least 0.5 for a concept's channels, below 0.3 for the other concept"``."""
+    return (f"d' at least {thresholds['min_d']} for a concept's channels, below "
+            f"{thresholds['max_other']} for the other concept")
+
+
+def pass_list(criteria: Mapping) -> str:
+    """The pass criteria of :data:`pure_utils.study.controls.PASS` in words."""
+    return (f"the intervention truth agrees with the design (names A's or B's part, not both) on "
+            f"at least {criteria['truth_agreement']:.0%} of a regime's references on average, in "
+            f"R1, R2 and R3; PURE (Gradient x Activation) reaches a mean ARI of at least "
+            f"{criteria['pure_ari']} in R2 and in R3; the negative control stays at most "
+            f"{criteria['negative_ari']}; R3's precondition: the ARI of k-means on the layer's "
+            f"averaged activations, A- against B-images, is below {criteria['precondition_ari']} "
+            f"on average over its pairs. Whatever comes out is the chapter's finding.")
+
+
+def pooled_sentence(pooled: pd.DataFrame) -> str:
+    """The stratified test across the family's models, one clause per comparison."""
+    if pooled.empty:
+        return "no model has a polysemantic unit to compare."
+    parts = []
+    for _, r in pooled.iterrows():
+        word = ("no detectable difference" if r.p >= 0.05 else
+                "PURE higher" if r.statistic > 0 else "PURE lower")
+        parts.append(f"{r.a} minus {r.b}, mean of the model means {r.statistic:+.3f} over "
+                     f"{int(r.n)} units of {int(r.n_groups)} models ({int(r.n_tied)} tied), p "
+                     f"{r.p:.2g} (smallest reachable {r.min_p:.2g}): {word}")
+    return "; ".join(parts) + "."
+
+
+def answer_sentences(pooled: pd.DataFrame, regime_pairs: pd.DataFrame, criteria: pd.DataFrame,
+                     attribution: str = "gxa") -> str:
+    """The book's answer in two sentences: the natural images (the family, pooled) and the
+    grafted units (what PURE's advantage is made of)."""
+    a = f"PURE ({attribution})"
+    fam = pooled[(pooled.a == a) & (pooled.b == ACTIVATIONS)]
+    if fam.empty:
+        first = "On the benchmark's own images no model has a polysemantic unit to compare."
+    else:
+        r = fam.iloc[0]
+        first = ("On the benchmark's own images, across the family, PURE is "
+                 + ("not detectably different from" if r.p >= 0.05 else
+                    "detectably better than" if r.statistic > 0 else "detectably worse than")
+                 + f" the paper's activation baseline (mean difference of the model means "
+                 f"{r.statistic:+.3f}, p {r.p:.2g}).")
+    mean2 = _comparison(regime_pairs, "R2", a, ACTIVATIONS)
+    peak2 = _comparison(regime_pairs, "R2", a, "activations (peak)")
+    peak3 = _comparison(regime_pairs, "R3", a, "activations (peak)")
+    gain = mean2 is not None and mean2["word"] == "higher"
+    circuit = [r for r in (peak2, peak3) if r is not None and r["word"] == "higher"]
+    if not gain:
+        second = ("Where unrelated content varies beside a unit's concept, PURE does not "
+                  "detectably beat the averaged activations either.")
+    elif not circuit:
+        peak_word = ("do better still" if peak2 is not None and peak2["word"] == "lower"
+                     else "are not detectably worse")
+        second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
+                  f"averaged activations, but the activations at the unit's peak {peak_word}: "
+                  "what wins is location, not the circuit.")
+    else:
+        second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
+                  "averaged activations, and part of that gain survives against the activations "
+                  "at the unit's peak: there the circuit adds to location.")
+    if not criteria.met.all():
+        second += " (Not every control passed its criteria; see the chapter.)"
+    return f"{first} {second}"

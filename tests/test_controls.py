@@ -1,0 +1,107 @@
+"""The grafted units in three regimes (pure_utils.study.controls) and the chapter's sentences."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+import pure_utils as pu
+from pure_utils.layers import forward_until
+from pure_utils.shapes.dataset import SyntheticShapes
+from pure_utils.shapes.generator import SyntheticConfig
+from pure_utils.shapes.grafting import concept_split, unseen_colours_config
+from pure_utils.study import controls, verdicts
+
+
+def test_design_is_fixed_and_complete():
+    # every colour pair, and six colour-shape pairs sharing neither attribute, each colour and
+    # each shape used three times
+    seen = controls.SEEN_PAIRS
+    assert len(seen) == 12 and len(set(seen)) == 12 and len(controls.UNSEEN_PAIRS) == 11
+    conj = [p for p in seen if " " in p[0]]
+    for a, b in conj:
+        (ca, sa), (cb, sb) = a.split(), b.split()
+        assert ca != cb and sa != sb
+    words = [w for p in conj for c in p for w in c.split()]
+    assert all(words.count(w) == 3 for w in set(words))
+    assert controls.REGIMES["R1"]["part"] == controls.REGIMES["R2"]["part"]  # the same units
+    shared = controls.DESIGNS["seen"]["shared"]
+    assert shared[controls.REGIMES["negative"]["part"]] == [True] * 12
+    assert shared[controls.REGIMES["R1"]["part"]] == [False] * 12
+
+
+def test_design_agreement_by_hand():
+    cfg = SyntheticConfig()
+    names = pu.shapes.ground_truth.feature_names(cfg)
+    ids = [names.index(n) for n in ["red", "red circle", "blue", "circle", "object", "square"]]
+    # red: A; red circle: A; blue: B; circle: both A (red circle) and B (blue circle) -> neither;
+    # object: neither; square: neither
+    share = controls.design_agreement(names, torch.tensor(ids), "red circle", "blue circle", cfg)
+    assert share == pytest.approx(3 / 6)
+    assert controls.design_agreement(names, torch.tensor(ids[:3]), "red", "blue", cfg) == 1.0
+
+
+def _layer4_ari(model, ds, pair, n_max=150):
+    """Independent: layer4 of a plain forward, averaged, clamped; scikit-learn's k-means."""
+    groups = concept_split(ds, *pair)
+    rng = np.random.default_rng(0)
+    picks = [rng.permutation(groups[k].numpy())[:n_max] for k in ("a", "b")]
+    x = torch.stack([ds[int(i)][0] for i in np.concatenate(picks)])
+    with torch.no_grad():
+        feats = forward_until(model, x, "layer4").clamp_min(0).mean((2, 3)).numpy()
+    truth = np.repeat([0, 1], [len(p) for p in picks])
+    pred = KMeans(2, n_init=10, random_state=0).fit_predict(feats)
+    return adjusted_rand_score(truth, pred)
+
+
+def test_r3_layer_activations_separate_the_unseen_colours_poorly():
+    model = pu.load_model("synthetic_resnet_bottleneck")
+    unseen = SyntheticShapes("test", n=600, config=unseen_colours_config())
+    r3 = controls.activation_separation(model, unseen, ("magenta", "cyan"), "layer4", n_max=150)
+    assert r3 < controls.PASS["precondition_ari"]
+    assert r3 == pytest.approx(_layer4_ari(model, unseen, ("magenta", "cyan")), abs=0.05)
+    # a unit of R3's design still reads both colours from layer3 (weak thresholds, disjoint sets)
+    (record,) = pu.shapes.grafting.design_units(model, "layer4", "layer3", [("magenta", "cyan")],
+                                                SyntheticShapes("val", n=600, config=unseen_colours_config()),
+                                                **controls.DESIGNS["unseen"]["thresholds"])
+    a, b = set(record.channels_a.tolist()), set(record.channels_b.tolist())
+    assert a and b and not a & b
+    assert set(torch.nonzero(record.weights).flatten().tolist()) == a | b
+
+
+def _pairs(words: dict) -> pd.DataFrame:
+    rows = []
+    for (regime, b), (mean, low, high) in words.items():
+        word = "higher" if low > 0 else "lower" if high < 0 else "no detectable difference"
+        rows.append(dict(regime=regime, a="PURE (gxa)", b=b, mean=mean, ci_low=low, ci_high=high,
+                         n=10, n_tied=1, p_sign_flip=0.01, min_p=0.002, mdd=0.1, word=word))
+    return pd.DataFrame(rows)
+
+
+def _criteria(precondition_met: bool) -> pd.DataFrame:
+    return pd.DataFrame([{"criterion": "truth", "value": 0.95, "needed": ">= 0.9", "met": True},
+                         {"criterion": "R3 precondition", "value": 0.1 if precondition_met else 0.4,
+                          "needed": "< 0.2", "met": precondition_met}])
+
+
+def test_the_verdict_separates_location_from_circuit():
+    mean, peak = "activations (mean)", "activations (peak)"
+    location = _pairs({("R2", mean): (0.4, 0.2, 0.6), ("R2", peak): (0.02, -0.1, 0.1),
+                       ("R3", peak): (0.01, -0.05, 0.07)})
+    text = verdicts.controls_verdict(location, _criteria(True))
+    assert "detectably higher than the averaged" in text and "it is location" in text
+    assert "no advantage of the circuit over location is detectable" in text
+    circuit = _pairs({("R2", mean): (0.4, 0.2, 0.6), ("R2", peak): (0.2, 0.1, 0.3),
+                      ("R3", peak): (0.3, 0.1, 0.5)})
+    text = verdicts.controls_verdict(circuit, _criteria(True))
+    assert "survives against the activations at the unit's peak" in text
+    assert "the circuit carries what the activations do not" in text
+    text = verdicts.controls_verdict(circuit, _criteria(False))
+    assert "R3 cannot test the circuit" in text and "carries" not in text
+    pooled = pd.DataFrame([dict(a="PURE (gxa)", b=mean, statistic=0.01, p=0.6, n=40, n_groups=8,
+                                n_tied=5, min_p=1e-4)])
+    answer = verdicts.answer_sentences(pooled, location, _criteria(True))
+    assert "not detectably different from the paper's activation baseline" in answer
+    assert "what wins is location, not the circuit" in answer and answer.count(". ") == 1
+    assert "Not every control" in verdicts.answer_sentences(pooled, location, _criteria(False))
