@@ -31,19 +31,24 @@ __all__ = ["METHOD_ORDER", "method_order", "method_palette", "intra_inter_figure
 # figures
 # --------------------------------------------------------------------------------------------
 #: The order in which methods appear in every figure and table: PURE's variants, the activation
-#: baseline, the visual embedder's role (DINOv2), the semantic embedder's role (CLIP, the attribute
+#: baselines (``"activations (mean)"``, then ``"activations (peak)"``), the visual embedder's role (DINOv2), the semantic embedder's role (CLIP, the attribute
 #: reader), the ground truth, random labels. Each kind has one colour in every figure.
 METHOD_ORDER = ("PURE", "activations", "visual", "semantic", "ground truth", "random")
 _KIND_COLOURS = {"PURE": "#1f77b4", "activations": "#ff7f0e", "visual": "#2ca02c",
                  "semantic": "#9467bd", "ground truth": "#555555", "random": "#bbbbbb"}
 _PURE_SHADES = ("#1f77b4", "#6baed6", "#08519c", "#9ecae1")
+#: The activation baselines by name (:data:`pure_utils.circuits.BASELINES`); another name of the
+#: kind takes the kind's colour.
+_BASELINE_COLOURS = {"activations (mean)": "#ff7f0e", "activations (peak)": "#a6540a"}
 
 
 def _kind(name: str) -> str:
     name = str(name)
     if name.startswith("PURE"):
         return "PURE"
-    if name in ("activations", "ground truth", "random"):
+    if name == "activations" or name.startswith("activations ("):
+        return "activations"
+    if name in ("ground truth", "random"):
         return name
     if "DINO" in name.upper():
         return "visual"
@@ -66,7 +71,7 @@ def method_palette(names) -> dict:
             out[name] = _PURE_SHADES[shade % len(_PURE_SHADES)]
             shade += 1
         else:
-            out[name] = _KIND_COLOURS[_kind(name)]
+            out[name] = _BASELINE_COLOURS.get(str(name), _KIND_COLOURS[_kind(name)])
     return out
 
 
@@ -376,7 +381,7 @@ def summary_lines(summary, *, x: str = "k", hue: str = "method", ax=None, ylabel
 
 
 def paired_differences_figure(pairs, *, label: str = "model", group: str = "knob",
-                              marked=(), ax=None, ylabel: str = "difference"):
+                              marked=(), ax=None, ylabel: str = "difference", method="a"):
     """Paired differences with their intervals, one point per row, grouped along the x axis.
 
     Parameters
@@ -386,17 +391,23 @@ def paired_differences_figure(pairs, *, label: str = "model", group: str = "knob
         and a ``group`` column (e.g. the knob); ``a`` names the compared method.
     marked : sequence of str
         Labels drawn with an open marker (e.g. the controls).
+    method : str or tuple of str
+        The column whose values are the series, one colour each (default ``"a"``), or several
+        columns, each series labelled with their values joined by ``" - "`` (``("a", "b")``:
+        ``"PURE (gxa) - activations (peak)"``, to show PURE against both baselines).
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5.0, 0.8 * pairs[label].nunique() + 2), 3.4))
     order = list(dict.fromkeys(pairs.sort_values(group, kind="stable")[label]))
     x = {name: i for i, name in enumerate(order)}
-    methods = list(dict.fromkeys(pairs.a))
-    width = 0.6 / max(len(methods), 1)
-    for j, (method, d) in enumerate(pairs.groupby("a", sort=False)):
+    columns = [method] if isinstance(method, str) else list(method)
+    groups = list(pairs.groupby(columns, sort=False))
+    width = 0.6 / max(len(groups), 1)
+    for j, (key, d) in enumerate(groups):
+        name = " - ".join(map(str, key if isinstance(key, tuple) else (key,)))
         xs = np.array([x[n] for n in d[label]]) - 0.3 + (j + 0.5) * width
         err = [d["mean"] - d.ci_low, d.ci_high - d["mean"]]
-        ax.errorbar(xs, d["mean"], yerr=err, fmt="o", capsize=3, label=str(method),
+        ax.errorbar(xs, d["mean"], yerr=err, fmt="o", capsize=3, label=str(name),
                     color=f"C{j}")
         for xi, (_, r) in zip(xs, d.iterrows()):
             if r[label] in marked:

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from pure_utils.study import setting as ex
+from pure_utils.circuits import BASELINES
 from pure_utils.study.setting import evaluate, select_neurons
+from pure_utils.study.tables import ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS
 from pure_utils.metrics import distance_matrix, intra_inter, kmeans_labels
 
 
@@ -62,12 +64,13 @@ def test_smoke_profile_runs_the_whole_evaluation(smoke):
     assert len(s.neurons) == 2 and s.references.n_ref == 4
     t = r.tensors
     assert t["pure"].shape == (2, 4, 1024) and t["activations"].shape == (2, 4, 2048)
+    assert t["activations_peak"].shape == (2, 4, 2048)
     assert t["embeddings"].shape[:2] == (2, 4) and t["visual_embeddings"].shape[:2] == (2, 4)
     assert not torch.allclose(t["embeddings"][..., :8], t["visual_embeddings"][..., :8])
     boxes = t["boxes"]
     assert boxes.shape == (2, 4, 4) and (boxes[..., 2] > boxes[..., 0]).all()
     assert boxes.min() >= 0 and boxes[..., 2:].max() <= 64
-    methods = {"PURE", "activations", profile["embedder_label"], profile["visual_embedder_label"],
+    methods = {"PURE", ACTIVATIONS, ACTIVATIONS_PEAK, profile["embedder_label"], profile["visual_embedder_label"],
                "random", "ground truth"}
     assert set(r.comparison.method) == methods and set(r.comparison.k) == {2, 3}
     assert set(r.comparison_summary.method) == methods
@@ -77,12 +80,59 @@ def test_smoke_profile_runs_the_whole_evaluation(smoke):
     labels = kmeans_labels(t["pure"][i], 2, random_state=0, n_init=profile["n_init"])
     intra, inter = intra_inter(distance_matrix(t["embeddings"][i]), labels)
     assert (row.intra, row.inter) == (pytest.approx(intra), pytest.approx(inter))
-    assert set(r.correlation.method) == {"PURE", "activations", profile["visual_embedder_label"]}
+    assert set(r.correlation.method) == {"PURE", ACTIVATIONS, ACTIVATIONS_PEAK,
+                                         profile["visual_embedder_label"]}
     assert r.divergence.shape[0] == 2 and len(r.polysemanticity) == 2
     assert r.purity is not None and set(r.purity.columns) >= {"purity_neuron", "purity_virtual"}
     if r.ground_truth is not None:
         assert {"PURE (gxa)", "PURE (epsilon_plus_flat)"} <= set(r.ground_truth.method)
         assert r.ground_truth.ari.between(-1, 1).all()
+
+
+def test_the_labels_of_the_baselines_are_the_names_of_the_engine():
+    assert BASELINE_LABELS == tuple(BASELINES) == ("activations (mean)", "activations (peak)")
+    assert [BASELINES[b] for b in (ACTIVATIONS, ACTIVATIONS_PEAK)] == ["mean", "peak"]
+
+
+def test_evaluate_compares_pure_with_both_baselines(smoke):
+    """Every paired table of the smoke run holds PURE minus each baseline; the peak features
+    are the layer's output at the unit's argmax, by a plain forward pass of the whole model."""
+    from brute import outputs_in_graph
+
+    profile, r = smoke
+    s, t = r.setting, r.tensors
+    for pairs in (r.comparison_pairs, r.ground_truth_pairs):
+        if pairs is None:
+            continue
+        for k in set(pairs.k):
+            rows = pairs[pairs.k == k]
+            assert sorted(rows.b) == sorted(BASELINE_LABELS * (len(rows) // 2)) and len(rows) >= 2
+            assert rows.a.str.startswith("PURE").all()
+    assert {ACTIVATIONS, ACTIVATIONS_PEAK} <= set(r.purity_pairs.b)
+    assert {"r_activations", "r_peak", "difference_peak"} <= set(r.divergence.columns)
+    assert {ACTIVATIONS, ACTIVATIONS_PEAK} <= set(r.purity.method)
+    assert not torch.allclose(t["activations"], t["activations_peak"])
+    # the engine on its own (no cache) gives the same peak vectors ...
+    from pure_utils.circuits import activation_features
+    again = activation_features(s.model, s.dataset, s.references, s.profile.layer, neurons=s.neurons,
+                                pooling="peak", device=s.device, progress=False)
+    assert torch.allclose(again, t["activations_peak"], atol=1e-5)
+    # ... and so does a forward pass of the whole model, the peak found by hand
+    s.model.eval()
+    with torch.no_grad():
+        for j, k in enumerate(s.neurons):
+            for r_, i in enumerate(s.references.indices[s.references.rows([k])[0]].tolist()):
+                x = s.dataset[i][0][None].to(s.device)
+                (act,) = outputs_in_graph(s.model, x, [s.profile.layer])
+                flat = act[0].flatten(1).float().cpu()                      # [C, H * W]
+                peak = int(np.argmax(flat[k].numpy()))                      # the first maximum
+                # one image alone against batches of images: equal to float rounding
+                assert torch.allclose(t["activations_peak"][j, r_], flat[:, peak].clamp(min=0),
+                                      rtol=1e-3, atol=1e-3)
+                assert torch.allclose(t["activations"][j, r_], flat.clamp(min=0).mean(1),
+                                      rtol=1e-3, atol=1e-3)
+                assert not torch.allclose(t["activations_peak"][j, r_], flat.clamp(min=0).mean(1),
+                                          rtol=1e-3, atol=1e-3)
 
 
 def test_embed_references_reads_the_boxes_of_each_reference():

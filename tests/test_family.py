@@ -43,17 +43,24 @@ def test_compare_model_agrees_with_a_recomputation_from_the_public_api():
     truth = pu.shapes.reference_features(model, data, refs)
     R = pu.circuit_attributions(model, data, refs, "layer4", "layer3", progress=False)
     A = pu.activation_features(model, data, refs, "layer4", progress=False)
-    diffs = []
+    peak = pu.activation_features(model, data, refs, "layer4", pooling="peak", progress=False)
+    diffs, diffs_peak = [], []
     for i in range(len(sel)):
         # all references are clustered; the ARI compares those outside the uncertainty band
         keep = truth.certain[i].numpy()
         ari = [adjusted_rand_score(truth.labels[i].numpy()[keep],
                                    pu.VirtualNeurons(n_clusters=2).fit(X[i]).labels_[keep])
-               for X in (R, A)]
+               for X in (R, A, peak)]
         diffs.append(ari[0] - ari[1])
-    row = run["pairs"][run["pairs"].k == 2].iloc[0]
+        diffs_peak.append(ari[0] - ari[2])
+    k2 = run["pairs"][run["pairs"].k == 2]
+    row = k2[k2.b == "activations (mean)"].iloc[0]
     assert row["mean"] == pytest.approx(np.mean(diffs), abs=1e-9) and row["n"] == len(sel)
+    row = k2[k2.b == "activations (peak)"].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(diffs_peak), abs=1e-9)
+    assert {"n_tied", "min_p", "p_sign_flip", "mdd"} <= set(k2.columns)
     assert run["units"]["difference PURE (gxa)"].to_numpy() == pytest.approx(diffs)
+    assert run["units"]["difference PURE (gxa) - peak"].to_numpy() == pytest.approx(diffs_peak)
 
 
 def _training_args(command):

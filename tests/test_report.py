@@ -13,10 +13,10 @@ def test_numpy_scalars_become_python_numbers():
 def test_interval_and_difference_sentence():
     assert interval(0.634, 0.53, 0.7249) == "0.63 [0.53, 0.72]"
     assert interval(float("nan"), 0, 1) == "n/a"
-    row = dict(a="PURE (gxa)", b="activations", mean=0.05, ci_low=-0.02, ci_high=0.11, n=15,
+    row = dict(a="PURE (gxa)", b="activations (mean)", mean=0.05, ci_low=-0.02, ci_high=0.11, n=15,
                n_excluded=0, p_value=0.2134, word="no detectable difference")
     text = difference_sentence(row, "ARI")
-    assert text == ("PURE (gxa) minus activations, ARI: 0.05 [-0.02, 0.11] over 15 neurons "
+    assert text == ("PURE (gxa) minus activations (mean), ARI: 0.05 [-0.02, 0.11] over 15 neurons "
                     "(Wilcoxon p = 0.21): no detectable difference")
     row.update(ci_low=0.01, word="higher", n_excluded=2)
     assert difference_sentence(row, "ARI").endswith("2 left out for a missing value (Wilcoxon "

@@ -14,7 +14,7 @@ import torch
 
 from pure_utils.perf import engine as bench, scale
 from pure_utils.perf._measure import hwm, mapped_allocations, rss
-from pure_utils.study.tables import compare_clusterings
+from pure_utils.study.tables import ACTIVATIONS, compare_clusterings
 
 
 def test_eq5_in_parts_equals_one_call():
@@ -24,7 +24,7 @@ def test_eq5_in_parts_equals_one_call():
     parts, done = scale._in_parts(scale._eq5_part, [clip, pure, acts, dino, neurons], 2,
                                   workers=1, part=1)
     assert done == 2 and len(parts) == 2
-    expected = compare_clusterings(clip, {"PURE": pure, "activations": acts, "CLIP": clip,
+    expected = compare_clusterings(clip, {"PURE": pure, ACTIVATIONS: acts, "CLIP": clip,
                                           "DINOv2": dino}, ks=scale.KS, neurons=neurons,
                                    progress=False)
     assert pd.concat(parts, ignore_index=True).equals(expected)
@@ -157,5 +157,5 @@ def test_every_stage_at_a_tiny_size(tmp_path):
     assert keys[:3] == ["mining", "attribution", "activations"]
     assert set(scale.PIPELINE) <= set(keys) and result["paper_total_s"] > 0
     assert result["neurons_through_all_stages"] == 2
-    assert set(result["correlation"]) == {"PURE", "activations", "DINOv2"}
+    assert set(result["correlation"]) == {"PURE", ACTIVATIONS, "DINOv2"}
     assert result["memory"]["four_x"]["images"] == 24

@@ -196,11 +196,11 @@ def test_paired_difference_keeps_its_values_and_adds_what_it_can_detect():
 def test_paired_table_columns_stay_unless_asked_for():
     rng = np.random.default_rng(1)
     rows = [dict(neuron=n, k=2, method=m, ari=rng.normal()) for n in range(12)
-            for m in ("PURE", "activations")]
+            for m in ("PURE", tables.ACTIVATIONS)]
     frame = pd.DataFrame(rows)
-    plain = tables.paired_table(frame, "ari", [("PURE", "activations")], n_boot=100)
+    plain = tables.paired_table(frame, "ari", [("PURE", tables.ACTIVATIONS)], n_boot=100)
     assert list(plain.columns) == ["a", "b", "k", "mean", "ci_low", "ci_high", "p_value", "n",
                                    "n_excluded", "word"]
-    more = tables.paired_table(frame, "ari", [("PURE", "activations")], n_boot=100, detection=True)
+    more = tables.paired_table(frame, "ari", [("PURE", tables.ACTIVATIONS)], n_boot=100, detection=True)
     assert list(more.columns) == list(plain.columns) + list(DETECTION_KEYS)
     pd.testing.assert_frame_equal(more[plain.columns], plain)

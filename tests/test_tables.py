@@ -78,6 +78,13 @@ def test_correlation_table_and_divergence():
     div = divergence_examples(ref[:2], pure, acts, neurons=[20, 21], n_samples=10)
     assert div.neuron.tolist() == [20, 21]
     assert div.loc[0, "r_pure"] == pytest.approx(1.0) and div.loc[1, "r_activations"] == pytest.approx(1.0)
+    assert list(div.columns) == ["neuron", "r_pure", "r_activations", "difference"]
+    # with the peak baseline: its own r and difference, the order still by the averaged one
+    with_peak = divergence_examples(ref[:2], pure, acts, peak=[follows[0], follows[1]], neurons=[20, 21],
+                                    n_samples=10)
+    pd.testing.assert_frame_equal(with_peak[div.columns], div)
+    assert with_peak.r_peak.tolist() == pytest.approx([1.0, 1.0])
+    assert with_peak.difference_peak.tolist() == pytest.approx((with_peak.r_pure - 1.0).tolist())
 
 
 def test_ground_truth_table_bounds():
@@ -198,12 +205,12 @@ def test_paired_table_reports_each_pair_per_k():
         base = rng.normal()
         for k in (2, 3):
             rows += [dict(neuron=n, k=k, method="PURE", ari=base + (0.4 if k == 2 else 0)),
-                     dict(neuron=n, k=k, method="activations", ari=base + 0.01 * rng.normal())]
-    t = tables.paired_table(pd.DataFrame(rows), "ari", [("PURE", "activations")], n_boot=300)
+                     dict(neuron=n, k=k, method=tables.ACTIVATIONS, ari=base + 0.01 * rng.normal())]
+    t = tables.paired_table(pd.DataFrame(rows), "ari", [("PURE", tables.ACTIVATIONS)], n_boot=300)
     by_k = t.set_index("k")
     assert by_k.loc[2, "word"] == "higher" and by_k.loc[2, "mean"] == pytest.approx(0.4, abs=0.01)
     assert by_k.loc[3, "word"] == "no detectable difference"
-    assert (t.n == 30).all() and set(t.a) == {"PURE"} and set(t.b) == {"activations"}
+    assert (t.n == 30).all() and set(t.a) == {"PURE"} and set(t.b) == {"activations (mean)"}
     with pytest.raises(ValueError, match="method 'CLIP' not in the frame"):
         tables.paired_table(pd.DataFrame(rows), "ari", [("PURE", "CLIP")])
 

@@ -32,9 +32,9 @@ def _model_pairs(effects: dict, n: int = 20, seed: int = 0, attribution: str = "
         rows = [{"neuron": i, "method": meth, "k": k, "ari": v}
                 for k in (2, "true") for i in range(n)
                 for meth, v in ((f"PURE ({attribution})", base[i] + effect + noise[i]),
-                                ("activations", base[i]))]
+                                (tables.ACTIVATIONS, base[i]))]
         gt = pd.DataFrame(rows)
-        pairs = tables.paired_table(gt, "ari", [(f"PURE ({attribution})", "activations")], n_boot=300)
+        pairs = tables.paired_table(gt, "ari", [(f"PURE ({attribution})", tables.ACTIVATIONS)], n_boot=300)
         frames.append(pairs.assign(model=m))
     return pd.concat(frames, ignore_index=True)
 
@@ -164,11 +164,11 @@ def test_predictor_sentences():
 # paired differences in words
 # --------------------------------------------------------------------------------------------
 def test_difference_sentence_units_is_the_old_replacement():
-    row = dict(a="PURE", b="activations", mean=0.05, ci_low=0.01, ci_high=0.09, n=30, n_excluded=1,
+    row = dict(a="PURE", b="activations (peak)", mean=0.05, ci_low=0.01, ci_high=0.09, n=30, n_excluded=1,
                p_value=0.012, word="higher")
     old = difference_sentence(row, "Pearson r").replace(" neurons", " groups of units")
     assert difference_sentence(row, "Pearson r", units="groups of units") == old
-    assert old == ("PURE minus activations, Pearson r: 0.05 [0.01, 0.09] over 30 groups of units, 1 "
+    assert old == ("PURE minus activations (peak), Pearson r: 0.05 [0.01, 0.09] over 30 groups of units, 1 "
                    "left out for a missing value (Wilcoxon p = 0.012): PURE is higher")
 
 
@@ -177,14 +177,25 @@ def test_difference_sentence_units_is_the_old_replacement():
 def test_correlation_sentence_pairs_the_groups(effect, word):
     rng = np.random.default_rng(0)
     act = rng.uniform(0.1, 0.5, 30)
-    correlation = pd.DataFrame({"method": ["PURE", "activations"],
-                                "values": [act + effect + rng.normal(0, 0.01, 30), act]})
+    # the peak baseline far above PURE whatever the effect: its sentence always says "lower"
+    correlation = pd.DataFrame({"method": ["PURE", tables.ACTIVATIONS, tables.ACTIVATIONS_PEAK],
+                                "values": [act + effect + rng.normal(0, 0.01, 30), act, act + 1.0]})
     corr = correlation.set_index("method")
-    corr_row = {"a": "PURE", "b": "activations", **paired_difference(
-        corr.loc["PURE", "values"], corr.loc["activations", "values"], n_boot=200, level=0.95)}
-    old = difference_sentence(corr_row, "Pearson r").replace(" neurons", " groups of units")
+    old = []
+    for b in tables.BASELINE_LABELS:
+        corr_row = {"a": "PURE", "b": b, **paired_difference(
+            corr.loc["PURE", "values"], corr.loc[b, "values"], n_boot=200, level=0.95)}
+        old.append(difference_sentence(corr_row, "Pearson r").replace(" neurons", " groups of units"))
     text = verdicts.correlation_sentence(correlation, n_boot=200, level=0.95)
-    assert text == old and text.endswith(word) and "over 30 groups of units" in text
+    mean_text, peak_text = text.split("; ")
+    assert [mean_text, peak_text] == old and mean_text.endswith(word) and peak_text.endswith("PURE is lower")
+    assert mean_text.startswith("PURE minus activations (mean), Pearson r: ") and "over 30 groups of units" in text
+    assert peak_text.startswith("PURE minus activations (peak), Pearson r: ")
+    # one baseline by name, and a table with the mean one only
+    assert verdicts.correlation_sentence(correlation, n_boot=200, level=0.95, b=tables.ACTIVATIONS) == old[0]
+    assert verdicts.correlation_sentence(correlation.iloc[:2], n_boot=200, level=0.95) == old[0]
+    with pytest.raises(ValueError, match="no activation baseline"):
+        verdicts.correlation_sentence(correlation.iloc[:1], n_boot=200, level=0.95)
 
 
 def test_model_differences_match_the_three_chapters_old_loops():
@@ -198,7 +209,7 @@ def test_model_differences_match_the_three_chapters_old_loops():
            for _, row in r.ground_truth_pairs[r.ground_truth_pairs.k == 2].iterrows()]
     old = " ".join(ari) or "n/a (no ground truth in this profile)."
     text = verdicts.model_differences(pairs, "ARI", k=2, empty="n/a (no ground truth in this profile).")
-    assert text == old and "m1: PURE (gxa) minus activations, ARI" in text and "m2" not in text
+    assert text == old and "m1: PURE (gxa) minus activations (mean), ARI" in text and "m2" not in text
     assert verdicts.model_differences({}, "ARI", empty="n/a (none).") == "n/a (none)."
     # beyond_ground_truth.ipynb
     lines = []
@@ -231,6 +242,23 @@ def test_model_differences_match_the_three_chapters_old_loops():
             absent="no polysemantic unit to score." if has_gt else "not scored.", empty="")
         assert text == " ".join(lines) and text.count("m1 (ResNet): ") == 1
         assert "epsilon" not in text
+
+
+def test_model_differences_say_both_baselines_each_with_its_own_word():
+    rng = np.random.default_rng(3)
+    base, noise = rng.uniform(0.2, 0.6, 20), rng.normal(0, 0.05, 20)
+    values = {"PURE (gxa)": base + 0.2 + noise, tables.ACTIVATIONS: base, tables.ACTIVATIONS_PEAK: base + 0.2}
+    gt = pd.DataFrame([{"neuron": i, "method": m, "k": 2, "ari": v[i]} for m, v in values.items()
+                       for i in range(20)])
+    pairs = tables.paired_table(gt, "ari", pu.study.setting.baseline_pairs("PURE (gxa)"), n_boot=300)
+    assert list(pairs.b) == list(tables.BASELINE_LABELS) and list(pairs.word)[0] == "higher"
+    text = verdicts.model_differences({"m": pairs}, "ARI", k=2)
+    mean_part, peak_part = text.split(" m: ")
+    assert mean_part.startswith("m: PURE (gxa) minus activations (mean), ARI: ")
+    assert mean_part.endswith("PURE (gxa) is higher.")
+    assert peak_part.startswith("PURE (gxa) minus activations (peak), ARI: ")
+    # the interval holds 0: no word of direction
+    assert peak_part.endswith("no detectable difference.") and list(pairs.word)[1] != "higher"
 
 
 def test_differences_sentence_of_one_table():

@@ -33,3 +33,26 @@ def test_umap_embedding():
     # numba compiles UMAP on first use (about 30 s): marked slow
     coords = umap_embedding(np.random.default_rng(0).normal(size=(12, 5)))
     assert coords.shape == (12, 2) and np.isfinite(coords).all()
+
+
+def test_both_activation_baselines_have_their_own_colour_after_pure():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from pure_utils.study.tables import ACTIVATIONS, ACTIVATIONS_PEAK
+    from pure_utils.visualize import method_order, method_palette, paired_differences_figure
+
+    names = ["random", ACTIVATIONS_PEAK, "DINOv2", ACTIVATIONS, "PURE"]
+    assert method_order(names) == ["PURE", ACTIVATIONS, ACTIVATIONS_PEAK, "DINOv2", "random"]
+    colours = method_palette(names)
+    assert len(set(colours.values())) == len(names)
+    assert method_palette(["activations"])["activations"] == colours[ACTIVATIONS]
+    # one series per pair of methods: PURE against each baseline
+    pairs = pd.DataFrame([dict(a="PURE (gxa)", b=b, model=m, knob="", mean=0.1, ci_low=0.0, ci_high=0.2)
+                          for m in ("m1", "m2") for b in (ACTIVATIONS, ACTIVATIONS_PEAK)])
+    fig = paired_differences_figure(pairs, method=("a", "b"))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == [f"PURE (gxa) - {ACTIVATIONS}", f"PURE (gxa) - {ACTIVATIONS_PEAK}"]
+    one = paired_differences_figure(pairs)
+    assert [t.get_text() for t in one.axes[0].get_legend().get_texts()] == ["PURE (gxa)"]
+    plt.close("all")

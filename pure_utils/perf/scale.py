@@ -13,8 +13,8 @@ download), all 2048 channels of ``layer4`` with ``n_ref = 100`` from ``--images`
 3. the activation features (the baseline);
 4. LRP heatmaps (``epsilon_plus_flat``) and crop boxes of all references (fp32 always);
 5. crops, and the CLIP ViT-B/32 and DINOv2-base architectures (full size, random init) on all;
-6. Eq. 5 for k in {2, 3, 4, 5} (PURE, activations, CLIP, DINOv2, random), in worker processes;
-7. the distance correlation (PURE, activations, DINOv2 against CLIP).
+6. Eq. 5 for k in {2, 3, 4, 5} (PURE, activations (mean), CLIP, DINOv2, random), in worker processes;
+7. the distance correlation (PURE, activations (mean), DINOv2 against CLIP).
 
 After stage 3, on the first ``--compare-neurons`` neurons: attribution from the stash against
 the re-forward (the end-to-end effect on mining + attribution, with the largest difference),
@@ -61,7 +61,7 @@ from ..models import randomize_batchnorm
 from ..crops import embed_boxes, reference_boxes
 from ..references import mine_references
 from ..stash import ActivationStash
-from ..study.tables import compare_clusterings, correlation_table
+from ..study.tables import ACTIVATIONS, compare_clusterings, correlation_table
 
 __all__ = ["PAPER", "REDUCED_CPU", "run_scale", "main"]
 
@@ -105,7 +105,7 @@ def _precision(name: str, model, device):
 # Eq. 5 and the precision comparison in worker processes (k-means is the costly part)
 # --------------------------------------------------------------------------------------------
 def _eq5_part(clip, pure, acts, dino, neurons):
-    features = {"PURE": pure, "activations": acts, "CLIP": clip, "DINOv2": dino}
+    features = {"PURE": pure, ACTIVATIONS: acts, "CLIP": clip, "DINOv2": dino}
     return compare_clusterings(clip, features, ks=KS, neurons=neurons, progress=False)
 
 
@@ -348,7 +348,7 @@ def _eq5(run: _DryRun, clip, spaces: dict, done: int) -> None:
         # parts of two neurons: a part running at the deadline ends soon after it
         procs = _processes(run.args, done)
         frames, rec["items"] = _in_parts(
-            _eq5_part, [clip, spaces["PURE"], spaces["activations"], spaces["DINOv2"],
+            _eq5_part, [clip, spaces["PURE"], spaces[ACTIVATIONS], spaces["DINOv2"],
                         run.chosen[:done]], done, procs, run.deadline(), part=2)
         rec["note"] = f"{procs} process{'es' if procs > 1 else ''}"
     run.result["eq5_gap"] = (pd.concat(frames).groupby(["method", "k"]).gap.mean().unstack()
@@ -415,7 +415,7 @@ def run_scale(log=print, checkpoint=None, **options) -> dict:
     if "embeddings" in stages:
         clip, dino, done = _embeddings(run, refs, boxes, done)
     if "eq5" in stages:
-        spaces = {"PURE": pure[:done], "activations": acts[:done], "DINOv2": dino}
+        spaces = {"PURE": pure[:done], ACTIVATIONS: acts[:done], "DINOv2": dino}
         _eq5(run, clip, spaces, done)
     if "correlation" in stages:
         _correlation(run, clip, spaces, done)

@@ -6,7 +6,7 @@ Flow, for one profile (:func:`pure_utils.study.profile.load_profile`)::
     pure = setting.circuit_attributions()              # Tensor[n, n_ref, C_lower] (Eq. 3)
     acts = setting.activation_features()               # Tensor[n, n_ref, C]
     emb = embed_references(setting)                    # crops embedded in CLIP's role
-    frame = tables.compare_clusterings(emb, {"PURE": pure, "activations": acts})
+    frame = tables.compare_clusterings(emb, {"PURE": pure, "activations (mean)": acts})
 
 :func:`evaluate` runs all of it and returns every table (:class:`Evaluation`). The tables
 themselves are built in :mod:`pure_utils.study.tables`; this module only knows how a profile turns
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..cache import TensorSpec, cached, resolve_cache
-from ..circuits import activation_features, circuit_attributions
+from ..circuits import BASELINES, activation_features, circuit_attributions
 from ..crops import crops_from_boxes, embed_boxes, reference_boxes
 from ..data import load_dataset
 from ..disjoint import check_disjoint
@@ -31,15 +31,15 @@ from ..models import load_model, randomize_batchnorm, read_card, shipped_models
 from ..references import References, mine_references
 from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from .profile import Profile, as_profile, check_profile, profile_device
-from .tables import (ACTIVATIONS, PURE, compare_clusterings, correlation_table,
-                     divergence_examples, ground_truth_table, heldout_purity, paired_table,
-                     polysemanticity_table, summarize_frame)
+from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compare_clusterings,
+                     correlation_table, divergence_examples, ground_truth_table, heldout_purity,
+                     paired_table, polysemanticity_table, summarize_frame)
 
 __all__ = [
     "Setting", "load_setting", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
     "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
     "heldout_references", "model_distribution", "strongly_polysemantic",
-    "rank_neurons", "Evaluation", "evaluate", "purity_pairs",
+    "rank_neurons", "Evaluation", "evaluate", "baseline_pairs", "purity_pairs",
 ]
 
 
@@ -108,18 +108,27 @@ class Setting:
             progress=progress)
 
     def activation_features(self, *, neurons=None, dataset=None, references=None,
-                            progress: bool = True) -> torch.Tensor:
-        """The activation baseline of the setting: ``Tensor[n_neurons, n_ref, C]``.
+                            pooling: str = "mean", progress: bool = True) -> torch.Tensor:
+        """An activation baseline of the setting: ``Tensor[n_neurons, n_ref, C]``.
 
         :func:`pure_utils.circuits.activation_features` with the profile's model, layer, batch
-        size, device and cache (arguments as in :meth:`circuit_attributions`).
+        size, device and cache (arguments as in :meth:`circuit_attributions`); ``pooling``
+        ``"mean"`` (the paper's baseline, ``"activations (mean)"``) or ``"peak"`` (the layer at
+        the unit's peak, ``"activations (peak)"``; :data:`~pure_utils.circuits.BASELINES`).
         """
         p = self.profile
         return activation_features(
             self.model, self.dataset if dataset is None else dataset,
             self.references if references is None else references, p.layer,
             neurons=self.neuron_list(neurons), batch_size=p.batch_size,
-            device=self.device, cache=self.cache, progress=progress)
+            device=self.device, cache=self.cache, progress=progress, pooling=pooling)
+
+    def baselines(self, **kwargs) -> dict:
+        """Both activation baselines: ``{"activations (mean)": ..., "activations (peak)": ...}``
+        (:meth:`activation_features` with each ``pooling`` of
+        :data:`~pure_utils.circuits.BASELINES`; ``kwargs`` as there)."""
+        return {label: self.activation_features(pooling=pooling, **kwargs)
+                for label, pooling in BASELINES.items()}
 
 
 def select_neurons(n_channels: int, n_neurons: int | None = None, seed: int = 0, *,
@@ -498,35 +507,47 @@ def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Evaluation:
-    """All tables of one evaluation run (see :func:`evaluate`)."""
+    """All tables of one evaluation run (see :func:`evaluate`).
+
+    Both activation baselines are scored beside PURE: ``"activations (mean)"`` (the paper's)
+    and ``"activations (peak)"`` (:data:`~pure_utils.study.tables.BASELINE_LABELS`); every
+    paired table compares PURE with each of them.
+    """
 
     setting: Setting
     comparison: object            # DataFrame: neuron, method, k, intra, inter, gap
     comparison_summary: object    # DataFrame: method, k, mean, sem, ci_low, ci_high, n, n_excluded
     comparison_pairs: object      # DataFrame: a, b, k, mean, ci_low, ci_high, p_value, n, word (gap)
     correlation: object           # DataFrame: method, mean, sem, n_subsets
-    divergence: object            # DataFrame: neuron, r_pure, r_activations, difference
+    divergence: object            # DataFrame: neuron, r_pure, r_activations, difference, r_peak, ...
     polysemanticity: object       # DataFrame: neuron, polysemanticity
     features: object = None       # ReferenceFeatures of the evaluated neurons (ground truth)
     ground_truth: object = None   # DataFrame: neuron, method, k, ari, nmi (polysemantic neurons)
     ground_truth_summary: object = None
-    ground_truth_pairs: object = None   # DataFrame: PURE (attribution) - activations, ARI, per k
+    ground_truth_pairs: object = None   # DataFrame: PURE (attribution) - each baseline, ARI, per k
     purity: object = None         # DataFrame: neuron, method, k, purity_neuron, purity_random, purity_virtual
-    purity_pairs: object = None   # DataFrame: PURE against chance, activations, the unit alone
+    purity_pairs: object = None   # DataFrame: PURE against chance, both baselines, the unit alone
     tensors: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)   # stage -> seconds of this run (cache hits: load time)
+
+
+def baseline_pairs(a) -> list[tuple[str, str]]:
+    """``[(a, "activations (mean)"), (a, "activations (peak)")]`` for a method or a list of them:
+    the paired comparisons of PURE with both activation baselines."""
+    return [(m, b) for m in ([a] if isinstance(a, str) else a) for b in BASELINE_LABELS]
 
 
 def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True) -> Evaluation:
     """Run the paper's whole evaluation for one profile and model.
 
-    Steps: references; PURE circuits and the activation baseline; evaluation crops; embeddings
-    in CLIP's and DINOv2's roles; Eq. 5 comparison for ``profile["ks"]``; distance correlation;
-    divergence; polysemanticity; and, on data with ground truth (features by intervention,
+    Steps: references; PURE circuits and both activation baselines (``"activations (mean)"``,
+    the paper's, and ``"activations (peak)"``); evaluation crops; embeddings in CLIP's and
+    DINOv2's roles; Eq. 5 comparison for ``profile["ks"]``; distance correlation; divergence;
+    polysemanticity; and, on data with ground truth (features by intervention,
     :func:`reference_features_of`), ARI / NMI on the polysemantic neurons for every attribution
     of ``profile["attributions"]`` and the test-phase purity on held-out images. Every
     comparison of PURE with another method is paired over the same neurons
-    (:func:`pure_utils.study.tables.paired_table`).
+    (:func:`pure_utils.study.tables.paired_table`), and PURE is compared with each baseline.
 
     Returns
     -------
@@ -550,14 +571,14 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
 
     pure = s.circuit_attributions(progress=progress)
     lap("circuit attributions (PURE)")
-    acts = s.activation_features(progress=progress)
-    lap("activation features (baseline)")
+    acts = s.baselines(progress=progress)
+    lap("activation features (baselines)")
     main, visual = load_embedders(s)
     boxes = evaluation_boxes(s, progress=progress)
     lap("relevance heatmaps and crop boxes (A.1)")
     e_main = embed_references(s, main, boxes, progress=progress)
-    features = {PURE: pure, ACTIVATIONS: acts, label_main: e_main}
-    spaces = {PURE: pure, ACTIVATIONS: acts}
+    spaces = {PURE: pure, **acts}
+    features = {**spaces, label_main: e_main}
     e_visual = None
     if visual is not None:
         e_visual = embed_references(s, visual, boxes, progress=progress)
@@ -573,25 +594,36 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
     result = Evaluation(
         setting=s, comparison=comparison, features=truth,
         comparison_summary=summarize_frame(comparison, **boot),
-        comparison_pairs=paired_table(comparison, "gap", [(PURE, ACTIVATIONS)], **boot),
+        comparison_pairs=paired_table(comparison, "gap", baseline_pairs(PURE), **boot),
         correlation=correlation_table(e_main, spaces, n_samples=n_samples,
                                       n_subsets=p.correlation_n_subsets,
                                       seed=p.correlation_seed),
-        divergence=divergence_examples(e_main, pure, acts, neurons=s.neurons, n_samples=n_samples),
+        divergence=divergence_examples(e_main, pure, acts[ACTIVATIONS], peak=acts[ACTIVATIONS_PEAK],
+                                       neurons=s.neurons, n_samples=n_samples),
         polysemanticity=polysemanticity_table(e_main, neurons=s.neurons, **kw),
-        tensors=dict(pure=pure, activations=acts, embeddings=e_main, visual_embeddings=e_visual,
-                     boxes=boxes, labels=labels), timings=timings)
+        tensors=dict(pure=pure, activations=acts[ACTIVATIONS], activations_peak=acts[ACTIVATIONS_PEAK],
+                     embeddings=e_main, visual_embeddings=e_visual, boxes=boxes, labels=labels),
+        timings=timings)
     lap("clusterings, Eq. 5, correlations")
-    if truth is None:
-        return result
+    if truth is not None:
+        _score_ground_truth(result, p, pure, acts, lap, progress=progress)
+    return result
 
+
+def _score_ground_truth(result: Evaluation, p: Profile, pure, acts: dict, lap, *, progress: bool):
+    """:func:`evaluate`'s scores against the true features (ARI / NMI on the polysemantic
+    neurons, every attribution and both baselines) and, with a held-out split, the test phase;
+    written into ``result``. ``acts``: :meth:`Setting.baselines`."""
+    s, truth, ks = result.setting, result.features, list(p.ks)
+    labels = truth.labels
+    kw = dict(random_state=p.random_state, n_init=p.n_init)
+    boot = dict(n_boot=p.n_boot, level=p.ci_level)
     poly = truth.polysemantic(p.polysemantic_min_share)
     sel = torch.nonzero(poly).flatten().tolist()
     attributions = {f"{PURE} ({a})": a for a in p.attributions}
-    pairs = [(name, ACTIVATIONS) for name in attributions]
     gt_feats = {name: pure if a == p.attribution else s.circuit_attributions(a, progress=progress)
                 for name, a in attributions.items()}
-    gt_feats[ACTIVATIONS] = acts
+    gt_feats.update(acts)
     if sel:
         # clusterings use every reference; the scores only the certain ones (outside the band)
         gt = ground_truth_table(labels[sel], {m: f[sel] for m, f in gt_feats.items()}, ks=ks,
@@ -599,15 +631,14 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
                                 progress=progress, **kw)
         result.ground_truth = gt
         result.ground_truth_summary = summarize_frame(gt, "ari", **boot)
-        result.ground_truth_pairs = paired_table(gt, "ari", pairs, **boot)
+        result.ground_truth_pairs = paired_table(gt, "ari", baseline_pairs(list(attributions)), **boot)
     result.tensors["polysemantic"] = poly
     lap("scores against ground truth")
     if p.heldout_dataset_kwargs:
         ds, refs = heldout_references(s, progress=progress)
         test_feats = {name: s.circuit_attributions(a, dataset=ds, references=refs, progress=progress)
                       for name, a in attributions.items()}
-        test_feats[ACTIVATIONS] = s.activation_features(dataset=ds, references=refs,
-                                                        progress=progress)
+        test_feats.update(s.baselines(dataset=ds, references=refs, progress=progress))
         test_truth = reference_features_of(s, dataset=ds, references=refs, progress=progress)
         result.purity = heldout_purity(gt_feats, test_feats, test_truth.labels,
                                        train_concepts=labels, ks=ks, neurons=s.neurons,
@@ -615,29 +646,28 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
                                        train_certain=truth.certain, **kw)
         result.purity_pairs = purity_pairs(result.purity, p.attribution, **boot)
         lap("test phase on the held-out split")
-    return result
 
 
 def purity_pairs(purity, attribution: str, **boot):
-    """The test phase of PURE against chance, the activation baseline and the unit alone.
+    """The test phase of PURE against chance, both activation baselines and the unit alone.
 
     Paired over the neurons, per ``k``: PURE's purity (``purity_virtual`` of
     ``"PURE (<attribution>)"``) minus (a) a random assignment with the same cluster sizes,
-    (b) the activation baseline's own test phase, (c) the unsplit unit.
+    (b) each activation baseline's own test phase (those in ``purity``), (c) the unsplit unit.
 
     Returns
     -------
     pandas.DataFrame
         :func:`pure_utils.study.tables.paired_table` rows with ``b`` in ``"random assignment"``,
-        ``"activations"``, ``"unit alone"``.
+        ``"activations (mean)"``, ``"activations (peak)"``, ``"unit alone"``.
     """
     name = f"{PURE} ({attribution})"
     own = purity[purity.method == name]
+    baselines = [b for b in BASELINE_LABELS if (purity.method == b).any()]
     long = pd.concat([
         own.assign(method=name, value=own.purity_virtual),
         own.assign(method="random assignment", value=own.purity_random),
         own.assign(method="unit alone", value=own.purity_neuron),
-        purity[purity.method == ACTIVATIONS].assign(value=lambda d: d.purity_virtual)])
-    return paired_table(long, "value", [(name, "random assignment"), (name, ACTIVATIONS),
+        purity[purity.method.isin(baselines)].assign(value=lambda d: d.purity_virtual)])
+    return paired_table(long, "value", [(name, "random assignment"), *[(name, b) for b in baselines],
                                         (name, "unit alone")], **boot)
-

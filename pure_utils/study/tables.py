@@ -2,8 +2,10 @@
 
 Every table is a ``pandas.DataFrame`` with one row per neuron (and method, ``k``, ...). The
 clusterings compared are called *methods* in every table: ``"PURE"`` (or ``"PURE (gxa)"``,
-``"PURE (epsilon_plus_flat)"``: PURE with an attribution), ``"activations"`` (the baseline),
-the embedders' labels, ``"random"`` (the lower bound) and ``"ground truth"`` (the upper bound).
+``"PURE (epsilon_plus_flat)"``: PURE with an attribution), the two activation baselines
+``"activations (mean)"`` (the paper's: the layer's spatially averaged activations) and
+``"activations (peak)"`` (the layer's activations where the unit peaks), named as in
+:data:`pure_utils.circuits.BASELINES`, the embedders' labels, ``"random"`` (the lower bound) and ``"ground truth"`` (the upper bound).
 
 :func:`compare_clusterings` (Eq. 5) and :func:`ground_truth_table` (ARI / NMI), and the
 ablation tables of :mod:`pure_utils.study.ablations`, share one loop over neurons, ``k`` and methods
@@ -27,13 +29,18 @@ from ..paths import DATA_DIR
 from ..virtual import VirtualNeurons
 
 __all__ = [
-    "PURE", "ACTIVATIONS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
+    "PURE", "ACTIVATIONS", "ACTIVATIONS_PEAK", "BASELINE_LABELS", "RANDOM", "GROUND_TRUTH", "random_labels", "ground_truth_labels",
     "compare_clusterings", "summarize_frame", "paired_table", "correlation_table", "comparability", "comparability_word", "divergence_examples",
     "polysemanticity_table", "ground_truth_table", "heldout_purity", "cluster_composition",
     "results_table", "paper_numbers", "paper_gaps", "certain_mask",
 ]
 
-PURE, ACTIVATIONS, RANDOM, GROUND_TRUTH = "PURE", "activations", "random", "ground truth"
+PURE, RANDOM, GROUND_TRUTH = "PURE", "random", "ground truth"
+#: The activation baselines, named as :data:`pure_utils.circuits.BASELINES` names them: every
+#: channel's spatial mean (the paper's baseline) and every channel where the unit peaks.
+ACTIVATIONS, ACTIVATIONS_PEAK = "activations (mean)", "activations (peak)"
+#: Both labels, the paper's first (the keys of :data:`~pure_utils.circuits.BASELINES`).
+BASELINE_LABELS = (ACTIVATIONS, ACTIVATIONS_PEAK)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +160,7 @@ def compare_clusterings(embeddings, features: dict, *, ks=(2, 3, 4, 5), neurons=
     embeddings : Tensor[n_neurons, n_ref, d]
         Embeddings in CLIP's role (the ground-truth embedder offline).
     features : dict of str -> Tensor[n_neurons, n_ref, d_m]
-        What each method clusters, e.g. ``{"PURE": circuits, "activations": acts,
+        What each method clusters, e.g. ``{"PURE": circuits, "activations (mean)": acts,
         "CLIP": embeddings, "DINOv2": dino}`` (same samples, same order).
     ks : sequence of int
         Numbers of clusters.
@@ -282,7 +289,7 @@ def correlation_table(reference, spaces: dict, *, n_samples: int = 50, n_subsets
     reference : Tensor[n_neurons, n_ref, d]
         Embeddings in CLIP's role.
     spaces : dict of str -> Tensor[n_neurons, n_ref, d_m]
-        E.g. ``{"PURE": circuits, "activations": acts, "DINOv2": dino}``.
+        E.g. ``{"PURE": circuits, "activations (mean)": acts, "DINOv2": dino}``.
     n_samples, n_subsets, seed
         See :func:`~pure_utils.metrics.distance_correlation`; ``n_subsets`` is lowered to the
         number of neurons when there are fewer.
@@ -303,29 +310,36 @@ def correlation_table(reference, spaces: dict, *, n_samples: int = 50, n_subsets
     return pd.DataFrame(rows)
 
 
-def divergence_examples(reference, pure, activations, *, neurons=None,
+def divergence_examples(reference, pure, activations, *, peak=None, neurons=None,
                         n_samples: int = 50) -> pd.DataFrame:
     """Per neuron: how well PURE and activation distances follow the reference distances.
 
     For each neuron, the Pearson correlation of its pairwise distances (pairs ``i < j`` of the
     first ``n_samples`` reference samples) in the reference space with those of the PURE
-    vectors and of the activations. Sorted by ``difference = r_pure - r_activations``,
-    descending: the first rows are where activations diverge from the reference while PURE
-    follows it (Fig. 4 right), the last rows the opposite.
+    vectors and of the averaged activations (the paper's baseline; with ``peak``, also of the
+    activations at the unit's peak). Sorted by ``difference = r_pure - r_activations``,
+    descending: the first rows are where the averaged activations diverge from the reference
+    while PURE follows it (Fig. 4 right), the last rows the opposite.
 
     Returns
     -------
     pandas.DataFrame
-        ``neuron, r_pure, r_activations, difference``.
+        ``neuron, r_pure, r_activations, difference`` (and ``r_peak, difference_peak = r_pure -
+        r_peak`` with ``peak``).
     """
     n = len(reference)
     neurons = neuron_ids(neurons, n)
+    spaces = [pure, activations] + ([] if peak is None else [peak])
     rows = []
     for i in range(n):
-        rp, ra = (distance_correlation([reference[i]], [space[i]], n_samples=n_samples,
-                                       n_subsets=1)["mean"] for space in (pure, activations))
-        rows.append(dict(neuron=neurons[i], r_pure=rp, r_activations=ra, difference=rp - ra))
-    frame = pd.DataFrame(rows, columns=["neuron", "r_pure", "r_activations", "difference"])
+        r = [distance_correlation([reference[i]], [space[i]], n_samples=n_samples,
+                                  n_subsets=1)["mean"] for space in spaces]
+        row = dict(neuron=neurons[i], r_pure=r[0], r_activations=r[1], difference=r[0] - r[1])
+        if peak is not None:
+            row.update(r_peak=r[2], difference_peak=r[0] - r[2])
+        rows.append(row)
+    columns = ["neuron", "r_pure", "r_activations", "difference"]
+    frame = pd.DataFrame(rows, columns=columns + ([] if peak is None else ["r_peak", "difference_peak"]))
     return frame.sort_values("difference", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -372,7 +386,7 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
         Concept of each reference sample (:func:`pure_utils.shapes.ground_truth.reference_concepts`).
     features : dict of str -> Tensor[n_neurons, n_ref, d_m]
         What each method clusters (e.g. ``{"PURE (gxa)": ..., "PURE (epsilon_plus_flat)": ...,
-        "activations": ...}``).
+        "activations (mean)": ..., "activations (peak)": ...}``).
     ks : sequence of int or "true"
         ``"true"``: each neuron's number of true features (``true_k``).
     neurons : sequence of int, optional

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..metrics import ground_truth_scores, paired_difference
 from .report import difference_sentence, interval
-from .tables import ACTIVATIONS, cluster_composition
+from .tables import ACTIVATIONS, BASELINE_LABELS, cluster_composition
 from ..shapes.train import polysemantic_record
 
 __all__ = [
@@ -213,18 +213,23 @@ def model_differences(pairs_by_model: Mapping, what: str, *, k=2, a: str | None 
 
 
 def correlation_sentence(correlation: pd.DataFrame, *, n_boot: int, level: float,
-                         a: str = "PURE", b: str = "activations") -> str:
+                         a: str = "PURE", b: str | None = None) -> str:
     """The distance correlation of ``a`` minus that of ``b``, paired over the random groups of
     units (:func:`pure_utils.metrics.paired_difference`), in words.
 
     ``correlation``: :func:`pure_utils.study.tables.correlation_table` (``method``, ``values``:
-    one Pearson r per group). E.g. ``"PURE minus activations, Pearson r: 0.05 [0.01, 0.09] over
-    30 groups of units (Wilcoxon p = 0.01): PURE is higher"``.
+    one Pearson r per group). ``b``: one method; None (the default) compares ``a`` with each
+    activation baseline of the table (:data:`~pure_utils.study.tables.BASELINE_LABELS`), the
+    sentences ``"; "``-joined. E.g. ``"PURE minus activations (mean), Pearson r: 0.05 [0.01,
+    0.09] over 30 groups of units (Wilcoxon p = 0.01): PURE is higher"``.
     """
     corr = correlation.set_index("method")
-    row = {"a": a, "b": b, **paired_difference(corr.loc[a, "values"], corr.loc[b, "values"],
-                                               n_boot=n_boot, level=level)}
-    return difference_sentence(row, "Pearson r", units="groups of units")
+    others = [b] if b is not None else [m for m in BASELINE_LABELS if m in corr.index]
+    if not others:
+        raise ValueError(f"no activation baseline in the table; methods: {', '.join(corr.index)}")
+    rows = [{"a": a, "b": m, **paired_difference(corr.loc[a, "values"], corr.loc[m, "values"],
+                                                 n_boot=n_boot, level=level)} for m in others]
+    return "; ".join(difference_sentence(row, "Pearson r", units="groups of units") for row in rows)
 
 
 def strong_rule(profile: Mapping) -> str:
