@@ -131,15 +131,16 @@ def test_differences_by_model_gives_one_row_per_model():
                           "b": ["activations (mean)"] * 3 + ["activations (peak)"],
                           "k": [2, 2, 2, 2], "mean": [0.012, -0.03, 0.5, 0.1],
                           "ci_low": [-0.02, -0.07, 0.4, 0.0], "ci_high": [0.05, 0.01, 0.6, 0.2],
-                          "p_sign_flip": [0.4632, 0.58, 1e-5, 0.2], "n_tied": [3, 0, 1, 2],
+                          "p_sign_flip": [0.4632, 0.58, 0.0039, 0.2], "n_tied": [3, 0, 1, 2],
+                          "min_p": [0.0002, 0.0001, 0.0039, 0.03],
                           "n": [15, 15, 9, 9]})
     extra = pairs.assign(k="true", mean=9.0)  # another k is left out
     wide = family.differences_by_model(pd.concat([pairs, extra]))
     assert list(wide.columns) == ["model", "units", "gxa - activations (mean)",
                                   "epsilon_plus_flat - activations (mean)", "gxa - activations (peak)"]
     assert wide.model.tolist() == ["m1", "m2"] and wide.units.tolist() == [15, 9]
-    assert wide.loc[0, "gxa - activations (mean)"] == "0.01 [-0.02, 0.05] (p 0.46, 3 tied)"
-    assert wide.loc[1, "gxa - activations (mean)"] == "0.50 [0.40, 0.60] (p 1e-05, 1 tied)"
+    assert wide.loc[0, "gxa - activations (mean)"] == "0.01 [-0.02, 0.05] (p 0.46 of at least 0.0002, 3 tied)"
+    assert wide.loc[1, "gxa - activations (mean)"] == "0.50 [0.40, 0.60] (p 0.0039 of at least 0.0039, 1 tied)"
     assert wide.loc[1, "epsilon_plus_flat - activations (mean)"] == "not scored"
     assert wide.loc[0, "gxa - activations (peak)"] == "not scored"
 
@@ -177,7 +178,8 @@ def test_overview_table_is_the_chapters_former_loop():
     from types import SimpleNamespace
     names = ["family_planted", "family_width_16", "synthetic_resnet_basic"]
     feats = [_features([[0] * 5 + [1] * 5, [0] * 10]), _features([[0] * 10]), _features([[0] * 5 + [1] * 5] * 3)]
-    result = {"runs": {m: {"setting": SimpleNamespace(neurons=list(range(len(f.labels)))), "features": f}
+    result = {"runs": {m: {"setting": SimpleNamespace(neurons=list(range(len(f.labels))),
+                                                      images=f"test split, {m}"), "features": f}
                        for m, f in zip(names, feats)}}
     rows = []
     for m in names:  # the former cell of beyond_family.ipynb, verbatim
@@ -185,7 +187,7 @@ def test_overview_table_is_the_chapters_former_loop():
         spec = pu.shapes.train.FAMILY.get(m, {})
         run = result["runs"][m]
         rows.append({"model": m, "knob": spec.get("knob", "-"), "setting": spec.get("level", "-"),
-                     "units": len(run["setting"].neurons),
+                     "images": run["setting"].images, "units": len(run["setting"].neurons),
                      "polysemantic units": int(run["features"].polysemantic(0.2).sum()),
                      "test accuracy": card["accuracy"]["value"]})
     import pandas as pd

@@ -102,17 +102,19 @@ REGIMES = {
 PASS = dict(truth_agreement=0.9, pure_ari=0.8, negative_ari=0.2, precondition_ari=0.2)
 
 
-def _scene(scene) -> dict:
-    """Generator settings of a regime or design (a dict of SyntheticConfig fields)."""
+def _scene(scene, base: dict | None) -> dict:
+    """Generator settings of a regime or design: the profile's (``base``, e.g. its image size)
+    with the regime's scene (a dict of SyntheticConfig fields)."""
+    config = SyntheticConfig(**dict(base or {}))
     if scene == "unseen":
-        return unseen_colours_config().to_dict()
-    return dict(SyntheticConfig(**scene).to_dict())
+        return unseen_colours_config(config).to_dict()
+    return SyntheticConfig(**{**config.to_dict(), **scene}).to_dict()
 
 
 def _images(p: Profile, scene, which: str):
     """The evaluation (``dataset_kwargs``) or design (``heldout_dataset_kwargs``) images of a scene."""
     kwargs = dict(p.dataset_kwargs if which == "evaluate" else p.heldout_dataset_kwargs)
-    kwargs["config"] = _scene(scene)
+    kwargs["config"] = _scene(scene, kwargs.get("config"))
     return load_dataset(p.dataset, **kwargs)
 
 
@@ -213,6 +215,8 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
     images = _images(p, regime["scene"], "evaluate")
     built = [r for r in records[regime["part"]] if isinstance(r, Graft)]
     units = [r.unit for r in built]
+    if not units:
+        return _run_regime_empty()
     refs = mine_references(grafted, images, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=False).subset(units)
     truth = reference_features(grafted, images, refs, device=device, cache=cache)
@@ -230,6 +234,11 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
                          agreement=scores.neuron.map(agree), scored=scores.neuron.map(poly))
 
 
+def _run_regime_empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=["neuron", "method", "k", "ari", "nmi", "regime", "pair", "truth",
+                                 "agreement", "scored"])
+
+
 def controls_comparison(profile: Profile | dict, *, progress: bool = False) -> dict:
     """Every regime of :data:`REGIMES` on the profile's model.
 
@@ -242,20 +251,26 @@ def controls_comparison(profile: Profile | dict, *, progress: bool = False) -> d
         can detect), ``precondition`` (R3: the ARI of :func:`activation_separation` per pair).
     """
     p = as_profile(profile)
+    if not p.graft_model or not p.has_concepts:
+        raise ValueError(f"profile {p.name!r} has no graft_model or no controlled benchmark "
+                         "(has_concepts); grafted units need both")
     device = profile_device(p.device)
-    model = load_model(p.model_name, pretrained=p.pretrained, checkpoint=p.checkpoint).to(device)
+    model = load_model(p.graft_model).to(device)
     cache = resolve_cache(p.cache)
     designs = _design(p, model, device)
-    n_original = next(r for r in designs["seen"] if isinstance(r, Graft)).unit
+    n_original = forward_until(model, _images(p, {}, "design")[0][0][None].to(device),
+                               p.layer).shape[1]
     grafted = {name: install_units(model, p.layer, records, device=device)
-               for name, records in designs.items()}
+               for name, records in designs.items() if any(isinstance(r, Graft) for r in records)}
     frames = []
     for name, regime in REGIMES.items():
-        frames.append(_run_regime(p, name, grafted[regime["design"]], designs[regime["design"]],
-                                  n_original, device, cache))
+        if regime["design"] in grafted:
+            frames.append(_run_regime(p, name, grafted[regime["design"]],
+                                      designs[regime["design"]], n_original, device, cache))
         if progress:
             print(f"controls: {regime['label']} scored", flush=True)
-    scores = pd.concat(frames, ignore_index=True)
+    scores = (pd.concat(frames, ignore_index=True) if frames else _run_regime_empty()).astype(
+        {"scored": bool})
     return dict(designs=design_table(designs), scores=scores, pairs=regime_pairs(scores, p),
                 precondition=_precondition(p, model, designs["unseen"], device))
 
@@ -271,6 +286,10 @@ def regime_pairs(scores: pd.DataFrame, profile: Profile | dict) -> pd.DataFrame:
     out = [paired_table(scores[scores.regime == name].assign(k=2), "ari", wanted,
                         n_boot=p.n_boot, level=p.ci_level, detection=True).assign(regime=name)
            for name in dict.fromkeys(scores.regime)]
+    if not out:  # no regime has a scored unit
+        return pd.DataFrame(columns=["a", "b", "mean", "ci_low", "ci_high", "p_value", "n",
+                                     "n_excluded", "word", "n_tied", "min_p", "p_sign_flip",
+                                     "p_zsplit", "mdd", "regime"])
     return pd.concat(out, ignore_index=True)
 
 
@@ -324,6 +343,9 @@ def score_summary(scores: pd.DataFrame) -> pd.DataFrame:
     """Mean ARI of every method per regime over the scored units, and how many units each regime
     built and scored (a unit is scored when its truth holds two or more features)."""
     scored = scores[scores.scored]
+    if scored.empty:
+        return pd.DataFrame({"regime": [spec["label"] for spec in REGIMES.values()],
+                             "scored": 0})
     wide = scored.pivot_table(index="regime", columns="method", values="ari", aggfunc="mean",
                               sort=False).round(2)
     counts = scores.groupby("regime", sort=False).agg(built=("neuron", "nunique"))

@@ -225,15 +225,15 @@ def differences_by_model(pairs: pd.DataFrame, *, k=2) -> pd.DataFrame:
 
     ``pairs``: the ``pairs`` of :func:`compare_model` with a ``model`` column. Columns: ``model``,
     ``units`` (the units scored), then one per attribution and baseline (``"gxa - activations
-    (mean)"``, ...), in the order they first appear, each ``"mean [low, high] (p, t tied)"``
-    (95% bootstrap interval, the sign-flip p that keeps ties, the tied units), or ``"not
-    scored"``.
+    (mean)"``, ...), in the order they first appear, each ``"mean [low, high] (p P of at least
+    M, T tied)"`` (95% bootstrap interval, the sign-flip p that keeps ties, the smallest p the
+    test can reach with these units, the tied units), or ``"not scored"``.
     """
     pairs = pairs[pairs.k == k]
     cells = pairs.assign(
         column=[f"{a.removeprefix('PURE (').removesuffix(')')} - {b}" for a, b in zip(pairs.a, pairs.b)],
-        cell=[f"{interval(r['mean'], r.ci_low, r.ci_high)} (p {r.p_sign_flip:.2g}, "
-              f"{int(r.n_tied)} tied)" for _, r in pairs.iterrows()])
+        cell=[f"{interval(r['mean'], r.ci_low, r.ci_high)} (p {r.p_sign_flip:.2g} of at least "
+              f"{r.min_p:.2g}, {int(r.n_tied)} tied)" for _, r in pairs.iterrows()])
     order = list(dict.fromkeys(pairs.model))
     wide = cells.pivot(index="model", columns="column", values="cell").reindex(order)
     wide = wide[list(dict.fromkeys(cells.column))].fillna("not scored")

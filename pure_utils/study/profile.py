@@ -183,6 +183,9 @@ class Profile(Mapping):
          "family_background", "family_planted"], "shipped models trained by `make family`")
     family_planted: str | None = _key("family_planted", "the model with planted units (the "
                                       "controls), or null")
+    graft_model: str | None = _key("synthetic_resnet_bottleneck", "the model the grafted units "
+                                   "of 'When do circuits beat activations?' are built on (null: "
+                                   "no grafted units)")
 
     # --- other architecture families ("PURE beyond ResNets") -----------------------------------
     architecture_models: list[str] = _key(

@@ -29,6 +29,7 @@ from ..disjoint import check_disjoint
 from ..embed import ImageEmbedder, load_embedder
 from ..models import load_model, randomize_batchnorm, read_card, shipped_models
 from ..references import References, mine_references
+from ..shapes.generator import SyntheticConfig
 from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
 from .profile import Profile, as_profile, check_profile, profile_device
 from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compare_clusterings,
@@ -175,7 +176,6 @@ def model_layers(profile: dict, model_name: str) -> dict:
 
 def _generator_changes(config: dict) -> str:
     """The knobs of a generator configuration that differ from the defaults, as text."""
-    from ..shapes.generator import SyntheticConfig
     own, default = SyntheticConfig(**config).to_dict(), SyntheticConfig().to_dict()
     changed = {k: v for k, v in own.items() if default.get(k) != v}
     return ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in changed.items())
