@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: book test env bench bench-scale bench-gpu models family clean clean-cache screenshots
+.PHONY: book test env bench bench-scale bench-gpu models family clean clean-cache screenshots axe
 
 ## book: execute every notebook on $(PROFILE) (only those that changed) and build the HTML book
 book: $(STAMP)
@@ -74,6 +74,13 @@ clean:
 clean-cache:
 	rm -rf .cache/pure
 
-## screenshots: render every page of the built book in headless Chromium (1280 and 390 px, light and dark) and check it
-screenshots: $(STAMP)
+## screenshots: render every page of the built book in headless Chromium (1280 and 390 px, light and dark) and check it,
+## axe-core's WCAG 2 A and AA rules included (installed first by `make axe`; nothing is downloaded during the check)
+screenshots: $(STAMP) axe
 	$(PY) -m pure_utils.book screenshots
+
+## axe: install axe-core (the pinned AXE_VERSION) from npm into .cache/axe, skipped when that version is there
+AXE_VERSION := 4.14.1
+axe:
+	@grep -qs '"version": "$(AXE_VERSION)"' .cache/axe/node_modules/axe-core/package.json \
+		|| npm install --no-save --no-audit --no-fund --prefix .cache/axe axe-core@$(AXE_VERSION)

@@ -235,3 +235,114 @@ def test_probed_page_keeps_the_page_and_removes_its_copies(tmp_path):
     assert [q.name for q in tmp_path.iterdir()] == ["p.html"]
     with pytest.raises(ValueError, match="'dim'"):
         probed_page(page, "dim")
+
+
+# --- axe-core, the accessibility checker, in the same pages ----------------------------------
+import re  # noqa: E402
+
+from pure_utils.book import browser  # noqa: E402
+from pure_utils.book.browser import (AXE_IGNORED, AXE_VERSION, RenderError, axe_problems,  # noqa: E402
+                                     axe_script)
+
+#: a page with two violations of WCAG 2 A (an image without alt text, a button without a name)
+#: and, in the dark theme only, one of AA (text too faint on its background)
+AXE_PAGE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>A page</title>
+<script>document.documentElement.dataset.theme = localStorage.getItem("theme") || "light";</script>
+<style>html[data-theme="dark"] body { background: #111111; color: #eeeeee; }
+html[data-theme="dark"] .faint { color: #333333; }</style>
+</head><body><main><article class="bd-article"><h1>A page</h1><p>Some text.</p>
+<p class="faint">Faint in the dark theme.</p>
+<img src="plot.png" class="plot"><button class="go"></button>
+</article></main></body></html>"""
+FIXED = (AXE_PAGE.replace('class="plot"', 'class="plot" alt="a plot"').replace("></button>", ">Go</button>")
+         .replace("color: #333333", "color: #bbbbbb"))
+#: a page whose scripts replace axe.run by one that never resolves
+HANGS = FIXED.replace("</title>", "</title><script>window.addEventListener('load', function () {"
+                      " window.axe.run = function () { return new Promise(function () {}); }; });</script>")
+
+
+def _axe():
+    _chromium()
+    try:
+        return axe_script()
+    except RenderError as err:
+        pytest.skip(f"axe-core is not installed (make axe installs it): {err}")
+
+
+def _rules(problems):
+    return sorted(m.group(1) for p in problems for m in [re.match(r"axe: (\S+) \(", p)] if m)
+
+
+def test_axe_finds_exactly_the_violations_of_a_page_and_none_once_it_is_fixed(tmp_path):
+    axe = _axe()
+    from pure_utils.book.browser import _view_dom
+
+    page = tmp_path / "p.html"
+    page.write_text(AXE_PAGE)
+    light = page_problems(_view_dom(page, 1280, "light", None, axe), executed=False)
+    assert _rules(light) == ["button-name", "image-alt"] and len(light) == 2, light
+    assert any(p.startswith("axe: image-alt (critical), 1 element, e.g. ") and "img" in p for p in light), light
+    dark = axe_problems(_view_dom(page, 390, "dark", None, axe))
+    assert _rules(dark) == ["button-name", "color-contrast", "image-alt"] and len(dark) == 3, dark
+    page.write_text(FIXED)
+    for width, theme in [(1280, "light"), (390, "dark")]:
+        assert page_problems(_view_dom(page, width, theme, None, axe), executed=False) == []
+    page.write_text(HANGS)
+    assert axe_problems(_view_dom(page, 1280, "light", None, axe)) == [
+        "axe did not finish (its run did not resolve before the page's DOM was read)"]
+    assert [q.name for q in tmp_path.iterdir()] == ["p.html"]  # the probe's files are gone
+
+
+def _marker(state, violations="[]", error=""):
+    return _page("") + (f'<div id="pure-axe" hidden data-state="{state}" data-error="{error}" '
+                        f"data-violations='{violations}'></div>")
+
+
+def test_axe_problems_are_read_from_the_marker_in_the_dom(monkeypatch):
+    found = ('[{"id": "image-alt", "impact": "critical", "nodes": 2, "target": "img.foo"},'
+             ' {"id": "region", "impact": null, "nodes": 1, "target": "div"}]')
+    assert axe_problems(_marker("done", found)) == [
+        "axe: image-alt (critical), 2 elements, e.g. img.foo", "axe: region (no impact given), 1 element, e.g. div"]
+    monkeypatch.setitem(AXE_IGNORED, "region", "a test's reason")
+    assert axe_problems(_marker("done", found)) == ["axe: image-alt (critical), 2 elements, e.g. img.foo"]
+    assert axe_problems(_marker("done")) == [] and axe_problems(_page("")) == []  # no marker: axe not run
+    for state, what in [("waiting", "did not finish"), ("running", "did not finish"), ("missing", "did not load"),
+                        ("error", "axe failed: boom")]:
+        problems = page_problems(_marker(state, error="boom"), executed=False)
+        assert len(problems) == 1 and what in problems[0], (state, problems)
+
+
+def test_axe_is_pinned_in_the_makefile_found_by_version_and_never_ignores_the_rules_that_matter(tmp_path, monkeypatch):
+    makefile = (browser.ROOT / "Makefile").read_text()
+    assert re.search(r"^AXE_VERSION := (\S+)$", makefile, re.M).group(1) == AXE_VERSION
+    assert not set(AXE_IGNORED) & {"image-alt", "document-title", "html-has-lang", "color-contrast",
+                                   "button-name", "link-name", "heading-order"}
+    assert all(reason.strip() for reason in AXE_IGNORED.values())
+    monkeypatch.setattr(browser, "AXE_DIR", tmp_path)
+    with pytest.raises(RenderError, match=f"missing.*npm install --no-save --prefix .cache/axe axe-core@{AXE_VERSION}"):
+        axe_script()
+    js = tmp_path / "node_modules" / "axe-core" / "axe.min.js"
+    js.parent.mkdir(parents=True)
+    js.write_text("window.axe = {};")
+    (js.parent / "package.json").write_text('{"version": "0.0.1"}')
+    with pytest.raises(RenderError, match="version 0.0.1"):
+        axe_script()
+    (js.parent / "package.json").write_text(f'{{"version": "{AXE_VERSION}"}}')
+    assert axe_script() == js
+
+
+def test_probed_page_injects_axe_and_its_marker_into_the_framed_copy_only(tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text(_page("x"))
+    fake = tmp_path / "axe.js"
+    fake.write_text("var s = '</script>'; window.axe = {};")
+    host = probed_page(page, "light", 1280, axe=fake)
+    framed = (tmp_path / ".probe-p.html").read_text()
+    assert framed.count('<div id="pure-axe" hidden data-state="waiting"') == 1 and "&quot;wcag2aa&quot;" in framed
+    assert "var s = '<\\/script>'" in framed and "pure-axe" not in host.read_text()
+    remove_probe(host)
+    host = probed_page(page)  # without axe: neither its script nor its marker
+    framed = (tmp_path / ".probe-p.html").read_text()
+    assert '<div id="pure-axe" hidden' not in framed and "window.axe" not in framed
+    remove_probe(host)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["axe.js", "p.html"]

@@ -5,7 +5,17 @@ check (``python -m pure_utils.book screenshots``, ``make screenshots``). So does
 reader would see wrong (:func:`check_book`), rendered at each of :data:`VIEWS` (a laptop and a
 phone width, the theme's light and dark mode): raw TeX, unfolded code, an element wider than the
 article column without its own scroll box, a table cell clipped, a figure number that is not the
-chapter's (:mod:`.numbering`), an image without alt text.
+chapter's (:mod:`.numbering`), an image without alt text; and every violation of the WCAG 2 A
+and AA rules (:data:`AXE_OPTIONS`, colour contrast included, in both themes) that axe-core, the
+accessibility checker, finds in the page (:func:`axe_problems`), but for the rules of
+:data:`AXE_IGNORED`.
+
+axe-core :data:`AXE_VERSION` comes from npm: ``make screenshots`` installs it before the check
+(:data:`AXE_INSTALL`, into ``.cache/axe``; skipped when that version is there) and the check
+reads ``axe.min.js`` from there (:func:`axe_script`); nothing is downloaded while it runs. Its
+script goes into the framed copy of each page with the layout probe (:func:`probed_page`), runs
+after the probe, and writes its violations into the page's DOM, which Chromium's ``--dump-dom``
+returns; a run whose promise did not resolve within Chromium's virtual time is a problem too.
 """
 from __future__ import annotations
 
@@ -22,11 +32,14 @@ import numpy as np
 from bs4 import BeautifulSoup
 from PIL import Image
 
+from ..paths import ROOT
 from .numbering import FIGURE_SCHEMES, figure_label, page_figures
 
 __all__ = ["SCREENSHOT_PAGES", "INTERACTIVE_PAGE", "RenderError", "ensure_chromium", "screenshot",
            "rendered_dom", "blank_fraction", "check_rendering", "page_problems", "check_book",
-           "VIEWS", "probed_page", "remove_probe", "layout_problems", "figure_problems"]
+           "VIEWS", "probed_page", "remove_probe", "layout_problems", "figure_problems",
+           "AXE_VERSION", "AXE_DIR", "AXE_INSTALL", "AXE_OPTIONS", "AXE_IGNORED", "axe_script",
+           "axe_problems"]
 
 #: pages of the built book that the rendering check screenshots, and the page with the
 #: interactive (plotly) figure
@@ -35,6 +48,18 @@ INTERACTIVE_PAGE = "book/executed/fig2_method.html"
 #: the views every page is checked in: (window width in px, theme)
 VIEWS = [(1280, "light"), (1280, "dark"), (390, "light"), (390, "dark")]
 _PROBE = Path(__file__).with_name("layout_probe.js")
+
+#: axe-core, the accessibility checker run in every page: the version, where ``make screenshots``
+#: installs it (npm, before the check) and the command that installs it
+AXE_VERSION = "4.14.1"
+AXE_DIR = ROOT / ".cache" / "axe"
+AXE_INSTALL = f"npm install --no-save --prefix .cache/axe axe-core@{AXE_VERSION}"
+#: the options of ``axe.run``: the rules of WCAG 2 levels A and AA (color-contrast among them)
+AXE_OPTIONS = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]}, "resultTypes": ["violations"]}
+#: axe rules not counted as problems, each with its reason: only a rule that fails on the theme's
+#: own markup, which the book cannot change (never image-alt, document-title, html-has-lang,
+#: color-contrast: the book's own content can break them)
+AXE_IGNORED: dict[str, str] = {}
 
 
 class RenderError(RuntimeError):
@@ -61,6 +86,19 @@ def ensure_chromium() -> str:
             return path
     raise RenderError("Chromium is needed for the rendered-page check: install Debian's 'chromium' "
                     "package (apt-get install chromium) or put chromium on PATH")
+
+
+def axe_script() -> Path:
+    """``axe.min.js`` of axe-core :data:`AXE_VERSION`, where ``make screenshots`` installs it
+    (:data:`AXE_DIR`); a :class:`RenderError` naming the install command when it is not there."""
+    path = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    meta = path.with_name("package.json")
+    version = json.loads(meta.read_text()).get("version") if meta.exists() else None
+    if not path.exists() or version != AXE_VERSION:
+        found = f"version {version}" if path.exists() else "missing"
+        raise RenderError(f"axe-core {AXE_VERSION} is needed for the accessibility check ({path}: {found}): "
+                          f"run `make axe` or, in {ROOT}, `{AXE_INSTALL}`")
+    return path
 
 
 def screenshot(page: Path, png: Path, *, width: int = 1280, height: int = 1600,
@@ -125,11 +163,15 @@ def check_rendering(pages: dict[str, Path], out_dir: Path, *, interactive: Path 
     return result
 
 
-def probed_page(page: Path, theme: str = "light", width: int = 1280, height: int = 1600) -> Path:
+def probed_page(page: Path, theme: str = "light", width: int = 1280, height: int = 1600, *,
+                axe: Path | None = None) -> Path:
     """A host page beside ``page`` that shows it in a frame ``width`` px wide (Chromium's
     headless window is at least 500 px wide: a phone's width needs the frame), opened in the
     theme's ``theme`` mode (``"light"`` or ``"dark"``: the pydata theme's stored choice) and
     running the layout probe (``layout_probe.js``), whose result the host page keeps in its DOM.
+    With ``axe`` (``axe.min.js``, :func:`axe_script`) the framed copy also holds axe-core and
+    the marker ``<div id="pure-axe">`` (with :data:`AXE_OPTIONS`) that the probe fills with axe's
+    violations (:func:`axe_problems`).
     Both files lie beside ``page`` (so that its links and images resolve): the host is
     ``.probe-host-NAME``, the framed copy ``.probe-NAME``; :func:`remove_probe` deletes them."""
     if theme not in ("light", "dark"):
@@ -141,6 +183,11 @@ def probed_page(page: Path, theme: str = "light", width: int = 1280, height: int
     head = ("<script>try { localStorage.setItem('mode', '%s'); localStorage.setItem('theme', '%s'); }"
             " catch (e) {}</script>" % (theme, theme))
     probe = f"<script>{_PROBE.read_text()}</script>"
+    if axe is not None:  # the marker first: a page where axe's script fails still shows it
+        options = json.dumps(AXE_OPTIONS).replace("&", "&amp;").replace('"', "&quot;")
+        script = Path(axe).read_text().replace("</script", "<\\/script")
+        probe = (f'<div id="pure-axe" hidden data-state="waiting" data-options="{options}"></div>'
+                 f'<script id="pure-axe-script">{script}</script>' + probe)
     framed = page.with_name(f".probe-{page.name}")
     framed.write_text(text.replace("<head>", "<head>" + head, 1).replace("</body>", probe + "</body>", 1))
     host = page.with_name(f".probe-host-{page.name}")
@@ -160,6 +207,7 @@ iframe {{ border: 0; display: block; }}</style></head><body>
 <iframe src="{src}" width="{width}" height="{height}"></iframe>
 <script>window.addEventListener("message", function (e) {{
   var r = e.data && e.data.pureLayoutProbe; if (!r) return;
+  var old = document.getElementById("pure-layout-probe"); if (old) old.remove();
   var d = document.createElement("div"); d.id = "pure-layout-probe"; d.hidden = true;
   d.setAttribute("data-problems", JSON.stringify(r.problems));
   d.setAttribute("data-theme", r.theme); d.setAttribute("data-width", String(r.width));
@@ -193,6 +241,30 @@ def layout_problems(dom: str) -> list[str]:
     clipped by ``overflow: hidden``, a page that scrolls sideways."""
     probe = BeautifulSoup(dom, "html.parser").find(id="pure-layout-probe")
     return [] if probe is None else list(json.loads(probe.get("data-problems", "[]")))
+
+
+def axe_problems(dom: str) -> list[str]:
+    """What axe-core found on a rendered page (``[]`` when the DOM holds no axe marker, i.e. axe
+    was not injected): each violation of a rule not in :data:`AXE_IGNORED`, as ``"axe: image-alt
+    (critical), 2 elements, e.g. img.foo"``, or that axe did not load, failed or did not finish."""
+    mark = BeautifulSoup(dom, "html.parser").find(id="pure-axe")
+    if mark is None:
+        return []
+    state = mark.get("data-state")
+    if state == "missing":
+        return ["axe did not load (its script failed in the page)"]
+    if state == "error":
+        return [f"axe failed: {mark.get('data-error', '')}"]
+    if state != "done":
+        return ["axe did not finish (its run did not resolve before the page's DOM was read)"]
+    problems = []
+    for rule in json.loads(mark.get("data-violations", "[]")):
+        if rule["id"] in AXE_IGNORED:
+            continue
+        n = rule["nodes"]
+        problems.append(f"axe: {rule['id']} ({rule.get('impact') or 'no impact given'}), "
+                        f"{n} element{'' if n == 1 else 's'}, e.g. {rule.get('target') or '?'}")
+    return problems
 
 
 def figure_problems(dom: str, page: str) -> list[str]:
@@ -232,6 +304,7 @@ def page_problems(dom: str, *, executed: bool, page: str | None = None) -> list[
     - a table with an index column (an empty first header) or a decimal number with more than 4
       significant digits;
     - what the layout probe found (:func:`layout_problems`, when the DOM holds its result);
+    - what axe-core found (:func:`axe_problems`, when the DOM holds its marker);
     - with ``page`` (the page's path under the book, without ``.html``): figure numbers off the
       chapter's scheme, images without alt text (:func:`figure_problems`).
     """
@@ -275,14 +348,15 @@ def page_problems(dom: str, *, executed: bool, page: str | None = None) -> list[
                     break
     if page is not None:
         problems += figure_problems(dom, page)
-    return problems + layout_problems(dom)
+    return problems + layout_problems(dom) + axe_problems(dom)
 
 
-def _view_dom(page: Path, width: int, theme: str, shots: Path | None) -> str:
-    """The DOM of ``page`` after its scripts and the layout probe ran, seen at one view (the
-    page's own DOM, from its frame), and its screenshot into ``shots`` (when given)."""
+def _view_dom(page: Path, width: int, theme: str, shots: Path | None, axe: Path | None = None) -> str:
+    """The DOM of ``page`` after its scripts, the layout probe and (with ``axe``, the path of
+    ``axe.min.js``) axe-core ran, seen at one view (the page's own DOM, from its frame), and its
+    screenshot into ``shots`` (when given)."""
     height = 1600 if width > 600 else 844
-    host = probed_page(page, theme, width, height)
+    host = probed_page(page, theme, width, height, axe=axe)
     try:
         if shots is not None:
             shots.mkdir(parents=True, exist_ok=True)
@@ -306,7 +380,8 @@ def _view_dom(page: Path, width: int, theme: str, shots: Path | None) -> str:
 
 def check_book(html_dir: Path, pages: list, executed: set, *, views=None,
                screenshots: Path | None = None) -> dict[str, list[str]]:
-    """:func:`page_problems` of every page of the built book, in every view.
+    """:func:`page_problems` of every page of the built book, in every view, axe-core's
+    violations among them (:func:`axe_script` must find axe-core).
 
     Parameters
     ----------
@@ -330,12 +405,13 @@ def check_book(html_dir: Path, pages: list, executed: set, *, views=None,
     """
     html_dir = Path(html_dir)
     shots = Path(screenshots) if screenshots is not None else html_dir.parent / "screenshots"
+    axe = axe_script()  # before the first page: a missing axe-core fails at once
     out = {}
     for page in pages:
         key = str(page).removesuffix(".html")
         found: dict[str, list[str]] = {}
         for width, theme in (views or VIEWS):
-            dom = _view_dom(html_dir / page, width, theme, shots)
+            dom = _view_dom(html_dir / page, width, theme, shots, axe)
             for problem in page_problems(dom, executed=page in executed, page=key):
                 views_of = found.setdefault(problem, [])
                 if f"{width} {theme}" not in views_of:  # a problem may show twice in one view

@@ -206,7 +206,8 @@ def _screenshots_command(args) -> int:
             raise RenderError("pages a reader would see wrong:\n" + "\n".join(
                 f"  {page}: {'; '.join(p)}" for page, p in problems.items()))
         print(f"{len(entries)} pages checked: no raw TeX, code folded, figures numbered, "
-              "tables without index columns, a rerun box on every chapter")
+              "tables without index columns, a rerun box on every chapter, no axe-core "
+              "(WCAG 2 A/AA) violation")
     print(f"screenshots in {_user_path(args.out)}")
     return 0
 

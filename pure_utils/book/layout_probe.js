@@ -2,6 +2,11 @@
 // loaded, it writes what a reader would see wrong with the layout into a hidden element
 // <div id="pure-layout-probe" data-problems="[...]" data-theme="..." data-width="...">, and,
 // run in a frame, posts it to the host page, which writes the same element (browser.py).
+// Then, where browser.py injected axe-core and its marker <div id="pure-axe" data-state="waiting"
+// data-options="{...}">, it runs axe.run with those options and writes the violations into the
+// marker (data-violations: [{id, impact, nodes, target}], data-state: "done"; "error" with
+// data-error; "missing" when axe did not load), and posts the page again. A marker left
+// "running" in the page's DOM means axe's promise did not resolve before the DOM was dumped.
 (function () {
   var TALL_ROW = 200;  // px, a quarter of a phone screen: a row taller than this holds a paragraph
   function describe(el) {
@@ -84,11 +89,42 @@
     probe.setAttribute("data-theme", doc.getAttribute("data-theme") || "");
     probe.setAttribute("data-width", String(window.innerWidth));
     document.body.appendChild(probe);
+    return probe;
+  }
+  function post(probe) {
     if (window.parent !== window) {  // in the host page's frame of the view's width
-      window.parent.postMessage({pureLayoutProbe: {problems: out, theme: probe.getAttribute("data-theme"),
+      window.parent.postMessage({pureLayoutProbe: {problems: JSON.parse(probe.getAttribute("data-problems")),
+                                                   theme: probe.getAttribute("data-theme"),
                                                    width: window.innerWidth,
                                                    dom: document.documentElement.outerHTML}}, "*");
     }
   }
-  window.addEventListener("load", function () { setTimeout(run, 2000); });
+  // the first node's CSS selector (a node in a shadow root or a frame: its selectors joined)
+  function target(node) {
+    return (node.target || []).map(function (t) { return Array.isArray(t) ? t.join(" >>> ") : t; }).join(" | ");
+  }
+  function runAxe(mark, done) {
+    if (typeof axe === "undefined") { mark.setAttribute("data-state", "missing"); done(); return; }
+    mark.setAttribute("data-state", "running");
+    axe.run(document, JSON.parse(mark.getAttribute("data-options") || "{}")).then(function (result) {
+      mark.setAttribute("data-violations", JSON.stringify(result.violations.map(function (v) {
+        return {id: v.id, impact: v.impact, nodes: v.nodes.length, target: v.nodes.length ? target(v.nodes[0]) : ""};
+      })));
+      mark.setAttribute("data-state", "done");
+      done();
+    }, function (err) {
+      mark.setAttribute("data-error", String((err && err.message) || err));
+      mark.setAttribute("data-state", "error");
+      done();
+    });
+  }
+  window.addEventListener("load", function () {
+    setTimeout(function () {
+      var script = document.getElementById("pure-axe-script");
+      if (script) { script.remove(); }  // axe stays loaded; its 600 kB of text leave the posted DOM
+      var probe = run(), mark = document.getElementById("pure-axe");
+      post(probe);
+      if (mark) { runAxe(mark, function () { post(probe); }); }
+    }, 2000);
+  });
 })();
