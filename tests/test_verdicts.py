@@ -58,7 +58,7 @@ def _old_family_verdict(pairs, P):
     main = pairs[(pairs.k == 2) & (pairs.a == f"PURE ({P['attribution']})")]
     higher, lower = main[main.word == "higher"].model.tolist(), main[main.word == "lower"].model.tolist()
     parts = [f"With k = 2 and Gradient x Activation, PURE's ARI is detectably higher than the "
-             f"activations' in {len(higher)} of {len(main)} models" + (f" ({', '.join(higher)})" if higher else ""),
+             f"averaged activations' in {len(higher)} of {len(main)} models" + (f" ({', '.join(higher)})" if higher else ""),
              f"detectably lower in {len(lower)}" + (f" ({', '.join(lower)})" if lower else ""),
              f"and not detectably different in {len(main) - len(higher) - len(lower)}"]
     verdict = ", ".join(parts) + "."
@@ -107,7 +107,7 @@ def test_family_verdict_words_for_each_case():
     borderline = pd.concat([borderline, weak.assign(word="higher", p_value=0.03)], ignore_index=True)
     text = verdicts.family_verdict(borderline, "gxa", 0.95)
     assert text == _old_family_verdict(borderline, P)
-    assert "higher than the activations' in 1 of 3 models (weak)" in text
+    assert "higher than the averaged activations' in 1 of 3 models (weak)" in text
     assert "0 of the 1 remain." in text and text.endswith("is not confirmed.")
     # no gain at all: no multiplicity sentence, the claim not confirmed
     none = pairs[pairs.model.isin(["worse", "same"])]
@@ -118,7 +118,7 @@ def test_family_verdict_words_for_each_case():
     other = _model_pairs({"clear": 0.2}, attribution="epsilon_plus_flat")
     assert verdicts.family_verdict(other, "gxa", 0.95).startswith(
         "With k = 2 and Gradient x Activation, PURE's ARI is detectably higher than the "
-        "activations' in 0 of 0 models")
+        "averaged activations' in 0 of 0 models")
     assert "With k = 2 and epsilon_plus_flat" in verdicts.family_verdict(other, "epsilon_plus_flat", 0.95)
 
 
