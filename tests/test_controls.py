@@ -105,3 +105,16 @@ def test_the_verdict_separates_location_from_circuit():
     assert "not detectably different from the paper's activation baseline" in answer
     assert "what wins is location, not the circuit" in answer and answer.count(". ") == 1
     assert "Not every control" in verdicts.answer_sentences(pooled, location, _criteria(False))
+
+
+def test_a_comparison_no_test_could_call_significant_is_not_judged():
+    mean, peak = "activations (mean)", "activations (peak)"
+    few = _pairs({("R2", mean): (0.57, 0.33, 0.96), ("R2", peak): (0.17, 0.0, 0.33),
+                  ("R3", peak): (0.0, 0.0, 0.0)}).assign(n=3, min_p=0.25)
+    text = verdicts.controls_verdict(few, _criteria(True))
+    # the interval of 3 units excludes 0, but with 3 units no test reaches p < 0.05
+    assert "detectably higher" not in text and text.count("not to be judged") == 3
+    assert "Too few of R2's units" in text and "too few units are scored to test the circuit" in text
+    pooled = pd.DataFrame([dict(a="PURE (gxa)", b=mean, statistic=0.01, p=0.6, n=40, n_groups=8,
+                                n_tied=5, min_p=1e-4)])
+    assert "too few grafted units are scored" in verdicts.answer_sentences(pooled, few, _criteria(True))

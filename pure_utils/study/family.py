@@ -9,14 +9,16 @@ same polysemantic units, and computes per-unit quantities that may predict where
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import ConstantInputWarning, spearmanr
 from sklearn.metrics import silhouette_score
 
 from .._arrays import as_numpy
-from ..circuits import BASELINES, activation_features
+from ..circuits import BASELINES
 from ..stats import stratified_sign_flip_test
 from ..canonizers import lrp_support
 from ..models import read_card
@@ -105,21 +107,20 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
     min_share = p.polysemantic_min_share
     sel = torch.nonzero(truth.polysemantic(min_share)).flatten().tolist()
     names = {f"{PURE} ({a})": a for a in p.attributions if a not in refused}
-    feats = {m: s.circuit_attributions(a, progress=progress) for m, a in names.items()}
-    feats[ACTIVATIONS] = s.activation_features(progress=progress)
-    feats[PEAK] = activation_features(s.model, s.dataset, s.references, s.profile.layer,
-                                      neurons=s.neurons, pooling="peak",
-                                      batch_size=p.batch_size, device=s.device, cache=s.cache,
-                                      progress=progress)
     out = dict(setting=s, features=truth, ground_truth=None, pairs=None, units=None,
                attributions=list(names.values()), refused=refused)
     if not sel:
         return out
     neurons = [s.neurons[i] for i in sel]
+    # only the scored (polysemantic) units are attributed: row j of every tensor is unit sel[j]
+    feats = {m: s.circuit_attributions(a, neurons=neurons, progress=progress)
+             for m, a in names.items()}
+    feats[ACTIVATIONS] = s.activation_features(neurons=neurons, progress=progress)
+    feats[PEAK] = s.activation_features(neurons=neurons, pooling="peak", progress=progress)
     kw = dict(random_state=p.random_state, n_init=p.n_init)
     # every reference is clustered; only those outside the uncertainty band are scored
-    gt = ground_truth_table(truth.labels[sel], {m: f[sel] for m, f in feats.items()},
-                            ks=[2, "true"], true_k=truth.counts(min_share)[sel], neurons=neurons,
+    gt = ground_truth_table(truth.labels[sel], feats, ks=[2, "true"],
+                            true_k=truth.counts(min_share)[sel], neurons=neurons,
                             certain=truth.certain[sel], progress=progress, **kw)
     out["ground_truth"] = gt
     out["pairs"] = paired_table(gt, "ari", [(m, b) for m in names for b in (ACTIVATIONS, PEAK)],
@@ -129,7 +130,7 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
     rows = []
     for j, (i, n) in enumerate(zip(sel, neurons)):
         rows.append({"neuron": n, "n_features": int(truth.counts(min_share)[i]),
-                     **unit_predictors(feats[ACTIVATIONS][i], pure[i], truth.labels[i]),
+                     **unit_predictors(feats[ACTIVATIONS][j], pure[j], truth.labels[i]),
                      **{f"difference {m}": k2.loc[n, m] - k2.loc[n, ACTIVATIONS] for m in names},
                      **{f"difference {m} - peak": k2.loc[n, m] - k2.loc[n, PEAK] for m in names}})
     out["units"] = pd.DataFrame(rows)
@@ -177,7 +178,9 @@ def predictor_correlations(units: pd.DataFrame, target: str, *, n_boot: int = 10
             continue
         rho, p_value = spearmanr(x, y)
         draws = rng.integers(0, len(d), size=(n_boot, len(d)))
-        boot = np.array([spearmanr(x[b], y[b])[0] for b in draws])
+        with warnings.catch_warnings():  # a resample of constant values has no rho: NaN, skipped
+            warnings.simplefilter("ignore", ConstantInputWarning)
+            boot = np.array([spearmanr(x[b], y[b])[0] for b in draws])
         low, high = np.nanquantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
         rows.append(dict(predictor=name, rho=float(rho), ci_low=float(low), ci_high=float(high),
                          p_value=float(p_value), n=len(d)))

@@ -527,15 +527,25 @@ def _comparison(pairs: pd.DataFrame, regime: str, a: str, b: str) -> dict | None
     return None if rows.empty else rows.iloc[0].to_dict()
 
 
+def _judged(row: dict | None, alpha: float = 0.05) -> bool:
+    """Whether a comparison can be judged at all: enough units that its test can reach
+    ``p < alpha`` (its smallest reachable p, ``min_p``, at most ``alpha``)."""
+    return row is not None and row["n"] >= 2 and float(row["min_p"]) <= alpha
+
+
 def _said(row: dict | None, baseline: str) -> str:
-    """``"higher than the peak activations' (+0.31 [0.14, 0.53], 8 units)"`` and the like."""
+    """``"detectably higher than the peak activations' (+0.31 [0.14, 0.53], 8 units, ...)"`` and
+    the like; a comparison whose test cannot reach p < 0.05 with its units is not judged."""
     if row is None or not row["n"]:
         return f"not comparable with the {baseline} (no scored unit)"
+    numbers = (f"{interval(row['mean'], row['ci_low'], row['ci_high'])}, {int(row['n'])} units, "
+               f"sign-flip p {row['p_sign_flip']:.2g}, smallest reachable {row['min_p']:.2g}")
+    if not _judged(row):
+        return (f"not to be judged against the {baseline}' ({numbers}: with so few units no test "
+                "reaches p below 0.05)")
     word = {"higher": "detectably higher than", "lower": "detectably lower than"}.get(
         row["word"], "not detectably different from")
-    return (f"{word} the {baseline}' ({interval(row['mean'], row['ci_low'], row['ci_high'])}, "
-            f"{int(row['n'])} units, sign-flip p {row['p_sign_flip']:.2g}, smallest reachable "
-            f"{row['min_p']:.2g})")
+    return f"{word} the {baseline}' ({numbers})"
 
 
 def criteria_sentence(criteria: pd.DataFrame) -> str:
@@ -568,9 +578,12 @@ def controls_verdict(pairs: pd.DataFrame, criteria: pd.DataFrame, attribution: s
     peak3 = _comparison(pairs, "R3", a, "activations (peak)")
     text = (f"Where an unrelated object varies beside the unit's concept (R2), PURE's ARI is "
             f"{_said(mean2, 'averaged activations')} and {_said(peak2, 'peak activations')}.")
-    gain = mean2 is not None and mean2["word"] == "higher"
-    beyond = peak2 is not None and peak2["word"] == "higher"
-    if gain and not beyond:
+    gain = _judged(mean2) and mean2["word"] == "higher"
+    beyond = _judged(peak2) and peak2["word"] == "higher"
+    if not _judged(mean2) or not _judged(peak2):
+        text += (" Too few of R2's units are scored to say whether PURE's advantage is location "
+                 "or circuit.")
+    elif gain and not beyond:
         text += (" What PURE gains there over the paper's baseline, the activations at the "
                  "unit's peak gain too: it is location, not the circuit.")
     elif gain and beyond:
@@ -582,8 +595,10 @@ def controls_verdict(pairs: pd.DataFrame, criteria: pd.DataFrame, attribution: s
                        f"{pre.value:.2f}, needed {pre.needed}).")
     text += (f" Where the layer's averaged activations barely tell the two concepts apart "
              f"(R3, ARI {pre.value:.2f}), PURE is {_said(peak3, 'peak activations')}")
-    if peak3 is not None and peak3["word"] == "higher":
+    if _judged(peak3) and peak3["word"] == "higher":
         return text + ": there the circuit carries what the activations do not."
+    if not _judged(peak3):
+        return text + ": too few units are scored to test the circuit."
     return text + ": on this model no advantage of the circuit over location is detectable."
 
 
@@ -610,7 +625,8 @@ def pooled_sentence(pooled: pd.DataFrame) -> str:
         return "no model has a polysemantic unit to compare."
     parts = []
     for _, r in pooled.iterrows():
-        word = ("no detectable difference" if r.p >= 0.05 else
+        word = ("too few units for any test to reach p below 0.05" if r.min_p > 0.05 else
+                "no detectable difference" if r.p >= 0.05 else
                 "PURE higher" if r.statistic > 0 else "PURE lower")
         parts.append(f"{r.a} minus {r.b}, mean of the model means {r.statistic:+.3f} over "
                      f"{int(r.n)} units of {int(r.n_groups)} models ({int(r.n_tied)} tied), p "
@@ -629,16 +645,20 @@ def answer_sentences(pooled: pd.DataFrame, regime_pairs: pd.DataFrame, criteria:
     else:
         r = fam.iloc[0]
         first = ("On the benchmark's own images, across the family, PURE is "
-                 + ("not detectably different from" if r.p >= 0.05 else
+                 + ("not to be judged against" if r.min_p > 0.05 else
+                    "not detectably different from" if r.p >= 0.05 else
                     "detectably better than" if r.statistic > 0 else "detectably worse than")
                  + f" the paper's activation baseline (mean difference of the model means "
                  f"{r.statistic:+.3f}, p {r.p:.2g}).")
     mean2 = _comparison(regime_pairs, "R2", a, ACTIVATIONS)
     peak2 = _comparison(regime_pairs, "R2", a, "activations (peak)")
     peak3 = _comparison(regime_pairs, "R3", a, "activations (peak)")
-    gain = mean2 is not None and mean2["word"] == "higher"
-    circuit = [r for r in (peak2, peak3) if r is not None and r["word"] == "higher"]
-    if not gain:
+    gain = _judged(mean2) and mean2["word"] == "higher"
+    circuit = [r for r in (peak2, peak3) if _judged(r) and r["word"] == "higher"]
+    if not _judged(mean2):
+        second = ("Where unrelated content varies beside a unit's concept, too few grafted units "
+                  "are scored to judge PURE against either baseline.")
+    elif not gain:
         second = ("Where unrelated content varies beside a unit's concept, PURE does not "
                   "detectably beat the averaged activations either.")
     elif not circuit:
