@@ -159,6 +159,9 @@ def test_figure_problems_finds_wrong_numbers_old_references_and_missing_alt_text
         problems = figure_problems(html or good, key if html else "book/unknown")
         assert any(what in p for p in problems), (what, problems)
     assert any("without alt text" in p for p in figure_problems(good.replace(' alt="a plot"', ""), key))
+    tex = good.replace(' alt="a plot"', ' alt="ARI at \\(k = 2\\)"')
+    assert any("raw TeX" in p for p in figure_problems(tex, key))
+    assert not any("raw TeX" in p for p in figure_problems(good.replace(' alt="a plot"', ' alt="cost $5"'), key))
 
 
 def test_layout_problems_are_read_from_the_probe_result_in_the_dom():
@@ -346,3 +349,16 @@ def test_probed_page_injects_axe_and_its_marker_into_the_framed_copy_only(tmp_pa
     assert '<div id="pure-axe" hidden' not in framed and "window.axe" not in framed
     remove_probe(host)
     assert sorted(q.name for q in tmp_path.iterdir()) == ["axe.js", "p.html"]
+
+
+def test_alt_texts_read_math_as_plain_text():
+    from pure_utils.book.numbering import plain_math
+    html = ('<figure class="align-default" id="fig-x"><img alt="../_images/x.png" src="x.png"/>'
+            '<figcaption><p><span class="caption-number">Figure 2 </span><span class="caption-text">'
+            'ARI at <span class="math notranslate nohighlight">\\(k = 2\\)</span> and '
+            '<span class="math notranslate nohighlight">\\(L-1 \\times n_{\\mathrm{ref}}\\)</span>'
+            '</span></p></figcaption></figure>')
+    out = figure_alt_texts(html)
+    assert 'alt="Figure 2: ARI at k = 2 and L-1 × nref"' in out and "\\(" not in out.split("src")[0]
+    assert plain_math("\\(a \\leq b\\)") == "a ≤ b" and plain_math("$x_i$") == "xi"
+    assert plain_math("\\(\\ell\\)") == "ℓ" and plain_math("plain") == "plain"

@@ -271,7 +271,8 @@ def figure_problems(dom: str, page: str) -> list[str]:
     """Figure numbers and images of a rendered page: every caption numbered as the chapter's
     scheme says (:func:`.numbering.figure_label`; ``page``: the page's path under the book
     without ``.html``), no reference left with Sphinx's book-wide "Fig. N", every image of the
-    article with an alt text (not empty, not its file name)."""
+    article with an alt text (not empty, not its file name, no raw TeX: a screen reader would
+    spell it out)."""
     main = _content(BeautifulSoup(dom, "html.parser"))
     problems = []
     numbers = [num for _, num in page_figures(str(main))]
@@ -291,6 +292,8 @@ def figure_problems(dom: str, page: str) -> list[str]:
             continue  # the hover image of the interactive figure, drawn by its scripts
         if not alt or alt == src or re.search(r"\.(png|jpe?g|svg|gif|webp)$", alt, re.I):
             problems.append(f"an image without alt text ({src[:60]})")
+        elif re.search(r"\\[()\[\]]|\\[A-Za-z]+|\$[^$]+\$", alt):
+            problems.append(f"an image whose alt text holds raw TeX ({alt[:60]})")
     return problems
 
 

@@ -30,7 +30,7 @@ import html as htmllib
 from bs4 import BeautifulSoup
 
 __all__ = ["FIGURE_SCHEMES", "NumberingError", "figure_label", "page_key", "page_figures",
-           "number_figures", "figure_alt_texts", "finish_pages"]
+           "number_figures", "figure_alt_texts", "finish_pages", "plain_math"]
 
 #: page (path under the HTML root, without ``.html``) -> (prefix, style). ``"paper"``: the
 #: first figure is "Figure <prefix>", later ones add a letter ("Figure 3b"); ``"own"``: the
@@ -151,6 +151,30 @@ def number_figures(html_root: Path) -> dict[str, list[str]]:
     return out
 
 
+#: TeX commands of the captions and what a screen reader should hear instead.
+_TEX_WORDS = {r"\times": "×", r"\leq": "≤", r"\le": "≤", r"\geq": "≥", r"\ge": "≥",
+              r"\neq": "≠", r"\approx": "≈", r"\pm": "±", r"\cdot": "·", r"\in": "∈",
+              r"\to": "→", r"\rightarrow": "→", r"\ell": "ℓ", r"\%": "%", r"\,": " ",
+              r"\ ": " ", r"\;": " "}
+
+
+def plain_math(tex: str) -> str:
+    """Inline TeX as plain text for an alt text: ``\\(k = 2\\)`` -> ``k = 2``,
+    ``\\(L-1 \\times n\\)`` -> ``L-1 × n``; other commands lose their backslash
+    (``\\mathrm{ARI}`` -> ``ARI``), braces and sub/superscript marks go."""
+    text = tex.strip()
+    for opening, closing in (("\\(", "\\)"), ("\\[", "\\]"), ("$$", "$$"), ("$", "$")):
+        if text.startswith(opening) and text.endswith(closing) and len(text) >= len(opening) + len(closing):
+            text = text[len(opening):len(text) - len(closing)]
+            break
+    for command in sorted(_TEX_WORDS, key=len, reverse=True):
+        text = re.sub(re.escape(command) + r"(?![A-Za-z])", _TEX_WORDS[command], text)
+    text = re.sub(r"\\(?:mathrm|text|mathbf|mathit|operatorname)\s*", "", text)
+    text = re.sub(r"\\([A-Za-z]+)", r"\1", text)
+    text = re.sub(r"[\^_](?=\w)", "", re.sub(r"[{}]", "", text))
+    return " ".join(text.split())
+
+
 def _caption_texts(html: str) -> dict[str, str]:
     """Figure id -> its caption's text with its number ("Figure 3: Channels #8 ...")."""
     out = {}
@@ -164,6 +188,8 @@ def _caption_texts(html: str) -> dict[str, str]:
         label = number.get_text().strip() if number else ""
         if number:
             number.extract()
+        for math in caption.select(".math"):
+            math.replace_with(plain_math(math.get_text()))
         text = " ".join(caption.get_text(" ").split())
         out[str(figure["id"])] = f"{label}: {text}" if label else text
     return out
