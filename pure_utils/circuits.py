@@ -60,8 +60,12 @@ from .models import resolve_device
 from .references import References, check_references, index_tensor, neuron_ids
 from .stash import ActivationStash, feed_batches, stash_serves
 
+#: The smallest median relevance conservation that approximate LRP accepts (see
+#: :func:`circuit_attributions`' ``min_conservation``).
+MIN_CONSERVATION = 0.1
+
 __all__ = ["ATTRIBUTIONS", "BASELINES", "circuit_attributions", "activation_features",
-           "lrp_conservation", "check_lower_layers"]
+           "lrp_conservation", "check_lower_layers", "MIN_CONSERVATION"]
 
 #: The activation baselines by name -> ``pooling`` of :func:`activation_features`: every channel's
 #: spatial mean (the paper's), or every channel where the unit itself peaks (a local baseline).
@@ -377,7 +381,8 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str | Non
                          progress: bool = True,
                          approximate: bool = False, stash: ActivationStash | None = None,
                          num_workers: int = 0, layout=None,
-                         tokens: str | None = None) -> torch.Tensor:
+                         tokens: str | None = None,
+                         min_conservation: float | None = None) -> torch.Tensor:
     """PURE circuit vectors of neurons of ``layer`` on their reference samples (Eq. 3).
 
     Parameters
@@ -415,7 +420,13 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str | Non
     approximate : bool
         LRP only: compute it on a model the canonizers do not cover (otherwise a ``ValueError``
         names what is missing), with a :class:`~pure_utils.canonizers.LRPApproximationWarning`
-        that reports the relevance conservation measured (see :func:`lrp_conservation`).
+        that reports the relevance conservation measured (see :func:`lrp_conservation`). When
+        the median conservation falls below ``min_conservation`` the vectors are refused.
+    min_conservation : float, optional
+        Approximate LRP only: the smallest median share of the initial relevance that must
+        arrive at the lower layer (default :data:`MIN_CONSERVATION`, 0.1: below it more than 90%
+        of the relevance is lost on the way and the normalised vectors describe what is left
+        over, not the unit); ``0`` accepts any.
     stash : ActivationStash, optional
         The stash of the mining run (:func:`~pure_utils.references.mine_references`): Gradient x
         Activation from one lower layer then starts from the kept activations and runs only
@@ -457,12 +468,17 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str | Non
         for i, name in enumerate(lowers):
             r = _ratios(tensors, i)
             r = r[torch.isfinite(r)]
-            if r.numel():
-                warnings.warn(
-                    f"approximate LRP ({attribution}): relevance arriving at {name!r} / initial "
+            if not r.numel():
+                continue
+            said = (f"approximate LRP ({attribution}): relevance arriving at {name!r} / initial "
                     f"relevance at {layer!r}: median {r.median():.3f} (min {r.min():.3f}, max "
-                    f"{r.max():.3f}) over {r.numel()} vectors; 1 means conserved",
-                    LRPApproximationWarning, stacklevel=2)
+                    f"{r.max():.3f}) over {r.numel()} vectors; 1 means conserved")
+            bound = MIN_CONSERVATION if min_conservation is None else float(min_conservation)
+            if bound > 0 and float(r.median()) < bound:
+                raise ValueError(f"{said}. Below min_conservation={bound}: the vectors would "
+                                 "describe the relevance left over, not the unit. Use attribution="
+                                 "'gxa', or pass min_conservation=0 to accept them anyway")
+            warnings.warn(said, LRPApproximationWarning, stacklevel=2)
     parts = [tensors[f"lower{i}"] for i in range(len(lowers))]
     if normalize:
         parts = [_normalize(p) for p in parts]

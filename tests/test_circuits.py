@@ -10,7 +10,8 @@ import torch
 
 from pure_utils.data import GeneratedImages
 from pure_utils.cache import Cache
-from pure_utils.circuits import ATTRIBUTIONS, activation_features, circuit_attributions, lrp_conservation
+from pure_utils.circuits import (ATTRIBUTIONS, MIN_CONSERVATION, activation_features, circuit_attributions,
+                                 lrp_conservation)
 from pure_utils.models import load_model, randomize_batchnorm
 from pure_utils.layers import forward_until
 from pure_utils.references import mine_references
@@ -229,7 +230,7 @@ def test_lrp_on_an_uncovered_architecture_raises_unless_approximate(name, layer,
         run()
     assert circuit_attributions(model, data, refs, layer, lower, neurons=[0], progress=False).shape[0] == 1
     with pytest.warns(LRPApproximationWarning) as record:
-        R = run(approximate=True)
+        R = run(approximate=True, min_conservation=0)
     text = "\n".join(str(w.message) for w in record)
     assert missing.split()[0] in text
     # the conservation reported is the one measured independently: relevance / initial relevance
@@ -238,6 +239,17 @@ def test_lrp_on_an_uncovered_architecture_raises_unless_approximate(name, layer,
     total = torch.stack([act[refs.indices[k], k].clamp(min=0).sum((1, 2)) for k in (0, 1)])
     ratio = R.sum(-1) / total
     assert f"median {ratio.flatten().median():.3f}" in text
+    # a bound above the median conservation refuses the vectors, naming it; at the default
+    # bound the vectors come back only where at least a tenth of the relevance arrives
+    median = float(ratio.flatten().median())
+    with pytest.raises(ValueError, match=r"median .*min_conservation=.*attribution='gxa'"):
+        run(approximate=True, min_conservation=median + 0.01)
+    if median < MIN_CONSERVATION:
+        with pytest.raises(ValueError, match=f"min_conservation={MIN_CONSERVATION}"):
+            run(approximate=True)
+    else:
+        with pytest.warns(LRPApproximationWarning):
+            torch.testing.assert_close(run(approximate=True), R)
     with pytest.warns(LRPApproximationWarning):
         measured = lrp_conservation(model, data, refs, layer, lower, neurons=[0, 1], approximate=True)
     assert torch.allclose(measured, ratio, rtol=1e-4)
