@@ -547,16 +547,6 @@ def install_units(model: nn.Module, layer: str, records, *, device=None) -> nn.M
     else:
         grafted.pure_name = f"{base}+graft({layer}, {len(records)} units)"
     return grafted
-    unit = GraftedUnit(torch.stack([r.weights for r in records]), [r.bias for r in records],
-                       n_ch, size)
-    grafted = _install(copy.deepcopy(model), layer, unit.to(device))
-    base = getattr(model, "pure_name", type(model).__name__)
-    if len(records) == 1:
-        kind = "shared" if kinds[0] else "separate"
-        grafted.pure_name = f"{base}+graft({layer}, {pairs[0][0]} | {pairs[0][1]}, {kind})"
-    else:
-        grafted.pure_name = f"{base}+graft({layer}, {len(records)} units)"
-    return grafted, records
 
 
 def _design(lower, peak, rows, names: dict, n_images: dict, size, *, n_channels, min_d,
