@@ -185,7 +185,7 @@ def test_a_noted_table_shows_short_words_and_each_reason_once_without_changing_t
         "no: model, data, judge [1]", "no: data, judge [2]", "no: model, data, judge [1]", "yes"]
     assert shown.notes == long[:2]
     html = shown._repr_html_()
-    assert html.startswith('<div class="pure-table-scroll">') and html.count("<li>") == 2
+    assert html.startswith('<div class="pure-table-scroll" tabindex="0" role="region"') and html.count("<li>") == 2
     with pytest.raises(ValueError, match="unknown comparability reason"):
         comparability_word("not comparable: the moon")
     with pytest.raises(KeyError, match="nope"):
@@ -362,3 +362,12 @@ def test_alt_texts_read_math_as_plain_text():
     assert 'alt="Figure 2: ARI at k = 2 and L-1 × nref"' in out and "\\(" not in out.split("src")[0]
     assert plain_math("\\(a \\leq b\\)") == "a ≤ b" and plain_math("$x_i$") == "xi"
     assert plain_math("\\(\\ell\\)") == "ℓ" and plain_math("plain") == "plain"
+
+
+def test_bibliography_entries_become_list_items():
+    from pure_utils.book.numbering import citation_roles
+    html = ('<div class="citation-list" role="list"><div class="citation" id="id3" '
+            'role="doc-biblioentry"><span class="label">1</span></div></div>')
+    out = citation_roles(html)
+    assert 'role="listitem"' in out and "doc-biblioentry" not in out and 'role="list"' in out
+    assert citation_roles(out) == out

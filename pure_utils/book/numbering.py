@@ -30,7 +30,7 @@ import html as htmllib
 from bs4 import BeautifulSoup
 
 __all__ = ["FIGURE_SCHEMES", "NumberingError", "figure_label", "page_key", "page_figures",
-           "number_figures", "figure_alt_texts", "finish_pages", "plain_math"]
+           "number_figures", "figure_alt_texts", "finish_pages", "plain_math", "citation_roles"]
 
 #: page (path under the HTML root, without ``.html``) -> (prefix, style). ``"paper"``: the
 #: first figure is "Figure <prefix>", later ones add a letter ("Figure 3b"); ``"own"``: the
@@ -210,16 +210,24 @@ def figure_alt_texts(html: str) -> str:
     return _FIGURE_IMG.sub(alt, html)
 
 
+def citation_roles(html: str) -> str:
+    """``html`` with the bibliography's entries as list items: docutils writes each citation of
+    a ``role="list"`` box with the ``doc-biblioentry`` role, deprecated in ARIA and not an item
+    of a list, so a screen reader (and axe-core) finds a list without items."""
+    return html.replace('role="doc-biblioentry"', 'role="listitem"')
+
+
 def finish_pages(html_root: Path) -> dict[str, list[str]]:
-    """The post-build step: :func:`number_figures`, then :func:`figure_alt_texts` on every page
-    of ``html_root`` (so the alt texts carry the paper's numbers). Returns what
+    """The post-build step: :func:`number_figures`, then :func:`figure_alt_texts` and
+    :func:`citation_roles` on every page of ``html_root`` (so the alt texts carry the paper's
+    numbers). Returns what
     :func:`number_figures` returns."""
     labels = number_figures(html_root)
     for page in Path(html_root).rglob("*.html"):
         if "_static" in page.parts or "_sources" in page.parts:
             continue
         text = page.read_text(errors="replace")
-        new = figure_alt_texts(text)
+        new = citation_roles(figure_alt_texts(text))
         if new != text:
             page.write_text(new)
     return labels

@@ -175,6 +175,18 @@ def _design(p: Profile, model, device) -> dict:
     return out
 
 
+def _refusal(err: Exception) -> str:
+    """Why a pair could not be built, in a few words (the full message is the error's)."""
+    text = str(err)
+    if "no lower channel qualifies" in text:
+        return "no channel qualifies"
+    if "no weighting" in text:
+        return "no balance of A and B"
+    if "images of group" in text:
+        return "too few images"
+    return text.split(";")[0][:40]
+
+
 def design_table(designs: dict) -> pd.DataFrame:
     """One row per designed unit: its regimes, concepts, whether the model supports it, its
     channels per concept and the share of neither-images it is silent on (design images)."""
@@ -189,7 +201,7 @@ def design_table(designs: dict) -> pd.DataFrame:
                          "channels A": len(r.channels_a) if built else 0,
                          "channels B": len(r.channels_b) if built else 0,
                          "silent on neither": round(r.silent, 2) if built else float("nan"),
-                         "refused because": "" if built else str(r).split(";")[0]})
+                         "refused because": "" if built else _refusal(r)})
     return pd.DataFrame(rows)
 
 

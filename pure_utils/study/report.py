@@ -123,7 +123,7 @@ class NotedTable:
 
     ``styler``: the table (:func:`table`); ``notes``: the notes' texts, note ``i`` numbered
     ``i + 1``. The table sits in a ``pure-table-scroll`` box, which scrolls sideways when the
-    table is wider than the page.
+    table is wider than the page; the box takes the keyboard focus and is named as a region.
     """
 
     def __init__(self, styler, notes: list[str]):
@@ -132,7 +132,9 @@ class NotedTable:
     def _repr_html_(self) -> str:
         items = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         notes = f'<ol class="pure-table-notes">{items}</ol>' if items else ""
-        return f'<div class="pure-table-scroll">{self.styler.to_html()}</div>{notes}'
+        # a box that scrolls must be reachable by keyboard (tabindex) and named for a screen reader
+        return (f'<div class="pure-table-scroll" tabindex="0" role="region" aria-label="table, '
+                f'scrolls sideways">{self.styler.to_html()}</div>{notes}')
 
     def __repr__(self) -> str:
         notes = "\n".join(f"[{i}] {n}" for i, n in enumerate(self.notes, 1))
