@@ -466,14 +466,8 @@ def graft_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset, 
     (nn.Module, list of Graft)
         The grafted copy (``layer`` outputs ``[B, C + U, h, w]``) and one record per unit.
     """
-    pairs = [tuple(p) for p in pairs]
-    if not pairs or any(len(p) != 2 for p in pairs):
-        raise ValueError(f"pairs={pairs!r}: give one or more (concept_a, concept_b) pairs")
-    kinds = [bool(shared)] * len(pairs) if isinstance(shared, bool) else [bool(k) for k in shared]
-    if len(kinds) != len(pairs):
-        raise ValueError(f"{len(pairs)} pairs but {len(kinds)} values of shared")
     records = design_units(model, layer, lower_layer, pairs, dataset, n_channels=n_channels,
-                           min_d=min_d, max_other=max_other, quantile=quantile, shared=kinds,
+                           min_d=min_d, max_other=max_other, quantile=quantile, shared=shared,
                            indices=indices, batch_size=batch_size, device=device)
     return install_units(model, layer, records, device=device), records
 

@@ -311,8 +311,9 @@ def _precondition(p: Profile, model, records, device) -> pd.DataFrame:
     for pair, r in zip(DESIGNS["unseen"]["pairs"], records):
         ari = activation_separation(model, images, pair, p.layer, batch_size=p.batch_size,
                                     device=device)
-        selective = ((int((r.d_a >= _WEAK["min_d"]).sum()),
-                      int((r.d_b >= _WEAK["min_d"]).sum())) if isinstance(r, Graft) else (0, 0))
+        min_d = DESIGNS["unseen"]["thresholds"]["min_d"]
+        selective = ((int((r.d_a >= min_d).sum()), int((r.d_b >= min_d).sum()))
+                     if isinstance(r, Graft) else (0, 0))
         rows.append({"A": pair[0], "B": pair[1], "ARI, averaged activations": ari,
                      "lower channels selective for A": selective[0],
                      "lower channels selective for B": selective[1]})
