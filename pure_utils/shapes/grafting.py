@@ -37,6 +37,7 @@ original's: the new channel is removed before any module that receives the layer
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 from dataclasses import dataclass, field
 
@@ -44,12 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import eval_mode, get_layer, layer_layout, layer_order, run_model, stop_after
+from ..layers import (eval_mode, forward_until, get_layer, layer_layout, layer_order, run_model,
+                      stop_after)
 from ..models import resolve_device
 from .generator import COLOURS, SyntheticConfig
 
-__all__ = ["Graft", "GraftedUnit", "graft_unit", "graft_units", "design_units", "install_units", "concept_split", "parse_concept", "selectivity",
-           "unseen_colours_config"]
+__all__ = ["Graft", "GraftedUnit", "graft_unit", "graft_units", "design_units", "install_units",
+           "concept_split", "parse_concept", "selectivity", "unseen_colours_config", "pair_truth",
+           "PAIR_CUT"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,14 +322,24 @@ def _bias(maps, neither, quantile) -> float:
     return -float(torch.quantile(maps[neither].flatten(1).amax(1).double(), quantile))
 
 
-def _balance(map_a, map_b, groups, quantile) -> float | None:
-    """The factor ``r`` of the second part that gives equal mean activations on A- and
-    B-images (the bias following at its quantile), by bisection over ``log r``; ``None`` when
-    no factor in ``[e^-12, e^12]`` does."""
+def _balance(map_a, map_b, groups, quantile, tail: float | None = None) -> float | None:
+    """The factor ``r`` of the second part that balances A and B, by bisection over ``log r``;
+    ``None`` when no factor in ``[e^-12, e^12]`` does (the bias follows ``r`` at its quantile).
+
+    ``tail=None``: equal mean activations on A- and B-images. ``tail`` a share: as many A- as
+    B-images among the ``tail`` most activating of the A-, B- and neither-images, the part of
+    the distribution that mining selects as references.
+    """
+    pool = torch.cat([groups["a"], groups["b"], groups["neither"]])
+    n_top = max(2, math.ceil(float(tail or 0) * len(pool)))
+
     def gap(log_r):
         maps = map_a + float(torch.exp(log_r)) * map_b
         act = _unit_max(maps, _bias(maps, groups["neither"], quantile))
-        return float(act[groups["a"]].mean() - act[groups["b"]].mean())
+        if tail is None:
+            return float(act[groups["a"]].mean() - act[groups["b"]].mean())
+        top = pool[act[pool].argsort(descending=True, stable=True)[:n_top]]
+        return float(torch.isin(top, groups["a"]).sum() - torch.isin(top, groups["b"]).sum())
 
     lo, hi = torch.tensor(-12.0), torch.tensor(12.0)
     if gap(lo) < 0 or gap(hi) > 0:
@@ -390,8 +403,8 @@ class Graft:
 
 def graft_unit(model: nn.Module, layer: str, lower_layer: str, concept_a: str, concept_b: str,
                dataset, *, n_channels: int | None = None, min_d: float = 1.0, max_other: float = 0.5,
-               quantile: float = 0.95, shared: bool = False, indices=None, batch_size: int = 64,
-               device=None) -> tuple[nn.Module, Graft]:
+               quantile: float = 0.95, shared: bool = False, balance: str = "mean", tail: float = 0.05,
+               indices=None, batch_size: int = 64, device=None) -> tuple[nn.Module, Graft]:
     """Append one unit reading concepts A and B to ``layer`` of a copy of ``model``.
 
     See the module docstring for the construction. Channel c joins A's set when
@@ -399,7 +412,8 @@ def graft_unit(model: nn.Module, layer: str, lower_layer: str, concept_a: str, c
     B's set the reverse; with ``shared=True`` one set, ``min(d'_A, d'_B) >= min_d``, the most
     even first. Each chosen channel is weighted by ``1 / std`` of its spatial maximum; the second
     part (B's set; shared: the channels leaning to B, when some lean to A) is then scaled so that
-    the mean activation on A-images equals that on B-images, the bias put at ``-quantile`` of the
+    the mean activation on A-images equals that on B-images (``balance="tail"``: so that A- and
+    B-images are as many among the most activating images), the bias put at ``-quantile`` of the
     pre-activation maxima on neither-images, and everything scaled so that the mean activation
     over the A- and B-images is 1. Images holding both concepts take no part.
 
@@ -422,6 +436,12 @@ def graft_unit(model: nn.Module, layer: str, lower_layer: str, concept_a: str, c
         Share of neither-images on which the unit stays silent, in (0, 1].
     shared : bool
         Build the negative control.
+    balance : {"mean", "tail"}
+        What the second part's scale equalises: the mean activations on A- and B-images
+        (``"mean"``), or the numbers of A- and B-images among the ``tail`` share of the most
+        activating A-, B- and neither-images (``"tail"``: what mining selects as references).
+    tail : float
+        That share, in (0, 1) (e.g. ``n_ref`` over the number of images mined).
     indices : sequence of int, optional
         Images of ``dataset`` to use (default: all).
     batch_size : int
@@ -436,15 +456,15 @@ def graft_unit(model: nn.Module, layer: str, lower_layer: str, concept_a: str, c
     """
     grafted, (record,) = graft_units(model, layer, lower_layer, [(concept_a, concept_b)], dataset,
                                      n_channels=n_channels, min_d=min_d, max_other=max_other,
-                                     quantile=quantile, shared=shared, indices=indices,
-                                     batch_size=batch_size, device=device)
+                                     quantile=quantile, shared=shared, balance=balance, tail=tail,
+                                     indices=indices, batch_size=batch_size, device=device)
     return grafted, record
 
 
 def graft_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset, *,
                 n_channels: int | None = None, min_d: float = 1.0, max_other: float = 0.5,
-                quantile: float = 0.95, shared=False, indices=None, batch_size: int = 64,
-                device=None) -> tuple[nn.Module, list]:
+                quantile: float = 0.95, shared=False, balance: str = "mean", tail: float = 0.05,
+                indices=None, batch_size: int = 64, device=None) -> tuple[nn.Module, list]:
     """:func:`graft_unit` for several pairs of concepts at once, into ONE copy of ``model``.
 
     Unit ``j`` (index ``C + j`` of ``layer``) reads ``pairs[j]``, designed exactly as
@@ -468,14 +488,15 @@ def graft_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset, 
     """
     records = design_units(model, layer, lower_layer, pairs, dataset, n_channels=n_channels,
                            min_d=min_d, max_other=max_other, quantile=quantile, shared=shared,
-                           indices=indices, batch_size=batch_size, device=device)
+                           balance=balance, tail=tail, indices=indices, batch_size=batch_size,
+                           device=device)
     return install_units(model, layer, records, device=device), records
 
 
 def design_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset, *,
                  n_channels: int | None = None, min_d: float = 1.0, max_other: float = 0.5,
-                 quantile: float = 0.95, shared=False, indices=None, batch_size: int = 64,
-                 device=None, skip: bool = False) -> list:
+                 quantile: float = 0.95, shared=False, balance: str = "mean", tail: float = 0.05,
+                 indices=None, batch_size: int = 64, device=None, skip: bool = False) -> list:
     """The records of :func:`graft_units` without building the model (:func:`install_units`).
 
     ``skip=True``: a pair that cannot be built (no qualifying channel, too few images, no
@@ -491,6 +512,9 @@ def design_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset,
     counts = [(1 if k else 8) if n_channels is None else int(n_channels) for k in kinds]
     for n in set(counts):
         _check_arguments(model, layer, lower_layer, n, min_d, max_other, quantile)
+    if balance not in ("mean", "tail") or not 0 < tail < 1:
+        raise ValueError(f"balance={balance!r}, tail={tail}: use balance 'mean' or 'tail' and "
+                         "0 < tail < 1")
     splits = [concept_split(dataset, a, b, indices=indices) for a, b in pairs]
     used = sorted({int(i) for g in splits for k in ("a", "b", "neither") for i in g[k].tolist()})
     position = {i: r for r, i in enumerate(used)}
@@ -512,7 +536,7 @@ def design_units(model: nn.Module, layer: str, lower_layer: str, pairs, dataset,
                                  f"({ {k: len(v) for k, v in groups.items()} }); use more images")
             records.append(_design(lower, peak, rows, names, {k: len(v) for k, v in groups.items()},
                                    size, n_channels=n, min_d=min_d, max_other=max_other,
-                                   quantile=quantile))
+                                   quantile=quantile, tail=tail if balance == "tail" else None))
         except ValueError as err:
             if not skip:
                 raise
@@ -544,7 +568,7 @@ def install_units(model: nn.Module, layer: str, records, *, device=None) -> nn.M
 
 
 def _design(lower, peak, rows, names: dict, n_images: dict, size, *, n_channels, min_d,
-            max_other, quantile) -> Graft:
+            max_other, quantile, tail=None) -> Graft:
     """One unit's channels, weights and bias from the lower maps of its images (``rows``: the
     positions of its A-, B- and neither-images in ``lower``)."""
     d_a = selectivity(peak, rows["a"], rows["neither"])
@@ -557,7 +581,7 @@ def _design(lower, peak, rows, names: dict, n_images: dict, size, *, n_channels,
         if not len(chosen):
             raise _no_channels(which, d_a, d_b, min_d, max_other, shared,
                                {"a": names["concept_a"], "b": names["concept_b"]})
-    weights, bias = _calibrate(lower, peak, rows, set_a, set_b, size, quantile, shared)
+    weights, bias = _calibrate(lower, peak, rows, set_a, set_b, size, quantile, shared, tail)
     act = _unit_max(_pooled(lower, weights, size), bias)
     return Graft(**names, channels_a=set_a, channels_b=set_b, d_a=d_a, d_b=d_b, weights=weights,
                  bias=bias, mean_a=float(act[rows["a"]].mean()), mean_b=float(act[rows["b"]].mean()),
@@ -591,7 +615,7 @@ def _pooled(lower: torch.Tensor, weights: torch.Tensor, size) -> torch.Tensor:
     return F.adaptive_avg_pool2d(z[:, None], tuple(size))[:, 0]
 
 
-def _calibrate(lower, peak, rows, set_a, set_b, size, quantile, shared):
+def _calibrate(lower, peak, rows, set_a, set_b, size, quantile, shared, tail=None):
     """The unit's weights ``Tensor[C_lower]`` and bias (see :func:`graft_unit`).
 
     Two parts are balanced: A's and B's channels, or, shared, the shared channels leaning to A
@@ -617,7 +641,7 @@ def _calibrate(lower, peak, rows, set_a, set_b, size, quantile, shared):
         # each part scaled to a mean peak of 1 on its own concept's images: r near 1
         norm_a = float(map_a[rows["a"]].flatten(1).amax(1).mean()) or 1.0
         norm_b = float(map_b[rows["b"]].flatten(1).amax(1).mean()) or 1.0
-        r = _balance(map_a / norm_a, map_b / norm_b, rows, quantile)
+        r = _balance(map_a / norm_a, map_b / norm_b, rows, quantile, tail)
     if r is None and not shared:
         raise ValueError("no weighting of the two channel sets gives A- and B-images the same mean "
                          "activation; the sets do not separate their concept from neither-images")
@@ -629,3 +653,75 @@ def _calibrate(lower, peak, rows, set_a, set_b, size, quantile, shared):
         raise ValueError(f"the unit would be silent on the concepts' images (bias at the {quantile} "
                          "quantile of neither-images); lower quantile or choose other concepts")
     return weights / mean, bias / mean
+
+
+# --------------------------------------------------------------------------------------------
+# the truth of a grafted unit: which of its two concepts drives each reference
+# --------------------------------------------------------------------------------------------
+#: A reference's activation must fall by at least this share when every object holding a
+#: concept is removed for that concept to drive it (the "necessary" cut of the book's rule,
+#: :data:`pure_utils.shapes.ground_truth.RULE`).
+PAIR_CUT = 0.5
+
+
+def _without(scene, config, concept) -> list:
+    """The scene's objects with every object holding ``concept`` removed (``None``)."""
+    colour, shape = parse_concept(config, concept)
+    return [None if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)
+            else o for o in scene.objects]
+
+
+def pair_truth(model: nn.Module, dataset, references, records, *, batch_size: int = 64,
+               device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which of its two concepts drives each reference of each grafted unit, by intervention.
+
+    Each reference image is rendered again without every object holding A, and without every
+    object holding B; ``drop_X = (a - a_without_X) / a`` with ``a`` the unit's spatial maximum
+    on the image as it is. The label is A (0) when ``drop_A >= PAIR_CUT`` and ``drop_A >
+    drop_B``, B (1) the reverse, and 2 ("neither": the unit is driven by something else, or by
+    both alike, or is silent) otherwise. Unlike the book's rule it names no other feature: it
+    asks only which of the two concepts the unit was built to read carries the reference.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The grafted model (:func:`install_units`).
+    dataset : SyntheticShapes
+    references : References
+        Of the grafted units, one row per record, in the order of ``records``.
+    records : sequence of Graft
+    batch_size : int
+    device : str or torch.device, optional
+
+    Returns
+    -------
+    (LongTensor[U, n_ref], Tensor[U, n_ref, 2])
+        The labels and ``(drop_A, drop_B)``.
+    """
+    device = resolve_device(model, device)
+    units = [int(r.unit) for r in records]
+    if references.channels.tolist() != units:
+        raise ValueError(f"references of units {references.channels.tolist()} but records of "
+                         f"units {units}; give the references' subset of the records' units")
+    jobs = []
+    for r, row in zip(records, references.indices.tolist()):
+        for i in row:
+            scene = dataset.scene(int(i))
+            jobs += [(scene, None), (scene, _without(scene, dataset.config, r.concept_a)),
+                     (scene, _without(scene, dataset.config, r.concept_b))]
+    acts = []
+    with torch.no_grad(), eval_mode(model):
+        for s in range(0, len(jobs), batch_size):
+            x = torch.stack([dataset.render(sc, objs) for sc, objs in jobs[s:s + batch_size]])
+            out = forward_until(model, x.to(device), records[0].layer)
+            acts.append(out[:, units].flatten(2).amax(2).float().cpu())
+    n_ref = references.indices.shape[1]
+    acts = torch.cat(acts).reshape(len(units), n_ref, 3, len(units))
+    own = acts[torch.arange(len(units)), :, :, torch.arange(len(units))]   # [U, n_ref, 3]
+    full = own[..., 0]
+    drops = torch.where(full[..., None] > 0, (full[..., None] - own[..., 1:])
+                        / full[..., None].clamp_min(1e-12), torch.zeros_like(own[..., 1:]))
+    labels = torch.full(full.shape, 2, dtype=torch.long)
+    labels[(drops[..., 0] >= PAIR_CUT) & (drops[..., 0] > drops[..., 1])] = 0
+    labels[(drops[..., 1] >= PAIR_CUT) & (drops[..., 1] > drops[..., 0])] = 1
+    return labels, drops

@@ -34,6 +34,28 @@ The design below was fixed before any comparison was computed, with the reasons 
   codes the unseen colours weakly (its best d' for magenta is 0.68), measured when the grafting
   was built, before any comparison. A pair the model cannot support is reported, never
   replaced.
+
+**The second design** (the one run). The first design balanced the two concepts' *mean*
+activations and scored the units against the book's general truth. It failed its own
+precondition, before any comparison could be judged: the references (the top tail, which mining
+selects) were dominated by one concept (green | blue: 3 references held green alone, 48 blue
+alone), and the general rule, which names any of its features, labelled a colour unit's
+references with conjunctions at two levels ("red", "red cross", "red triangle") or as uncertain
+(40 of 100 for red | blue), so that only 2 or 3 units per regime held two features. Two changes
+were fixed from those facts, before the second design was run; neither looks at a method:
+
+- **Balance on the tail** (``balance="tail"``): the second part is scaled so that A- and
+  B-images are equally many among the most activating design images, the share that mining
+  keeps (``n_ref`` over the number of evaluation images), not so that their means are equal.
+- **The pair truth** (:func:`pure_utils.shapes.grafting.pair_truth`): each reference is labelled
+  by which of the unit's two concepts carries it (every object holding A removed, then every
+  object holding B; the larger drop, if at least one half), or "neither" (excluded from the
+  scores and counted). A unit is scored when A and B each hold at least the profile's
+  ``polysemantic_min_share`` of its labelled references. The general rule's agreement with the
+  design stays reported, as a finding about that rule.
+- **Criteria added**: the pair truth labels at least 90% of a regime's references A or B; each
+  regime scores at least 6 units, the fewest with which the sign-flip test can reach p < 0.05
+  (2 / 2^6 = 0.031).
 """
 from __future__ import annotations
 
@@ -52,8 +74,8 @@ from ..metrics import kmeans_labels
 from ..models import load_model
 from ..references import mine_references
 from ..shapes.generator import SyntheticConfig
-from ..shapes.grafting import (Graft, concept_split, design_units, install_units, parse_concept,
-                               unseen_colours_config)
+from ..shapes.grafting import (Graft, concept_split, design_units, install_units, pair_truth,
+                               parse_concept, unseen_colours_config)
 from ..shapes.ground_truth import reference_features
 from ..cache import resolve_cache
 from .profile import Profile, as_profile, profile_device
@@ -80,9 +102,10 @@ _WEAK = dict(min_d=0.5, max_other=0.3)
 #: natural validation images (the negative control's after the positive ones); R3's on the
 #: validation images of the unseen-colours scene.
 DESIGNS = {
-    "seen": dict(scene={}, pairs=SEEN_PAIRS + SEEN_PAIRS,
+    "seen": dict(scene={}, pairs=SEEN_PAIRS + SEEN_PAIRS, balance="tail",
                  shared=[False] * len(SEEN_PAIRS) + [True] * len(SEEN_PAIRS), thresholds=_STRICT),
-    "unseen": dict(scene="unseen", pairs=UNSEEN_PAIRS, shared=False, thresholds=_WEAK),
+    "unseen": dict(scene="unseen", pairs=UNSEEN_PAIRS, shared=False, balance="tail",
+                   thresholds=_WEAK),
 }
 _N = len(SEEN_PAIRS)
 #: The regimes: the scene of their evaluation images, and which designed units they score (a
@@ -95,11 +118,13 @@ REGIMES = {
     "negative": dict(label="negative control (one shared channel)",
                      scene=dict(scene="two_objects"), design="seen", part=slice(_N, None)),
 }
-#: Pass criteria, stated before the run: the truth agrees with the design on at least 90% of the
-#: references (mean over a regime's units); PURE reaches a mean ARI of at least 0.8 in R2 and
-#: R3; the negative control stays at most 0.2; R3's precondition (ARI of k-means on the layer's
-#: averaged activations, A- against B-images) below 0.2.
-PASS = dict(truth_agreement=0.9, pure_ari=0.8, negative_ari=0.2, precondition_ari=0.2)
+#: Pass criteria, stated before the run: the general truth agrees with the design on at least
+#: 90% of the references (mean over a regime's units); the pair truth labels at least 90% of
+#: them A or B; every regime scores at least 6 units; PURE reaches a mean ARI of at least 0.8 in
+#: R2 and R3; the negative control stays at most 0.2; R3's precondition (ARI of k-means on the
+#: layer's averaged activations, A- against B-images) below 0.2.
+PASS = dict(truth_agreement=0.9, pair_labelled=0.9, min_units=6, pure_ari=0.8, negative_ari=0.2,
+            precondition_ari=0.2)
 
 
 def _scene(scene, base: dict | None) -> dict:
@@ -167,11 +192,14 @@ def _design(p: Profile, model, device) -> dict:
     """Design the units of :data:`DESIGNS` on their images: ``design -> records`` (a pair the
     model cannot support keeps its ``ValueError`` in its place)."""
     out = {}
+    # the share of the evaluation images that mining keeps as references
+    tail = p.n_ref / len(_images(p, {}, "evaluate"))
     for name, design in DESIGNS.items():
         images = _images(p, design["scene"], "design")
         out[name] = design_units(model, p.layer, p.lower_layer, design["pairs"], images,
                                  shared=design["shared"], batch_size=p.batch_size, device=device,
-                                 skip=True, **design["thresholds"])
+                                 balance=design["balance"], tail=tail, skip=True,
+                                 **design["thresholds"])
     return out
 
 
@@ -232,23 +260,30 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
     refs = mine_references(grafted, images, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=False).subset(units)
     truth = reference_features(grafted, images, refs, device=device, cache=cache)
+    labels, _ = pair_truth(grafted, images, refs, built, batch_size=p.batch_size, device=device)
     feats = _features(p, grafted, images, refs, units, n_original, device, cache)
-    scores = ground_truth_table(truth.labels, feats, ks=[2], neurons=units, include_random=True,
-                                include_ground_truth=False, certain=truth.certain,
+    scores = ground_truth_table(labels, feats, ks=[2], neurons=units, include_random=True,
+                                include_ground_truth=False, certain=labels < 2,
                                 random_state=p.random_state, n_init=p.n_init, progress=False)
     agree = {r.unit: design_agreement(truth.names, truth.labels[i], r.concept_a, r.concept_b,
                                       images.config) for i, r in enumerate(built)}
-    # as everywhere in the book, a unit is scored when its truth holds two or more features
-    poly = dict(zip(units, truth.polysemantic(p.polysemantic_min_share).tolist()))
+    labelled = (labels < 2).float().mean(1)
+    share_a = (labels == 0).float().sum(1) / (labels < 2).float().sum(1).clamp_min(1)
+    # scored: A and B each hold the profile's polysemantic share of the labelled references
+    low = p.polysemantic_min_share
+    poly = dict(zip(units, ((share_a >= low) & (1 - share_a >= low)).tolist()))
     found = dict(zip(units, (", ".join(f) for f in truth.features(p.polysemantic_min_share))))
     pairs = {r.unit: f"{r.concept_a} | {r.concept_b}" for r in built}
     return scores.assign(regime=name, pair=scores.neuron.map(pairs), truth=scores.neuron.map(found),
-                         agreement=scores.neuron.map(agree), scored=scores.neuron.map(poly))
+                         agreement=scores.neuron.map(agree),
+                         labelled=scores.neuron.map(dict(zip(units, labelled.tolist()))),
+                         share_a=scores.neuron.map(dict(zip(units, share_a.tolist()))),
+                         scored=scores.neuron.map(poly))
 
 
 def _run_regime_empty() -> pd.DataFrame:
     return pd.DataFrame(columns=["neuron", "method", "k", "ari", "nmi", "regime", "pair", "truth",
-                                 "agreement", "scored"])
+                                 "agreement", "labelled", "share_a", "scored"])
 
 
 def controls_comparison(profile: Profile | dict, *, progress: bool = False) -> dict:
@@ -258,7 +293,9 @@ def controls_comparison(profile: Profile | dict, *, progress: bool = False) -> d
     -------
     dict
         ``designs`` (:func:`design_table`), ``scores`` (one row per regime, unit and method: ARI
-        and NMI at k = 2 against the intervention truth, and the unit's design ``agreement``),
+        and NMI at k = 2 against the pair truth, the share of references it ``labelled`` A or B,
+        the share of A among them, whether the unit is ``scored``, and the general truth's
+        ``agreement`` with the design),
         ``pairs`` (every PURE attribution minus each baseline, per regime, with what the test
         can detect), ``precondition`` (R3: the ARI of :func:`activation_separation` per pair).
     """
@@ -327,8 +364,13 @@ def criteria_table(result: dict) -> pd.DataFrame:
     scored = pure[pure.scored]
     agreement = lambda r: float(pure[pure.regime == r].agreement.mean())  # noqa: E731
     ari = lambda r: float(scored[scored.regime == r].ari.mean())  # noqa: E731
-    rows = [(f"truth agrees with the design ({r}), mean share of references", agreement(r),
-             ">=", PASS["truth_agreement"]) for r in ("R1", "R2", "R3")]
+    labelled = lambda r: float(pure[pure.regime == r].labelled.mean())  # noqa: E731
+    count = lambda r: float(scored[scored.regime == r].neuron.nunique())  # noqa: E731
+    rows = [(f"general truth agrees with the design ({r}), mean share of references",
+             agreement(r), ">=", PASS["truth_agreement"]) for r in ("R1", "R2", "R3")]
+    rows += [(f"pair truth labels A or B ({r}), mean share of references", labelled(r), ">=",
+              PASS["pair_labelled"]) for r in ("R1", "R2", "R3")]
+    rows += [(f"scored units ({r})", count(r), ">=", PASS["min_units"]) for r in REGIMES]
     rows += [(f"PURE (gxa) mean ARI, {r}", ari(r), ">=", PASS["pure_ari"]) for r in ("R2", "R3")]
     rows.append(("PURE (gxa) mean ARI, negative control", ari("negative"), "<=", PASS["negative_ari"]))
     rows.append(("R3 precondition: ARI of the averaged activations, A- against B-images (mean)",

@@ -610,13 +610,17 @@ def thresholds_text(thresholds: Mapping) -> str:
 
 def pass_list(criteria: Mapping) -> str:
     """The pass criteria of :data:`pure_utils.study.controls.PASS` in words."""
-    return (f"the intervention truth agrees with the design (names A's or B's part, not both) on "
-            f"at least {criteria['truth_agreement']:.0%} of a regime's references on average, in "
-            f"R1, R2 and R3; PURE (Gradient x Activation) reaches a mean ARI of at least "
-            f"{criteria['pure_ari']} in R2 and in R3; the negative control stays at most "
-            f"{criteria['negative_ari']}; R3's precondition: the ARI of k-means on the layer's "
-            f"averaged activations, A- against B-images, is below {criteria['precondition_ari']} "
-            f"on average over its pairs. Whatever comes out is the chapter's finding.")
+    return (f"the pair truth labels at least {criteria['pair_labelled']:.0%} of a regime's "
+            f"references A or B on average, in R1, R2 and R3; every regime scores at least "
+            f"{criteria['min_units']} units (with fewer, no sign-flip test reaches p below 0.05); "
+            f"PURE (Gradient x Activation) reaches a mean ARI of at least {criteria['pure_ari']} "
+            f"in R2 and in R3; the negative control stays at most {criteria['negative_ari']}; "
+            f"R3's precondition: the ARI of k-means on the layer's averaged activations, A- "
+            f"against B-images, is below {criteria['precondition_ari']} on average over its "
+            f"pairs. Reported beside them, as a finding about the book's general rule: whether "
+            f"it agrees with the design (names A's or B's part, not both) on at least "
+            f"{criteria['truth_agreement']:.0%} of the references. Whatever comes out is the "
+            f"chapter's finding.")
 
 
 def pooled_sentence(pooled: pd.DataFrame) -> str:
