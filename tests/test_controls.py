@@ -118,3 +118,50 @@ def test_a_comparison_no_test_could_call_significant_is_not_judged():
     pooled = pd.DataFrame([dict(a="PURE (gxa)", b=mean, statistic=0.01, p=0.6, n=40, n_groups=8,
                                 n_tied=5, min_p=1e-4)])
     assert "too few grafted units are scored" in verdicts.answer_sentences(pooled, few, _criteria(True))
+
+
+def _fake_scores():
+    rows = []
+    for regime, n_units, ari in (("R1", 7, 0.9), ("R2", 6, 0.85), ("R3", 3, 0.5), ("negative", 6, 0.1)):
+        for u in range(n_units + 1):  # the last unit of each regime is not scored
+            for method in ("PURE (gxa)", "activations (mean)"):
+                rows.append(dict(neuron=2048 + u, method=method, k=2, ari=ari, nmi=ari,
+                                 regime=regime, pair=f"a{u} | b{u}", truth="red",
+                                 agreement=0.5, labelled=0.95 if regime != "R3" else 0.8,
+                                 share_a=0.5 if u < n_units else 0.05, scored=u < n_units))
+    return pd.DataFrame(rows)
+
+
+def test_criteria_count_scored_units_and_the_pair_truth():
+    pre = pd.DataFrame({"ARI, averaged activations": [0.1, 0.05]})
+    crit = controls.criteria_table({"scores": _fake_scores(), "precondition": pre}).set_index("criterion")
+    assert crit.loc["scored units (R1)", "value"] == 7 and crit.loc["scored units (R1)", "met"]
+    assert not crit.loc["scored units (R3)", "met"]  # 3 < PASS["min_units"]
+    assert crit.loc["pair truth labels A or B (R2), mean share of references", "met"]
+    assert not crit.loc["pair truth labels A or B (R3), mean share of references", "met"]
+    assert crit.loc["PURE (gxa) mean ARI, R2", "met"] and not crit.loc["PURE (gxa) mean ARI, R3", "met"]
+    assert crit.loc["PURE (gxa) mean ARI, negative control", "met"]
+    assert crit.index[-1].startswith("R3 precondition")  # the verdicts read it last
+    table = controls.unit_table(_fake_scores())
+    assert len(table) == 8 + 7 + 4 + 7 and table.scored.sum() == 22
+    assert set(table.regime) == {spec["label"] for spec in controls.REGIMES.values()}
+
+
+def test_the_answer_names_where_the_circuit_beats_location_and_says_when_it_cannot_judge():
+    mean, peak = "activations (mean)", "activations (peak)"
+    pooled = pd.DataFrame([dict(a="PURE (gxa)", b=mean, statistic=0.01, p=0.6, n=40, n_groups=8,
+                                n_tied=5, min_p=1e-4)])
+    # R2: a judged gain over the mean; its peak comparison cannot reach p < 0.05; R1 beats peak
+    pairs = _pairs({("R1", mean): (0.3, 0.1, 0.6), ("R1", peak): (0.47, 0.2, 0.7),
+                    ("R2", mean): (0.46, 0.3, 0.66), ("R2", peak): (0.26, 0.12, 0.41)})
+    pairs.loc[(pairs.regime == "R2") & (pairs.b == peak), "min_p"] = 0.0625
+    text = verdicts.controls_verdict(pairs, _criteria(True))
+    assert text.startswith("On the benchmark as is (R1)") and text.count("detectably higher") == 3
+    answer = verdicts.answer_sentences(pooled, pairs, _criteria(True))
+    assert "activations at the unit's peak (R1)" in answer and "location alone" in answer
+    # without R1's gain over peak, the unjudgeable R2 comparison is said as such
+    alone = pairs[pairs.regime == "R2"]
+    answer = verdicts.answer_sentences(pooled, alone, _criteria(True))
+    assert "cannot be judged" in answer and "location, not the circuit" not in answer
+    one = _pairs({("R3", peak): (0.47, 0.47, 0.47)}).assign(n=1, min_p=float("nan"))
+    assert "1 unit:" in verdicts.controls_verdict(one, _criteria(True))

@@ -284,3 +284,53 @@ def test_several_units_in_one_model_are_each_the_unit_grafted_alone(base, positi
         torch.testing.assert_close(grafted(x), model(x))
     with pytest.raises(ValueError, match="2 pairs but 1"):
         graft_units(model, "layer4", "layer3", [(A, B), (A, "green")], ds, shared=[True])
+
+
+# ---------------------------------------------------------------------------------------------
+# balance on the tail, and the pair truth
+
+
+def test_tail_balance_puts_as_many_a_as_b_images_among_the_most_activating(base):
+    model, ds = base
+    grafted, rec = graft_unit(model, "layer4", "layer3", A, B, ds, n_channels=4, balance="tail",
+                              tail=0.25)
+    split = concept_split(ds, A, B)
+    pool = torch.cat([split["a"], split["b"], split["neither"]])
+    with torch.no_grad():  # independent: the grafted model's own unit on the design images
+        act = forward_until(grafted, _batch(ds, pool), "layer4")[:, rec.unit].flatten(1).amax(1)
+    top = pool[act.argsort(descending=True, stable=True)[:int(np.ceil(0.25 * len(pool)))]]
+    n_a, n_b = int(torch.isin(top, split["a"]).sum()), int(torch.isin(top, split["b"]).sum())
+    assert n_a + n_b >= 0.8 * len(top)
+    # at the bisection's boundary one image of A and one of B can swap places
+    assert abs(n_a - n_b) <= 2, (n_a, n_b)
+    with pytest.raises(ValueError, match="balance"):
+        graft_unit(model, "layer4", "layer3", A, B, ds, balance="median")
+
+
+def test_pair_truth_matches_edits_made_by_hand(positive):
+    grafted, rec = positive
+    ds = SyntheticShapes("test", n=60, seed=3)
+    refs = pu.mine_references(grafted, ds, "layer4", n_ref=8, progress=False).subset([rec.unit])
+    labels, drops = pu.shapes.pair_truth(grafted, ds, refs, [rec])
+    assert labels.shape == (1, 8) and drops.shape == (1, 8, 2)
+
+    def unit(x):
+        with torch.no_grad():
+            return float(forward_until(grafted, x[None], "layer4")[0, rec.unit].max())
+
+    for slot, i in enumerate(refs.indices[0].tolist()):
+        scene = ds.scene(i)
+        full = unit(ds.render(scene))
+        without = [unit(ds.render(scene, [None if o["colour"] == c else o for o in scene.objects]))
+                   for c in (A, B)]
+        drop = [(full - w) / full for w in without]
+        torch.testing.assert_close(drops[0, slot], torch.tensor(drop), rtol=1e-4, atol=1e-5)
+        want = (0 if drop[0] >= 0.5 and drop[0] > drop[1] else
+                1 if drop[1] >= 0.5 and drop[1] > drop[0] else 2)
+        assert int(labels[0, slot]) == want
+        if not any(o["colour"] == B for o in scene.objects):  # no B object: never labelled B
+            assert drop[1] == 0 and int(labels[0, slot]) != 1
+    assert (labels < 2).float().mean() >= 0.5  # the unit reads red and blue: most are decided
+    with pytest.raises(ValueError, match="references of units"):
+        other = pu.mine_references(grafted, ds, "layer4", n_ref=8, progress=False).subset([0])
+        pu.shapes.pair_truth(grafted, ds, other, [rec])

@@ -83,7 +83,8 @@ from .report import interval
 from .tables import PURE, ground_truth_table, paired_table
 
 __all__ = ["REGIMES", "DESIGNS", "PASS", "regime_pairs", "SEEN_PAIRS", "UNSEEN_PAIRS", "design_table", "controls_comparison",
-           "design_agreement", "activation_separation", "criteria_table", "regime_table", "score_summary"]
+           "design_agreement", "activation_separation", "criteria_table", "regime_table", "score_summary",
+           "unit_table"]
 
 _SHAPES = SyntheticConfig().shapes
 #: The pairs of R1, R2 and the negative control: every pair of colours, and six pairs of
@@ -408,3 +409,14 @@ def score_summary(scores: pd.DataFrame) -> pd.DataFrame:
     out = counts.join(wide).reindex([r for r in REGIMES if r in counts.index])
     out.index = [REGIMES[r]["label"] for r in out.index]
     return out.fillna({"scored": 0}).astype({"scored": int}).reset_index(names="regime")
+
+
+def unit_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per regime and grafted unit: what the pair truth labelled (the share of references
+    it gave A or B, and A's share of those), whether the unit is scored, and the features the
+    book's general rule finds on the same references."""
+    first = scores.drop_duplicates(["regime", "neuron"])
+    return pd.DataFrame({"regime": first.regime.map(lambda r: REGIMES[r]["label"]),
+                         "pair": first.pair, "labelled A or B": first.labelled.round(2),
+                         "share of A": first.share_a.round(2), "scored": first.scored,
+                         "general rule finds": first.truth}).reset_index(drop=True)

@@ -538,11 +538,14 @@ def _said(row: dict | None, baseline: str) -> str:
     the like; a comparison whose test cannot reach p < 0.05 with its units is not judged."""
     if row is None or not row["n"]:
         return f"not comparable with the {baseline} (no scored unit)"
-    numbers = (f"{interval(row['mean'], row['ci_low'], row['ci_high'])}, {int(row['n'])} units, "
-               f"sign-flip p {row['p_sign_flip']:.2g}, smallest reachable {row['min_p']:.2g}")
+    n = int(row["n"])
+    tests = (f", sign-flip p {row['p_sign_flip']:.2g}, smallest reachable {row['min_p']:.2g}"
+             if n >= 2 else "")
+    numbers = (f"{interval(row['mean'], row['ci_low'], row['ci_high'])}, {n} "
+               f"unit{'s' if n != 1 else ''}{tests}")
     if not _judged(row):
-        return (f"not to be judged against the {baseline}' ({numbers}: with so few units no test "
-                "reaches p below 0.05)")
+        return (f"not to be judged against the {baseline}' ({numbers}: with so few units that "
+                "differ, no test reaches p below 0.05)")
     word = {"higher": "detectably higher than", "lower": "detectably lower than"}.get(
         row["word"], "not detectably different from")
     return f"{word} the {baseline}' ({numbers})"
@@ -574,15 +577,21 @@ def controls_verdict(pairs: pd.DataFrame, criteria: pd.DataFrame, attribution: s
         The PURE attribution judged.
     """
     a = f"PURE ({attribution})"
+    mean1, peak1 = (_comparison(pairs, "R1", a, f"activations ({p})") for p in ("mean", "peak"))
     mean2, peak2 = (_comparison(pairs, "R2", a, f"activations ({p})") for p in ("mean", "peak"))
     peak3 = _comparison(pairs, "R3", a, "activations (peak)")
-    text = (f"Where an unrelated object varies beside the unit's concept (R2), PURE's ARI is "
-            f"{_said(mean2, 'averaged activations')} and {_said(peak2, 'peak activations')}.")
+    text = ""
+    if mean1 is not None or peak1 is not None:
+        text = (f"On the benchmark as is (R1), where every method was expected near 1, PURE's ARI "
+                f"is {_said(mean1, 'averaged activations')} and "
+                f"{_said(peak1, 'peak activations')}. ")
+    text += (f"Where an unrelated object varies beside the unit's concept (R2), PURE's ARI is "
+             f"{_said(mean2, 'averaged activations')} and {_said(peak2, 'peak activations')}.")
     gain = _judged(mean2) and mean2["word"] == "higher"
     beyond = _judged(peak2) and peak2["word"] == "higher"
     if not _judged(mean2) or not _judged(peak2):
-        text += (" Too few of R2's units are scored to say whether PURE's advantage is location "
-                 "or circuit.")
+        text += (" Too few of R2's units differ between the methods to say whether PURE's "
+                 "advantage is location or circuit.")
     elif gain and not beyond:
         text += (" What PURE gains there over the paper's baseline, the activations at the "
                  "unit's peak gain too: it is location, not the circuit.")
@@ -655,26 +664,30 @@ def answer_sentences(pooled: pd.DataFrame, regime_pairs: pd.DataFrame, criteria:
                  + f" the paper's activation baseline (mean difference of the model means "
                  f"{r.statistic:+.3f}, p {r.p:.2g}).")
     mean2 = _comparison(regime_pairs, "R2", a, ACTIVATIONS)
-    peak2 = _comparison(regime_pairs, "R2", a, "activations (peak)")
-    peak3 = _comparison(regime_pairs, "R3", a, "activations (peak)")
+    peaks = {r: _comparison(regime_pairs, r, a, "activations (peak)") for r in ("R1", "R2", "R3")}
     gain = _judged(mean2) and mean2["word"] == "higher"
-    circuit = [r for r in (peak2, peak3) if _judged(r) and r["word"] == "higher"]
+    circuit = [r for r, row in peaks.items() if _judged(row) and row["word"] == "higher"]
     if not _judged(mean2):
         second = ("Where unrelated content varies beside a unit's concept, too few grafted units "
                   "are scored to judge PURE against either baseline.")
     elif not gain:
         second = ("Where unrelated content varies beside a unit's concept, PURE does not "
                   "detectably beat the averaged activations either.")
-    elif not circuit:
-        peak_word = ("do better still" if peak2 is not None and peak2["word"] == "lower"
+    elif circuit:
+        second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
+                  "averaged activations, and on grafted units whose two concepts have disjoint "
+                  f"circuits it also beats the activations at the unit's peak ({', '.join(circuit)}): "
+                  "there the circuit carries what location alone does not.")
+    elif not _judged(peaks["R2"]):
+        second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
+                  "averaged activations; whether the circuit adds anything to location cannot be "
+                  "judged with the grafted units scored.")
+    else:
+        peak_word = ("do better still" if peaks["R2"]["word"] == "lower"
                      else "are not detectably worse")
         second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
                   f"averaged activations, but the activations at the unit's peak {peak_word}: "
                   "what wins is location, not the circuit.")
-    else:
-        second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
-                  "averaged activations, and part of that gain survives against the activations "
-                  "at the unit's peak: there the circuit adds to location.")
     if not criteria.met.all():
         second += " (Not every control passed its criteria; see the chapter.)"
     return f"{first} {second}"
