@@ -32,6 +32,7 @@ from .browser import (INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_boo
 from .build import (EXECUTED_DIR, BookError, Chapter, build_html, chapters, check_pages,
                     compare_glue, declared_parameters, execute, glue_values, read_profile,
                     resolve_parameters, run_notebooks, toc_files)
+from .progress import CellProgress
 from ..paths import ROOT
 
 __all__ = ["PARAMETER_HELP", "papermill_value", "main"]
@@ -177,7 +178,13 @@ def _run_command(args) -> int:
     c = Chapter(src.stem, src, out)
     params = resolve_parameters([c], read_profile(profile), _parse_overrides(args),
                                 profile_name=profile)[c.name]
-    seconds = execute(src, out, params, cwd=Path.cwd())
+    print(f"{src.name}: running on profile {params['profile']}", flush=True)
+    progress = CellProgress(src.stem, json.loads(src.read_text())["cells"],
+                            lambda line: print(line, flush=True)).start()
+    try:
+        seconds = execute(src, out, params, cwd=Path.cwd(), on_cell=progress)
+    finally:
+        progress.stop()
     print(f"{src.name}: done in {seconds:.0f} s -> {out}")
     return 0
 
