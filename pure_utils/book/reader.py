@@ -18,6 +18,9 @@ import json
 import re
 from pathlib import Path
 
+from markdown_it import MarkdownIt  # markdown-it-py and its plugins: installed with Jupyter Book
+from mdit_py_plugins.dollarmath import dollarmath_plugin
+
 from ..paths import ROOT
 
 __all__ = ["glued_outputs", "glue_text", "figure_labels", "reader_notebook", "notebook_html",
@@ -178,9 +181,6 @@ def reader_notebook(nb: dict, *, executed_dir: Path = ROOT / "book" / "executed"
 
 
 def _markdown_renderer():
-    from markdown_it import MarkdownIt  # markdown-it-py: installed with Jupyter Book
-    from mdit_py_plugins.dollarmath import dollarmath_plugin
-
     def math(content, options):
         left, right = ("\\[", "\\]") if options.get("display_mode") else ("\\(", "\\)")
         return html.escape(f"{left}{content}{right}")
