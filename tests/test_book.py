@@ -348,8 +348,9 @@ def test_build_prints_each_chapter_with_notebooks_to_go_and_eta(mini_book, monke
 
     def execute_notebook(src, out, parameters, kernel_name, cwd, on_cell=None, **kw):
         nb = json.loads(Path(src).read_text())
+        nb["cells"].insert(2, {"cell_type": "code", "source": "# Parameters", "outputs": []})
         for i, cell in enumerate(nb["cells"]):
-            on_cell(i, cell)
+            on_cell(i, cell, nb["cells"])
         seen.append(kw.get("engine_name"))
         Path(out).write_text(json.dumps(nb))
 
@@ -363,7 +364,7 @@ def test_build_prints_each_chapter_with_notebooks_to_go_and_eta(mini_book, monke
     assert lines[0] == "2 of 2 notebooks to run: about 3.0 min by the last build's times"
     assert lines[1] == ("[1/2] one: starting, 2 notebooks to go, this one included "
                         "(about 3.0 min by the last build's times)")
-    assert any(line.startswith("  one: cell 2/2, ") for line in lines)
+    assert any(line.startswith("  one: cell 3/3, ") for line in lines)  # papermill's cell counted
     done = next(line for line in lines if line.startswith("[1/2] one: done in"))
     assert done.endswith("1 notebook to go, about 2.0 min by the last build's times)")
     assert lines[-1].startswith("[2/2] two: done in") and lines[-1].endswith("0 notebooks to go)")

@@ -96,9 +96,13 @@ class CellProgress:
         return (f"  {self.name}: cell {self._current}/{len(self._code)}, "
                 f"{self.clock() - self._begin:.0f} s")
 
-    def __call__(self, cell_index: int, cell=None) -> None:
-        """A cell starts: remember it, and say so when ``interval`` has passed since the last line."""
+    def __call__(self, cell_index: int, cell=None, cells=None) -> None:
+        """A cell starts: remember it, and say so when ``interval`` has passed since the last line.
+        ``cells``: the running notebook's cells (papermill's injected parameters cell included),
+        which ``cell_index`` counts in."""
         with self._lock:
+            if cells is not None:
+                self._code = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"]
             self._current = sum(1 for i in self._code if i <= cell_index)
             if self._current:
                 self._maybe_log()
@@ -133,7 +137,8 @@ ENGINE_NAME = "pure-progress"
 
 
 class ProgressEngine(NBClientEngine):
-    """papermill's nbclient engine, calling ``on_cell(cell_index, cell)`` as each cell starts."""
+    """papermill's nbclient engine, calling ``on_cell(cell_index, cell, cells)`` as each cell
+    starts (``cells``: the notebook being run, its injected parameters cell included)."""
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, on_cell=None, **kwargs):
@@ -142,7 +147,7 @@ class ProgressEngine(NBClientEngine):
 
             def cell_start(cell, cell_index=None, **kw):
                 result = started(cell, cell_index, **kw)
-                on_cell(cell_index if cell_index is not None else 0, cell)
+                on_cell(cell_index if cell_index is not None else 0, cell, nb_man.nb.cells)
                 return result
             nb_man.cell_start = cell_start
         return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
