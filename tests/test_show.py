@@ -85,3 +85,17 @@ def test_book_run_html_shows_glued_numbers_and_figures(tmp_path, monkeypatch, ca
     assert "data:image/png;base64," in page and "Caption with resnet 50." in page
     assert cli.main(["show", "out.ipynb"]) == 0  # idempotent: nothing left to substitute
     assert json.loads(Path("out.ipynb").read_text())["cells"][0]["source"] == out["cells"][0]["source"]
+
+
+def test_figures_are_numbered_as_the_book_numbers_the_chapter(tmp_path):
+    nb = _executed()
+    nb["cells"].append({"cell_type": "markdown", "metadata": {},
+                        "source": FIGURE.replace("fig-a", "fig-b").replace("Caption", "Second")})
+    nb["cells"][1]["outputs"].append(_glued("fig-b", {"image/png": PNG}))
+    nb["metadata"]["papermill"] = {"input_path": "notebooks/fig3_polysemanticity.ipynb"}
+    out = reader.reader_notebook(nb, executed_dir=tmp_path)
+    assert "(Figure 3; [dreyer2024pure])" in out["cells"][0]["source"]
+    assert out["cells"][2]["source"].endswith("*Figure 3*: Caption with resnet 50.")
+    assert out["cells"][3]["source"].startswith("![Figure 3b](attachment:fig-b.png)")
+    other = reader.reader_notebook(nb, executed_dir=tmp_path, chapter="setting")
+    assert other["cells"][3]["source"].endswith("*Figure S.2*: Second with resnet 50.")

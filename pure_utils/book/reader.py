@@ -21,11 +21,14 @@ from pathlib import Path
 from markdown_it import MarkdownIt  # markdown-it-py and its plugins: installed with Jupyter Book
 from mdit_py_plugins.dollarmath import dollarmath_plugin
 
+from .numbering import FIGURE_SCHEMES, figure_label
 from ..paths import ROOT
 
 __all__ = ["glued_outputs", "glue_text", "figure_labels", "reader_notebook", "notebook_html",
            "write_reader_copy"]
 
+#: where the book's executed chapters are, as :data:`~pure_utils.book.numbering.FIGURE_SCHEMES` names them
+EXECUTED_PAGES = "book/executed"
 #: the mime prefix of outputs glued with ``display=False``
 RECORD_PREFIX = "application/papermill.record/"
 _IMAGES = ("image/png", "image/jpeg", "image/svg+xml")
@@ -100,10 +103,10 @@ def _role(match, glued: dict, labels: dict, executed_dir: Path) -> str:
     if role in ("glue", "glue:text"):
         return _glue_role(content, glued, executed_dir)
     if role == "numref":
-        number = labels.get(target)
+        name = labels.get(target)
         if link and "%s" in title:
-            return title.replace("%s", str(number or target))
-        return f"Figure {number}" if number else f"figure `{target}`"
+            return title.replace("%s", name.removeprefix("Figure ") if name else target)
+        return name or f"figure `{target}`"
     if role == "cite":
         return "[" + ", ".join(k.strip() for k in content.split(",")) + "]"
     if role in ("doc", "download", "ref"):
@@ -121,7 +124,7 @@ def _figure(match, glued: dict, labels: dict, executed_dir: Path, attachments: d
     options = dict(_OPTION.findall(body))
     caption = _roles(_OPTION.sub("", body).strip(), glued, labels, executed_dir)
     number = labels.get(options.get("name", key))
-    caption = f"*Figure {number}*: {caption}" if number else caption
+    caption = f"*{number}*: {caption}" if number else caption
     data = glued.get(key)
     if data is None:
         return f"(figure `{key}`: not glued)\n\n{caption}"
@@ -129,7 +132,7 @@ def _figure(match, glued: dict, labels: dict, executed_dir: Path, attachments: d
     if mime is not None:
         name = f"{key}.{mime.split('/')[1].split('+')[0]}"
         attachments[name] = {mime: data[mime]}
-        alt = options.get("alt") or f"Figure {number or key}"
+        alt = options.get("alt") or number or key
         return f"![{alt}](attachment:{name})\n\n{caption}"
     if "text/html" in data:
         return f"{data['text/html']}\n\n{caption}"
@@ -144,28 +147,39 @@ def _colon_directive(match) -> str:
     return (f"**{title}**\n\n" if title else "") + body
 
 
-def figure_labels(nb: dict) -> dict[str, int]:
-    """``{label: n}``: the page's glued figures numbered 1, 2, ... in their order."""
+def figure_labels(nb: dict, chapter: str | None = None) -> dict[str, str]:
+    """``{label: "Figure 3b"}``: the page's glued figures in their order, numbered as the book
+    numbers the chapter ``chapter`` (:func:`pure_utils.book.numbering.figure_label`), else
+    "Figure 1", "Figure 2", ..."""
+    page = f"{EXECUTED_PAGES}/{chapter}"
     labels = {}
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "markdown":
             for m in _GLUE_FIGURE.finditer(_text(cell.get("source", ""))):
                 label = dict(_OPTION.findall(m.group(3))).get("name", m.group(2))
-                labels.setdefault(label, len(labels) + 1)
+                if label not in labels:
+                    labels[label] = (figure_label(page, len(labels))
+                                     if page in FIGURE_SCHEMES and len(labels) < 26
+                                     else f"Figure {len(labels) + 1}")
     return labels
 
 
-def reader_notebook(nb: dict, *, executed_dir: Path = ROOT / "book" / "executed") -> dict:
+def reader_notebook(nb: dict, *, executed_dir: Path = ROOT / "book" / "executed",
+                    chapter: str | None = None) -> dict:
     """A copy of an executed chapter that shows its glued numbers and figures in Jupyter.
 
     Every Markdown cell gets the values of its ``{glue:text}`` roles (a value of another
     chapter from ``executed_dir`` when the book has it), its ``{glue:figure}`` images as
     attachments with their numbered captions, ``{numref}`` as "Figure n", ``{cite}`` as
-    ``[key]`` and the book's admonitions as plain Markdown. The glued outputs stay, so the
+    ``[key]`` and the book's admonitions as plain Markdown. Figures are numbered as the book
+    numbers chapter ``chapter`` (default: the stem of the notebook papermill ran, when it is a
+    chapter of the book: "Figure 3", "Figure 3b"), else "Figure 1", "Figure 2", ... The glued outputs stay, so the
     values are still there for ``glue_values``.
     """
     nb = copy.deepcopy(nb)
-    glued, labels = glued_outputs(nb), figure_labels(nb)
+    source = nb.get("metadata", {}).get("papermill", {}).get("input_path")
+    chapter = chapter or (Path(source).stem if source else None)
+    glued, labels = glued_outputs(nb), figure_labels(nb, chapter)
     for cell in nb["cells"]:
         if cell.get("cell_type") != "markdown":
             continue
