@@ -38,7 +38,7 @@ from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compa
                      paired_table, polysemanticity_table, summarize_frame)
 
 __all__ = [
-    "Setting", "load_setting", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
+    "Setting", "load_setting", "layer_channels", "check_neurons", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
     "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
     "heldout_references", "model_distribution", "strongly_polysemantic",
     "rank_neurons", "Evaluation", "evaluate", "baseline_pairs", "purity_pairs",
@@ -595,6 +595,8 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
     of ``profile["attributions"]`` and the test-phase purity on held-out images. Every
     comparison of PURE with another method is paired over the same neurons
     (:func:`pure_utils.study.tables.paired_table`), and PURE is compared with each baseline.
+    ``neurons``: channels the caller will show (a profile's ``fig4_divergence_neuron``),
+    checked as :func:`load_setting` checks them, before anything is mined.
 
     Returns
     -------
