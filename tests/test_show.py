@@ -56,7 +56,8 @@ def test_html_page_inlines_figures_and_leaves_glue_records_out(tmp_path):
 
 
 def test_admonitions_of_the_book_read_as_markdown():
-    nb = new_notebook(cells=[new_markdown_cell(":::{dropdown} Rerun this chapter\n\nrun it\n:::\n\n"
+    nb = new_notebook(cells=[new_markdown_cell(":::{dropdown} Rerun this chapter\n\nrun it\n\n"
+                                               "{download}`Download this executed notebook <t.ipynb>`\n:::\n\n"
                                                ":::{admonition} Knobs\n:class: note\n\nk = 2\n:::")])
     text = reader.reader_notebook(json.loads(json.dumps(nb)))["cells"][0]["source"]
     assert text == ("<details><summary>Rerun this chapter</summary>\n\nrun it\n\n</details>\n\n"

@@ -38,6 +38,8 @@ _GLUE_FIGURE = re.compile(r"^(`{3,}|:{3,})\{glue(?::figure)?\}[ \t]*(\S+)[ \t]*\
 _COLON_DIRECTIVE = re.compile(r"^(:{3,})\{([a-z-]+)\}[ \t]*(.*?)\n(.*?)^\1[ \t]*$", re.M | re.S)
 _OPTION = re.compile(r"^:([a-z_-]+):[ \t]*(.*)$", re.M)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+#: the rerun box's link to the book's copy of the chapter: no such file beside a rerun
+_DOWNLOAD_LINE = re.compile(r"^\{download\}`[^`]*`[ \t]*\n?", re.M)
 
 
 def _text(value) -> str:
@@ -185,7 +187,7 @@ def reader_notebook(nb: dict, *, executed_dir: Path = ROOT / "book" / "executed"
             continue
         attachments = cell.setdefault("attachments", {})
         text = _GLUE_FIGURE.sub(lambda m: _figure(m, glued, labels, Path(executed_dir), attachments),
-                                _text(cell["source"]))
+                                _DOWNLOAD_LINE.sub("", _text(cell["source"])))
         cell["source"] = _COLON_DIRECTIVE.sub(_colon_directive, _roles(text, glued, labels,
                                                                        Path(executed_dir)))
         if not attachments:
