@@ -23,7 +23,7 @@ from .metrics import distance_matrix
 
 __all__ = ["METHOD_ORDER", "method_order", "method_palette", "intra_inter_figure",
            "correlation_figure", "distance_scatter", "crop_steps_figure", "circuit_heatmap", "virtual_activations_figure",
-           "image_grid", "panel_figure", "paired_differences_figure", "virtual_neuron_grid", "umap_embedding", "umap_figure", "interactive_umap",
+           "image_grid", "panel_figure", "paired_differences_figure", "virtual_neuron_grid", "umap_embedding", "label_colours", "umap_figure", "interactive_umap",
            "HoverImageFigure", "to_pil", "summary_lines"]
 
 
@@ -216,6 +216,17 @@ def umap_embedding(features, *, n_neighbors: int = 15, min_dist: float = 0.1,
     return reducer.fit_transform(X)
 
 
+def label_colours(labels, palette: str = "tab10") -> dict:
+    """``{label: colour}`` that follows the label, not its order of appearance: an integer label
+    ``c`` gets the palette's colour ``c`` (cycled), so virtual neuron 0 has one colour in every
+    row and figure; other labels take the palette's colours in sorted order."""
+    values = np.unique(np.asarray(labels))
+    colours = sns.color_palette(palette)
+    if np.issubdtype(values.dtype, np.integer):
+        return {v: colours[int(v) % len(colours)] for v in values}
+    return {v: colours[i % len(colours)] for i, v in enumerate(values)}
+
+
 def umap_figure(coords, labels=None, *, images=None, n_thumbnails: int = 0, zoom: float = 0.5,
                 ax=None, title: str | None = None, palette: str = "tab10"):
     """Scatter plot of a 2-D embedding coloured by cluster, optionally with image thumbnails.
@@ -230,15 +241,29 @@ def umap_figure(coords, labels=None, *, images=None, n_thumbnails: int = 0, zoom
         Thumbnails; the first ``n_thumbnails`` points get one drawn at their position.
     zoom : float
         Thumbnail scale (matplotlib ``OffsetImage`` zoom of a 64 px image).
+
+    Each label keeps its colour in every plot (:func:`label_colours`: virtual neuron 0 is always
+    the palette's first colour), and smaller clusters are drawn above larger ones.
     """
     coords = np.asarray(coords)
     if ax is None:
         fig, ax = plt.subplots(figsize=(4, 4))
     else:
         fig = ax.figure
-    hue = None if labels is None else [str(v) for v in np.asarray(labels)]
-    sns.scatterplot(x=coords[:, 0], y=coords[:, 1], hue=hue, palette=palette if hue else None,
-                    ax=ax, s=18, edgecolor="none")
+    if labels is None:
+        ax.scatter(coords[:, 0], coords[:, 1], s=18, edgecolors="none")
+    else:
+        labels = np.asarray(labels)
+        colours = label_colours(labels, palette)
+        values, counts = np.unique(labels, return_counts=True)
+        # the largest cluster first, so that a small one is drawn above it and stays visible
+        for z, i in enumerate(np.argsort(-counts, kind="stable")):
+            keep = labels == values[i]
+            ax.scatter(coords[keep, 0], coords[keep, 1], s=18, edgecolors="none",
+                       color=colours[values[i]], label=str(values[i]), zorder=2 + z)
+        handles, names = ax.get_legend_handles_labels()
+        order = sorted(range(len(names)), key=lambda j: list(map(str, values)).index(names[j]))
+        ax.legend([handles[j] for j in order], [names[j] for j in order])
     if images is not None:
         for i in range(min(n_thumbnails, len(images))):
             box = AnnotationBbox(OffsetImage(_to_display(images[i], 64), zoom=zoom),

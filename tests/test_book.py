@@ -315,3 +315,63 @@ def test_a_stopped_build_leaves_nothing_read_as_a_chapter(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 128 + signal.SIGTERM, out.stderr
     assert not (tmp_path / ".tmp-run.ipynb").exists()
+
+
+# --- what the build says while it runs ---------------------------------------------------------
+def test_eta_is_the_sum_of_the_last_times():
+    from pure_utils.book import progress
+    times = {"a": 30.0, "b": 90.0}
+    assert progress.eta_seconds(["a", "b", "c"], times) == (120.0, 2)
+    assert progress.eta_text(["a", "b"], times) == "about 2.0 min by the last build's times"
+    assert progress.eta_text(["a", "c"], times) == "about 30 s by the last build's times, 1 never timed"
+    assert progress.eta_text(["c"], times) == "no earlier times to estimate from"
+    assert progress.duration_text(7200) == "2.0 h"
+
+
+def test_cell_progress_speaks_at_most_every_interval():
+    from pure_utils.book.progress import CellProgress
+    now, lines = [0.0], []
+    cells = [{"cell_type": "markdown"}] + [{"cell_type": "code"}] * 4
+    p = CellProgress("fig3", cells, lines.append, interval=30, clock=lambda: now[0])
+    for index, t in [(1, 1), (2, 10), (3, 40), (4, 50)]:
+        now[0] = t
+        p(index)
+    assert lines == ["  fig3: cell 3/4, 40 s"]
+    now[0] = 75
+    p.tick()  # a long cell is named again
+    assert lines[-1] == "  fig3: cell 4/4, 75 s"
+
+
+def test_build_prints_each_chapter_with_notebooks_to_go_and_eta(mini_book, monkeypatch):
+    from pure_utils.book import progress
+    seen = []
+
+    def execute_notebook(src, out, parameters, kernel_name, cwd, on_cell=None, **kw):
+        nb = json.loads(Path(src).read_text())
+        nb["cells"].insert(2, {"cell_type": "code", "source": "# Parameters", "outputs": []})
+        for i, cell in enumerate(nb["cells"]):
+            on_cell(i, cell, nb["cells"])
+        seen.append(kw.get("engine_name"))
+        Path(out).write_text(json.dumps(nb))
+
+    monkeypatch.setattr(book.papermill, "execute_notebook", execute_notebook)
+    executed = mini_book / "book" / "executed"
+    executed.mkdir()
+    (executed / progress.TIMES_FILE).write_text(json.dumps({"one": 60.0, "two": 120.0}))
+    lines = []
+    assert book.run_notebooks("p", root=mini_book, log=lines.append, progress_every=0) == ["one", "two"]
+    assert seen == [progress.ENGINE_NAME] * 2
+    assert lines[0] == "2 of 2 notebooks to run: about 3.0 min by the last build's times"
+    assert lines[1] == ("[1/2] one: starting, 2 notebooks to go, this one included "
+                        "(about 3.0 min by the last build's times)")
+    assert any(line.startswith("  one: cell 3/3, ") for line in lines)  # papermill's cell counted
+    done = next(line for line in lines if line.startswith("[1/2] one: done in"))
+    assert done.endswith("1 notebook to go, about 2.0 min by the last build's times)")
+    assert lines[-1].startswith("[2/2] two: done in") and lines[-1].endswith("0 notebooks to go)")
+    times = progress.load_times(executed)
+    assert set(times) == {"one", "two"} and times["one"] < 60
+    assert book.glue_values(executed).keys() == {"one", "two"}  # the times file is no chapter
+    lines.clear()
+    book.run_notebooks("p", root=mini_book, log=lines.append)
+    assert lines == ["[1/2] one: up to date", "[2/2] two: up to date",
+                     "0 of 2 notebooks to run: nothing left"]

@@ -106,7 +106,7 @@ def test_rerun_box_commands_parse_back_to_typed_parameters(tmp_path, monkeypatch
     injected = _papermill_parameters(shlex.split(lines[0])[1:], monkeypatch)
     for name, value in TYPED.items():
         assert injected[name] == value and type(injected[name]) is type(value), name
-    assert injected["n_ref"] == book.read_profile("smoke")["n_ref"]  # the profile file, then -y
+    assert injected["profile"] == "smoke" and set(injected) == {"profile", *TYPED}  # no warning
     argv = shlex.split(lines[1])
     assert argv[:4] == ["python", "-m", "pure_utils.book", "run"] and argv[argv.index("-f") + 1] == "smoke"
     overrides = cli._parse_overrides(type("A", (), {"yaml": [a for i, a in enumerate(argv)
@@ -124,7 +124,7 @@ def test_every_chapters_rerun_line_is_accepted_by_the_cli(chapter, tmp_path, mon
     params = _book_parameters(shlex.split(run_line)[3:], monkeypatch, tmp_path)[chapter.name]
     assert {k: params[k] for k in own} == own and params["profile"] == "smoke"
     injected = _papermill_parameters(shlex.split(papermill_line)[1:], monkeypatch)
-    assert {k: injected[k] for k in own} == own
+    assert {k: injected[k] for k in own} == own and set(injected) == {"profile", *own}
 
 
 def test_params_command_shows_typed_defaults(capsys):
@@ -190,9 +190,12 @@ def test_documented_command_is_accepted(doc, line, tmp_path, monkeypatch):
         declared = book.declared_parameters(notebook)
         given = _given(argv)
         assert given, f"{doc}: {line}: no parameter given"
-        unknown = given - set(declared) - book.schema_keys()
-        assert not unknown, f"{doc}: {line}: unknown parameter(s) {sorted(unknown)}"
-        _check_types(injected, notebook, given, str(ROOT / argv[argv.index("-f") + 1]))
+        # papermill warns about every injected name the parameters cell does not declare
+        unknown = set(injected) - set(declared)
+        assert not unknown, f"{doc}: {line}: papermill warns about {sorted(unknown)}"
+        profile = (str(ROOT / argv[argv.index("-f") + 1]) if "-f" in argv
+                   else injected.get("profile", "offline"))
+        _check_types(injected, notebook, given, profile)
         return
     argv = argv[3:]
     if argv[0] not in ("run", "build", "params"):

@@ -437,7 +437,7 @@ def test_test_phase_and_split_sentences():
     purity = pd.Series({"purity_virtual": 0.914, "purity_random": 0.55, "purity_neuron": 0.5})
     text = verdicts.test_phase_sentence(purity)
     assert "is 91% after the assignment, 55% for a random assignment" in text and "50% for the channel" in text
-    gaps = pd.Series([0.8123, 0.5, 0.01, -0.02, 0.0], index=[11, 4, 7, 2, 9])
+    gaps = pd.Series([0.8123, 0.5, 0.01, -0.02, 0.03], index=[11, 4, 7, 2, 9])
     half = len(gaps) // 2
     old = ("PURE's split gives gaps of " + ", ".join(f"{g:.2f} (#{n})" for n, g in gaps.items())
            + f" for the channels shown, the first {half} ranked most and the last {len(gaps) - half} "
@@ -445,6 +445,20 @@ def test_test_phase_and_split_sentences():
            "(Fig. 4 compares all channels).")
     assert verdicts.split_sentence(gaps) == old
     assert old.startswith("PURE's split gives gaps of 0.81 (#11), 0.50 (#4)") and "first 2 ranked most and the last 3" in old
+
+
+def test_split_sentence_says_when_the_reader_chose_and_when_nothing_splits():
+    gaps = pd.Series([0.42, 0.001, 0.1], index=[3, 7, 5])
+    text = verdicts.split_sentence(gaps, given=True, random=pd.Series({3: 0.05, 7: 0.0, 5: 0.2}))
+    assert text.startswith("PURE's split gives gaps of 0.42 (#3), 0.00 (#7), 0.10 (#5) for the "
+                           "channels the profile names (fig3_neurons), in the order given; ")
+    assert "ranked" not in text
+    assert "for #7 it finds nothing to separate (a gap of about 0" in text
+    assert "for #5 it separates no more than random labels do (0.20)" in text
+    two = verdicts.split_sentence(pd.Series([0.0, -0.004], index=[1, 2]))
+    assert "the first 1 ranked most and the last 1 least" in two
+    assert "for #1 and #2 it finds nothing to separate" in two
+    assert "random labels" not in verdicts.split_sentence(gaps, random=pd.Series({3: float("nan")}))
 
 
 def test_upper_bound_clause_and_setting_sentences():

@@ -56,3 +56,30 @@ def test_both_activation_baselines_have_their_own_colour_after_pure():
     one = paired_differences_figure(pairs)
     assert [t.get_text() for t in one.axes[0].get_legend().get_texts()] == ["PURE (gxa)"]
     plt.close("all")
+
+
+def test_umap_colours_follow_the_virtual_neuron_and_small_clusters_lie_on_top():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from pure_utils.visualize import label_colours, umap_figure
+
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(40, 2))
+    rows = [np.array([0] * 32 + [1] * 8), np.array([1] * 32 + [0] * 8), np.array([1] * 40)]
+    fig, axes = plt.subplots(1, 3)
+    seen = {}
+    for ax, labels in zip(axes, rows):
+        umap_figure(coords, labels, ax=ax)
+        drawn = {c.get_label(): c for c in ax.collections}
+        for name, c in drawn.items():
+            seen.setdefault(name, set()).add(tuple(np.round(c.get_facecolor()[0], 4)))
+        if len(drawn) > 1:
+            counts = {str(v): int((labels == v).sum()) for v in np.unique(labels)}
+            large, little = sorted(drawn, key=counts.get, reverse=True)
+            assert drawn[little].get_zorder() > drawn[large].get_zorder()
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == sorted(drawn)
+    assert all(len(colours) == 1 for colours in seen.values()), seen
+    assert seen["0"] != seen["1"]
+    assert to_rgba(label_colours([1])[1]) == to_rgba(label_colours([0, 1])[1])
+    plt.close(fig)

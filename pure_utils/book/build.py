@@ -33,6 +33,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from . import decorate as pages
 from . import site
+from .progress import ENGINE_NAME, CellProgress, duration_text, eta_text, load_times, record_time
 from ..study import profile as profiles
 from .._files import apply_umask
 from ..paths import ROOT
@@ -233,13 +234,14 @@ def _keep(tmp: str, failed: Path) -> Path | None:
 
 def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
             cwd: Path | None = None, kernel_name: str = KERNEL_NAME,
-            failed: Path | None = None) -> float:
+            failed: Path | None = None, on_cell=None) -> float:
     """Run one notebook with papermill; write the executed copy atomically. Returns seconds.
 
     ``cwd`` is the kernel's working directory (default: the notebook's folder). When a cell
     fails, the executed copy with its traceback is kept at ``failed`` (default:
     ``<output stem>.failed.ipynb`` beside ``output``) and the error names that path; a later
-    successful run removes it.
+    successful run removes it. ``on_cell(cell_index, cell)`` is called as each cell starts
+    (:class:`pure_utils.book.progress.CellProgress`).
 
     Raises
     ------
@@ -254,13 +256,14 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
     start = time.perf_counter()
     # every profile key is injected, also those a notebook does not declare (as `papermill -f`)
     logging.getLogger("papermill").setLevel(logging.ERROR)
+    hook = {} if on_cell is None else {"engine_name": ENGINE_NAME, "on_cell": on_cell}
     try:
         with _kernel_env(ROOT):
             papermill.execute_notebook(
                 str(source), tmp, parameters=params, kernel_name=kernel_name,
                 cwd=str(cwd or source.parent), progress_bar=False, log_output=False,
                 # the kernel's start-up warning (plain TCP on localhost) is noise in build logs
-                extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                extra_arguments=["--IPKernelApp.log_level=ERROR"], **hook)
     except PapermillExecutionError as err:
         kept = _keep(tmp, failed)
         raise BookError(f"notebook {source.name} failed in cell {err.exec_count}: "
@@ -284,13 +287,20 @@ def execute(source: Path, output: Path, params: dict, *, key: str | None = None,
     return time.perf_counter() - start
 
 
+def _count(n: int) -> str:
+    return f"{n} notebook{'' if n == 1 else 's'}"
+
+
 def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
                   overrides: dict | None = None, root: Path = ROOT, log=None,
-                  cwd: Path | None = None) -> list[str]:
+                  cwd: Path | None = None, progress_every: float = 30.0) -> list[str]:
     """Execute the book's notebooks that are out of date. Returns the names executed.
 
     A failing notebook's executed copy is kept in ``_build/failed/<name>.ipynb``; ``cwd`` is
-    the kernels' working directory (default: the notebooks' folder).
+    the kernels' working directory (default: the notebooks' folder). ``log`` gets one line as
+    each chapter starts (how many notebooks are left, an estimate from the last build's times in
+    ``book/executed/.times.json``), a line naming the running cell at most every
+    ``progress_every`` seconds, and one line as it ends.
     """
     log = log or (lambda msg: print(msg, flush=True))
     chapter_list = chapters(root)
@@ -303,17 +313,32 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
     params = resolve_parameters(chapter_list, read_profile(profile, root), overrides,
                                 profile_name=profile)
     lib = library_hash(root)
-    executed, begin = [], time.perf_counter()
+    todo = []
     for i, c in enumerate(chapter_list, 1):
         key = build_key(c, params[c.name], lib)
-        tag = f"[{i}/{len(chapter_list)}] {c.name}"
         if not force and stored_key(c.output) == key:
-            log(f"{tag}: up to date")
-            continue
-        seconds = execute(c.source, c.output, params[c.name], key=key, cwd=cwd,
-                          failed=Path(root) / FAILED_DIR / f"{c.name}.ipynb")
-        log(f"{tag}: done in {seconds:.0f} s ({(time.perf_counter() - begin) / 60:.1f} min so far, "
-            f"{len(chapter_list) - i} to go)")
+            log(f"[{i}/{len(chapter_list)}] {c.name}: up to date")
+        else:
+            todo.append((f"[{i}/{len(chapter_list)}] {c.name}", c, key))
+    executed_dir = Path(root) / EXECUTED_DIR
+    times = load_times(executed_dir)
+    log(f"{len(todo)} of {_count(len(chapter_list))} to run: "
+        f"{eta_text([c.name for _, c, _ in todo], times)}")
+    executed, begin = [], time.perf_counter()
+    for j, (tag, c, key) in enumerate(todo):
+        rest = [r.name for _, r, _ in todo[j + 1:]]
+        log(f"{tag}: starting, {_count(len(todo) - j)} to go, this one included "
+            f"({eta_text([c.name, *rest], times)})")
+        cells = json.loads(c.source.read_text())["cells"]
+        progress = CellProgress(c.name, cells, log, interval=progress_every).start()
+        try:
+            seconds = execute(c.source, c.output, params[c.name], key=key, cwd=cwd, on_cell=progress,
+                              failed=Path(root) / FAILED_DIR / f"{c.name}.ipynb")
+        finally:
+            progress.stop()
+        record_time(executed_dir, c.name, seconds)
+        log(f"{tag}: done in {duration_text(seconds)} ({duration_text(time.perf_counter() - begin)} "
+            f"so far, {_count(len(rest))} to go" + (f", {eta_text(rest, times)})" if rest else ")"))
         executed.append(c.name)
     if (Path(root) / EXECUTION_PAGE).parent.is_dir():
         (Path(root) / EXECUTION_PAGE).write_text(pages.execution_page(

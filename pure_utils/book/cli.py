@@ -5,6 +5,8 @@
     python -m pure_utils.book build [--profile offline] [--force] [--only NAME ...] [--no-html]
     python -m pure_utils.book run notebooks/fig3_polysemanticity.ipynb OUT.ipynb \\
         [-f notebooks/profiles/paper.yaml] [-p neuron 12 ...] [-y "neurons: [1, 2]"]
+        [--html]
+    python -m pure_utils.book show OUT.ipynb [--html]
     python -m pure_utils.book params [--profile offline]
     python -m pure_utils.book screenshots [--page PAGE.html ...] [--out FOLDER]
     python -m pure_utils.book glue [--save FILE.json] [--compare FILE.json]
@@ -26,12 +28,14 @@ from pathlib import Path
 import yaml
 from papermill.iorw import NoDatesSafeLoader
 
-from . import build
+from . import build, reader
 from .browser import (INTERACTIVE_PAGE, SCREENSHOT_PAGES, RenderError, check_book,
                       check_rendering, screenshot)
 from .build import (EXECUTED_DIR, BookError, Chapter, build_html, chapters, check_pages,
                     compare_glue, declared_parameters, execute, glue_values, read_profile,
                     resolve_parameters, run_notebooks, toc_files)
+from .progress import CellProgress
+from .reader import write_reader_copy
 from ..paths import ROOT
 
 __all__ = ["PARAMETER_HELP", "papermill_value", "main"]
@@ -142,7 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("notebook", type=Path, help="the source notebook (.ipynb)")
     r.add_argument("output", type=Path, help="where the executed copy goes (not the source)")
     r.add_argument("-f", "--profile", default="offline", help="profile name or YAML path")
+    r.add_argument("--html", action="store_true",
+                   help="also write OUT with the suffix .html: the chapter as one page, with its "
+                        "numbers and figures")
     _parameter_options(r)
+    sh = sub.add_parser("show", help="put the glued numbers and figures of an executed notebook "
+                                     "(papermill's output) into its text, so Jupyter shows them")
+    sh.add_argument("notebook", type=Path, help="an executed notebook, rewritten in place")
+    sh.add_argument("--html", action="store_true", help="also write it as one HTML page (.html)")
     sc = sub.add_parser("screenshots", help="render pages of the built book in headless Chromium")
     sc.add_argument("--out", type=Path, default=ROOT / "_build" / "screenshots")
     sc.add_argument("--page", action="append", type=Path,
@@ -177,8 +188,28 @@ def _run_command(args) -> int:
     c = Chapter(src.stem, src, out)
     params = resolve_parameters([c], read_profile(profile), _parse_overrides(args),
                                 profile_name=profile)[c.name]
-    seconds = execute(src, out, params, cwd=Path.cwd())
+    print(f"{src.name}: running on profile {params['profile']}", flush=True)
+    progress = CellProgress(src.stem, json.loads(src.read_text())["cells"],
+                            lambda line: print(line, flush=True)).start()
+    try:
+        seconds = execute(src, out, params, cwd=Path.cwd(), on_cell=progress)
+    finally:
+        progress.stop()
     print(f"{src.name}: done in {seconds:.0f} s -> {out}")
+    if out.exists():  # its glued numbers and figures, where the text names them
+        for path in write_reader_copy(out, html_page=args.html)[1:]:
+            print(f"as one page: {path}")
+    return 0
+
+
+def _show_command(args) -> int:
+    """``show``: an executed notebook's glued numbers and figures put into its text."""
+    path = _notebook_arg(args.notebook)
+    nb = json.loads(path.read_text())
+    if not reader.glued_outputs(nb) and not any(c.get("outputs") for c in nb["cells"]):
+        raise BookError(f"{path} has no outputs: run it first (python -m pure_utils.book run)")
+    written = write_reader_copy(path, html_page=args.html)
+    print("\n".join(f"-> {p}" for p in written))
     return 0
 
 
@@ -241,7 +272,7 @@ def _params_command(args) -> int:
 
 #: The function of each sub-command.
 _COMMANDS = {"build": _build_command, "run": _run_command, "screenshots": _screenshots_command,
-             "glue": _glue_command, "params": _params_command}
+             "glue": _glue_command, "params": _params_command, "show": _show_command}
 
 
 def main(argv=None) -> int:

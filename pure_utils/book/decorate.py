@@ -73,14 +73,14 @@ def rerun_commands(name: str, profile: str, params: dict) -> tuple[str, str]:
     Returns
     -------
     (str, str)
-        The papermill line and the ``book run`` line, shell-quoted.
+        The papermill line and the ``book run`` line, shell-quoted. The papermill line passes
+        only names the notebook's parameters cell declares (``profile`` and its knobs), so
+        papermill runs it without a warning.
     """
     profile = str(profile)
-    profile_arg = (str(Path("notebooks") / "profiles" / f"{profile}.yaml")
-                   if "/" not in profile and not profile.endswith((".yaml", ".yml")) else profile)
     own = "".join(f" -y {shlex.quote(json.dumps({n: v}))}" for n, v in params.items())
     nb, out = shlex.quote(f"notebooks/{name}.ipynb"), shlex.quote(f"{name}.ipynb")
-    return (f"papermill {nb} {out} -f {shlex.quote(profile_arg)}{own}",
+    return (f"papermill {nb} {out} -p profile {shlex.quote(profile)}{own}",
             f"python -m pure_utils.book run {nb} {out} -f {shlex.quote(profile)}{own}")
 
 

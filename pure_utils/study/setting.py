@@ -27,6 +27,7 @@ from ..crops import crops_from_boxes, embed_boxes, reference_boxes
 from ..data import load_dataset
 from ..disjoint import check_disjoint
 from ..embed import ImageEmbedder, load_embedder
+from ..layers import eval_mode, forward_until, layer_layout
 from ..models import load_model, randomize_batchnorm, read_card, shipped_models
 from ..references import References, mine_references
 from ..shapes.generator import SyntheticConfig
@@ -37,7 +38,7 @@ from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compa
                      paired_table, polysemanticity_table, summarize_frame)
 
 __all__ = [
-    "Setting", "load_setting", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
+    "Setting", "load_setting", "layer_channels", "check_neurons", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
     "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
     "heldout_references", "model_distribution", "strongly_polysemantic",
     "rank_neurons", "Evaluation", "evaluate", "baseline_pairs", "purity_pairs",
@@ -219,7 +220,42 @@ def model_distribution(profile: Profile | dict, model_name: str, kwargs=None) ->
     return kwargs, f"{split} split, own settings: {changes or 'the defaults'}"
 
 
-def load_setting(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True) -> Setting:
+def layer_channels(model, dataset, layer: str, device="cpu") -> int:
+    """The number of channels of ``layer``: one image of ``dataset`` through the model up to it."""
+    x = dataset[0][0].unsqueeze(0).to(device)
+    with torch.inference_mode(), eval_mode(model):
+        out = forward_until(model, x, layer)
+    return layer_layout(model, layer).n_channels(out)
+
+
+def check_neurons(neurons, *, layer: str, model_name: str, n_channels: int,
+                  evaluated=None, dead=()) -> list[int]:
+    """The channels a reader asked for, checked: ``ValueError`` naming the first that is out of
+    range (``0 <= k < n_channels``), never activates (``dead``) or, when ``evaluated`` is given,
+    is not among the channels the profile evaluates. Returns them as a list of ints."""
+    given = [neurons] if isinstance(neurons, (int, np.integer)) else list(neurons)
+    out = []
+    for k in given:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"neuron {k!r} is not a channel index (an integer) of layer {layer!r}")
+        k = int(k)
+        where = f"layer {layer!r} of {model_name}"
+        if not 0 <= k < n_channels:
+            raise ValueError(f"neuron index {k} out of range: {where} has {n_channels} channels "
+                             f"(0..{n_channels - 1})")
+        if k in set(int(d) for d in dead):
+            raise ValueError(f"neuron {k} of {where} never activates on the data (no reference "
+                             "samples): choose another channel")
+        if evaluated is not None and k not in set(evaluated):
+            raise ValueError(f"neuron {k} of {where} is not among the {len(evaluated)} channels "
+                             "the profile evaluates (n_neurons, neuron_seed): choose one of them "
+                             "or evaluate all (n_neurons: null)")
+        out.append(k)
+    return out
+
+
+def load_setting(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True,
+                 neurons=None) -> Setting:
     """Load the model and data of a profile and mine the reference samples.
 
     Parameters
@@ -231,6 +267,10 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
         Overrides ``profile["model_name"]`` (e.g. one of ``profile["model_names"]``).
     progress : bool
         Show progress bars.
+    neurons : int or list of int, optional
+        Channels the caller will study (a profile's ``fig3_neurons``): checked before anything is
+        mined (in the layer's range) and after (activate on the data, among the evaluated
+        channels), with :func:`check_neurons`' message; ``None`` checks nothing.
 
     Returns
     -------
@@ -257,17 +297,23 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
     model.to(device)
     kwargs, images = model_distribution(p, name)
     dataset = load_dataset(p.dataset, **kwargs)
+    if neurons is not None:  # before any work: a channel the layer does not have
+        check_neurons(neurons, layer=p.layer, model_name=name,
+                      n_channels=layer_channels(model, dataset, p.layer, device))
     cache = resolve_cache(p.cache)
     refs = mine_references(model, dataset, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=progress)
     # a channel that never activates on the data has no references to study (References.dead,
     # named by mine_references' warning): it is never among the evaluated neurons
     dead = refs.dead.tolist()
-    neurons = select_neurons(refs.n_channels, p.n_neurons, p.neuron_seed, exclude=dead)
-    if not neurons:
+    evaluated = select_neurons(refs.n_channels, p.n_neurons, p.neuron_seed, exclude=dead)
+    if not evaluated:
         raise ValueError(f"no channel of {p.layer!r} of {name} activates on the data "
                          f"({len(dead)} of {refs.n_channels} never do): choose another layer")
-    return Setting(profile=p, model=model, dataset=dataset, references=refs, neurons=neurons,
+    if neurons is not None:
+        check_neurons(neurons, layer=p.layer, model_name=name, n_channels=refs.n_channels,
+                      evaluated=evaluated, dead=dead)
+    return Setting(profile=p, model=model, dataset=dataset, references=refs, neurons=evaluated,
                    device=device, cache=cache, images=images)
 
 
@@ -537,7 +583,8 @@ def baseline_pairs(a) -> list[tuple[str, str]]:
     return [(m, b) for m in ([a] if isinstance(a, str) else a) for b in BASELINE_LABELS]
 
 
-def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True) -> Evaluation:
+def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress: bool = True,
+             neurons=None) -> Evaluation:
     """Run the paper's whole evaluation for one profile and model.
 
     Steps: references; PURE circuits and both activation baselines (``"activations (mean)"``,
@@ -548,6 +595,8 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
     of ``profile["attributions"]`` and the test-phase purity on held-out images. Every
     comparison of PURE with another method is paired over the same neurons
     (:func:`pure_utils.study.tables.paired_table`), and PURE is compared with each baseline.
+    ``neurons``: channels the caller will show (a profile's ``fig4_divergence_neuron``),
+    checked as :func:`load_setting` checks them, before anything is mined.
 
     Returns
     -------
@@ -562,7 +611,7 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
         timings[stage] = timings.get(stage, 0.0) + now - clock
         clock = now
 
-    s = load_setting(p, model_name=model_name, progress=progress)
+    s = load_setting(p, model_name=model_name, progress=progress, neurons=neurons)
     lap("model, data and references (mining)")
     ks = list(p.ks)
     label_main, label_visual = p.embedder_label, p.visual_embedder_label

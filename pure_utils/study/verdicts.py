@@ -466,14 +466,53 @@ def test_phase_sentence(purity) -> str:
             f"the chapter on ground truth compares them over all channels.")
 
 
-def split_sentence(gaps: pd.Series) -> str:
-    """PURE's gaps on the channels shown, the first half ranked most, the rest least
-    polysemantic. ``gaps``: gap per channel, indexed by channel, in the order shown."""
+#: A gap that rounds to this or less (in absolute value) is "about 0": the split finds nothing.
+NO_SPLIT_GAP = 0.005
+
+
+def split_sentence(gaps: pd.Series, *, given: bool = False, random: pd.Series | None = None) -> str:
+    """PURE's gaps on the channels shown, in words.
+
+    Parameters
+    ----------
+    gaps : pandas.Series
+        Gap per channel (Eq. 5), indexed by channel, in the order shown.
+    given : bool
+        The reader named the channels (the profile's ``fig3_neurons``); otherwise the first half
+        were ranked most and the rest least polysemantic.
+    random : pandas.Series, optional
+        The gap of random labels per channel: a channel whose split does no better is named.
+
+    Returns
+    -------
+    str
+        The gaps, how the channels were chosen, each channel whose split finds nothing (a gap of
+        about 0, :data:`NO_SPLIT_GAP`) or no more than random labels, and that so few channels
+        describe these examples only.
+    """
     half = len(gaps) // 2
-    return ("PURE's split gives gaps of " + ", ".join(f"{g:.2f} (#{n})" for n, g in gaps.items())
-            + f" for the channels shown, the first {half} ranked most and the last "
-            f"{len(gaps) - half} least polysemantic; with so few channels the numbers describe "
-            "these examples only (Fig. 4 compares all channels).")
+    chosen = ("the channels the profile names (fig3_neurons), in the order given" if given else
+              f"the channels shown, the first {half} ranked most and the last {len(gaps) - half} "
+              "least polysemantic")
+    text = ("PURE's split gives gaps of " + ", ".join(f"{g:.2f} (#{n})" for n, g in gaps.items())
+            + f" for {chosen}")
+    nothing = [n for n, g in gaps.items() if abs(g) <= NO_SPLIT_GAP]
+    random = random if random is not None else pd.Series(dtype=float)
+    weak = [n for n, g in gaps.items() if n not in nothing and n in random.index
+            and random[n] == random[n] and g <= random[n]]
+    if nothing:
+        text += (f"; for {_channels(nothing)} it finds nothing to separate (a gap of about 0: "
+                 "the virtual neurons differ from each other no more than their members do)")
+    if weak:
+        text += (f"; for {_channels(weak)} it separates no more than random labels do ("
+                 + ", ".join(f"{random[n]:.2f}" for n in weak) + ")")
+    return (text + "; with so few channels the numbers describe these examples only "
+            "(Fig. 4 compares all channels).")
+
+
+def _channels(neurons) -> str:
+    names = [f"#{n}" for n in neurons]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def upper_bound_clause(methods) -> str:
