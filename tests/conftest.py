@@ -24,3 +24,10 @@ def tmp_cache(tmp_path, monkeypatch):
     """A fresh cache folder for one test."""
     monkeypatch.setenv("PURE_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the long tests (marked ``slow``) first: under pytest-xdist's work stealing (``make
+    test``) the short ones then fill the gaps, and no long test starts last while the other
+    workers wait for it."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
