@@ -58,7 +58,7 @@ def test_sizes_defaults_and_what_is_reduced():
             scale._resolve(scale._parser().parse_args(bad))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: `make test` hands out single tests
 def small_run():
     lines, written = [], []
     result = scale.run_scale(log=lines.append, images=6, neurons=2, n_ref=5,

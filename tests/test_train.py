@@ -19,7 +19,7 @@ from pure_utils.shapes.train import DEFAULT_ARCHITECTURES, evaluate_accuracy, ma
 # shipped models and training
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: `make test` hands out single tests
 def tiny_all(tmp_path_factory):
     """One tiny training of every default model, one at a time, as ``--model all`` runs it: the
     folder and what the command printed (several tests read these runs instead of training again)."""
