@@ -190,7 +190,8 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
     -------
     torch.nn.Module
         The model with ``requires_grad`` switched off for all parameters, in ``eval()`` mode,
-        with ``model.pure_name`` set (used in cache keys).
+        with ``model.pure_name`` set (used in cache keys). A timm model without pretrained
+        weights is initialised from seed 0: the same name gives the same weights in every process.
     """
     shipped = shipped_models()
     if name in shipped:
@@ -210,7 +211,11 @@ def load_model(name: str, *, pretrained: bool = False, checkpoint=None,
         if pretrained and _offline() and _cached_weights(name) is False:  # no retries offline
             raise _weights_error(name, "HF_HUB_OFFLINE is set and they are not in the local cache")
         try:
-            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+            # a random initialisation is seeded: the same name gives the same network in every
+            # process (a book build's chapters then share their cache entries)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = timm.create_model(name, pretrained=pretrained, **kwargs)
         except RuntimeError as err:
             if "Unknown model" in str(err):
                 raise ValueError(

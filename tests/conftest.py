@@ -24,3 +24,12 @@ def tmp_cache(tmp_path, monkeypatch):
     """A fresh cache folder for one test."""
     monkeypatch.setenv("PURE_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the long tests (marked ``slow``) first, so that no long test starts last while the
+    other workers wait for it (``make test`` hands out one test at a time: ``--maxschedchunk 1``).
+    Among them the chapters that share the session's smoke cache come last: the first one fills
+    the cache while the other workers run other long tests, and the next ones read it."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 "smoke_cache" in getattr(item, "fixturenames", ())))

@@ -128,7 +128,7 @@ def _rank(rank, folder):
         raise
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: `make test` hands out single tests
 def runs(tmp_path_factory):
     one = tmp_path_factory.mktemp("one")
     single = _run_all(str(one))

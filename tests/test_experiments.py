@@ -46,7 +46,9 @@ def test_rank_neurons_orders_by_the_embedding_gap_without_concepts():
 
 
 # --- the smoke profile, end to end --------------------------------------------------------------
-@pytest.fixture(scope="module")
+# session-wide: `make test` hands out single tests, so a module's tests meet on several
+# workers; each worker evaluates once
+@pytest.fixture(scope="session")
 def smoke():
     from pure_utils.study.profile import load_profile
 

@@ -30,6 +30,7 @@ def test_unit_predictors_on_constructed_vectors():
     assert p["off_feature_variance"] > 0.8 and p["circuit_separability"] < 0.2
 
 
+@pytest.mark.slow
 def test_compare_model_agrees_with_a_recomputation_from_the_public_api():
     profile = load_profile("offline", dataset_kwargs={"n": 400}, n_ref=20, attributions=["gxa"],
                            n_boot=200, cache=False)

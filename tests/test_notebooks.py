@@ -5,9 +5,11 @@ architectures) with random weights and tiny data, so these runs need no download
 """
 import ast
 import json
+import os
 import re
 
 import pytest
+import torch
 
 from pure_utils.book import build as book
 
@@ -137,16 +139,25 @@ def test_chapters_only_call_display_and_glue(chapter):
                          f"{', '.join(bad)}; call a function of pure_utils.study instead")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smoke_cache(tmp_path_factory):
-    # notebooks of one run share mined references and attributions, as in a real book build
-    return tmp_path_factory.mktemp("smoke-cache")
+    # the notebooks of one test run share mined references and attributions, as in a real book
+    # build: one folder for the whole session, shared by the pytest-xdist workers too (the
+    # basetemp of a worker lies inside the run's own folder; entries are written atomically)
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / "smoke-cache"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])
 def test_chapter_runs_on_the_smoke_profile(chapter, tmp_path, smoke_cache, monkeypatch):
     monkeypatch.setenv("PURE_CACHE_DIR", str(smoke_cache))
+    # the kernel computes on as many threads as this worker (conftest.py), not on every core
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     params = book.resolve_parameters([chapter], book.read_profile("smoke"), {"cache": True},
                                      profile_name="smoke")[chapter.name]
     out = tmp_path / f"{chapter.name}.ipynb"

@@ -58,11 +58,12 @@ def test_sizes_defaults_and_what_is_reduced():
             scale._resolve(scale._parser().parse_args(bad))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker: `make test` hands out single tests
 def small_run():
     lines, written = [], []
     result = scale.run_scale(log=lines.append, images=6, neurons=2, n_ref=5,
-                             stages="mining,attribution", compare_precision="bf16", threads=2,
+                             stages="mining,attribution", compare_precision="bf16",
+                             threads=torch.get_num_threads(),  # this worker's share (conftest.py)
                              workers=0, eq5_workers=1,
                              checkpoint=lambda r: written.append(len(r["stages"])))
     assert written == [1, 2, 3, 4]   # after every stage, with the stages so far
@@ -151,7 +152,8 @@ def test_bench_hands_scale_to_the_dry_run(monkeypatch):
 
 @pytest.mark.slow
 def test_every_stage_at_a_tiny_size(tmp_path):
-    result = scale.run_scale(log=lambda line: None, images=6, neurons=2, n_ref=5, threads=2,
+    result = scale.run_scale(log=lambda line: None, images=6, neurons=2, n_ref=5,
+                             threads=torch.get_num_threads(),  # this worker's share (conftest.py)
                              workers=0, eq5_workers=1, memory_check=True)
     keys = [r["key"] for r in result["stages"]]
     assert keys[:3] == ["mining", "attribution", "activations"]

@@ -1,5 +1,7 @@
 """Training the shipped models (pure_utils.shapes.train) and their cards."""
+import contextlib
 import hashlib
+import io
 import json
 
 import pytest
@@ -15,6 +17,17 @@ from pure_utils.shapes.train import DEFAULT_ARCHITECTURES, evaluate_accuracy, ma
 
 # ---------------------------------------------------------------------------------------------
 # shipped models and training
+
+
+@pytest.fixture(scope="session")  # once per worker: `make test` hands out single tests
+def tiny_all(tmp_path_factory):
+    """One tiny training of every default model, one at a time, as ``--model all`` runs it: the
+    folder and what the command printed (several tests read these runs instead of training again)."""
+    out = tmp_path_factory.mktemp("tiny-all")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["--tiny", "--model", "all", "--out", str(out), "--no-progress"])
+    return out, printed.getvalue()
 
 
 @pytest.mark.parametrize("name", list(DEFAULT_MODELS))
@@ -33,6 +46,7 @@ def test_shipped_model_reaches_its_card_accuracy(name):
     assert model.layer4[-1].conv1.in_channels > 0  # a real timm ResNet with layer4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(DEFAULT_MODELS))
 def test_shipped_model_card_states_one_run_under_30_minutes_and_polysemantic_layer4(name):
     card = json.loads(DEFAULT_MODELS[name].read_text())
@@ -55,10 +69,9 @@ def test_shipped_model_card_states_one_run_under_30_minutes_and_polysemantic_lay
     assert again["neurons"] == stated["neurons"]
 
 
-def test_warm_start_loads_the_weights_and_keeps_the_history(tmp_path):
+def test_warm_start_loads_the_weights_and_keeps_the_history(tmp_path, tiny_all):
     name = "synthetic_resnet_bottleneck"
-    main(["--tiny", "--model", name, "--out", str(tmp_path / "a"), "--no-progress"])
-    first = tmp_path / "a" / f"{name}.safetensors"
+    first = tiny_all[0] / f"{name}.safetensors"  # a tiny run from scratch
     card_a = json.loads(first.with_suffix(".json").read_text())
     # lr 0: the second stage changes no parameter, so its weights must be the loaded ones
     main(["--tiny", "--model", name, "--init", str(first), "--lr", "0",
@@ -73,10 +86,9 @@ def test_warm_start_loads_the_weights_and_keeps_the_history(tmp_path):
     assert params and all(torch.equal(a[k], b[k]) for k in params)
 
 
-def test_tiny_training_command_runs_end_to_end(tmp_path, capsys):
-    main(["--tiny", "--model", "synthetic_resnet_bottleneck", "--out", str(tmp_path),
-          "--no-progress"])
-    assert "test accuracy" in capsys.readouterr().out
+def test_tiny_training_command_runs_end_to_end(tiny_all):
+    tmp_path, printed = tiny_all
+    assert "test accuracy" in printed
     card = json.loads((tmp_path / "synthetic_resnet_bottleneck.json").read_text())
     assert card["hyperparameters"]["steps"] == 3 and card["dataset"]["n_train"] == 64
     assert card["generator_version"] == GENERATOR_VERSION and card["seed"] == 0
@@ -98,14 +110,14 @@ def test_bad_training_arguments_raise():
         train_default_model("resnet_huge", progress=False)
 
 
-def test_parallel_training_writes_the_same_weights_as_one_at_a_time(tmp_path, capsys):
+@pytest.mark.slow
+def test_parallel_training_writes_the_same_weights_as_one_at_a_time(tmp_path, capsys, tiny_all):
     # --jobs 2 trains each model in its own process; the weights must not depend on it
-    main(["--tiny", "--model", "all", "--out", str(tmp_path / "seq"), "--no-progress"])
     main(["--tiny", "--model", "all", "--jobs", "2", "--out", str(tmp_path / "par")])
     out = capsys.readouterr().out
     assert f"{len(DEFAULT_ARCHITECTURES)} models, 2 at a time" in out
     for name in DEFAULT_ARCHITECTURES:
-        seq, par = (load_file(str(tmp_path / d / f"{name}.safetensors")) for d in ("seq", "par"))
+        seq, par = (load_file(str(d / f"{name}.safetensors")) for d in (tiny_all[0], tmp_path / "par"))
         assert seq.keys() == par.keys() and all(torch.equal(seq[k], par[k]) for k in seq)
         card = json.loads((tmp_path / "par" / f"{name}.json").read_text())
         # the card names the single-model command that reproduces it
@@ -162,11 +174,11 @@ def test_shipped_convnext_polysemantic_units_are_reproduced():
     assert again["neurons"] == stated["neurons"]
 
 
-def test_tiny_training_of_another_architecture_writes_a_loadable_card(tmp_path):
+def test_tiny_training_of_another_architecture_writes_a_loadable_card(tiny_all):
     from pure_utils.models import build_model
     from pure_utils.shapes.train import polysemantic_record
 
-    main(["--tiny", "--model", "synthetic_convnext", "--out", str(tmp_path), "--no-progress"])
+    tmp_path = tiny_all[0]  # --model all trains synthetic_convnext as --model synthetic_convnext
     card = json.loads((tmp_path / "synthetic_convnext.json").read_text())
     assert card["units"] == {"layer": "stages.3", "lower_layer": "stages.2"}
     assert "layer4_polysemantic" not in card and polysemantic_record(card)["n_neurons"] == 32
