@@ -33,7 +33,7 @@ _EXPORTS = {
     "References": "references",
     "ActivationStash": "stash",
     "circuit_attributions": "circuits",
-    "activation_features": "circuits",
+    "activation_vectors": "circuits",
     "lrp_support": "canonizers",
     "composite_for": "canonizers",
     "VirtualNeurons": "virtual",

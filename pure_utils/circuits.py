@@ -64,10 +64,10 @@ from .stash import ActivationStash, feed_batches, stash_serves
 #: :func:`circuit_attributions`' ``min_conservation``).
 MIN_CONSERVATION = 0.1
 
-__all__ = ["ATTRIBUTIONS", "BASELINES", "circuit_attributions", "activation_features",
+__all__ = ["ATTRIBUTIONS", "BASELINES", "circuit_attributions", "activation_vectors",
            "lrp_conservation", "check_lower_layers", "MIN_CONSERVATION"]
 
-#: The activation baselines by name -> ``pooling`` of :func:`activation_features`: every channel's
+#: The activation baselines by name -> ``pooling`` of :func:`activation_vectors`: every channel's
 #: spatial mean (the paper's), or every channel where the unit itself peaks (a local baseline).
 BASELINES = {"activations (mean)": "mean", "activations (peak)": "peak"}
 
@@ -525,7 +525,7 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str | None = 
     return _ratios(tensors, 0)
 
 
-def activation_features(model: nn.Module, dataset, references, layer: str | None = None, *,
+def activation_vectors(model: nn.Module, dataset, references, layer: str | None = None, *,
                         neurons=None,
                         batch_size: int = 64, device=None, cache=None,
                         progress: bool = True, stash: ActivationStash | None = None,
@@ -615,7 +615,7 @@ def activation_features(model: nn.Module, dataset, references, layer: str | None
 
     expect = {"features": TensorSpec(tuple(indices.shape) + (None,), torch.float32, low=0,
                                      finite=True)}
-    return cached("activation_features", cache, dataset, compute, model=model, expect=expect,
+    return cached("activation_vectors", cache, dataset, compute, model=model, expect=expect,
                   layer=layer, neurons=neurons, refs=_indices_digest(neurons, indices),
                   **layout_key(lay), **({} if pooling == "mean" else {"pooling": pooling}))["features"]
 

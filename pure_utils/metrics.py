@@ -208,7 +208,7 @@ def ground_truth_scores(labels_pred, concepts, certain=None) -> dict:
     concepts : array-like of the same shape
         Ground-truth concept of each reference sample.
     certain : bool array-like of the same shape, optional
-        The references whose truth is certain (``ReferenceFeatures.certain``). Only those are
+        The references whose truth is certain (``TrueFeatures.certain``). Only those are
         compared: the clustering was made on all references, but a reference inside the
         uncertainty band has no truth to agree with. A neuron without a certain reference
         scores NaN. Default: all references.

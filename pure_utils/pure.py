@@ -32,7 +32,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.exceptions import NotFittedError
 
 from ._progress import tqdm
-from .circuits import ATTRIBUTIONS, activation_features, check_lower_layers, circuit_attributions
+from .circuits import ATTRIBUTIONS, activation_vectors, check_lower_layers, circuit_attributions
 from .crops import crop_boxes, feature_heatmaps
 from .data import check_dataset, iter_images
 from .layers import eval_mode, forward_until, get_layer, layer_layout, resolve_layout
@@ -438,7 +438,7 @@ class PURE(BaseEstimator):
         """The paper's baseline: k-means on the activations instead of the circuits.
 
         The same k-means (``n_clusters``, ``random_state``) on
-        :func:`~pure_utils.circuits.activation_features` of each neuron's references.
+        :func:`~pure_utils.circuits.activation_vectors` of each neuron's references.
 
         Parameters
         ----------
@@ -452,7 +452,7 @@ class PURE(BaseEstimator):
         """
         self._check_fitted("activation_baseline")
         ids = self.neurons_ if neurons is None else neuron_ids(neurons)
-        features = activation_features(self.model, self.dataset_, self.references_, self.layer,
+        features = activation_vectors(self.model, self.dataset_, self.references_, self.layer,
                                        neurons=ids, batch_size=self.batch_size, device=self.device,
                                        cache=self.cache, progress=self.progress,
                                        num_workers=self.num_workers, layout=self._layouts())

@@ -9,7 +9,7 @@ are among the current top ``n_ref`` of at least one channel. An image enters whe
 channel's top list and leaves when it has dropped out of all of them (it never comes back: a top
 list only gets harder to enter). At the end of mining the stash holds the reference images, and
 :func:`~pure_utils.circuits.circuit_attributions` and
-:func:`~pure_utils.circuits.activation_features` given the stash run only ``layer`` from it.
+:func:`~pure_utils.circuits.activation_vectors` given the stash run only ``layer`` from it.
 
 Room is bounded, whatever the number of images:
 

@@ -10,7 +10,7 @@ import torch
 
 from pure_utils.data import GeneratedImages
 from pure_utils.cache import Cache
-from pure_utils.circuits import (ATTRIBUTIONS, MIN_CONSERVATION, activation_features, circuit_attributions,
+from pure_utils.circuits import (ATTRIBUTIONS, MIN_CONSERVATION, activation_vectors, circuit_attributions,
                                  lrp_conservation)
 from pure_utils.models import load_model, randomize_batchnorm
 from pure_utils.layers import forward_until
@@ -89,9 +89,9 @@ def test_fuller_circuit_dead_neuron_and_index_references(data):
     assert torch.allclose(new[0], R[0, :, 128:], atol=1e-6)
 
 
-def test_activation_features_brute_force(r18, data, refs18):
+def test_activation_vectors_brute_force(r18, data, refs18):
     refs = refs18
-    F = activation_features(r18, data, refs, "layer4", neurons=[2, 9], batch_size=2, progress=False)
+    F = activation_vectors(r18, data, refs, "layer4", neurons=[2, 9], batch_size=2, progress=False)
     assert F.shape == (2, 3, 512)
     with torch.no_grad():
         for j, k in enumerate([2, 9]):
@@ -201,7 +201,7 @@ def test_nonfinite_attributions_name_neurons_and_samples(r18):
         circuit_attributions(r18, ds, torch.tensor([[0, 3]]), "layer4", "layer3", neurons=[1, 6],
                              progress=False)
     with pytest.raises(ValueError, match=r"activations of layer 'layer4' are not finite .* neuron 2 on sample 3"):
-        activation_features(r18, ds, torch.tensor([[3, 1]]), "layer4", neurons=[2], progress=False)
+        activation_vectors(r18, ds, torch.tensor([[3, 1]]), "layer4", neurons=[2], progress=False)
     # the finite samples alone are fine
     assert torch.isfinite(circuit_attributions(r18, ds, torch.tensor([[0, 1]]), "layer4", "layer3",
                                                neurons=[1], progress=False)).all()
@@ -277,8 +277,8 @@ def test_the_layer_comes_from_the_references(r18, data, refs18):
     implicit = circuit_attributions(r18, data, refs18, lower_layer="layer3", neurons=[1, 5],
                                     progress=False)
     assert torch.equal(explicit, implicit)
-    assert torch.equal(activation_features(r18, data, refs18, "layer4", neurons=[1], progress=False),
-                       activation_features(r18, data, refs18, neurons=[1], progress=False))
+    assert torch.equal(activation_vectors(r18, data, refs18, "layer4", neurons=[1], progress=False),
+                       activation_vectors(r18, data, refs18, neurons=[1], progress=False))
     ratios = lrp_conservation(r18, data, refs18, lower_layer="layer3", neurons=[1])
     assert ratios.shape == (1, refs18.n_ref)
     with pytest.raises(ValueError, match="lower_layer must be given"):

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pure_utils.cache import Cache
-from pure_utils.circuits import activation_features, circuit_attributions
+from pure_utils.circuits import activation_vectors, circuit_attributions
 from pure_utils.data import GeneratedImages, UnreadableImageError
 from pure_utils.distributed import rank_and_size, shard_range
 from pure_utils.embed import load_embedder
@@ -69,9 +69,9 @@ def _run_all(folder) -> dict:
     out["gxa"] = circuit_attributions(model, data, refs, "layer4", "layer3", **attr)
     out["gxa_stash"] = circuit_attributions(model, data, refs, "layer4", "layer3", stash=stash,
                                             **attr)
-    out["acts"] = activation_features(model, data, refs, "layer4", **attr)
-    out["acts_stash"] = activation_features(model, data, refs, "layer4", stash=stash, **attr)
-    out["acts_peak"] = activation_features(model, data, refs, "layer4", pooling="peak", **attr)
+    out["acts"] = activation_vectors(model, data, refs, "layer4", **attr)
+    out["acts_stash"] = activation_vectors(model, data, refs, "layer4", stash=stash, **attr)
+    out["acts_peak"] = activation_vectors(model, data, refs, "layer4", pooling="peak", **attr)
     boxes = reference_boxes(model, data, refs, "layer4", NEURONS, chunk_size=2, batch_size=3,
                             **quiet)
     out["boxes"] = boxes

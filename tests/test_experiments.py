@@ -115,8 +115,8 @@ def test_evaluate_compares_pure_with_both_baselines(smoke):
     assert {ACTIVATIONS, ACTIVATIONS_PEAK} <= set(r.purity.method)
     assert not torch.allclose(t["activations"], t["activations_peak"])
     # the engine on its own (no cache) gives the same peak vectors ...
-    from pure_utils.circuits import activation_features
-    again = activation_features(s.model, s.dataset, s.references, s.profile.layer, neurons=s.neurons,
+    from pure_utils.circuits import activation_vectors
+    again = activation_vectors(s.model, s.dataset, s.references, s.profile.layer, neurons=s.neurons,
                                 pooling="peak", device=s.device, progress=False)
     assert torch.allclose(again, t["activations_peak"], atol=1e-5)
     # ... and so does a forward pass of the whole model, the peak found by hand

@@ -41,10 +41,10 @@ def test_compare_model_agrees_with_a_recomputation_from_the_public_api():
     model = pu.load_model("synthetic_resnet_bottleneck")
     data = pu.load_dataset("synthetic", split="test", n=400, seed=0)
     refs = pu.mine_references(model, data, "layer4", 20, progress=False).subset(sel)
-    truth = pu.shapes.reference_features(model, data, refs)
+    truth = pu.shapes.true_features(model, data, refs)
     R = pu.circuit_attributions(model, data, refs, "layer4", "layer3", progress=False)
-    A = pu.activation_features(model, data, refs, "layer4", progress=False)
-    peak = pu.activation_features(model, data, refs, "layer4", pooling="peak", progress=False)
+    A = pu.activation_vectors(model, data, refs, "layer4", progress=False)
+    peak = pu.activation_vectors(model, data, refs, "layer4", pooling="peak", progress=False)
     diffs, diffs_peak = [], []
     for i in range(len(sel)):
         # all references are clustered; the ARI compares those outside the uncertainty band
@@ -167,10 +167,10 @@ def test_pooled_table_is_the_stratified_test_of_the_unit_differences():
 
 
 def _features(labels):
-    from pure_utils.shapes.ground_truth import ReferenceFeatures
+    from pure_utils.shapes.ground_truth import TrueFeatures
     labels = torch.as_tensor(labels, dtype=torch.long)
     z = torch.zeros(labels.shape)
-    return ReferenceFeatures(labels=labels, names=["red", "blue"], kinds=["colour", "colour"],
+    return TrueFeatures(labels=labels, names=["red", "blue"], kinds=["colour", "colour"],
                              responsibility=z, driver=z.long(), colour_retention=z,
                              shape_retention=z, activation=z, channels=torch.arange(len(labels)))
 

@@ -9,7 +9,7 @@ from pure_utils.cache import Cache
 from pure_utils.data import GeneratedImages
 from pure_utils.shapes.ground_truth import (concept_at, concept_counts, concept_shares, layer_polysemanticity,
                                      polysemantic_by_concepts, reference_concepts,
-                                     reference_features)
+                                     true_features)
 from pure_utils.models import build_resnet
 from pure_utils.references import mine_references
 from pure_utils.shapes.dataset import SyntheticShapes
@@ -96,7 +96,7 @@ def test_reference_concepts_match_concept_at_on_real_images():
 
 def test_layer_polysemanticity_counts_units_with_two_intervention_features():
     # tiny random network; the brute force takes the full activation maps and sorts every
-    # channel's spatial maxima for the references; the features come from reference_features
+    # channel's spatial maxima for the references; the features come from true_features
     torch.manual_seed(3)
     model = build_resnet(block="basic", layers=[1, 1, 1, 1], channels=[8, 8, 8, 6], stem_width=8,
                          num_classes=16).eval()
@@ -118,7 +118,7 @@ def test_layer_polysemanticity_counts_units_with_two_intervention_features():
         assert float(maxima[order[-1], ch]) > float(maxima[:, ch].sort(descending=True).values[n_ref])
         top.append(order)
     refs = types.SimpleNamespace(indices=torch.tensor(top), channels=torch.arange(c), layer="layer4")
-    feats = reference_features(model, ds, refs)
+    feats = true_features(model, ds, refs)
     expected = [ch for ch in range(c) if len(feats.features(min_share)[ch]) >= 2]
     assert got["neurons"] == expected and got["features"] == feats.features(min_share)
     assert got["count"] == len(expected) and got["n_neurons"] == c
@@ -162,7 +162,7 @@ def colour_units():
     ds = SyntheticShapes("test", n=300, seed=4)
     model = ColourUnits(ds.mean, ds.std).eval()
     refs = mine_references(model, ds, "layer4", n_ref=20, progress=False)
-    return model, ds, refs, reference_features(model, ds, refs)
+    return model, ds, refs, true_features(model, ds, refs)
 
 
 def test_intervention_ground_truth_of_hand_built_units(colour_units):
@@ -208,21 +208,21 @@ def test_the_pixel_heuristic_disagrees_with_the_intervention(colour_units):
     assert not feats.polysemantic(0.2)[0]
 
 
-def test_reference_features_are_cached_and_checked(colour_units, tmp_path):
+def test_true_features_are_cached_and_checked(colour_units, tmp_path):
     model, ds, refs, feats = colour_units
     cache = Cache(tmp_path)
     sub = refs.subset([0]).head(3)
-    first = reference_features(model, ds, sub, cache=cache)
+    first = true_features(model, ds, sub, cache=cache)
     calls = []
     h = model.layer4.register_forward_hook(lambda m, i, o: calls.append(1))
     try:
-        again = reference_features(model, ds, sub, cache=cache)
+        again = true_features(model, ds, sub, cache=cache)
     finally:
         h.remove()
     assert not calls and torch.equal(first.labels, again.labels)
     assert torch.equal(first.labels[0], feats.labels[0, :3])
     with pytest.raises(ValueError, match="cannot re-render"):
-        reference_features(model, GeneratedImages(4, size=96), sub)
+        true_features(model, GeneratedImages(4, size=96), sub)
 
 
 def test_counterfactual_keeps_area_and_appearance():
@@ -253,7 +253,7 @@ def test_intervention_ground_truth_on_two_object_scenes():
     ds = SyntheticShapes("test", n=120, seed=4, config=cfg)
     model = ColourUnits(ds.mean, ds.std).eval()
     refs = mine_references(model, ds, "layer4", n_ref=15, progress=False)
-    feats = reference_features(model, ds, refs)
+    feats = true_features(model, ds, refs)
     assert "magenta" in feats.names and "magenta circle" in feats.names
     # channel 0 reads r - g - 0.4 > 0, which red (0.35) and magenta (0.25) pass: one driving
     # object of either colour is labelled by its colour, two redundant ones are "mixed"
@@ -275,6 +275,6 @@ def test_intervention_ground_truth_on_two_object_scenes():
                        num_classes=16).eval()
     small = SyntheticShapes("test", n=12, seed=4, config=cfg)
     r = mine_references(net, small, "layer4", n_ref=3, progress=False)
-    f = reference_features(net, small, r)
+    f = true_features(net, small, r)
     assert f.labels.shape == (4, 3) and int(f.labels.min()) >= 0 and int(f.labels.max()) < len(f.names)
     assert ((f.driver >= -1) & (f.driver < 6)).all()

@@ -13,8 +13,8 @@ from pure_utils.models import build_resnet
 from pure_utils.references import mine_references
 from pure_utils.shapes import SyntheticShapes
 from pure_utils.shapes.generator import SyntheticConfig
-from pure_utils.shapes.ground_truth import (RULE, ReferenceFeatures, attribute_label, feature_names,
-                                            reference_features)
+from pure_utils.shapes.ground_truth import (RULE, TrueFeatures, attribute_label, feature_names,
+                                            true_features)
 from pure_utils.study.ablations import choose_k_table, clustering_table
 from pure_utils.study.tables import ground_truth_labels, ground_truth_table, heldout_purity
 from pure_utils.study.verdicts import band_sentence, virtual_neuron_names
@@ -64,7 +64,7 @@ def _hand_built():
              + ["conjunction"] * (len(cfg.colours) * len(cfg.shapes))
              + ["object", "mixed", "background", "uncertain"])
     assert len(kinds) == len(NAMES)
-    return ReferenceFeatures(labels=labels, names=NAMES, kinds=kinds, responsibility=z,
+    return TrueFeatures(labels=labels, names=NAMES, kinds=kinds, responsibility=z,
                              driver=torch.zeros(2, 4, dtype=torch.long), colour_retention=colour,
                              shape_retention=shape, activation=z, channels=torch.tensor([7, 9]),
                              driver_concept=concept)
@@ -121,9 +121,9 @@ def test_relabel_with_band_zero_gives_exactly_the_labels_of_the_old_code_path(mo
                          num_classes=16).eval()
     ds = SyntheticShapes("test", n=40, seed=2)
     refs = mine_references(model, ds, "layer4", n_ref=10, progress=False)
-    banded = reference_features(model, ds, refs)
+    banded = true_features(model, ds, refs)
     monkeypatch.setitem(RULE, "band", 0.0)   # the rule as it was before the band
-    old = reference_features(model, ds, refs)
+    old = true_features(model, ds, refs)
     assert not (old.labels == old.names.index("uncertain")).any()
     assert (banded.labels != old.labels).any(), "no reference in the band: the test would be empty"
     assert torch.equal(banded.relabel(0.0).labels, old.labels)

@@ -15,7 +15,7 @@ import torch
 
 from pure_utils.canonizers import lrp_support
 from pure_utils.cache import Cache, cache_entry
-from pure_utils.circuits import BASELINES, _indices_digest, activation_features, circuit_attributions
+from pure_utils.circuits import BASELINES, _indices_digest, activation_vectors, circuit_attributions
 from pure_utils.crops import crop_boxes, feature_heatmaps
 from pure_utils.data import GeneratedImages
 from pure_utils.layers import Layout, forward_until, layer_layout, layout_key, patch_map
@@ -234,7 +234,7 @@ def test_activation_baseline_is_the_mean_over_patch_tokens():
     model, size, layer, _ = _make("vit")
     data = GeneratedImages(6, size=size, seed=5)
     refs = mine_references(model, data, layer, n_ref=2, progress=False)
-    F = activation_features(model, data, refs, layer, neurons=[1, 9], progress=False)
+    F = activation_vectors(model, data, refs, layer, neurons=[1, 9], progress=False)
     assert F.shape == (2, 2, 192)
     with torch.no_grad():
         for j, k in enumerate([1, 9]):
@@ -251,7 +251,7 @@ def test_peak_baseline_is_every_channel_where_the_unit_peaks(family):
     data = GeneratedImages(6, size=size, seed=5)
     refs = mine_references(model, data, layer, n_ref=3, progress=False)
     units = [1, 6]
-    F = activation_features(model, data, refs, layer, neurons=units, batch_size=4, pooling="peak",
+    F = activation_vectors(model, data, refs, layer, neurons=units, batch_size=4, pooling="peak",
                             progress=False)
     assert F.shape[:2] == (2, 3)
     with torch.no_grad():
@@ -264,11 +264,11 @@ def test_peak_baseline_is_every_channel_where_the_unit_peaks(family):
                 grid_w = refs.map_size[1]
                 assert refs.positions[k, r].tolist() == [pos // grid_w, pos % grid_w]
     # the mean stays the default, and an index tensor (a test phase) gives the same peaks
-    mean = activation_features(model, data, refs, layer, neurons=units, progress=False)
-    assert torch.equal(mean, activation_features(model, data, refs, layer, neurons=units,
+    mean = activation_vectors(model, data, refs, layer, neurons=units, progress=False)
+    assert torch.equal(mean, activation_vectors(model, data, refs, layer, neurons=units,
                                                  pooling="mean", progress=False))
     assert not torch.allclose(mean, F)
-    again = activation_features(model, data, refs.indices[units[1]][None], layer, neurons=[units[1]],
+    again = activation_vectors(model, data, refs.indices[units[1]][None], layer, neurons=[units[1]],
                                 pooling="peak", progress=False)
     assert torch.allclose(again[0], F[1], atol=1e-6)
 
@@ -282,7 +282,7 @@ def test_peak_baseline_takes_the_first_position_on_ties_and_refuses_unknown_pool
     data = GeneratedImages(3, size=8, seed=1)
     refs = torch.tensor([[0, 2], [1, 2]])
     cache = Cache(tmp_path / "cache")
-    F = activation_features(model, data, refs, "1", neurons=[0, 3], pooling="peak", cache=cache,
+    F = activation_vectors(model, data, refs, "1", neurons=[0, 3], pooling="peak", cache=cache,
                             progress=False)
     with torch.no_grad():
         for r in range(2):
@@ -293,17 +293,17 @@ def test_peak_baseline_takes_the_first_position_on_ties_and_refuses_unknown_pool
             pos = int(np.argmax(out[3].flatten().numpy()))
             assert torch.allclose(F[1, r], out[:, pos // 8, pos % 8], atol=1e-6)
     # the mean is cached under its own key, not served the peaks (nor the other way round)
-    mean = activation_features(model, data, refs, "1", neurons=[0, 3], cache=cache, progress=False)
+    mean = activation_vectors(model, data, refs, "1", neurons=[0, 3], cache=cache, progress=False)
     assert torch.allclose(mean[0, 0], model(data[0][0][None])[0].mean((1, 2)).detach(), atol=1e-6)
-    assert torch.equal(F, activation_features(model, data, refs, "1", neurons=[0, 3],
+    assert torch.equal(F, activation_vectors(model, data, refs, "1", neurons=[0, 3],
                                               pooling="peak", cache=cache, progress=False))
     # the mean's key is the one it had before there was a choice of pooling
-    _, key, _ = cache_entry("activation_features", cache, data, model=model, layer="1",
+    _, key, _ = cache_entry("activation_vectors", cache, data, model=model, layer="1",
                             neurons=[0, 3], refs=_indices_digest([0, 3], refs))
     assert key in cache and len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
     assert set(BASELINES.values()) == {"mean", "peak"}
     with pytest.raises(ValueError, match="pooling='max' not known; accepted: mean, peak"):
-        activation_features(model, data, refs, "1", neurons=[0, 3], pooling="max", progress=False)
+        activation_vectors(model, data, refs, "1", neurons=[0, 3], pooling="max", progress=False)
 
 
 # --- feature visualisations: an input-gradient map over patches -------------------------------

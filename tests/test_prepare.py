@@ -32,7 +32,7 @@ def test_the_stages_find_everything_prepare_computed(profile, monkeypatch):
     torch.manual_seed(0)
     s = load_setting(profile, progress=False)
     s.circuit_attributions(progress=False)
-    s.activation_features(progress=False)
+    s.activation_vectors(progress=False)
     boxes = evaluation_boxes(s, progress=False)
     for embedder in load_embedders(s):
         embed_references(s, embedder, boxes, progress=False)

@@ -14,7 +14,7 @@ from sklearn.cluster import KMeans
 from sklearn.exceptions import NotFittedError
 
 import pure_utils as pu
-from pure_utils.circuits import activation_features, circuit_attributions
+from pure_utils.circuits import activation_vectors, circuit_attributions
 from pure_utils.crops import crop_boxes, feature_heatmaps
 from pure_utils.data import GeneratedImages
 from pure_utils.models import build_resnet, randomize_batchnorm
@@ -168,9 +168,9 @@ def test_a_dataset_of_new_images_gives_what_its_tensor_gives(fitted):
 
 # --- the baseline and the crops stage ----------------------------------------------------------
 @pytest.mark.parametrize("fitted", ["resnet", "vit"], indirect=True)  # maps and tokens
-def test_activation_baseline_is_kmeans_on_activation_features(fitted):
+def test_activation_baseline_is_kmeans_on_activation_vectors(fitted):
     family, pure, data, _ = fitted
-    F = activation_features(pure.model, data, pure.references_, pure.layer, neurons=NEURONS,
+    F = activation_vectors(pure.model, data, pure.references_, pure.layer, neurons=NEURONS,
                             progress=False)
     baseline = pure.activation_baseline()
     assert list(baseline) == NEURONS

@@ -136,7 +136,7 @@ def test_cache_reuses_and_recomputes_on_key_change(model, tmp_path):
 
 
 # --- identity: references remember what they were mined on ---------------------------------
-from pure_utils.circuits import activation_features, circuit_attributions  # noqa: E402
+from pure_utils.circuits import activation_vectors, circuit_attributions  # noqa: E402
 from pure_utils.crops import feature_heatmaps, reference_images  # noqa: E402
 from pure_utils.data import GeneratedImages, ImageFolderDataset, UnreadableImageError  # noqa: E402
 from pure_utils.models import model_fingerprint  # noqa: E402
@@ -147,7 +147,7 @@ def _stages(model, ds, refs, **kw):
     return {
         "circuit_attributions": lambda: circuit_attributions(model, ds, refs, "layer3", "layer2",
                                                              neurons=[0], progress=False, **kw),
-        "activation_features": lambda: activation_features(model, ds, refs, "layer3", neurons=[0],
+        "activation_vectors": lambda: activation_vectors(model, ds, refs, "layer3", neurons=[0],
                                                            progress=False, **kw),
         "feature_heatmaps": lambda: feature_heatmaps(model, ds, refs, "layer3", [0], progress=False),
         "reference_images": lambda: reference_images(ds, refs, 0),
@@ -216,7 +216,7 @@ def test_float_indices_and_empty_neurons_are_refused(model):
     refs = mine_references(model, ds, "layer3", n_ref=2, progress=False)
     for run in (lambda: circuit_attributions(model, ds, refs, "layer3", "layer2", neurons=[],
                                              progress=False),
-                lambda: activation_features(model, ds, refs, "layer3", neurons=[], progress=False),
+                lambda: activation_vectors(model, ds, refs, "layer3", neurons=[], progress=False),
                 lambda: circuit_attributions(model, ds, refs.subset([]), "layer3", "layer2",
                                              progress=False)):
         with pytest.raises(ValueError, match="neurons is empty; give at least one channel of layer 'layer3'"):

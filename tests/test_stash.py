@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pure_utils.circuits import activation_features, circuit_attributions
+from pure_utils.circuits import activation_vectors, circuit_attributions
 from pure_utils.data import GeneratedImages
 from pure_utils.models import build_resnet, randomize_batchnorm
 from pure_utils.layers import forward_until
@@ -95,8 +95,8 @@ def test_attribution_from_the_stash_equals_brute_force_and_the_re_forward(model,
             assert (kept[j, r] - brute_force_gxa(model, data[i][0], k)).abs().max() <= 1e-5
     # the re-forward computes the lower layer in other batches: equal up to float rounding
     assert (kept - again).abs().max() <= 1e-6
-    feats = activation_features(model, data, refs, "layer4", stash=stash, **kw)
-    assert (feats - activation_features(model, data, refs, "layer4", **kw)).abs().max() <= 1e-6
+    feats = activation_vectors(model, data, refs, "layer4", stash=stash, **kw)
+    assert (feats - activation_vectors(model, data, refs, "layer4", **kw)).abs().max() <= 1e-6
 
 
 def test_images_without_room_are_run_again_in_the_same_batches(model, data):

@@ -13,7 +13,7 @@ import torch
 
 import pure_utils as pu
 from pure_utils.metrics import ground_truth_scores, paired_difference
-from pure_utils.shapes.ground_truth import ReferenceFeatures
+from pure_utils.shapes.ground_truth import TrueFeatures
 from pure_utils.study import family, tables, verdicts
 from pure_utils.study.report import difference_sentence, interval
 
@@ -45,7 +45,7 @@ def _features(labels, names=("red", "blue", "circle", "mixed", "background"), ch
              "background": "background"}
     C, n = labels.shape
     z = torch.zeros(C, n)
-    return ReferenceFeatures(labels=labels, names=list(names), kinds=[kinds[x] for x in names],
+    return TrueFeatures(labels=labels, names=list(names), kinds=[kinds[x] for x in names],
                              responsibility=z, driver=torch.zeros(C, n, dtype=torch.long),
                              colour_retention=z, shape_retention=z, activation=z,
                              channels=torch.as_tensor(channels if channels is not None else range(C)))

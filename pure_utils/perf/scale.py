@@ -53,7 +53,7 @@ from sklearn.metrics import adjusted_rand_score
 from .._machine import machine_info
 from ._measure import MIB, Stages, hwm, mapped_allocations
 from ._output import json_ready, markdown, summary, write
-from ..circuits import activation_features, circuit_attributions
+from ..circuits import activation_vectors, circuit_attributions
 from ..data import GeneratedImages
 from ..embed import load_embedder
 from ..metrics import kmeans_labels
@@ -298,7 +298,7 @@ def _activations(run: _DryRun, refs, done: int) -> tuple:
     """Stage 3, the baseline: ``(activation features of the first neurons, neurons done)``."""
     with run.stages.stage("activations", "activation features (baseline)", "vectors",
                           _REFS) as rec, run.precision():
-        acts, n_acts = _chunked(lambda part: activation_features(
+        acts, n_acts = _chunked(lambda part: activation_vectors(
             run.model, run.data, refs, "layer4", neurons=part, **run.attr), run.chosen[:done],
             run.args.attr_chunk, run.deadline())
         rec["items"] = n_acts * run.args.n_ref

@@ -13,10 +13,10 @@
 from .dataset import SyntheticShapes, load_synthetic
 from .generator import SyntheticConfig
 from .grafting import Graft, concept_split, graft_unit, pair_truth
-from .ground_truth import (ReferenceFeatures, concept_counts, concept_shares, layer_polysemanticity,
-                           polysemantic_by_concepts, reference_concepts, reference_features)
+from .ground_truth import (TrueFeatures, concept_counts, concept_shares, layer_polysemanticity,
+                           polysemantic_by_concepts, reference_concepts, true_features)
 
-__all__ = ["SyntheticShapes", "SyntheticConfig", "load_synthetic", "ReferenceFeatures",
-           "reference_features", "reference_concepts", "polysemantic_by_concepts",
+__all__ = ["SyntheticShapes", "SyntheticConfig", "load_synthetic", "TrueFeatures",
+           "true_features", "reference_concepts", "polysemantic_by_concepts",
            "layer_polysemanticity", "concept_shares", "concept_counts", "graft_unit", "Graft", "pair_truth",
            "concept_split"]

@@ -1,10 +1,10 @@
 """Ground truth on the controlled benchmark: what drives each reference sample of a unit.
 
 The generator (:mod:`pure_utils.shapes.generator`) knows every object of every image and can redraw any
-image with an object removed or changed. :func:`reference_features` asks the network instead of
+image with an object removed or changed. :func:`true_features` asks the network instead of
 the pixels: which object's removal silences the unit, and does the unit care about that
 object's colour, its shape, or both. A unit's true features are the labels that hold a share of
-its references (:class:`ReferenceFeatures`); :func:`layer_polysemanticity` counts the
+its references (:class:`TrueFeatures`); :func:`layer_polysemanticity` counts the
 polysemantic units of a layer. A reference whose driver's colour or shape retention lies within
 ``RULE["band"]`` of the attribute cut is ``"uncertain"``: the intervention cannot decide it, so it
 is neither a feature of its unit nor scored.
@@ -33,7 +33,7 @@ from ..layers import layout_key, resolve_layout
 from ..references import check_references, index_tensor, mine_references
 from .generator import counterfactual
 
-__all__ = ["RULE", "ReferenceFeatures", "reference_features", "feature_names", "intervention_panels",
+__all__ = ["RULE", "TrueFeatures", "true_features", "feature_names", "intervention_panels",
            "attribute_label", "feature_shares",
            "concept_at", "reference_concepts", "concept_shares", "concept_counts", "polysemantic_by_concepts",
            "layer_polysemanticity"]
@@ -74,7 +74,7 @@ def reference_concepts(dataset: SyntheticShapes, references) -> torch.Tensor:
     """The concept of the object under each reference sample's strongest activation (pixel rule).
 
     This is the pixel heuristic, kept to compare with the ground truth by intervention
-    (:func:`reference_features`): the layer-map cell ``(r, c)`` at the spatial argmax
+    (:func:`true_features`): the layer-map cell ``(r, c)`` at the spatial argmax
     (``references.positions``) of a ``h x w`` map (``references.map_size``) covers the input box
     ``[r*H/h, (r+1)*H/h) x [c*W/w, (c+1)*W/w)``, and the object with the most visible pixels in
     that box gives the concept (:func:`concept_at`; -1 when the box shows only background). It
@@ -189,7 +189,7 @@ def concept_counts(concepts: torch.Tensor, min_share: float = 0.2) -> torch.Tens
 # --------------------------------------------------------------------------------------------
 # ground truth by intervention
 # --------------------------------------------------------------------------------------------
-#: Thresholds of the intervention rule (:func:`reference_features`), fixed before any result was
+#: Thresholds of the intervention rule (:func:`true_features`), fixed before any result was
 #: looked at. ``necessary``: an object is necessary when removing it lowers the unit's activation
 #: by at least this share; ``background``: a reference is "background" when the unit keeps at
 #: least this share of its activation with every object removed; ``attribute``: an attribute
@@ -216,7 +216,7 @@ def feature_names(config) -> list[str]:
 
     Colours, shapes, then ``"<colour> <shape>"`` conjunctions (the dataset's concepts), then
     ``"object"``, ``"mixed"``, ``"background"`` and ``"uncertain"`` (an attribute retention
-    inside the band, ``RULE["band"]``). The ids of :class:`ReferenceFeatures` index this list.
+    inside the band, ``RULE["band"]``). The ids of :class:`TrueFeatures` index this list.
     """
     return [name for name, _ in _vocabulary(config)]
 
@@ -231,7 +231,7 @@ def _vocabulary(config) -> list[tuple[str, str]]:
 
 def attribute_label(colour_retention: float, shape_retention: float, colour: str, shape: str,
                     band: float | None = None) -> str:
-    """Step 3 of the rule (:func:`reference_features`) for one driver: the name of its label.
+    """Step 3 of the rule (:func:`true_features`) for one driver: the name of its label.
 
     Colour matters when its retention is below ``RULE["attribute"]``, and so does shape: colour
     only gives ``colour``, shape only ``shape``, both ``"<colour> <shape>"``, neither
@@ -268,7 +268,7 @@ def feature_shares(labels: torch.Tensor, certain: torch.Tensor, n_names: int) ->
 
 
 @dataclass
-class ReferenceFeatures:
+class TrueFeatures:
     """What drives each reference sample of each unit, found by editing the image.
 
     Attributes
@@ -323,10 +323,10 @@ class ReferenceFeatures:
                              f"{', '.join(map(str, list(lookup)[:20]))}")
         return torch.tensor([lookup[int(k)] for k in neurons], dtype=torch.long)
 
-    def subset(self, neurons) -> "ReferenceFeatures":
+    def subset(self, neurons) -> "TrueFeatures":
         """The rows of the units ``neurons``, in that order."""
         r = self.rows(neurons)
-        return ReferenceFeatures(**{f.name: (getattr(self, f.name)
+        return TrueFeatures(**{f.name: (getattr(self, f.name)
                                              if f.name in ("names", "kinds") or getattr(self, f.name) is None
                                              else getattr(self, f.name)[r])
                                     for f in dataclasses.fields(self)})
@@ -367,7 +367,7 @@ class ReferenceFeatures:
             raise ValueError(f"min_share={min_share} not accepted; use a value in (0, 0.5]")
         return self.counts(min_share) >= 2
 
-    def relabel(self, band: float) -> "ReferenceFeatures":
+    def relabel(self, band: float) -> "TrueFeatures":
         """The same references with step 3 applied again with another ``band`` (the retentions
         are kept, so nothing is rendered again); ``band=0`` gives the rule without the band.
 
@@ -515,8 +515,8 @@ def _drivers(removals: dict, indices: torch.Tensor, channels: torch.Tensor, name
 
 def _intervene(dataset, indices: torch.Tensor, channels: torch.Tensor, names: list, forward,
                progress: bool) -> dict:
-    """The rule of :func:`reference_features` for every reference: the tensors of
-    :class:`ReferenceFeatures`, ``[n_rows, n_ref]`` each. ``forward(jobs)`` gives every unit's
+    """The rule of :func:`true_features` for every reference: the tensors of
+    :class:`TrueFeatures`, ``[n_rows, n_ref]`` each. ``forward(jobs)`` gives every unit's
     activation on rendered ``(scene, objects)`` jobs (:func:`_activations`)."""
     # pass 1, all units at once: every image whole, without each object, without any object
     removals = _run_jobs(sorted(set(indices.flatten().tolist())),
@@ -545,8 +545,8 @@ def _intervene(dataset, indices: torch.Tensor, channels: torch.Tensor, names: li
             "driver_concept": concept}
 
 
-def reference_features(model: torch.nn.Module, dataset, references, *, batch_size: int = 128,
-                       device=None, cache=None, progress: bool = False) -> ReferenceFeatures:
+def true_features(model: torch.nn.Module, dataset, references, *, batch_size: int = 128,
+                       device=None, cache=None, progress: bool = False) -> TrueFeatures:
     """What drives each reference sample of each unit, by re-rendering the image (ground truth).
 
     For a reference sample (image ``i``) of unit ``k`` with activation ``a`` (the spatial
@@ -572,8 +572,8 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
        retention moves by about that much between edits, so the intervention cannot decide the
        cut there, and the reference is neither one attribute nor the conjunction. Uncertain
        references are no feature of their unit and are left out of every score against the
-       truth (:attr:`ReferenceFeatures.certain`); their retentions are still stored, and
-       :meth:`ReferenceFeatures.relabel` with ``band=0`` gives the rule without the band.
+       truth (:attr:`TrueFeatures.certain`); their retentions are still stored, and
+       :meth:`TrueFeatures.relabel` with ``band=0`` gives the rule without the band.
 
     Keeping the area when the shape changes is what lets a unit that counts red pixels come out
     as ``"red"``: with the radius kept instead, a triangle has 41% of a circle's area and the
@@ -598,7 +598,7 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
 
     Returns
     -------
-    ReferenceFeatures
+    TrueFeatures
     """
     if not hasattr(dataset, "scene"):
         raise ValueError(f"dataset {dataset!r} cannot re-render its images; the intervention "
@@ -625,10 +625,10 @@ def reference_features(model: torch.nn.Module, dataset, references, *, batch_siz
     expect.update(labels=TensorSpec(shape, torch.int64, low=0, high=len(names)),
                   driver=TensorSpec(shape, torch.int64, low=-1),
                   driver_concept=TensorSpec(shape, torch.int64, low=-1, high=len(names)))
-    tensors = cached("reference_features", cache, dataset, compute, model=model, expect=expect,
+    tensors = cached("true_features", cache, dataset, compute, model=model, expect=expect,
                      layer=layer, refs=digest, rule=RULE, rule_version=RULE_VERSION,
                      **layout_key(layout))
-    return ReferenceFeatures(names=names, kinds=[kind for _, kind in vocabulary], channels=channels,
+    return TrueFeatures(names=names, kinds=[kind for _, kind in vocabulary], channels=channels,
                              **tensors)
 
 
@@ -639,8 +639,8 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
 
     Mines the ``n_ref`` most activating images of every channel of ``layer`` on ``dataset``
     (:func:`pure_utils.references.mine_references`, spatial maximum), finds what drives each
-    reference (:func:`reference_features`) and counts the channels with two or more true
-    features (:meth:`ReferenceFeatures.polysemantic`).
+    reference (:func:`true_features`) and counts the channels with two or more true
+    features (:meth:`TrueFeatures.polysemantic`).
 
     Parameters
     ----------
@@ -658,7 +658,7 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
         Images per forward pass.
     band : float, optional
         The uncertainty band of step 3 (default ``RULE["band"]``); ``0`` gives the rule without
-        it (:meth:`ReferenceFeatures.relabel`), as the cards written before the band state.
+        it (:meth:`TrueFeatures.relabel`), as the cards written before the band state.
     progress : bool
         Show a progress bar.
 
@@ -672,7 +672,7 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
     """
     refs = mine_references(model, dataset, layer, n_ref=min(int(n_ref), len(dataset)),
                            batch_size=batch_size, progress=progress)
-    feats = reference_features(model, dataset, refs, batch_size=batch_size, progress=progress)
+    feats = true_features(model, dataset, refs, batch_size=batch_size, progress=progress)
     band = RULE["band"] if band is None else float(band)
     if band != RULE["band"]:
         feats = feats.relabel(band)
@@ -686,7 +686,7 @@ def layer_polysemanticity(model: torch.nn.Module, dataset: SyntheticShapes, laye
                 rule=(f"top-{refs.indices.shape[1]} images per {layer} channel by spatial max; the "
                       "feature of a reference is found by editing its image (remove each object, "
                       "change the driver's colour and shape; pure_utils.shapes.ground_truth."
-                      f"reference_features, rule {RULE_VERSION}, uncertainty band {band:g} around "
+                      f"true_features, rule {RULE_VERSION}, uncertainty band {band:g} around "
                       f"the attribute cut); polysemantic = at least two features with >= "
                       f"{min_share:.0%} of the references"))
 
@@ -698,13 +698,13 @@ def intervention_panels(model: torch.nn.Module, dataset, references, neuron: int
     Parameters
     ----------
     model, dataset, references
-        As in :func:`reference_features`.
+        As in :func:`true_features`.
     neuron : int
         The unit.
     slot : int
         Which of its reference samples (0: the most activating).
     obj : int
-        The object recoloured and reshaped (e.g. the driver, ``ReferenceFeatures.driver``).
+        The object recoloured and reshaped (e.g. the driver, ``TrueFeatures.driver``).
 
     Returns
     -------

@@ -32,7 +32,7 @@ def clustering_table(concepts, features: dict, *, algorithms=("kmeans",), k: int
         :data:`pure_utils.virtual.ALGORITHMS` names.
     k : int
     certain : BoolTensor[n_neurons, n_ref], optional
-        References whose truth is certain (``ReferenceFeatures.certain``): all are clustered,
+        References whose truth is certain (``TrueFeatures.certain``): all are clustered,
         only these are scored. Default: all.
 
     Returns
@@ -67,7 +67,7 @@ def variant_scores(features: dict, *, k: int = 2, concepts=None, embeddings=None
         Needed when ``concepts`` is not given.
     certain : BoolTensor[n_neurons, n_ref], optional
         With ``concepts``: the references whose truth is certain, the only ones the ARI
-        compares (``ReferenceFeatures.certain``; every reference is clustered).
+        compares (``TrueFeatures.certain``; every reference is clustered).
 
     Returns
     -------
@@ -98,8 +98,8 @@ def choose_k_table(features, *, ks=(2, 3, 4, 5), concepts=None, min_share: float
     ``concepts`` the true count is added: the number of concepts holding at least
     ``min_share`` of the neuron's reference samples (at least 1;
     :func:`pure_utils.shapes.ground_truth.concept_counts`, background is no concept); with
-    ``certain`` (``ReferenceFeatures.certain``) the shares are of the certain references only,
-    as in ``ReferenceFeatures.counts``.
+    ``certain`` (``TrueFeatures.certain``) the shares are of the certain references only,
+    as in ``TrueFeatures.counts``.
 
     Parameters
     ----------

@@ -67,7 +67,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from .._arrays import as_numpy
 from ..canonizers import lrp_support
-from ..circuits import BASELINES, activation_features, circuit_attributions
+from ..circuits import BASELINES, activation_vectors, circuit_attributions
 from ..data import load_dataset
 from ..layers import eval_mode, forward_until
 from ..metrics import kmeans_labels
@@ -76,7 +76,7 @@ from ..references import mine_references
 from ..shapes.generator import SyntheticConfig
 from ..shapes.grafting import (Graft, concept_split, design_units, install_units, pair_truth,
                                parse_concept, unseen_colours_config)
-from ..shapes.ground_truth import reference_features
+from ..shapes.ground_truth import true_features
 from ..cache import resolve_cache
 from .profile import Profile, as_profile, profile_device
 from .report import interval
@@ -245,7 +245,7 @@ def _features(p: Profile, model, images, refs, units, n_original: int, device, c
                                                    attribution=a, **common)
              for a in p.attributions if a == "gxa" or not refused}
     for label, pooling in BASELINES.items():
-        feats[label] = activation_features(model, images, refs, p.layer, pooling=pooling,
+        feats[label] = activation_vectors(model, images, refs, p.layer, pooling=pooling,
                                            **common)[..., :n_original]
     return feats
 
@@ -260,7 +260,7 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
         return _run_regime_empty()
     refs = mine_references(grafted, images, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=False).subset(units)
-    truth = reference_features(grafted, images, refs, device=device, cache=cache)
+    truth = true_features(grafted, images, refs, device=device, cache=cache)
     labels, _ = pair_truth(grafted, images, refs, built, batch_size=p.batch_size, device=device)
     feats = _features(p, grafted, images, refs, units, n_original, device, cache)
     scores = ground_truth_table(labels, feats, ks=[2], neurons=units, include_random=True,

@@ -23,7 +23,7 @@ from ..stats import stratified_sign_flip_test
 from ..canonizers import lrp_support
 from ..models import read_card
 from .profile import Profile, as_profile
-from .setting import embed_references, load_setting, reference_features_of
+from .setting import embed_references, load_setting, true_features_of
 from .report import interval
 from .tables import (ACTIVATIONS, PURE, RANDOM, compare_clusterings, ground_truth_table,
                      paired_table)
@@ -87,7 +87,7 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
     Returns
     -------
     dict
-        ``setting``, ``features`` (:class:`~pure_utils.shapes.ground_truth.ReferenceFeatures` of all
+        ``setting``, ``features`` (:class:`~pure_utils.shapes.ground_truth.TrueFeatures` of all
         evaluated units), ``ground_truth`` (per-unit ARI / NMI), ``pairs`` (PURE minus each
         baseline, averaged and peak activations, paired per ``k``, with what each test can
         detect), ``units`` (per unit: predictors and the ARI difference of each attribution at
@@ -103,7 +103,7 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
         raise ValueError(f"attribution {p.attribution!r} of profile {p.name!r} is not "
                          f"correct on {model_name}: {'; '.join(refused[p.attribution])}; "
                          "use attribution: gxa")
-    truth = reference_features_of(s, progress=progress)
+    truth = true_features_of(s, progress=progress)
     min_share = p.polysemantic_min_share
     sel = torch.nonzero(truth.polysemantic(min_share)).flatten().tolist()
     names = {f"{PURE} ({a})": a for a in p.attributions if a not in refused}
@@ -115,8 +115,8 @@ def compare_model(profile: Profile | dict, model_name: str, *, progress: bool = 
     # only the scored (polysemantic) units are attributed: row j of every tensor is unit sel[j]
     feats = {m: s.circuit_attributions(a, neurons=neurons, progress=progress)
              for m, a in names.items()}
-    feats[ACTIVATIONS] = s.activation_features(neurons=neurons, progress=progress)
-    feats[PEAK] = s.activation_features(neurons=neurons, pooling="peak", progress=progress)
+    feats[ACTIVATIONS] = s.activation_vectors(neurons=neurons, progress=progress)
+    feats[PEAK] = s.activation_vectors(neurons=neurons, pooling="peak", progress=progress)
     kw = dict(random_state=p.random_state, n_init=p.n_init)
     # every reference is clustered; only those outside the uncertainty band are scored
     gt = ground_truth_table(truth.labels[sel], feats, ks=[2, "true"],
@@ -209,7 +209,7 @@ def planted_check(run: dict, planted: dict, profile: Profile | dict) -> pd.DataF
     found = truth.subset(units).features(p.polysemantic_min_share)
     emb = embed_references(s, neurons=units, progress=False)
     pure = s.circuit_attributions(neurons=units, progress=False)
-    acts = s.activation_features(neurons=units, progress=False)
+    acts = s.activation_vectors(neurons=units, progress=False)
     gaps = compare_clusterings(emb, {PURE: pure, ACTIVATIONS: acts}, ks=[2], neurons=units,
                                random_state=p.random_state, n_init=p.n_init, progress=False)
     gap = gaps.pivot(index="neuron", columns="method", values="gap")
@@ -361,7 +361,7 @@ def showcase_unit(truth, order, min_share: float) -> tuple[int, list[str]]:
 
     Parameters
     ----------
-    truth : ReferenceFeatures
+    truth : TrueFeatures
         The true features of (at least) the units of ``order``.
     order : sequence of int
         Units, most mixed first (:func:`~pure_utils.study.setting.rank_neurons`).

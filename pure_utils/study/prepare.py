@@ -66,7 +66,7 @@ def prepare(profile: Profile | dict, *, models=None, progress: bool = True, log=
         lap("references")
         s.circuit_attributions(progress=progress)
         lap("attributions")
-        s.activation_features(progress=progress)
+        s.activation_vectors(progress=progress)
         lap("activation features")
         boxes = evaluation_boxes(s, progress=progress)
         lap("crop boxes")

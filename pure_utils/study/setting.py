@@ -4,7 +4,7 @@ Flow, for one profile (:func:`pure_utils.study.profile.load_profile`)::
 
     setting = load_setting(profile)                    # model, data, references, neurons
     pure = setting.circuit_attributions()              # Tensor[n, n_ref, C_lower] (Eq. 3)
-    acts = setting.activation_features()               # Tensor[n, n_ref, C]
+    acts = setting.activation_vectors()               # Tensor[n, n_ref, C]
     emb = embed_references(setting)                    # crops embedded in CLIP's role
     frame = tables.compare_clusterings(emb, {"PURE": pure, "activations (mean)": acts})
 
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..cache import TensorSpec, cached, resolve_cache
-from ..circuits import BASELINES, activation_features, circuit_attributions
+from ..circuits import BASELINES, activation_vectors, circuit_attributions
 from ..crops import crops_from_boxes, embed_boxes, reference_boxes
 from ..data import load_dataset
 from ..disjoint import check_disjoint
@@ -31,7 +31,7 @@ from ..layers import eval_mode, forward_until, layer_layout
 from ..models import load_model, randomize_batchnorm, read_card, shipped_models
 from ..references import References, mine_references
 from ..shapes.generator import SyntheticConfig
-from ..shapes.ground_truth import ReferenceFeatures, reference_concepts, reference_features
+from ..shapes.ground_truth import TrueFeatures, reference_concepts, true_features
 from .profile import Profile, as_profile, check_profile, profile_device
 from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compare_clusterings,
                      correlation_table, divergence_examples, ground_truth_table, heldout_purity,
@@ -39,7 +39,7 @@ from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compa
 
 __all__ = [
     "Setting", "load_setting", "layer_channels", "check_neurons", "model_layers", "select_neurons", "load_embedders", "evaluation_boxes",
-    "embed_references", "reference_features_of", "reference_concepts_of", "reference_crops",
+    "embed_references", "true_features_of", "reference_concepts_of", "reference_crops",
     "heldout_references", "model_distribution", "strongly_polysemantic",
     "rank_neurons", "Evaluation", "evaluate", "baseline_pairs", "purity_pairs",
 ]
@@ -109,17 +109,17 @@ class Setting:
             batch_size=p.batch_size, device=self.device, cache=self.cache,
             progress=progress)
 
-    def activation_features(self, *, neurons=None, dataset=None, references=None,
+    def activation_vectors(self, *, neurons=None, dataset=None, references=None,
                             pooling: str = "mean", progress: bool = True) -> torch.Tensor:
         """An activation baseline of the setting: ``Tensor[n_neurons, n_ref, C]``.
 
-        :func:`pure_utils.circuits.activation_features` with the profile's model, layer, batch
+        :func:`pure_utils.circuits.activation_vectors` with the profile's model, layer, batch
         size, device and cache (arguments as in :meth:`circuit_attributions`); ``pooling``
         ``"mean"`` (the paper's baseline, ``"activations (mean)"``) or ``"peak"`` (the layer at
         the unit's peak, ``"activations (peak)"``; :data:`~pure_utils.circuits.BASELINES`).
         """
         p = self.profile
-        return activation_features(
+        return activation_vectors(
             self.model, self.dataset if dataset is None else dataset,
             self.references if references is None else references, p.layer,
             neurons=self.neuron_list(neurons), batch_size=p.batch_size,
@@ -127,9 +127,9 @@ class Setting:
 
     def baselines(self, **kwargs) -> dict:
         """Both activation baselines: ``{"activations (mean)": ..., "activations (peak)": ...}``
-        (:meth:`activation_features` with each ``pooling`` of
+        (:meth:`activation_vectors` with each ``pooling`` of
         :data:`~pure_utils.circuits.BASELINES`; ``kwargs`` as there)."""
-        return {label: self.activation_features(pooling=pooling, **kwargs)
+        return {label: self.activation_vectors(pooling=pooling, **kwargs)
                 for label, pooling in BASELINES.items()}
 
 
@@ -421,22 +421,22 @@ def reference_crops(setting: Setting, neuron: int, boxes_of_neuron) -> list[torc
 def reference_concepts_of(setting: Setting, neurons=None) -> torch.Tensor:
     """The pixel rule's concept of each reference sample: ``LongTensor[n_neurons, n_ref]``.
 
-    Kept to compare with the ground truth by intervention (:func:`reference_features_of`).
+    Kept to compare with the ground truth by intervention (:func:`true_features_of`).
     """
     refs = setting.references.subset(setting.neuron_list(neurons))
     return reference_concepts(setting.dataset, refs)
 
 
-def reference_features_of(setting: Setting, neurons=None, *, dataset=None, references=None,
-                          progress: bool = True) -> ReferenceFeatures:
+def true_features_of(setting: Setting, neurons=None, *, dataset=None, references=None,
+                          progress: bool = True) -> TrueFeatures:
     """What drives each reference sample, by intervention (the benchmark's ground truth).
 
-    :func:`pure_utils.shapes.ground_truth.reference_features` of the evaluated neurons (or
+    :func:`pure_utils.shapes.ground_truth.true_features` of the evaluated neurons (or
     ``neurons``), on the reference set or on ``dataset`` / ``references`` (the held-out split);
     cached with the setting's cache.
     """
     refs = (setting.references if references is None else references)
-    return reference_features(setting.model, setting.dataset if dataset is None else dataset,
+    return true_features(setting.model, setting.dataset if dataset is None else dataset,
                               refs.subset(setting.neuron_list(neurons)),
                               batch_size=4 * setting.profile.batch_size,
                               device=setting.device, cache=setting.cache, progress=progress)
@@ -446,13 +446,13 @@ def strongly_polysemantic(setting: Setting, polysemanticity=None) -> list[int]:
     """The strongly polysemantic neurons, by a rule with a reason.
 
     With ground truth (the controlled benchmark): two or more true features
-    (:meth:`ReferenceFeatures.polysemantic` with ``polysemantic_min_share``). Without: the
+    (:meth:`TrueFeatures.polysemantic` with ``polysemantic_min_share``). Without: the
     paper's rule, a polysemanticity (Eq. 5 gap of the CLIP-role embeddings, ``polysemanticity``:
     a :func:`tables.polysemanticity_table`) above ``strong_polysemanticity`` (the paper: 1.5).
     """
     p = setting.profile
     if _has_concepts(setting):
-        flags = reference_features_of(setting).polysemantic(p.polysemantic_min_share)
+        flags = true_features_of(setting).polysemantic(p.polysemantic_min_share)
         return [n for n, f in zip(setting.neurons, flags.tolist()) if f]
     if polysemanticity is None:
         raise ValueError("without ground truth the strongly polysemantic neurons come from the "
@@ -521,7 +521,7 @@ def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
       With the ground-truth embedder it saturates (every channel with two concepts scores
       ~1 whatever their proportions), so it cannot rank channels of the controlled benchmark;
     - ``second_share``: with ground truth, the share of the second most frequent true feature
-      (by intervention, :func:`reference_features_of`) among the reference samples (0 for a
+      (by intervention, :func:`true_features_of`) among the reference samples (0 for a
       pure channel, up to 0.5 for an even mix).
 
     The order uses ``second_share`` when the profile has ground truth, else ``polysemanticity``.
@@ -537,7 +537,7 @@ def rank_neurons(setting: Setting, embeddings=None, *, neurons=None):
                                   n_init=p.n_init) if embeddings is not None else None
     key = "polysemanticity"
     if _has_concepts(setting):
-        shares = reference_features_of(setting, neurons, progress=False).shares()
+        shares = true_features_of(setting, neurons, progress=False).shares()
         second = dict(zip(neurons, shares.sort(dim=1, descending=True).values[:, 1].tolist()))
         if frame is None:
             frame = pd.DataFrame({"neuron": neurons})
@@ -567,7 +567,7 @@ class Evaluation:
     correlation: object           # DataFrame: method, mean, sem, n_subsets
     divergence: object            # DataFrame: neuron, r_pure, r_activations, difference, r_peak, ...
     polysemanticity: object       # DataFrame: neuron, polysemanticity
-    features: object = None       # ReferenceFeatures of the evaluated neurons (ground truth)
+    features: object = None       # TrueFeatures of the evaluated neurons (ground truth)
     ground_truth: object = None   # DataFrame: neuron, method, k, ari, nmi (polysemantic neurons)
     ground_truth_summary: object = None
     ground_truth_pairs: object = None   # DataFrame: PURE (attribution) - each baseline, ARI, per k
@@ -591,7 +591,7 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
     the paper's, and ``"activations (peak)"``); evaluation crops; embeddings in CLIP's and
     DINOv2's roles; Eq. 5 comparison for ``profile["ks"]``; distance correlation; divergence;
     polysemanticity; and, on data with ground truth (features by intervention,
-    :func:`reference_features_of`), ARI / NMI on the polysemantic neurons for every attribution
+    :func:`true_features_of`), ARI / NMI on the polysemantic neurons for every attribution
     of ``profile["attributions"]`` and the test-phase purity on held-out images. Every
     comparison of PURE with another method is paired over the same neurons
     (:func:`pure_utils.study.tables.paired_table`), and PURE is compared with each baseline.
@@ -633,7 +633,7 @@ def evaluate(profile: Profile | dict, *, model_name: str | None = None, progress
         e_visual = embed_references(s, visual, boxes, progress=progress)
         features[label_visual] = spaces[label_visual] = e_visual
     lap("embeddings")
-    truth = reference_features_of(s, progress=progress) if _has_concepts(s) else None
+    truth = true_features_of(s, progress=progress) if _has_concepts(s) else None
     labels = None if truth is None else truth.labels
     lap("ground truth by intervention")
 
@@ -688,7 +688,7 @@ def _score_ground_truth(result: Evaluation, p: Profile, pure, acts: dict, lap, *
         test_feats = {name: s.circuit_attributions(a, dataset=ds, references=refs, progress=progress)
                       for name, a in attributions.items()}
         test_feats.update(s.baselines(dataset=ds, references=refs, progress=progress))
-        test_truth = reference_features_of(s, dataset=ds, references=refs, progress=progress)
+        test_truth = true_features_of(s, dataset=ds, references=refs, progress=progress)
         result.purity = heldout_purity(gt_feats, test_feats, test_truth.labels,
                                        train_concepts=labels, ks=ks, neurons=s.neurons,
                                        test_certain=test_truth.certain,

@@ -64,7 +64,7 @@ def ground_truth_labels(concepts, k: int, certain=None) -> np.ndarray:
         Concept ids (``-1``: background, a concept of its own).
     k : int
     certain : bool array-like[n], optional
-        References whose truth is certain (``ReferenceFeatures.certain``): only they are
+        References whose truth is certain (``TrueFeatures.certain``): only they are
         counted, and the uncertain ones, which no score compares, join the last cluster.
 
     Returns
@@ -378,7 +378,7 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
 
     Every method clusters all of a neuron's references; the score compares only those whose
     truth is ``certain`` (the references inside the uncertainty band of
-    :func:`pure_utils.shapes.ground_truth.reference_features` have no truth to agree with).
+    :func:`pure_utils.shapes.ground_truth.true_features` have no truth to agree with).
 
     Parameters
     ----------
@@ -391,14 +391,14 @@ def ground_truth_table(concepts, features: dict, *, ks=(2, 3, 4, 5), neurons=Non
         ``"true"``: each neuron's number of true features (``true_k``).
     neurons : sequence of int, optional
         Channel ids for the ``neuron`` column (select polysemantic neurons before calling, e.g.
-        with ``ReferenceFeatures.polysemantic``).
+        with ``TrueFeatures.polysemantic``).
     true_k : sequence of int, optional
-        Each neuron's number of true features (``ReferenceFeatures.counts``).
+        Each neuron's number of true features (``TrueFeatures.counts``).
     include_random, include_ground_truth : bool
         Add the lower bound (random labels) and the upper bound (the concepts restricted to
         ``k`` clusters, :func:`ground_truth_labels`).
     certain : BoolTensor[n_neurons, n_ref], optional
-        The references whose truth is certain (``ReferenceFeatures.certain``): only they are
+        The references whose truth is certain (``TrueFeatures.certain``): only they are
         scored. Default: all.
 
     Returns
@@ -452,7 +452,7 @@ def heldout_purity(train_features: dict, test_features: dict, test_concepts, *,
         Adds ``purity_train`` (purity of the fitted clusters on the reference samples).
     ks : sequence of int
     test_certain, train_certain : BoolTensor of the shape of ``test_concepts`` (``train_concepts``), optional
-        The samples whose truth is certain (``ReferenceFeatures.certain``). Virtual neurons are
+        The samples whose truth is certain (``TrueFeatures.certain``). Virtual neurons are
         fitted on, and assign, all samples; every purity counts only the certain ones (NaN for a
         neuron without any). Default: all.
 

@@ -248,7 +248,7 @@ def example_description(features, row: int, neuron: int, min_share: float) -> st
     """``"#n, whose reference is labelled red and whose true features are red, blue"``: a unit
     and the label of its most activating reference.
 
-    ``features``: :class:`~pure_utils.shapes.ground_truth.ReferenceFeatures`; ``row`` the unit's
+    ``features``: :class:`~pure_utils.shapes.ground_truth.TrueFeatures`; ``row`` the unit's
     row in it (``features.rows([neuron])[0]``).
     """
     return (f"#{neuron}, whose reference is labelled "
@@ -269,15 +269,15 @@ def polysemantic_units_sentence(runs: Mapping, min_share: float) -> str:
 
 
 def kind_sentence(shares: Mapping[str, float]) -> str:
-    """``"colour 40%, shape 10%, ..."`` of :meth:`ReferenceFeatures.kind_shares`."""
+    """``"colour 40%, shape 10%, ..."`` of :meth:`TrueFeatures.kind_shares`."""
     return ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
 
 
 def band_sentence(truths: Mapping, min_share: float) -> str:
     """What the uncertainty band of the intervention rule changes, model by model.
 
-    ``truths``: model -> :class:`~pure_utils.shapes.ground_truth.ReferenceFeatures` (counts from
-    :meth:`~pure_utils.shapes.ground_truth.ReferenceFeatures.band_effect`); empty gives
+    ``truths``: model -> :class:`~pure_utils.shapes.ground_truth.TrueFeatures` (counts from
+    :meth:`~pure_utils.shapes.ground_truth.TrueFeatures.band_effect`); empty gives
     ``"n/a (no ground truth)"``.
     """
     parts = []
@@ -342,13 +342,13 @@ def ground_truth_note(profile_name: str, has_ground_truth: bool) -> str:
 
 def virtual_neuron_names(labels, features, unit: int) -> list[str]:
     """Each virtual neuron named by the true feature most of its references have (among its
-    references outside the uncertainty band, ``ReferenceFeatures.certain``).
+    references outside the uncertainty band, ``TrueFeatures.certain``).
 
     Parameters
     ----------
     labels : ndarray[n_ref]
         The virtual neuron of each reference of ``unit`` (``VirtualNeurons.labels_``).
-    features : ReferenceFeatures
+    features : TrueFeatures
         The true features of the references (a row for ``unit``).
 
     Returns
@@ -436,7 +436,7 @@ def circuit_sentence(cluster_centers, labels, concepts=None, certain=None) -> st
     concepts : LongTensor[n_ref], optional
         The references' true features; None leaves the ARI out.
     certain : BoolTensor[n_ref], optional
-        The references whose truth is certain (``ReferenceFeatures.certain``): the ARI compares
+        The references whose truth is certain (``TrueFeatures.certain``): the ARI compares
         only those (all references were clustered).
     """
     import torch  # heavy: the cosine as the chapter has always computed it
@@ -536,7 +536,7 @@ def width_sentence(rows: list[Mapping], dataset=None) -> str:
 def polysemantic_fractions(truths: Mapping, min_share: float) -> str:
     """``"m1: 25%; m2: 19%"``: the share of polysemantic units of each model.
 
-    ``truths``: model -> :class:`~pure_utils.shapes.ground_truth.ReferenceFeatures` of all its
+    ``truths``: model -> :class:`~pure_utils.shapes.ground_truth.TrueFeatures` of all its
     units; empty gives ``"n/a (no ground truth)"``.
     """
     fractions = {m: float(t.polysemantic(min_share).float().mean()) for m, t in truths.items()}
