@@ -158,7 +158,7 @@ def test_the_answer_names_where_the_circuit_beats_location_and_says_when_it_cann
     text = verdicts.controls_verdict(pairs, _criteria(True))
     assert text.startswith("On the benchmark as is (R1)") and text.count("detectably higher") == 3
     answer = verdicts.answer_sentences(pooled, pairs, _criteria(True))
-    assert "activations at the unit's peak (R1)" in answer and "location alone" in answer
+    assert "activations at the unit's peak (R1: on the benchmark as is)" in answer and "location alone" in answer
     # without R1's gain over peak, the unjudgeable R2 comparison is said as such
     alone = pairs[pairs.regime == "R2"]
     answer = verdicts.answer_sentences(pooled, alone, _criteria(True))

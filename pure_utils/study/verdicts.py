@@ -686,6 +686,15 @@ def pooled_sentence(pooled: pd.DataFrame) -> str:
     return "; ".join(parts) + "."
 
 
+_REGIME_WORDS = {"R1": "on the benchmark as is", "R2": "beside an unrelated object",
+                 "R3": "with colours the network never saw"}
+
+
+def _where(regimes: list) -> str:
+    """``"R1: on the benchmark as is; R2: beside an unrelated object"``."""
+    return "; ".join(f"{r}: {_REGIME_WORDS[r]}" for r in regimes)
+
+
 def answer_sentences(pooled: pd.DataFrame, regime_pairs: pd.DataFrame, criteria: pd.DataFrame,
                      attribution: str = "gxa") -> str:
     """The book's answer in two sentences: the natural images (the family, pooled) and the
@@ -715,7 +724,7 @@ def answer_sentences(pooled: pd.DataFrame, regime_pairs: pd.DataFrame, criteria:
     elif circuit:
         second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
                   "averaged activations, and on grafted units whose two concepts have disjoint "
-                  f"circuits it also beats the activations at the unit's peak ({', '.join(circuit)}): "
+                  f"circuits it also beats the activations at the unit's peak ({_where(circuit)}): "
                   "there the circuit carries what location alone does not.")
     elif not _judged(peaks["R2"]):
         second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
