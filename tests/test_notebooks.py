@@ -1,4 +1,5 @@
-"""Every chapter of the book runs on the smoke profile through papermill, and keeps the rules.
+"""Every chapter of the book runs on the smoke profile, through the command its "Rerun this chapter"
+box prints, and keeps the rules.
 
 The smoke profile runs the paper profile's code path (timm ResNet-50, CLIP and DINOv2
 architectures) with random weights and tiny data, so these runs need no download.
@@ -8,10 +9,16 @@ import json
 import os
 import re
 
+import shlex
+from pathlib import Path
+
 import pytest
 import torch
 
 from pure_utils.book import build as book
+from pure_utils.book import cli, decorate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHAPTERS = book.chapters()
 GLUE_REF = re.compile(r"\{glue:text\}`([^`]+)`")
@@ -158,10 +165,17 @@ def test_chapter_runs_on_the_smoke_profile(chapter, tmp_path, smoke_cache, monke
     monkeypatch.setenv("PURE_CACHE_DIR", str(smoke_cache))
     # the kernel computes on as many threads as this worker (conftest.py), not on every core
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    params = book.resolve_parameters([chapter], book.read_profile("smoke"), {"cache": True},
-                                     profile_name="smoke")[chapter.name]
+    # the box's `book run` line, as the page prints it for the smoke profile; the test only
+    # moves its output into the test's folder and turns the cache on (-p cache true), so that
+    # the chapters share mined references as in a book build
+    own = {k: v["default"] for k, v in book.declared_parameters(chapter.source).items()
+           if k != "profile"}
+    argv = shlex.split(decorate.rerun_commands(chapter.name, "smoke", own)[1])
+    assert argv[:4] == ["python", "-m", "pure_utils.book", "run"]
     out = tmp_path / f"{chapter.name}.ipynb"
-    book.execute(chapter.source, out, params)
+    argv[5] = str(out)
+    monkeypatch.chdir(ROOT)  # the box says: from the repository root
+    assert cli.main(argv[3:] + ["-p", "cache", "true"]) == 0
     nb = json.loads(out.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
