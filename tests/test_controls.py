@@ -165,3 +165,12 @@ def test_the_answer_names_where_the_circuit_beats_location_and_says_when_it_cann
     assert "cannot be judged" in answer and "location, not the circuit" not in answer
     one = _pairs({("R3", peak): (0.47, 0.47, 0.47)}).assign(n=1, min_p=float("nan"))
     assert "1 unit:" in verdicts.controls_verdict(one, _criteria(True))
+
+
+def test_the_regime_table_reads_only_what_a_test_could_detect():
+    mean = "activations (mean)"
+    pairs = _pairs({("R1", mean): (0.34, 0.12, 0.61), ("R2", mean): (0.46, 0.3, 0.66)})
+    pairs.loc[pairs.regime == "R1", "min_p"] = 0.125  # 3 of 7 units tied: 2 / 2^4
+    pairs = pairs.assign(p_zsplit=0.1)
+    table = controls.regime_table(pairs)
+    assert table.reading.tolist() == ["too few units to judge", "higher"]

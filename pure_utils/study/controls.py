@@ -384,14 +384,16 @@ def criteria_table(result: dict) -> pd.DataFrame:
 
 def regime_table(pairs: pd.DataFrame) -> pd.DataFrame:
     """The paired differences of :func:`regime_pairs` for a reader: one row per regime and
-    comparison, with what each test can detect."""
+    comparison, with what each test can detect; the reading (the interval's word) only where
+    the test can reach p < 0.05 with the regime's units."""
     rows = []
     for _, r in pairs.iterrows():
         rows.append({"regime": REGIMES[r.regime]["label"], "PURE": r.a.removeprefix(f"{PURE} "),
                      "minus": r.b, "difference": interval(r["mean"], r.ci_low, r.ci_high),
                      "units": int(r.n), "tied": int(r.n_tied), "sign-flip p": f"{r.p_sign_flip:.2g}",
                      "smallest reachable p": f"{r.min_p:.2g}", "detectable difference": f"{r.mdd:.2f}",
-                     "reading": r.word})
+                     # a word only where the test can reach p < 0.05 with these units
+                     "reading": r.word if r.n >= 2 and r.min_p <= 0.05 else "too few units to judge"})
     return pd.DataFrame(rows)
 
 
