@@ -124,7 +124,7 @@ def _fake_scores():
     rows = []
     for regime, n_units, ari in (("R1", 7, 0.9), ("R2", 6, 0.85), ("R3", 3, 0.5), ("negative", 6, 0.1)):
         for u in range(n_units + 1):  # the last unit of each regime is not scored
-            for method in ("PURE (gxa)", "activations (mean)"):
+            for method in ("PURE (gxa)", "activations (mean)", "activations (peak)"):
                 rows.append(dict(neuron=2048 + u, method=method, k=2, ari=ari, nmi=ari,
                                  regime=regime, pair=f"a{u} | b{u}", truth="red",
                                  agreement=0.5, labelled=0.95 if regime != "R3" else 0.8,
@@ -174,3 +174,16 @@ def test_the_regime_table_reads_only_what_a_test_could_detect():
     pairs = pairs.assign(p_zsplit=0.1)
     table = controls.regime_table(pairs)
     assert table.reading.tolist() == ["too few units to judge", "higher"]
+
+
+def test_a_silent_unit_is_listed_but_never_scored():
+    silent = controls._silent_rows("R2", [type("G", (), dict(unit=4000, concept_a="red",
+                                                           concept_b="blue"))()])
+    scores = pd.concat([_fake_scores(), silent], ignore_index=True)
+    table = controls.unit_table(scores)
+    row = table[table.pair == "red | blue"].iloc[0]
+    assert row["general rule finds"] == "silent on these images" and not row.scored
+    pairs = controls.regime_pairs(scores, {"n_boot": 50, "ci_level": 0.95})
+    assert set(pairs.regime) == {"R1", "R2", "R3", "negative"} and (pairs.n[pairs.regime == "R2"] == 6).all()
+    summary = controls.score_summary(scores).set_index("regime")
+    assert summary.loc[controls.REGIMES["R2"]["label"], "built"] == 8  # 7 listed + the silent one

@@ -260,6 +260,14 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
         return _run_regime_empty()
     refs = mine_references(grafted, images, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=False).subset(units)
+    # a unit silent on every one of these images has nothing to split: kept in the table as such
+    live = (refs.values > 0).any(1).tolist()
+    silent = [r for r, ok in zip(built, live) if not ok]
+    built = [r for r, ok in zip(built, live) if ok]
+    units = [r.unit for r in built]
+    if not units:
+        return _silent_rows(name, silent)
+    refs = refs.subset(units)
     truth = true_features(grafted, images, refs, device=device, cache=cache)
     labels, _ = pair_truth(grafted, images, refs, built, batch_size=p.batch_size, device=device)
     feats = _features(p, grafted, images, refs, units, n_original, device, cache)
@@ -275,11 +283,22 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
     poly = dict(zip(units, ((share_a >= low) & (1 - share_a >= low)).tolist()))
     found = dict(zip(units, (", ".join(f) for f in truth.features(p.polysemantic_min_share))))
     pairs = {r.unit: f"{r.concept_a} | {r.concept_b}" for r in built}
-    return scores.assign(regime=name, pair=scores.neuron.map(pairs), truth=scores.neuron.map(found),
-                         agreement=scores.neuron.map(agree),
-                         labelled=scores.neuron.map(dict(zip(units, labelled.tolist()))),
-                         share_a=scores.neuron.map(dict(zip(units, share_a.tolist()))),
-                         scored=scores.neuron.map(poly))
+    scores = scores.assign(regime=name, pair=scores.neuron.map(pairs),
+                           truth=scores.neuron.map(found), agreement=scores.neuron.map(agree),
+                           labelled=scores.neuron.map(dict(zip(units, labelled.tolist()))),
+                           share_a=scores.neuron.map(dict(zip(units, share_a.tolist()))),
+                           scored=scores.neuron.map(poly))
+    return pd.concat([scores, _silent_rows(name, silent)], ignore_index=True) if silent else scores
+
+
+def _silent_rows(regime: str, records) -> pd.DataFrame:
+    """One row per grafted unit that is silent on every evaluation image of a regime (never
+    scored; its method is empty)."""
+    rows = [dict(neuron=r.unit, method=None, k=2, ari=float("nan"), nmi=float("nan"),
+                 regime=regime, pair=f"{r.concept_a} | {r.concept_b}",
+                 truth="silent on these images", agreement=float("nan"), labelled=0.0,
+                 share_a=float("nan"), scored=False) for r in records]
+    return pd.DataFrame(rows, columns=_run_regime_empty().columns)
 
 
 def _run_regime_empty() -> pd.DataFrame:
@@ -329,7 +348,7 @@ def regime_pairs(scores: pd.DataFrame, profile: Profile | dict) -> pd.DataFrame:
     """Every PURE attribution minus each baseline, per regime, paired over its scored units (those
     whose truth holds two or more features)."""
     p = as_profile(profile)
-    methods = list(dict.fromkeys(scores.method))
+    methods = list(dict.fromkeys(scores.method.dropna()))
     pure = [m for m in methods if m.startswith(PURE)]
     wanted = [(a, b) for a in pure for b in BASELINES]
     scores = scores[scores.scored]
