@@ -256,14 +256,14 @@ def umap_figure(coords, labels=None, *, images=None, n_thumbnails: int = 0, zoom
         labels = np.asarray(labels)
         colours = label_colours(labels, palette)
         values, counts = np.unique(labels, return_counts=True)
-        # the largest cluster first, so that a small one is drawn above it and stays visible
-        for z, i in enumerate(np.argsort(-counts, kind="stable")):
-            keep = labels == values[i]
+        # the smaller a cluster, the higher it is drawn, so that it stays visible
+        above = np.empty(len(values), dtype=int)
+        above[np.argsort(-counts, kind="stable")] = np.arange(len(values))
+        for v, z in zip(values, above):
+            keep = labels == v
             ax.scatter(coords[keep, 0], coords[keep, 1], s=18, edgecolors="none",
-                       color=colours[values[i]], label=str(values[i]), zorder=2 + z)
-        handles, names = ax.get_legend_handles_labels()
-        order = sorted(range(len(names)), key=lambda j: list(map(str, values)).index(names[j]))
-        ax.legend([handles[j] for j in order], [names[j] for j in order])
+                       color=colours[v], label=str(v), zorder=2 + int(z))
+        ax.legend()
     if images is not None:
         for i in range(min(n_thumbnails, len(images))):
             box = AnnotationBbox(OffsetImage(_to_display(images[i], 64), zoom=zoom),

@@ -4,7 +4,6 @@ written, on the smoke profile (the paper profile needs ImageNet): papermill's li
 test_notebooks.py (every chapter on smoke); test_reader.py checks names and types of all of them.
 """
 import json
-import re
 import shlex
 import subprocess
 import sys
@@ -14,28 +13,21 @@ import pytest
 
 from pure_utils.book import cli
 
+from test_reader import DOC_COMMANDS  # the documents' papermill and book lines, parsed once
+
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "book" / "reproduce.md"]
 
 
 def _documented() -> list[str]:
-    """The papermill and ``python -m pure_utils.book`` lines of the docs' bash blocks, once each."""
-    lines = []
-    for doc in DOCS:
-        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
-            for line in block.replace("\\\n", " ").splitlines():
-                line = " ".join(line.split(" #")[0].split())
-                if line.startswith(("papermill ", "python -m pure_utils.book ")) and line not in lines:
-                    lines.append(line)
-    return lines
+    """Each documented papermill and ``python -m pure_utils.book`` line once."""
+    return list(dict.fromkeys(" ".join(line.split()) for _, line in DOC_COMMANDS))
 
 
 def _on_smoke(argv: list[str], out: Path) -> list[str]:
     """The same command with the profile named smoke and ``out.ipynb`` in the test's folder."""
     argv = [str(out) if a == "out.ipynb" else a for a in argv]
-    for flag in ("-f",):
-        if flag in argv:
-            argv[argv.index(flag) + 1] = "smoke"
+    if "-f" in argv:
+        argv[argv.index("-f") + 1] = "smoke"
     if "profile" in argv and argv[argv.index("profile") - 1] == "-p":
         argv[argv.index("profile") + 1] = "smoke"
     return argv

@@ -33,6 +33,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from . import decorate as pages
 from . import site
+from .reader import glued_outputs
 from .progress import ENGINE_NAME, CellProgress, duration_text, eta_text, load_times, record_time
 from ..study import profile as profiles
 from .._files import apply_umask
@@ -357,17 +358,8 @@ def glue_values(executed_dir: Path = ROOT / EXECUTED_DIR) -> dict[str, dict[str,
     for path in sorted(Path(executed_dir).glob("*.ipynb")):
         if path.name.startswith("."):
             continue
-        nb = json.loads(path.read_text())
-        values = {}
-        for cell in nb["cells"]:
-            for o in cell.get("outputs", []):
-                record = o.get("metadata", {}).get("scrapbook", {})
-                if "name" in record:
-                    data = o.get("data", {})
-                    text = data.get(record.get("mime_prefix", "") + "text/plain",
-                                    data.get("text/plain", ""))
-                    values[record["name"]] = "".join(text) if isinstance(text, list) else text
-        out[path.stem] = values
+        glued = glued_outputs(json.loads(path.read_text()))
+        out[path.stem] = {key: data.get("text/plain", "") for key, data in glued.items()}
     return out
 
 

@@ -53,9 +53,12 @@ def glued_outputs(nb: dict) -> dict[str, dict]:
         for o in cell.get("outputs", []):
             record = o.get("metadata", {}).get("scrapbook", {})
             if "name" in record:
-                prefix = record.get("mime_prefix", "")
-                out[record["name"]] = {k[len(prefix):] if k.startswith(prefix) else k: _text(v)
-                                       for k, v in o.get("data", {}).items()}
+                prefix, data = record.get("mime_prefix", ""), o.get("data", {})
+                glued = {k: _text(v) for k, v in data.items() if not (prefix and k.startswith(prefix))}
+                # the glued value itself wins over a displayed copy of the same type
+                glued.update({k[len(prefix):]: _text(v) for k, v in data.items()
+                              if prefix and k.startswith(prefix)})
+                out[record["name"]] = glued
     return out
 
 

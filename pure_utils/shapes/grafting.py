@@ -80,9 +80,13 @@ def parse_concept(config: SyntheticConfig, concept: str) -> tuple:
                      f"({', '.join(shapes)}) or '<colour> <shape>'")
 
 
+def _is(obj: dict, colour, shape) -> bool:
+    """Whether an object has the concept ``(colour, shape)`` (``None``: any)."""
+    return (colour is None or obj["colour"] == colour) and (shape is None or obj["shape"] == shape)
+
+
 def _holds(objects: list, colour, shape, min_pixels: int) -> bool:
-    return any((colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)
-               and int(o["mask"].sum()) >= min_pixels for o in objects)
+    return any(_is(o, colour, shape) and int(o["mask"].sum()) >= min_pixels for o in objects)
 
 
 def concept_split(dataset, concept_a: str, concept_b: str, *, indices=None,
@@ -666,9 +670,8 @@ PAIR_CUT = 0.5
 
 def _without(scene, config, concept) -> list:
     """The scene's objects with every object holding ``concept`` removed (``None``)."""
-    colour, shape = parse_concept(config, concept)
-    return [None if (colour is None or o["colour"] == colour) and (shape is None or o["shape"] == shape)
-            else o for o in scene.objects]
+    concept = parse_concept(config, concept)
+    return [None if _is(o, *concept) else o for o in scene.objects]
 
 
 def pair_truth(model: nn.Module, dataset, references, records, *, batch_size: int = 64,

@@ -79,7 +79,8 @@ from ..shapes.grafting import (Graft, concept_split, design_units, install_units
 from ..shapes.ground_truth import true_features
 from ..cache import resolve_cache
 from .profile import Profile, as_profile, profile_device
-from .report import interval
+from .report import interval, judgeable
+from .setting import layer_channels
 from .tables import PURE, ground_truth_table, paired_table
 
 __all__ = ["REGIMES", "DESIGNS", "PASS", "regime_pairs", "SEEN_PAIRS", "UNSEEN_PAIRS", "design_table", "controls_comparison",
@@ -261,9 +262,9 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
     refs = mine_references(grafted, images, p.layer, p.n_ref, batch_size=p.batch_size,
                            device=device, cache=cache, progress=False).subset(units)
     # a unit silent on every one of these images has nothing to split: kept in the table as such
-    live = (refs.values > 0).any(1).tolist()
-    silent = [r for r, ok in zip(built, live) if not ok]
-    built = [r for r, ok in zip(built, live) if ok]
+    dead = set(refs.dead.tolist())
+    silent = [r for r in built if r.unit in dead]
+    built = [r for r in built if r.unit not in dead]
     units = [r.unit for r in built]
     if not units:
         return _silent_rows(name, silent)
@@ -327,8 +328,7 @@ def controls_comparison(profile: Profile | dict, *, progress: bool = False) -> d
     model = load_model(p.graft_model).to(device)
     cache = resolve_cache(p.cache)
     designs = _design(p, model, device)
-    n_original = forward_until(model, _images(p, {}, "design")[0][0][None].to(device),
-                               p.layer).shape[1]
+    n_original = layer_channels(model, _images(p, {}, "design"), p.layer, device)
     grafted = {name: install_units(model, p.layer, records, device=device)
                for name, records in designs.items() if any(isinstance(r, Graft) for r in records)}
     frames = []
@@ -411,8 +411,7 @@ def regime_table(pairs: pd.DataFrame) -> pd.DataFrame:
                      "minus": r.b, "difference": interval(r["mean"], r.ci_low, r.ci_high),
                      "units": int(r.n), "tied": int(r.n_tied), "sign-flip p": f"{r.p_sign_flip:.2g}",
                      "smallest reachable p": f"{r.min_p:.2g}", "detectable difference": f"{r.mdd:.2f}",
-                     # a word only where the test can reach p < 0.05 with these units
-                     "reading": r.word if r.n >= 2 and r.min_p <= 0.05 else "too few units to judge"})
+                     "reading": r.word if judgeable(r) else "too few units to judge"})
     return pd.DataFrame(rows)
 
 

@@ -48,6 +48,13 @@ def glue(key: str, value, fmt: str | None = None):
     _glue(key, value, display=False)
 
 
+def judgeable(row, alpha: float = 0.05) -> bool:
+    """Whether a paired comparison (a row of a paired table: ``n``, ``min_p``) can be judged at
+    all: two or more units, and a test that can reach ``p < alpha`` with them (its smallest
+    reachable p at most ``alpha``)."""
+    return row is not None and row["n"] >= 2 and float(row["min_p"]) <= alpha
+
+
 def interval(mean: float, low: float, high: float, fmt: str = ".2f") -> str:
     """``"0.63 [0.53, 0.72]"``: a value with its interval, for prose and tables."""
     values = [_plain(v) for v in (mean, low, high)]

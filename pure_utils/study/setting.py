@@ -234,19 +234,20 @@ def check_neurons(neurons, *, layer: str, model_name: str, n_channels: int,
     range (``0 <= k < n_channels``), never activates (``dead``) or, when ``evaluated`` is given,
     is not among the channels the profile evaluates. Returns them as a list of ints."""
     given = [neurons] if isinstance(neurons, (int, np.integer)) else list(neurons)
+    where, dead = f"layer {layer!r} of {model_name}", {int(d) for d in dead}
+    evaluated = None if evaluated is None else {int(e) for e in evaluated}
     out = []
     for k in given:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise ValueError(f"neuron {k!r} is not a channel index (an integer) of layer {layer!r}")
         k = int(k)
-        where = f"layer {layer!r} of {model_name}"
         if not 0 <= k < n_channels:
             raise ValueError(f"neuron index {k} out of range: {where} has {n_channels} channels "
                              f"(0..{n_channels - 1})")
-        if k in set(int(d) for d in dead):
+        if k in dead:
             raise ValueError(f"neuron {k} of {where} never activates on the data (no reference "
                              "samples): choose another channel")
-        if evaluated is not None and k not in set(evaluated):
+        if evaluated is not None and k not in evaluated:
             raise ValueError(f"neuron {k} of {where} is not among the {len(evaluated)} channels "
                              "the profile evaluates (n_neurons, neuron_seed): choose one of them "
                              "or evaluate all (n_neurons: null)")

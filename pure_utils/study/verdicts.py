@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from ..metrics import ground_truth_scores, paired_difference
-from .report import difference_sentence, interval
+from .report import difference_sentence, interval, judgeable
 from .tables import ACTIVATIONS, BASELINE_LABELS, cluster_composition
 from ..shapes.train import polysemantic_record
 
@@ -566,12 +566,6 @@ def _comparison(pairs: pd.DataFrame, regime: str, a: str, b: str) -> dict | None
     return None if rows.empty else rows.iloc[0].to_dict()
 
 
-def _judged(row: dict | None, alpha: float = 0.05) -> bool:
-    """Whether a comparison can be judged at all: enough units that its test can reach
-    ``p < alpha`` (its smallest reachable p, ``min_p``, at most ``alpha``)."""
-    return row is not None and row["n"] >= 2 and float(row["min_p"]) <= alpha
-
-
 def _said(row: dict | None, baseline: str) -> str:
     """``"detectably higher than the peak activations' (+0.31 [0.14, 0.53], 8 units, ...)"`` and
     the like; a comparison whose test cannot reach p < 0.05 with its units is not judged."""
@@ -582,7 +576,7 @@ def _said(row: dict | None, baseline: str) -> str:
              if n >= 2 else "")
     numbers = (f"{interval(row['mean'], row['ci_low'], row['ci_high'])}, {n} "
                f"unit{'s' if n != 1 else ''}{tests}")
-    if not _judged(row):
+    if not judgeable(row):
         return (f"not to be judged against the {baseline}' ({numbers}: with so few units that "
                 "differ, no test reaches p below 0.05)")
     word = {"higher": "detectably higher than", "lower": "detectably lower than"}.get(
@@ -626,9 +620,9 @@ def controls_verdict(pairs: pd.DataFrame, criteria: pd.DataFrame, attribution: s
                 f"{_said(peak1, 'peak activations')}. ")
     text += (f"Where an unrelated object varies beside the unit's concept (R2), PURE's ARI is "
              f"{_said(mean2, 'averaged activations')} and {_said(peak2, 'peak activations')}.")
-    gain = _judged(mean2) and mean2["word"] == "higher"
-    beyond = _judged(peak2) and peak2["word"] == "higher"
-    if not _judged(mean2) or not _judged(peak2):
+    gain = judgeable(mean2) and mean2["word"] == "higher"
+    beyond = judgeable(peak2) and peak2["word"] == "higher"
+    if not judgeable(mean2) or not judgeable(peak2):
         text += (" Too few of R2's units differ between the methods to say whether PURE's "
                  "advantage is location or circuit.")
     elif gain and not beyond:
@@ -643,9 +637,9 @@ def controls_verdict(pairs: pd.DataFrame, criteria: pd.DataFrame, attribution: s
                        f"{pre.value:.2f}, needed {pre.needed}).")
     text += (f" Where the layer's averaged activations barely tell the two concepts apart "
              f"(R3, ARI {pre.value:.2f}), PURE is {_said(peak3, 'peak activations')}")
-    if _judged(peak3) and peak3["word"] == "higher":
+    if judgeable(peak3) and peak3["word"] == "higher":
         return text + ": there the circuit carries what the activations do not."
-    if not _judged(peak3):
+    if not judgeable(peak3):
         return text + ": too few units are scored to test the circuit."
     return text + ": on this model no advantage of the circuit over location is detectable."
 
@@ -713,9 +707,9 @@ def answer_sentences(pooled: pd.DataFrame, regime_pairs: pd.DataFrame, criteria:
                  f"{r.statistic:+.3f}, p {r.p:.2g}).")
     mean2 = _comparison(regime_pairs, "R2", a, ACTIVATIONS)
     peaks = {r: _comparison(regime_pairs, r, a, "activations (peak)") for r in ("R1", "R2", "R3")}
-    gain = _judged(mean2) and mean2["word"] == "higher"
-    circuit = [r for r, row in peaks.items() if _judged(row) and row["word"] == "higher"]
-    if not _judged(mean2):
+    gain = judgeable(mean2) and mean2["word"] == "higher"
+    circuit = [r for r, row in peaks.items() if judgeable(row) and row["word"] == "higher"]
+    if not judgeable(mean2):
         second = ("Where unrelated content varies beside a unit's concept, too few grafted units "
                   "are scored to judge PURE against either baseline.")
     elif not gain:
@@ -726,7 +720,7 @@ def answer_sentences(pooled: pd.DataFrame, regime_pairs: pd.DataFrame, criteria:
                   "averaged activations, and on grafted units whose two concepts have disjoint "
                   f"circuits it also beats the activations at the unit's peak ({_where(circuit)}): "
                   "there the circuit carries what location alone does not.")
-    elif not _judged(peaks["R2"]):
+    elif not judgeable(peaks["R2"]):
         second = ("Where unrelated content varies beside a unit's concept, PURE beats the "
                   "averaged activations; whether the circuit adds anything to location cannot be "
                   "judged with the grafted units scored.")
