@@ -278,7 +278,10 @@ def _run_regime(p: Profile, name: str, grafted, records, n_original, device, cac
     agree = {r.unit: design_agreement(truth.names, truth.labels[i], r.concept_a, r.concept_b,
                                       images.config) for i, r in enumerate(built)}
     labelled = (labels < 2).float().mean(1)
-    share_a = (labels == 0).float().sum(1) / (labels < 2).float().sum(1).clamp_min(1)
+    n_labelled = (labels < 2).float().sum(1)
+    # A's share of the labelled references (NaN when none is labelled: nothing to share)
+    share_a = torch.where(n_labelled > 0, (labels == 0).float().sum(1) / n_labelled.clamp_min(1),
+                          float("nan"))
     # scored: A and B each hold the profile's polysemantic share of the labelled references
     low = p.polysemantic_min_share
     poly = dict(zip(units, ((share_a >= low) & (1 - share_a >= low)).tolist()))
