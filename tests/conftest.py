@@ -26,6 +26,28 @@ def tmp_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory):
+    """One cache folder for the smoke runs of a whole test session (chapters and commands)."""
+    # the notebooks of one test run share mined references and attributions, as in a real book
+    # build: one folder for the whole session, shared by the pytest-xdist workers too (the
+    # basetemp of a worker lies inside the run's own folder; entries are written atomically)
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / "smoke-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def smoke_kernel(monkeypatch, cache) -> None:
+    """A notebook run of the smoke profile in this test: its kernel reads and writes the
+    session's smoke cache (with ``-p cache true`` on its command line) and computes on as many
+    threads as this worker, not on every core."""
+    monkeypatch.setenv("PURE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+
+
 def pytest_collection_modifyitems(config, items):
     """Run the long tests (marked ``slow``) first, so that no long test starts last while the
     other workers wait for it (``make test`` hands out one test at a time: ``--maxschedchunk 1``).

@@ -224,3 +224,48 @@ def test_a_model_of_another_family_is_studied_at_its_own_layers_with_lrp_left_ou
     with pytest.raises(ValueError, match="attribution 'epsilon_plus_flat' .* is not correct on "
                                          "synthetic_convnext"):
         family.compare_model({**profile, "attribution": "epsilon_plus_flat"}, "synthetic_convnext")
+
+
+def test_the_setting_passes_its_profile_to_heatmaps_crops_and_virtual_neurons(smoke):
+    """A chapter calls the setting instead of handing the profile's keys to the free functions:
+    each method gives exactly what the free function gives with the keys written out."""
+    import dataclasses
+
+    from pure_utils import VirtualNeurons
+    from pure_utils.crops import display_crops, feature_heatmaps, reference_images
+
+    profile, r = smoke
+    s = r.setting
+    # a profile that differs from the defaults in every key the methods read: a method that
+    # ignored one would not match
+    p = dataclasses.replace(s.profile, composite="epsilon_plus", display_blur_kernel=11,
+                            display_threshold=0.3, display_dim_threshold=0.5, display_alpha=0.1,
+                            random_state=3, n_init=2, batch_size=3)
+    s = dataclasses.replace(s, profile=p)
+    n = s.neurons[1]
+    heat = s.heatmaps([n], progress=False)
+    again = feature_heatmaps(s.model, s.dataset, s.references, p.layer, [n], composite="epsilon_plus",
+                             batch_size=3, device=s.device, progress=False)
+    torch.testing.assert_close(heat, again)
+    assert not torch.allclose(heat, s.heatmaps([n], composite="gradient_x_input", progress=False))
+    images = reference_images(s.dataset, s.references, n)
+    torch.testing.assert_close(s.reference_images(n), images)
+    shown = s.display_crops(n, heat[0])
+    expected = display_crops(images, heat[0], blur_kernel=11, threshold=0.3, dim_threshold=0.5,
+                             alpha=0.1)
+    assert len(shown) == len(expected) and all(torch.equal(a, b) for a, b in zip(shown, expected))
+    R = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    vn = s.virtual_neurons(R, 3)
+    ref = VirtualNeurons(n_clusters=3, random_state=3, n_init=2).fit(R)
+    assert (vn.n_clusters, vn.random_state, vn.n_init) == (3, 3, 2)
+    np.testing.assert_array_equal(vn.labels_, ref.labels_)
+
+
+def test_a_setting_of_another_model_names_that_model_in_its_profile():
+    from pure_utils.study.profile import load_profile
+
+    small = {"config": {"image_size": 64}, "n": 8}
+    p = load_profile("smoke", dataset_kwargs=small, n_ref=4, n_neurons=1)
+    s = ex.load_setting(p, model_name="resnet18", progress=False)
+    assert s.profile.model_name == "resnet18" != p.model_name
+    assert s.model_name == "resnet18"

@@ -6,17 +6,16 @@ architectures) with random weights and tiny data, so these runs need no download
 """
 import ast
 import json
-import os
 import re
-
 import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 from pure_utils.book import build as book
 from pure_utils.book import cli, decorate
+
+from conftest import smoke_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +69,10 @@ STAT_NAMES = {"wilcoxon", "bootstrap", "bootstrap_ci", "spearmanr", "pearsonr", 
               "silhouette_score", "replace"}
 #: Modules whose functions a chapter does not call directly (``pu.metrics.purity``, ...).
 STAT_NAMESPACES = {"metrics", "stats"}
+#: Keywords a chapter never passes: the run options and k-means' restarts come with the setting
+#: (``setting.heatmaps(...)``, ``setting.virtual_neurons(...)``) or the profile's groups
+#: (``**P.clustering``), never key by key.
+SETTING_KEYWORDS = {"batch_size", "device", "cache", "num_workers", "n_init"}
 
 
 def _rule_violations(src: str) -> list[str]:
@@ -89,6 +92,10 @@ def _rule_violations(src: str) -> list[str]:
                 found.append(f"{ast.unparse(node)} (call the study's functions instead)")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in STAT_NAMES:
             found.append(f"{node.func.id}()")
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "P":
+            found.append(f"{ast.unparse(node)} (read the profile's typed field: P.key)")
+        elif isinstance(node, ast.keyword) and node.arg in SETTING_KEYWORDS:
+            found.append(f"{node.arg}= (the setting passes it)")
     return found
 
 
@@ -119,6 +126,13 @@ def test_rules_catch_statistics_and_sentence_edits_but_not_displays():
     assert _rule_violations('glue("m", f"{r[\'mean\']:.2f} ± {r[\'sem\']:.2f}")') == []
     assert _rule_violations('glue("m", poly.polysemanticity.median(), ".2f")') == []
     assert _rule_violations("# the mean of the bootstrap: a comment\nx = 1") == []
+    # the profile is read by field, its keys reach the library through the setting
+    assert _rule_violations('glue("n", P["n_ref"])') == ['P[\'n_ref\'] (read the profile\'s typed field: P.key)']
+    assert _rule_violations("h = pu.feature_heatmaps(m, d, r, P.layer, [1], batch_size=P.batch_size)") == [
+        "batch_size= (the setting passes it)"]
+    assert _rule_violations("vn = pu.VirtualNeurons(n_clusters=2, random_state=0, n_init=P.n_init)") == [
+        "n_init= (the setting passes it)"]
+    assert _rule_violations("h = setting.heatmaps([n]); t = f(x, **P.clustering); y = runs[m]") == []
 
 
 def test_cell_length_counts_non_blank_lines_and_exempts_the_parameters_cell(tmp_path):
@@ -142,29 +156,15 @@ def test_chapters_only_call_display_and_glue(chapter):
         "the cell or move its logic into pure_utils")
     for src, cell in _cells(chapter.source, "code"):
         bad = _rule_violations(src)
-        assert not bad, (f"cell {cell.get('id')} computes statistics or edits a sentence: "
-                         f"{', '.join(bad)}; call a function of pure_utils.study instead")
-
-
-@pytest.fixture(scope="session")
-def smoke_cache(tmp_path_factory):
-    # the notebooks of one test run share mined references and attributions, as in a real book
-    # build: one folder for the whole session, shared by the pytest-xdist workers too (the
-    # basetemp of a worker lies inside the run's own folder; entries are written atomically)
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    path = base / "smoke-cache"
-    path.mkdir(exist_ok=True)
-    return path
+        assert not bad, (f"cell {cell.get('id')} computes statistics, edits a sentence or "
+                         f"plumbs the profile: {', '.join(bad)}; call a function of "
+                         "pure_utils.study or a method of the setting instead")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])
 def test_chapter_runs_on_the_smoke_profile(chapter, tmp_path, smoke_cache, monkeypatch):
-    monkeypatch.setenv("PURE_CACHE_DIR", str(smoke_cache))
-    # the kernel computes on as many threads as this worker (conftest.py), not on every core
-    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    smoke_kernel(monkeypatch, smoke_cache)
     # the box's `book run` line, as the page prints it for the smoke profile; the test only
     # moves its output into the test's folder and turns the cache on (-p cache true), so that
     # the chapters share mined references as in a book build

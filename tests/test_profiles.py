@@ -208,6 +208,31 @@ def test_a_profile_reads_as_a_mapping():
         as_profile([1, 2])
 
 
+
+def test_keys_that_travel_together_are_the_keywords_of_their_functions():
+    import inspect
+
+    from pure_utils.crops import crop_boxes, display_crops, feature_crops
+    from pure_utils.study.tables import summarize_frame
+    from pure_utils.virtual import VirtualNeurons
+
+    p = dataclasses.replace(load_profile("smoke"), random_state=4, n_init=3, n_boot=77,
+                            ci_level=0.9, crop_blur_kernel=7, crop_threshold=0.1,
+                            display_blur_kernel=9, display_threshold=0.2,
+                            display_dim_threshold=0.3, display_alpha=0.5)
+    assert p.clustering == {"random_state": 4, "n_init": 3}
+    assert p.intervals == {"n_boot": 77, "level": 0.9}
+    assert p.evaluation_crop == {"blur_kernel": 7, "threshold": 0.1}
+    assert p.display_crop == {"blur_kernel": 9, "threshold": 0.2, "dim_threshold": 0.3, "alpha": 0.5}
+    # every group is accepted as it is by the functions it is written for
+    for group, functions in [(p.clustering, [VirtualNeurons]), (p.intervals, [summarize_frame]),
+                             (p.evaluation_crop, [crop_boxes, feature_crops]),
+                             (p.display_crop, [display_crops])]:
+        for f in functions:
+            assert set(group) <= set(inspect.signature(f).parameters), (f.__name__, group)
+    # the groups are no keys: the mapping and the YAML files stay as they are
+    assert not {"clustering", "intervals", "evaluation_crop", "display_crop"} & set(p)
+
 # --- loading, overrides, environment -------------------------------------------------------------
 def test_shipped_profiles():
     assert {"offline", "paper", "smoke"} <= set(profile_names())

@@ -217,6 +217,32 @@ class Profile(Mapping):
                 raise ProfileError(text) from None
             object.__setattr__(self, key, converted)
 
+    # --- keys that travel together, as the keywords of the functions that take them -------------
+    @property
+    def clustering(self) -> dict:
+        """k-means' keywords: ``{"random_state": ..., "n_init": ...}`` (``VirtualNeurons``, the
+        tables of :mod:`pure_utils.study.tables` and :mod:`~pure_utils.study.ablations`)."""
+        return {"random_state": self.random_state, "n_init": self.n_init}
+
+    @property
+    def intervals(self) -> dict:
+        """The intervals' keywords: ``{"n_boot": ..., "level": ...}`` (``ci_level`` as
+        ``level``)."""
+        return {"n_boot": self.n_boot, "level": self.ci_level}
+
+    @property
+    def evaluation_crop(self) -> dict:
+        """The evaluation crop's keywords: ``{"blur_kernel": ..., "threshold": ...}``
+        (:func:`~pure_utils.crops.crop_boxes`, :func:`~pure_utils.crops.feature_crops`)."""
+        return {"blur_kernel": self.crop_blur_kernel, "threshold": self.crop_threshold}
+
+    @property
+    def display_crop(self) -> dict:
+        """The display crop's keywords (:func:`~pure_utils.crops.display_crops`):
+        ``blur_kernel``, ``threshold``, ``dim_threshold`` and ``alpha``."""
+        return {"blur_kernel": self.display_blur_kernel, "threshold": self.display_threshold,
+                "dim_threshold": self.display_dim_threshold, "alpha": self.display_alpha}
+
     # --- the read-only mapping -----------------------------------------------------------------
     def __getitem__(self, key):
         if key not in self:

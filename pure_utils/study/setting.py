@@ -23,7 +23,8 @@ import torch
 
 from ..cache import TensorSpec, cached, resolve_cache
 from ..circuits import BASELINES, activation_vectors, circuit_attributions
-from ..crops import crops_from_boxes, embed_boxes, reference_boxes
+from ..crops import (crops_from_boxes, display_crops, embed_boxes, feature_heatmaps,
+                     reference_boxes, reference_images)
 from ..data import load_dataset
 from ..disjoint import check_disjoint
 from ..embed import ImageEmbedder, load_embedder
@@ -31,6 +32,7 @@ from ..layers import eval_mode, forward_until, layer_layout
 from ..models import load_model, randomize_batchnorm, read_card, shipped_models
 from ..references import References, mine_references
 from ..shapes.generator import SyntheticConfig
+from ..virtual import VirtualNeurons
 from ..shapes.ground_truth import TrueFeatures, reference_concepts, true_features
 from .profile import Profile, as_profile, check_profile, profile_device
 from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compare_clusterings,
@@ -131,6 +133,36 @@ class Setting:
         :data:`~pure_utils.circuits.BASELINES`; ``kwargs`` as there)."""
         return {label: self.activation_vectors(pooling=pooling, **kwargs)
                 for label, pooling in BASELINES.items()}
+
+    def virtual_neurons(self, vectors, k: int = 2) -> VirtualNeurons:
+        """One neuron's virtual neurons: :class:`~pure_utils.virtual.VirtualNeurons` with ``k``
+        clusters and the profile's k-means seed and restarts, fitted on ``vectors``
+        (``Tensor[n_ref, C]``, e.g. a row of :meth:`circuit_attributions`)."""
+        return VirtualNeurons(n_clusters=k, **self.profile.clustering).fit(vectors)
+
+    def reference_images(self, neuron: int, n_ref: int | None = None) -> torch.Tensor:
+        """The neuron's reference samples as images in [0, 1]: ``Tensor[n_ref, 3, H, W]``
+        (:func:`~pure_utils.crops.reference_images`)."""
+        return reference_images(self.dataset, self.references, neuron, n_ref=n_ref)
+
+    def heatmaps(self, neurons=None, *, composite: str | None = None,
+                 progress: bool = True) -> torch.Tensor:
+        """Heatmaps of the neurons' references: ``Tensor[n_neurons, n_ref, H, W]``.
+
+        :func:`~pure_utils.crops.feature_heatmaps` with the profile's layer, composite (or
+        ``composite``: ``"gradient_x_input"`` where LRP does not cover the model), batch size
+        and device; ``neurons`` default to the evaluated ones.
+        """
+        p = self.profile
+        return feature_heatmaps(self.model, self.dataset, self.references, p.layer,
+                                self.neuron_list(neurons), composite=composite or p.composite,
+                                batch_size=p.batch_size, device=self.device, progress=progress)
+
+    def display_crops(self, neuron: int, heatmaps: torch.Tensor) -> list[torch.Tensor]:
+        """Display crops of one neuron's references (:func:`~pure_utils.crops.display_crops`
+        with the profile's display crop), given its heatmaps (``Tensor[n_ref, H, W]``, a row of
+        :meth:`heatmaps`)."""
+        return display_crops(self.reference_images(neuron), heatmaps, **self.profile.display_crop)
 
 
 def select_neurons(n_channels: int, n_neurons: int | None = None, seed: int = 0, *,
@@ -265,7 +297,8 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
         From :func:`~pure_utils.study.profile.load_profile` (a mapping is checked and completed
         with the defaults).
     model_name : str, optional
-        Overrides ``profile["model_name"]`` (e.g. one of ``profile["model_names"]``).
+        Overrides ``profile["model_name"]`` (e.g. one of ``profile["model_names"]``); the
+        setting's profile then names this model.
     progress : bool
         Show progress bars.
     neurons : int or list of int, optional
@@ -290,7 +323,7 @@ def load_setting(profile: Profile | dict, *, model_name: str | None = None, prog
     """
     p = check_profile(profile)
     name = model_name or p.model_name
-    p = replace(p, **model_layers(p, name))
+    p = replace(p, model_name=name, **model_layers(p, name))
     model = load_model(name, pretrained=p.pretrained, checkpoint=p.checkpoint)
     if p.randomize_batchnorm:
         randomize_batchnorm(model, seed=0)
