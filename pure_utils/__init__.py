@@ -6,6 +6,26 @@ vectors into *virtual neurons*, and evaluate how pure the resulting features are
 
 The public names are imported lazily so that ``import pure_utils`` stays cheap (no torch
 import until a name that needs it is used).
+
+Run options
+-----------
+Every stage that runs a model (:class:`PURE`, :func:`mine_references`,
+:func:`circuit_attributions`, :func:`activation_vectors`, :func:`feature_heatmaps`, ...) takes
+these keywords, with one meaning everywhere; a function's own docstring adds only what is
+particular to it.
+
+batch_size : int
+    Images per forward (or backward) pass.
+device : str, torch.device or None
+    Where to compute; the model is moved there. ``None``: the device of the model's parameters.
+cache : None, True, str, Path or Cache
+    ``None`` or ``False``: compute and keep nothing; ``True``: the default :class:`Cache`
+    (``.cache/pure``, or ``$PURE_CACHE_DIR``); a folder or a :class:`Cache`: that one. Results
+    are stored, reused and verified when read (:mod:`pure_utils.cache`).
+progress : bool
+    Show progress bars.
+num_workers : int
+    DataLoader worker processes that read the images ahead (0: read in this process).
 """
 from __future__ import annotations
 

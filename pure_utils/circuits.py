@@ -409,14 +409,9 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str | Non
         :data:`ATTRIBUTIONS` (LRP with :func:`~pure_utils.canonizers.canonizers_for` canonizers).
     normalize : bool
         Divide each vector by the sum of its absolute values + 1e-10 (sign kept).
-    batch_size : int
-        Images per forward pass; each image's neurons share it.
-    device : str or torch.device, optional
-        Where to compute (the model is moved there); default: the model's device.
-    cache : None, True, Cache or path
-        Store / reuse results (the unnormalised vectors are stored).
-    progress : bool
-        Show a progress bar.
+    batch_size, device, cache, progress, num_workers
+        The run options (see :mod:`pure_utils`); an image's neurons share one pass; the
+        cache keeps the unnormalised vectors.
     approximate : bool
         LRP only: compute it on a model the canonizers do not cover (otherwise a ``ValueError``
         names what is missing), with a :class:`~pure_utils.canonizers.LRPApproximationWarning`
@@ -433,8 +428,6 @@ def circuit_attributions(model: nn.Module, dataset, references, layer: str | Non
         ``layer`` (the same vectors, without the second pass through the lower layers). Ignored
         for LRP, multiple lower layers, or a stash that kept nothing; refused for another model
         or dataset.
-    num_workers : int
-        DataLoader worker processes that read the images ahead (0: read in this process).
     layout : None, str, Layout or dict
         How to read the layers' outputs (default: detected, or for ``layer`` the layout the
         references were mined with; see :func:`pure_utils.layers.layer_layout`); a dict maps
@@ -500,8 +493,10 @@ def lrp_conservation(model: nn.Module, dataset, references, layer: str | None = 
 
     Parameters
     ----------
-    model, dataset, references, layer, neurons, batch_size, device, cache, progress, layout, tokens
+    model, dataset, references, layer, neurons, layout, tokens
         As in :func:`circuit_attributions`.
+    batch_size, device, cache, progress
+        The run options (see :mod:`pure_utils`).
     lower_layer : str
         One lower layer.
     attribution : str
@@ -542,15 +537,13 @@ def activation_vectors(model: nn.Module, dataset, references, layer: str | None 
 
     Parameters
     ----------
-    model, dataset, references, layer, neurons, device, cache, progress, layout, tokens
+    model, dataset, references, layer, neurons, layout, tokens
         As in :func:`circuit_attributions`.
-    batch_size : int
-        Images per forward pass (each distinct image is computed once).
+    batch_size, device, cache, progress, num_workers
+        The run options (see :mod:`pure_utils`); each distinct image is computed once.
     stash : ActivationStash, optional
         The stash of the mining run: ``layer`` runs from the kept activations of its lower
         layer (the same features); images it does not hold are run as usual.
-    num_workers : int
-        DataLoader worker processes that read the images ahead.
     pooling : {"mean", "peak"}
         The spatial mean (default) or the vector at the neuron's peak.
 

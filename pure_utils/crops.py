@@ -86,12 +86,9 @@ def feature_heatmaps(model, dataset, references, layer: str, neurons: Sequence[i
         residual blocks).
     n_ref : int, optional
         Use only the first ``n_ref`` reference samples of each neuron (default: all).
-    batch_size : int
-        Samples per backward pass.
-    device : str or torch.device, optional
-        Default: the device of the model's parameters.
-    progress : bool
-        Show a progress bar.
+    batch_size, device, progress
+        The run options (see :mod:`pure_utils`); ``batch_size`` counts samples per backward
+        pass.
     approximate : bool
         Compute the heatmaps on a model the canonizers do not cover (see
         :func:`pure_utils.canonizers.lrp_support`; otherwise a ``ValueError`` names what is
@@ -458,19 +455,17 @@ def reference_boxes(model, dataset, references, layer: str, neurons, *,
 
     Parameters
     ----------
-    model, dataset, references, layer, composite, batch_size, device
+    model, dataset, references, layer, composite
         As in :func:`~pure_utils.crops.feature_heatmaps` (``references``: mined
         :class:`~pure_utils.references.References`).
+    batch_size, device, progress, num_workers
+        The run options (see :mod:`pure_utils`); the progress bar shows on rank 0 only.
     neurons : sequence of int
         Channels of ``layer``.
     blur_kernel, threshold
         As in :func:`~pure_utils.crops.crop_boxes`.
     chunk_size : int
         Neurons per heatmap computation (memory: ``chunk_size * n_ref`` heatmaps).
-    num_workers : int
-        DataLoader worker processes that read the images ahead.
-    progress : bool
-        Show a progress bar (rank 0).
     deadline : float, optional
         Stop after the chunk that ends past this :func:`time.perf_counter` value.
 
@@ -561,13 +556,10 @@ def embed_boxes(dataset, indices, boxes, embedders, *, batch_size: int = 32,
         ``(y0, x0, y1, x1)`` of each crop.
     embedders : sequence of ImageEmbedder
         Each runs on its own device (``embedder.device``).
-    batch_size : int
-        Crops per forward pass (the embedders' own ``batch_size`` gives ``Embedder.embed``'s
-        batches exactly).
-    num_workers : int
-        DataLoader worker processes that cut and preprocess the crops ahead.
-    progress : bool
-        Show a progress bar (rank 0).
+    batch_size, progress, num_workers
+        The run options (see :mod:`pure_utils`); ``batch_size`` counts crops (an embedder's
+        own ``batch_size`` gives ``Embedder.embed``'s batches exactly), the workers cut and
+        preprocess the crops ahead, the progress bar shows on rank 0 only.
     deadline : float, optional
         Stop after the batch that ends past this :func:`time.perf_counter` value.
 

@@ -98,17 +98,10 @@ class PURE(BaseEstimator):
     tokens : {"patches", "all"}, optional
         Token layers: the unit's positions (default ``"patches"``, class and register tokens
         left out).
-    batch_size : int
-        Images per forward pass, in every stage.
-    device : str or torch.device, optional
-        Where to compute (the model is moved there); default: the model's device.
-    cache : None, True, Cache or path
-        Store and reuse references, circuits and activation features (not for tensors of images,
-        which have no fingerprint).
-    progress : bool
-        Show progress bars.
-    num_workers : int
-        DataLoader worker processes that read images ahead.
+    batch_size, device, cache, progress, num_workers
+        The run options (see :mod:`pure_utils`); passed to every stage; the cache keeps
+        references, circuits and activation vectors (not for tensors of images, which have
+        no fingerprint).
     random_state : int
         Seed of k-means (10 restarts, as in the reference pipeline).
     approximate : bool

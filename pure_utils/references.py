@@ -497,16 +497,8 @@ def mine_references(model: nn.Module, dataset, layer: str, n_ref: int = 100, *,
         Module name, e.g. ``"layer4"``.
     n_ref : int
         Reference samples per channel, ``1 <= n_ref <= len(dataset)``.
-    batch_size : int
-        Images per forward pass.
-    device : str or torch.device, optional
-        Where to compute (the model is moved there); default: the model's device.
-    cache : None, True, Cache or path
-        ``None``: no caching; ``True``: the default :class:`~pure_utils.cache.Cache`.
-    progress : bool
-        Show a progress bar.
-    num_workers : int
-        DataLoader workers (0: load in the main process).
+    batch_size, device, cache, progress, num_workers
+        The run options (see :mod:`pure_utils`).
     on_nonfinite : {"raise", "skip"}
         A sample with a NaN or infinite activation anywhere in ``layer``: ``"raise"`` stops with
         a ``ValueError`` naming the dataset indices; ``"skip"`` leaves it out of every ranking

@@ -205,3 +205,91 @@ def test_sub_packages_import_their_modules_on_first_use():
     assert out.stdout.split() == ["pure_utils.study.tables", "False"]
     with pytest.raises(AttributeError, match="module 'pure_utils.study' has no attribute 'nope'"):
         pure_utils.study.nope
+
+
+# --- the run options: documented once, for the package ------------------------------------------
+RUN_OPTIONS = ("batch_size", "device", "cache", "progress", "num_workers")
+
+
+def _parameter_entries(doc: str) -> list[tuple[list[str], str]]:
+    """The entries of a numpydoc ``Parameters`` section: (names, first line of the description)."""
+    import inspect
+    import re
+
+    lines = inspect.cleandoc(doc).splitlines()
+    start = lines.index("Parameters") + 2
+    entries = []
+    for i in range(start, len(lines)):
+        line, after = lines[i], lines[i + 1] if i + 1 < len(lines) else ""
+        if line and set(after) == {"-"}:
+            break  # the next section
+        if re.fullmatch(r"\w+(, \w+)*( : .*)?", line):
+            entries.append((line.split(" : ")[0].split(", "),
+                            after.strip() if after.startswith(" ") else ""))
+    return entries
+
+
+def _runners():
+    """Public functions and classes of the library that take three or more run options."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    found = {}
+    for info in pkgutil.walk_packages(pure_utils.__path__, "pure_utils."):
+        if any(part.startswith("_") for part in info.name.split(".")) or \
+                info.name.split(".")[1] in ("book", "perf"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != info.name:
+                continue
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or not obj.__doc__:
+                continue
+            try:
+                params = inspect.signature(obj).parameters
+            except (TypeError, ValueError):
+                continue
+            if len(set(params) & set(RUN_OPTIONS)) >= 3 and "Parameters" in obj.__doc__:
+                found[f"{info.name}.{name}"] = (obj, [p for p in RUN_OPTIONS if p in params])
+    return found
+
+
+def test_the_run_options_are_documented_once_for_the_package():
+    # the package documents each option once ...
+    package = _parameter_entries(pure_utils.__doc__.replace("Run options\n-----------",
+                                                            "Parameters\n----------"))
+    assert [names for names, _ in package] == [[o] for o in RUN_OPTIONS]
+    # ... and every stage that takes them names them in one entry that points there
+    runners = _runners()
+    assert {"pure_utils.references.mine_references", "pure_utils.circuits.circuit_attributions",
+            "pure_utils.crops.feature_heatmaps", "pure_utils.pure.PURE"} <= set(runners)
+    for name, (obj, options) in runners.items():
+        entries = _parameter_entries(obj.__doc__)
+        pointing = [(n, first) for n, first in entries if set(n) & set(RUN_OPTIONS)]
+        assert len(pointing) == 1, f"{name}: the run options in {len(pointing)} entries, not one"
+        names, first = pointing[0]
+        assert names == options, f"{name}: the entry names {names}, the signature {options}"
+        assert first.startswith("The run options (see :mod:`pure_utils`)"), name
+
+
+def test_a_stage_that_documents_a_run_option_anew_is_caught():
+    def stage(data, *, batch_size=8, device=None, progress=True):
+        """A stage.
+
+        Parameters
+        ----------
+        data : Dataset
+        batch_size : int
+            Images per pass.
+        device, progress
+            The run options (see :mod:`pure_utils`).
+
+        Returns
+        -------
+        None
+        """
+    entries = _parameter_entries(stage.__doc__)
+    assert entries == [(["data"], ""), (["batch_size"], "Images per pass."),
+                       (["device", "progress"], "The run options (see :mod:`pure_utils`).")]
+    assert len([n for n, _ in entries if set(n) & set(RUN_OPTIONS)]) == 2

@@ -587,14 +587,8 @@ def true_features(model: torch.nn.Module, dataset, references, *, batch_size: in
         The dataset the references were mined on (it must render edited scenes).
     references : References
         ``indices`` ``[C, n_ref]``, ``layer``, ``channels``.
-    batch_size : int
-        Rendered images per forward pass.
-    device : str or torch.device, optional
-        Default: the model's device.
-    cache : None, True, Cache or path
-        Store / reuse the result.
-    progress : bool
-        Show progress bars.
+    batch_size, device, cache, progress
+        The run options (see :mod:`pure_utils`); ``batch_size`` counts rendered images.
 
     Returns
     -------
