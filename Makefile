@@ -20,7 +20,7 @@ book: $(STAMP)
 ## test: run the test suite, one worker per core (TEST_WORKERS=1 runs it in one process)
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
 
 ## env: create the virtual environment with the pinned packages and the Jupyter kernel
 env: $(STAMP)

@@ -48,35 +48,10 @@ def smoke_kernel(monkeypatch, cache) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
-#: Session fixtures whose result several workers share through the disk, not computed per worker.
-SHARED_ACROSS_WORKERS = {"smoke_cache"}
-
-
-def _session_fixture(item) -> str | None:
-    """The first session-scoped fixture of this test suite that ``item`` uses, if any."""
-    info = getattr(item, "_fixtureinfo", None)
-    for name in getattr(item, "fixturenames", ()):
-        defs = info.name2fixturedefs.get(name, ()) if info else ()
-        if name not in SHARED_ACROSS_WORKERS and any(
-                d.scope == "session" and "tests" in str(getattr(d, "baseid", "")) + str(d.func.__module__)
-                for d in defs):
-            return name
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
     """Run the long tests (marked ``slow``) first, so that no long test starts last while the
-    other workers wait for it (``make test`` hands out one test at a time, in this order:
-    ``--dist loadgroup --no-loadscope-reorder``). Among them the chapters that share the
-    session's smoke cache come last: the first one fills the cache while the other workers run
-    other long tests, and the next ones read it.
-
-    The tests that use one session fixture of this suite (a tiny training, the smoke
-    evaluation, the two-process run) form one group, which one worker runs: the fixture is
-    computed once per run instead of once per worker."""
+    other workers wait for it (``make test`` hands out one test at a time: ``--maxschedchunk 1``).
+    Among them the chapters that share the session's smoke cache come last: the first one fills
+    the cache while the other workers run other long tests, and the next ones read it."""
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
                                  "smoke_cache" in getattr(item, "fixturenames", ())))
-    for item in items:
-        name = _session_fixture(item)
-        if name is not None:
-            item.add_marker(pytest.mark.xdist_group(name))
