@@ -13,7 +13,8 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 .PHONY: book test env bench bench-scale bench-gpu models family clean clean-cache screenshots axe
 
-## book: execute every notebook on $(PROFILE) (only those that changed) and build the HTML book
+## book: execute every notebook on $(PROFILE) (only those that changed) and build the HTML book;
+## BOOK_JOBS notebooks at once (default auto: 2 on two or more cores)
 book: $(STAMP)
 	$(PY) -m pure_utils.book build --profile $(PROFILE)
 

@@ -375,3 +375,82 @@ def test_build_prints_each_chapter_with_notebooks_to_go_and_eta(mini_book, monke
     book.run_notebooks("p", root=mini_book, log=lines.append)
     assert lines == ["[1/2] one: up to date", "[2/2] two: up to date",
                      "0 of 2 notebooks to run: nothing left"]
+
+
+# --- several notebooks at once --------------------------------------------------------------------
+def test_the_longest_chapters_run_first_and_the_estimate_counts_the_queues():
+    from pure_utils.book import progress
+    shipped = {"a": 5.0, "b": 50.0, "c": 20.0}
+    assert book.run_order(["a", "b", "c", "d"], {}, shipped) == ["d", "b", "c", "a"]  # d: never timed
+    assert book.run_order(["a", "b", "c"], {"a": 90.0}, shipped) == ["a", "b", "c"]  # own times win
+    times = {"a": 10.0, "b": 6.0, "c": 5.0, "d": 4.0}
+    assert progress.eta_seconds(times, times) == (25.0, 4)
+    # two queues, the longest first to the queue free first: a | b, c, then d after a
+    assert progress.eta_seconds(times, times, jobs=2) == (14.0, 4)
+    assert progress.eta_seconds(["a", "x"], times, jobs=3) == (10.0, 1)
+
+
+def _third_notebook(root):
+    _notebook(root / "notebooks" / "three.ipynb", "profile = 'offline'", "x = 3")
+    toc = root / "_toc.yml"
+    toc.write_text(toc.read_text() + "  - file: book/executed/three\n")
+    (root / book.CHAPTER_TIMES).write_text(json.dumps({"one": 30, "two": 20, "three": 10}))
+
+
+def test_two_notebooks_run_at_once_each_kernel_on_its_share_of_the_cores(mini_book, monkeypatch):
+    import threading
+    _third_notebook(mini_book)
+    both = threading.Barrier(2, timeout=20)  # passes only when two notebooks run at the same time
+    started, threads = [], {}
+
+    def execute_notebook(src, out, parameters, kernel_name, cwd, **kw):
+        name = Path(src).stem
+        started.append(name)
+        threads[name] = os.environ.get("OMP_NUM_THREADS")
+        if name in ("one", "two"):
+            both.wait()
+        Path(out).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(book.papermill, "execute_notebook", execute_notebook)
+    monkeypatch.setattr(book.os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    lines = []
+    done = book.run_notebooks("p", root=mini_book, log=lines.append, jobs=2)
+    assert started[:2] in (["one", "two"], ["two", "one"]) and started[2] == "three"
+    assert sorted(done) == ["one", "three", "two"]
+    assert set(threads.values()) == {"2"} and "OMP_NUM_THREADS" not in os.environ
+    assert lines[0] == "3 of 3 notebooks to run, 2 at a time: no earlier times to estimate from"
+    assert all((mini_book / "book" / "executed" / f"{n}.ipynb").exists() for n in done)
+    # the same notebooks as one at a time: nothing is run again
+    assert book.run_notebooks("p", root=mini_book, log=lines.append, jobs=1) == []
+
+
+def test_a_failing_notebook_stops_the_build_and_no_other_starts(mini_book, monkeypatch):
+    import threading
+    _third_notebook(mini_book)
+    failed = threading.Event()
+    started = []
+
+    def execute_notebook(src, out, parameters, kernel_name, cwd, **kw):
+        name = Path(src).stem
+        started.append(name)
+        if name == "one":
+            failed.set()
+            raise RuntimeError("the kernel died")
+        failed.wait(20)  # "two" runs on while "one" fails, and finishes
+        Path(out).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(book.papermill, "execute_notebook", execute_notebook)
+    with pytest.raises(book.BookError, match="notebook one.ipynb did not finish: RuntimeError"):
+        book.run_notebooks("p", root=mini_book, log=lambda line: None, jobs=2)
+    assert sorted(started) == ["one", "two"]  # three never started
+    assert (mini_book / "book" / "executed" / "two.ipynb").exists()
+    with pytest.raises(book.BookError, match="jobs=0"):
+        book.run_notebooks("p", root=mini_book, jobs=0)
+
+
+def test_jobs_on_the_command_line():
+    assert cli._jobs("3") == 3 and cli._jobs("auto") in (1, 2)
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(book.BookError, match="--jobs"):
+            cli._jobs(bad)

@@ -24,7 +24,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,22 +206,40 @@ def stored_key(path: Path) -> str | None:
         return None
 
 
+_ENV_LOCK = threading.Lock()
+_ENV_DEPTH = 0
+
+
 @contextlib.contextmanager
-def _kernel_env(root: Path):
+def _kernel_env(root: Path, threads: int | None = None):
     """The kernel inherits this process' environment: make the checkout importable, stay
-    offline, and draw figures inline (whatever backend the calling process uses)."""
-    saved = dict(os.environ)
-    paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    os.environ["TQDM_DISABLE"] = "1"  # executed pages show results, not progress bars
+    offline, and draw figures inline (whatever backend the calling process uses). ``threads``:
+    the threads each kernel computes on (several notebooks at once share the cores).
+
+    Entered once around several notebooks run at once, the inner entries change nothing (the
+    environment is the process', not a thread's)."""
+    global _ENV_DEPTH
+    with _ENV_LOCK:
+        outer = _ENV_DEPTH == 0
+        _ENV_DEPTH += 1
+        if outer:
+            saved = dict(os.environ)
+            paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+            os.environ["TQDM_DISABLE"] = "1"  # executed pages show results, not progress bars
+            if threads is not None:
+                os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        with _ENV_LOCK:
+            _ENV_DEPTH -= 1
+            if outer:
+                os.environ.clear()
+                os.environ.update(saved)
 
 
 def _keep(tmp: str, failed: Path) -> Path | None:
@@ -292,9 +312,32 @@ def _count(n: int) -> str:
     return f"{n} notebook{'' if n == 1 else 's'}"
 
 
+#: Each chapter's seconds in a cold build of the offline profile on two CPU cores, one notebook
+#: at a time: the order of a parallel build (the longest first) on a checkout whose own build
+#: has timed nothing yet (``book/executed/.times.json`` is not in git).
+CHAPTER_TIMES = "book/chapter_times.json"
+
+
+def run_order(names: list[str], times: dict[str, float], shipped: dict[str, float]) -> list[str]:
+    """``names`` the longest first, so that no long chapter starts last while the others wait:
+    by this checkout's last ``times``, else the ``shipped`` ones; a chapter timed by neither
+    first of all (it may be long), in the given order among equals."""
+    expected = {**shipped, **times}
+    return sorted(names, key=lambda n: -expected.get(n, float("inf")))
+
+
+def _shipped_times(root: Path) -> dict[str, float]:
+    try:
+        data = json.loads((Path(root) / CHAPTER_TIMES).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
+
+
 def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
                   overrides: dict | None = None, root: Path = ROOT, log=None,
-                  cwd: Path | None = None, progress_every: float = 30.0) -> list[str]:
+                  cwd: Path | None = None, progress_every: float = 30.0,
+                  jobs: int = 1) -> list[str]:
     """Execute the book's notebooks that are out of date. Returns the names executed.
 
     A failing notebook's executed copy is kept in ``_build/failed/<name>.ipynb``; ``cwd`` is
@@ -302,7 +345,15 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
     each chapter starts (how many notebooks are left, an estimate from the last build's times in
     ``book/executed/.times.json``), a line naming the running cell at most every
     ``progress_every`` seconds, and one line as it ends.
+
+    ``jobs`` notebooks run at once, each kernel on its share of the cores (``OMP_NUM_THREADS``),
+    the longest first (:func:`run_order`). The chapters share nothing but the cache, and their
+    numbers do not depend on the number of threads, so the executed notebooks are those of a
+    build one at a time. When one fails no other starts; those running finish, then the first
+    error is raised.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise BookError(f"jobs={jobs!r}: give a number of notebooks at once, at least 1")
     log = log or (lambda msg: print(msg, flush=True))
     chapter_list = chapters(root)
     if only:
@@ -323,28 +374,80 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
             todo.append((f"[{i}/{len(chapter_list)}] {c.name}", c, key))
     executed_dir = Path(root) / EXECUTED_DIR
     times = load_times(executed_dir)
-    log(f"{len(todo)} of {_count(len(chapter_list))} to run: "
-        f"{eta_text([c.name for _, c, _ in todo], times)}")
-    executed, begin = [], time.perf_counter()
-    for j, (tag, c, key) in enumerate(todo):
-        rest = [r.name for _, r, _ in todo[j + 1:]]
-        log(f"{tag}: starting, {_count(len(todo) - j)} to go, this one included "
-            f"({eta_text([c.name, *rest], times)})")
-        cells = json.loads(c.source.read_text())["cells"]
-        progress = CellProgress(c.name, cells, log, interval=progress_every).start()
-        try:
-            seconds = execute(c.source, c.output, params[c.name], key=key, cwd=cwd, on_cell=progress,
-                              failed=Path(root) / FAILED_DIR / f"{c.name}.ipynb")
-        finally:
-            progress.stop()
-        record_time(executed_dir, c.name, seconds)
-        log(f"{tag}: done in {duration_text(seconds)} ({duration_text(time.perf_counter() - begin)} "
-            f"so far, {_count(len(rest))} to go" + (f", {eta_text(rest, times)})" if rest else ")"))
-        executed.append(c.name)
+    jobs = min(jobs, max(1, len(todo)))
+    if jobs > 1:
+        order = run_order([c.name for _, c, _ in todo], times, _shipped_times(root))
+        todo.sort(key=lambda t: order.index(t[1].name))
+    log(f"{len(todo)} of {_count(len(chapter_list))} to run"
+        + (f", {jobs} at a time" if jobs > 1 else "")
+        + f": {eta_text([c.name for _, c, _ in todo], times, jobs)}")
+    run = _Run(todo, times, log, executed_dir, jobs, progress_every,
+               dict(params=params, cwd=cwd, failed_dir=Path(root) / FAILED_DIR))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    with _kernel_env(Path(root), threads):
+        executed = run.all()
     if (Path(root) / EXECUTION_PAGE).parent.is_dir():
         (Path(root) / EXECUTION_PAGE).write_text(pages.execution_page(
             Path(root) / EXECUTED_DIR, [c.name for c in chapters(root)], set(executed)))
     return executed
+
+
+class _Run:
+    """The notebooks of one build, ``jobs`` at a time, with their start and end lines."""
+
+    def __init__(self, todo, times, log, executed_dir, jobs, progress_every, options):
+        self.todo, self.times, self.log, self.dir = todo, times, log, executed_dir
+        self.jobs, self.every, self.options = jobs, progress_every, options
+        self.lock, self.stop = threading.Lock(), threading.Event()
+        self.started, self.finished, self.executed = 0, set(), []
+        self.begin = time.perf_counter()
+
+    def all(self) -> list[str]:
+        if self.jobs == 1:
+            for item in self.todo:
+                self.one(item)
+            return self.executed
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="notebook") as pool:
+            futures = [pool.submit(self.one, item) for item in self.todo]
+            wait(futures)  # after a failure the queued ones return at once (self.stop)
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise errors[0]
+        return self.executed
+
+    def _left(self, exclude=()) -> list[str]:
+        return [c.name for _, c, _ in self.todo if c.name not in self.finished and c.name not in exclude]
+
+    def one(self, item) -> None:
+        tag, c, key = item
+        if self.stop.is_set():
+            return
+        with self.lock:
+            going = len(self.todo) - self.started
+            self.started += 1
+            rest = [c.name] + [n for n in self._left() if n != c.name]
+            self.log(f"{tag}: starting, {_count(going)} to go, this one included "
+                     f"({eta_text(rest, self.times, self.jobs)})")
+        cells = json.loads(c.source.read_text())["cells"]
+        progress = CellProgress(c.name, cells, self.log, interval=self.every).start()
+        o = self.options
+        try:
+            seconds = execute(c.source, c.output, o["params"][c.name], key=key, cwd=o["cwd"],
+                              on_cell=progress, failed=o["failed_dir"] / f"{c.name}.ipynb")
+        except BaseException:
+            self.stop.set()  # before this thread takes the next notebook
+            raise
+        finally:
+            progress.stop()
+        with self.lock:
+            record_time(self.dir, c.name, seconds)
+            self.finished.add(c.name)
+            self.executed.append(c.name)
+            rest = self._left()
+            self.log(f"{tag}: done in {duration_text(seconds)} "
+                     f"({duration_text(time.perf_counter() - self.begin)} so far, "
+                     f"{_count(len(rest))} to go"
+                     + (f", {eta_text(rest, self.times, self.jobs)})" if rest else ")"))
 
 
 def glue_values(executed_dir: Path = ROOT / EXECUTED_DIR) -> dict[str, dict[str, str]]:

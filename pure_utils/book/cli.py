@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="execute every notebook again")
     b.add_argument("--only", nargs="+", help="execute only these notebooks")
     b.add_argument("--no-html", action="store_true", help="execute notebooks only")
+    b.add_argument("--jobs", default=os.environ.get("BOOK_JOBS") or "auto",
+                   help="notebooks run at once, each kernel on its share of the cores (default: "
+                        "$BOOK_JOBS or auto: 2 on a machine with two or more cores, else 1)")
     _parameter_options(b)
     r = sub.add_parser("run", help="run one notebook with a profile, parameters checked",
                        epilog="The notebook runs in the current directory, so relative paths in "
@@ -169,10 +172,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _jobs(value: str) -> int:
+    """``--jobs``: a whole number >= 1, or ``auto`` (2 where there are two or more cores)."""
+    if str(value).strip().lower() == "auto":
+        return 2 if (os.cpu_count() or 1) >= 2 else 1
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise BookError(f"--jobs {value!r}: give a whole number of notebooks at once (at least 1) "
+                        "or auto")
+    return jobs
+
+
 def _build_command(args) -> int:
     """``build``: execute the notebooks that changed, then build and check the HTML book."""
     run_notebooks(_user_profile(args.profile), only=args.only, force=args.force,
-                  overrides=_parse_overrides(args), cwd=Path.cwd())
+                  overrides=_parse_overrides(args), cwd=Path.cwd(), jobs=_jobs(args.jobs))
     if not args.no_html:
         index = build_html()
         check_pages()

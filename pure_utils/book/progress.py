@@ -45,10 +45,15 @@ def record_time(executed_dir: Path, name: str, seconds: float) -> None:
     tmp.replace(path)
 
 
-def eta_seconds(names, times: dict) -> tuple[float, int]:
-    """The summed last run times of ``names`` and how many of them have one."""
-    known = [times[n] for n in names if n in times]
-    return float(sum(known)), len(known)
+def eta_seconds(names, times: dict, jobs: int = 1) -> tuple[float, int]:
+    """How long ``names`` take by their last run times, and how many of them have one: the sum,
+    or with ``jobs`` notebooks at once the time the busiest of ``jobs`` queues needs when each
+    chapter, the longest first, goes to the queue that is free first."""
+    known = sorted((times[n] for n in names if n in times), reverse=True)
+    queues = [0.0] * max(1, int(jobs))
+    for seconds in known:
+        queues[queues.index(min(queues))] += seconds
+    return float(max(queues)), len(known)
 
 
 def duration_text(seconds: float) -> str:
@@ -60,12 +65,12 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def eta_text(names, times: dict) -> str:
-    """What the last build's times say about running ``names``: ``about 12.0 min by the last
-    build's times`` (``, 2 never timed`` when some have no time; ``no earlier times`` when none
-    has)."""
+def eta_text(names, times: dict, jobs: int = 1) -> str:
+    """What the last build's times say about running ``names`` (``jobs`` at once): ``about 12.0
+    min by the last build's times`` (``, 2 never timed`` when some have no time; ``no earlier
+    times`` when none has)."""
     names = list(names)
-    seconds, known = eta_seconds(names, times)
+    seconds, known = eta_seconds(names, times, jobs)
     if not names:
         return "nothing left"
     if not known:
