@@ -18,10 +18,11 @@ export TRANSFORMERS_OFFLINE ?= 1
 book: $(STAMP)
 	$(PY) -m pure_utils.book build --profile $(PROFILE)
 
-## test: run the test suite, one worker per core (TEST_WORKERS=1 runs it in one process)
+## test: run the test suite, one worker per core (TEST_WORKERS=1 runs it in one process); the
+## tests go out in the order tests/conftest.py gives them, the long ones first
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## env: create the virtual environment with the pinned packages and the Jupyter kernel
 env: $(STAMP)

@@ -50,7 +50,8 @@ def smoke_kernel(monkeypatch, cache) -> None:
 
 def pytest_collection_modifyitems(config, items):
     """Run the long tests (marked ``slow``) first, so that no long test starts last while the
-    other workers wait for it (``make test`` hands out one test at a time: ``--maxschedchunk 1``).
+    other workers wait for it (``make test`` hands the tests out in this order, a few at a time:
+    ``--dist loadgroup --no-loadscope-reorder``, where every test is a unit of its own).
     Among them the chapters that share the session's smoke cache come last: the first one fills
     the cache while the other workers run other long tests, and the next ones read it."""
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
