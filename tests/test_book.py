@@ -428,15 +428,17 @@ def test_two_notebooks_run_at_once_each_kernel_on_its_share_of_the_cores(mini_bo
 def test_a_failing_notebook_stops_the_build_and_no_other_starts(mini_book, monkeypatch):
     import threading
     _third_notebook(mini_book)
-    failed = threading.Event()
+    failed, two_runs = threading.Event(), threading.Event()
     started = []
 
     def execute_notebook(src, out, parameters, kernel_name, cwd, **kw):
         name = Path(src).stem
         started.append(name)
         if name == "one":
+            two_runs.wait(20)  # "one" fails while "two" runs
             failed.set()
             raise RuntimeError("the kernel died")
+        two_runs.set()
         failed.wait(20)  # "two" runs on while "one" fails, and finishes
         Path(out).write_text(Path(src).read_text())
 
