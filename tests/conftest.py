@@ -40,12 +40,14 @@ def smoke_cache(tmp_path_factory):
     return path
 
 
-def smoke_kernel(monkeypatch, cache) -> None:
+@pytest.fixture
+def smoke_kernel(monkeypatch, smoke_cache):
     """A notebook run of the smoke profile in this test: its kernel reads and writes the
     session's smoke cache (with ``-p cache true`` on its command line) and computes on as many
     threads as this worker, not on every core."""
-    monkeypatch.setenv("PURE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("PURE_CACHE_DIR", str(smoke_cache))
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    return smoke_cache
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,6 @@ import pytest
 
 from pure_utils.book import cli
 
-from conftest import smoke_kernel
 from test_reader import DOC_COMMANDS  # the documents' papermill and book lines, parsed once
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +46,8 @@ def test_the_docs_document_these_commands():
 
 
 @pytest.mark.slow
-def test_every_documented_command_runs_on_smoke(tmp_path, monkeypatch, capsys, smoke_cache):
+def test_every_documented_command_runs_on_smoke(tmp_path, monkeypatch, capsys, smoke_kernel):
     monkeypatch.chdir(ROOT)  # the docs' paths are from the repository root
-    smoke_kernel(monkeypatch, smoke_cache)
     lines = _documented()
     # papermill first: `show` reads the notebook papermill executed
     lines.sort(key=lambda line: (not line.startswith("papermill"), " show " not in line))

@@ -15,8 +15,6 @@ import pytest
 from pure_utils.book import build as book
 from pure_utils.book import cli, decorate
 
-from conftest import smoke_kernel
-
 ROOT = Path(__file__).resolve().parents[1]
 
 CHAPTERS = book.chapters()
@@ -163,8 +161,7 @@ def test_chapters_only_call_display_and_glue(chapter):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.name for c in CHAPTERS])
-def test_chapter_runs_on_the_smoke_profile(chapter, tmp_path, smoke_cache, monkeypatch):
-    smoke_kernel(monkeypatch, smoke_cache)
+def test_chapter_runs_on_the_smoke_profile(chapter, tmp_path, smoke_kernel, monkeypatch):
     # the box's `book run` line, as the page prints it for the smoke profile; the test only
     # moves its output into the test's folder and turns the cache on (-p cache true), so that
     # the chapters share mined references as in a book build

@@ -36,7 +36,8 @@ from papermill.exceptions import PapermillExecutionError
 from . import decorate as pages
 from . import site
 from .reader import glued_outputs
-from .progress import ENGINE_NAME, CellProgress, duration_text, eta_text, load_times, record_time
+from .progress import (ENGINE_NAME, CellProgress, duration_text, eta_text, load_times,
+                       read_times, record_time)
 from ..study import profile as profiles
 from .._files import apply_umask
 from ..paths import ROOT
@@ -326,14 +327,6 @@ def run_order(names: list[str], times: dict[str, float], shipped: dict[str, floa
     return sorted(names, key=lambda n: -expected.get(n, float("inf")))
 
 
-def _shipped_times(root: Path) -> dict[str, float]:
-    try:
-        data = json.loads((Path(root) / CHAPTER_TIMES).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
-
-
 def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
                   overrides: dict | None = None, root: Path = ROOT, log=None,
                   cwd: Path | None = None, progress_every: float = 30.0,
@@ -376,7 +369,7 @@ def run_notebooks(profile: str = "offline", *, only=None, force: bool = False,
     times = load_times(executed_dir)
     jobs = min(jobs, max(1, len(todo)))
     if jobs > 1:
-        order = run_order([c.name for _, c, _ in todo], times, _shipped_times(root))
+        order = run_order([c.name for _, c, _ in todo], times, read_times(Path(root) / CHAPTER_TIMES))
         todo.sort(key=lambda t: order.index(t[1].name))
     log(f"{len(todo)} of {_count(len(chapter_list))} to run"
         + (f", {jobs} at a time" if jobs > 1 else "")
@@ -399,7 +392,7 @@ class _Run:
         self.todo, self.times, self.log, self.dir = todo, times, log, executed_dir
         self.jobs, self.every, self.options = jobs, progress_every, options
         self.lock, self.stop = threading.Lock(), threading.Event()
-        self.started, self.finished, self.executed = 0, set(), []
+        self.started, self.executed = 0, []
         self.begin = time.perf_counter()
 
     def all(self) -> list[str]:
@@ -415,8 +408,9 @@ class _Run:
             raise errors[0]
         return self.executed
 
-    def _left(self, exclude=()) -> list[str]:
-        return [c.name for _, c, _ in self.todo if c.name not in self.finished and c.name not in exclude]
+    def _left(self) -> list[str]:
+        """The chapters not finished yet, running ones included."""
+        return [c.name for _, c, _ in self.todo if c.name not in self.executed]
 
     def one(self, item) -> None:
         tag, c, key = item
@@ -425,9 +419,8 @@ class _Run:
         with self.lock:
             going = len(self.todo) - self.started
             self.started += 1
-            rest = [c.name] + [n for n in self._left() if n != c.name]
             self.log(f"{tag}: starting, {_count(going)} to go, this one included "
-                     f"({eta_text(rest, self.times, self.jobs)})")
+                     f"({eta_text(self._left(), self.times, self.jobs)})")
         cells = json.loads(c.source.read_text())["cells"]
         progress = CellProgress(c.name, cells, self.log, interval=self.every).start()
         o = self.options
@@ -441,7 +434,6 @@ class _Run:
             progress.stop()
         with self.lock:
             record_time(self.dir, c.name, seconds)
-            self.finished.add(c.name)
             self.executed.append(c.name)
             rest = self._left()
             self.log(f"{tag}: done in {duration_text(seconds)} "

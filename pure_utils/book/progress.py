@@ -17,20 +17,25 @@ from papermill.engines import NBClientEngine, papermill_engines
 
 from .._files import apply_umask
 
-__all__ = ["TIMES_FILE", "load_times", "record_time", "eta_seconds", "duration_text",
+__all__ = ["TIMES_FILE", "read_times", "load_times", "record_time", "eta_seconds", "duration_text",
            "eta_text", "CellProgress", "ENGINE_NAME", "ProgressEngine"]
 
 #: the per-chapter run times of the last build, beside the executed notebooks
 TIMES_FILE = ".times.json"
 
 
-def load_times(executed_dir: Path) -> dict[str, float]:
-    """``{chapter: seconds}`` of the last runs; empty when there is no (readable) record."""
+def read_times(path: Path) -> dict[str, float]:
+    """``{chapter: seconds}`` from a JSON file; empty when there is no (readable) record."""
     try:
-        data = json.loads((Path(executed_dir) / TIMES_FILE).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
+
+
+def load_times(executed_dir: Path) -> dict[str, float]:
+    """``{chapter: seconds}`` of the last runs (:data:`TIMES_FILE` in ``executed_dir``)."""
+    return read_times(Path(executed_dir) / TIMES_FILE)
 
 
 def record_time(executed_dir: Path, name: str, seconds: float) -> None:

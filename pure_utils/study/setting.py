@@ -32,8 +32,8 @@ from ..layers import eval_mode, forward_until, layer_layout
 from ..models import load_model, randomize_batchnorm, read_card, shipped_models
 from ..references import References, mine_references
 from ..shapes.generator import SyntheticConfig
-from ..virtual import VirtualNeurons
 from ..shapes.ground_truth import TrueFeatures, reference_concepts, true_features
+from ..virtual import VirtualNeurons
 from .profile import Profile, as_profile, check_profile, profile_device
 from .tables import (ACTIVATIONS, ACTIVATIONS_PEAK, BASELINE_LABELS, PURE, compare_clusterings,
                      correlation_table, divergence_examples, ground_truth_table, heldout_purity,
